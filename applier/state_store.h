@@ -1,0 +1,84 @@
+// The applier's local delivery state in RocksDB (--state-dir).
+//
+// What is authoritative where (docs/applier.md explains it at length):
+//  - the server: origin progress (which stream positions are applied, durably), the idempotency
+//    keys that were applied (atx.idempotency_key) and the dead letters (atx.dead_letter). These are
+//    written in the apply transaction itself, so they can never disagree with what committed.
+//  - RocksDB: the per-message delivery history (attempts, last error, when), the retry state of a
+//    message that is being retried, and a cache of applied message ids and keys used to refuse a
+//    message seen again at another LSN (slot re-created, timeline switch).
+// An "applied" entry written for a commit that the server later lost (asynchronous commit + server
+// crash) must not suppress the re-apply: reconcile() drops every such entry whose source LSN is past
+// the server's durable origin progress. It runs on every (re)connect.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace atx::applier {
+
+enum class DeliveryStatus : uint8_t {
+    Applied = 1,    // committed by the server (as far as this applier knows)
+    Duplicate = 2,  // its idempotency key had been applied already; nothing executed
+    Retrying = 3,   // a transient failure; will be tried again
+    Dead = 4,       // dead-lettered (permanent failure or retry budget spent)
+};
+const char* to_string(DeliveryStatus s);
+
+struct DeliveryRecord {
+    std::string message_id;   // UUID text
+    std::string key;          // idempotency key, empty if none
+    uint64_t source_lsn = 0;  // LSN of the message in the stream
+    DeliveryStatus status = DeliveryStatus::Applied;
+    uint32_t attempts = 0;
+    std::string last_sqlstate;
+    std::string last_error;
+    int64_t updated_at_us = 0;  // unix microseconds
+};
+
+// Thrown on any RocksDB failure (open, write, read). The caller stops confirming to the slot.
+class StateError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+class StateStore {
+public:
+    // Opens (creating if missing) the RocksDB at dir. Column families, in fixed order:
+    // default, deliveries (scope/message_id -> record), keys (scope/key -> message_id),
+    // by_lsn (scope/be64 lsn/message_id -> ""), meta (scope/name -> value).
+    static std::unique_ptr<StateStore> open(const std::string& dir);
+    ~StateStore();  // flushes the WAL, cancels background work, closes handles
+
+    // scope = one database's namespace, e.g. "db16384" (database oid).
+    // Writes all records in one WriteBatch; sync=true fsyncs RocksDB's WAL before returning.
+    void record(const std::string& scope, const std::vector<DeliveryRecord>& records, bool sync);
+
+    std::optional<DeliveryRecord> find_message(const std::string& scope, const std::string& message_id) const;
+    // Message id that applied this key, if this store has seen it applied.
+    std::optional<std::string> find_key(const std::string& scope, const std::string& key) const;
+
+    // Drops Applied/Duplicate entries (and their key and lsn index entries) with source_lsn >
+    // durable_lsn; returns how many. Retrying/Dead entries are kept (they describe history).
+    size_t reconcile(const std::string& scope, uint64_t durable_lsn);
+
+    void put_meta(const std::string& scope, const std::string& name, const std::string& value);
+    std::optional<std::string> get_meta(const std::string& scope, const std::string& name) const;
+
+    // Every record of a scope (for the operator CLI and tests), in LSN order.
+    std::vector<DeliveryRecord> list(const std::string& scope, size_t limit = SIZE_MAX) const;
+
+    // Approximate live size in bytes.
+    uint64_t approximate_size() const;
+
+private:
+    struct Impl;
+    explicit StateStore(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace atx::applier

@@ -1,0 +1,18 @@
+# Locates the PostgreSQL server build via pg_config (set PG_CONFIG to pick a major).
+find_program(PG_CONFIG NAMES pg_config REQUIRED)
+function(_atx_pg_config var flag)
+  execute_process(COMMAND ${PG_CONFIG} ${flag} OUTPUT_VARIABLE out OUTPUT_STRIP_TRAILING_WHITESPACE
+                  RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "${PG_CONFIG} ${flag} failed")
+  endif()
+  set(${var} "${out}" PARENT_SCOPE)
+endfunction()
+_atx_pg_config(PG_INCLUDEDIR_SERVER --includedir-server)
+_atx_pg_config(PG_PKGLIBDIR --pkglibdir)
+_atx_pg_config(PG_SHAREDIR --sharedir)
+_atx_pg_config(PG_BINDIR --bindir)
+_atx_pg_config(PG_VERSION_STRING --version)
+_atx_pg_config(PG_PGXS --pgxs)
+get_filename_component(PG_REGRESS "${PG_PGXS}/../../test/regress/pg_regress" ABSOLUTE)
+message(STATUS "PostgreSQL: ${PG_VERSION_STRING} (server headers ${PG_INCLUDEDIR_SERVER})")

@@ -1,0 +1,110 @@
+// The pg_atx message: what atx_log writes into the WAL and atx.apply_message executes.
+//
+// Layout (version 1, big-endian; see docs/message-format.md):
+//
+//   "ATX"  magic                       3 bytes
+//   u8     format version (1)
+//   u8     flags (bit 0: idempotency key present)
+//   16     message UUID (random, stable identity across LSN reuse)
+//   u32    database oid
+//   u32    caller role oid (current_user at the call)
+//   str16  caller role name (diagnostics only; the oid is what counts)
+//   u64    caller's top-level FullTransactionId, 0 if it had none
+//   i64    emit time (PostgreSQL TimestampTz: microseconds since 2000-01-01 UTC)
+//   u16    GUC count, then per GUC: str16 name, str32 value
+//   str32  statement
+//   u16    parameter count, then per parameter:
+//            u32 type oid, str16 type name, u8 flags (bit 0 NULL, bit 1 binary), str32 value
+//   str16  idempotency key (only with flag bit 0)
+//   32     HMAC-SHA256 over every preceding byte
+//
+// Pure C++ (no postgres.h): the extension and the applier both link it.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bytes.h"
+
+namespace atx {
+
+inline constexpr char kMagic[3] = {'A', 'T', 'X'};
+inline constexpr uint8_t kFormatVersion = 1;
+inline constexpr size_t kMacSize = 32;
+// Logical message prefix used by atx_log (the origin tag is the real guard).
+inline constexpr const char* kMessagePrefix = "pg_atx";
+// Replication origin that tags records written by atx_log.
+inline constexpr const char* kEmitOriginName = "pg_atx";
+
+inline constexpr uint8_t kFlagHasKey = 0x01;
+inline constexpr uint8_t kParamNull = 0x01;
+inline constexpr uint8_t kParamBinary = 0x02;
+
+// A message written by a newer pg_atx: kept, never executed or dropped.
+class UnsupportedVersion : public DecodeError {
+public:
+    explicit UnsupportedVersion(uint8_t v)
+        : DecodeError("unsupported pg_atx message format version " + std::to_string(v) +
+                      " (this build knows version " + std::to_string(kFormatVersion) + ")"),
+          version(v)
+    {
+    }
+    uint8_t version;
+};
+
+using Uuid = std::array<uint8_t, 16>;
+
+struct GucSetting {
+    std::string name;
+    std::string value;
+};
+
+struct Param {
+    uint32_t type_oid = 0;
+    std::string type_name;
+    bool is_null = false;
+    bool binary = false;  // value is the type's send() output, else its output() text
+    std::string value;
+};
+
+struct Message {
+    Uuid id{};
+    uint32_t database_oid = 0;
+    uint32_t role_oid = 0;
+    std::string role_name;
+    uint64_t caller_xid = 0;
+    int64_t emit_time = 0;
+    std::vector<GucSetting> gucs;
+    std::string statement;
+    std::vector<Param> params;
+    std::optional<std::string> key;
+};
+
+// Serialises everything but the MAC. Throws std::length_error when a field
+// does not fit its length prefix (e.g. more than 65535 parameters).
+std::string encode_body(const Message& m);
+
+// A payload split into its parts, without verifying the MAC (only the server
+// holds the key). Throws DecodeError / UnsupportedVersion on malformed input.
+struct DecodedPayload {
+    Message message;
+    std::string_view body;  // the bytes the MAC covers
+    std::string_view mac;   // kMacSize bytes
+};
+DecodedPayload decode_payload(std::string_view payload);
+
+// Reads just the version byte after the magic; throws DecodeError if no magic.
+uint8_t peek_version(std::string_view payload);
+
+bool operator==(const GucSetting& a, const GucSetting& b);
+bool operator==(const Param& a, const Param& b);
+bool operator==(const Message& a, const Message& b);
+
+std::string uuid_to_string(const Uuid& id);
+std::optional<Uuid> uuid_from_string(std::string_view s);
+
+}  // namespace atx
