@@ -1,0 +1,103 @@
+# Helpers for integration tests: TAP-style results, a cluster per test file, the applier.
+#
+#   . "$(dirname "$0")/../lib/testlib.sh"
+#   atx_test_cluster             # fresh cluster with pg_atx installed in database postgres
+#   applier_start [args]; applier_stop; applier_kill
+#   ok "description" / not_ok "description" / check "description" test-command...
+#   done_testing                 # exits non-zero if anything failed
+set -uo pipefail
+
+TESTLIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ATX_ROOT=$(cd "$TESTLIB_DIR/../.." && pwd)
+ATX_BUILD_DIR=${ATX_BUILD_DIR:-$ATX_ROOT/build}
+APPLIER_BIN=${APPLIER_BIN:-$ATX_BUILD_DIR/applier/atx-applier}
+# shellcheck source=cluster.sh
+. "$TESTLIB_DIR/cluster.sh"
+
+T_NUM=0
+T_FAILED=0
+ok() { T_NUM=$((T_NUM + 1)); echo "ok $T_NUM - $*"; }
+not_ok() { T_NUM=$((T_NUM + 1)); T_FAILED=$((T_FAILED + 1)); echo "not ok $T_NUM - $*"; }
+# check DESCRIPTION COMMAND...: passes when COMMAND exits 0.
+check() {
+    local d=$1; shift
+    if "$@"; then ok "$d"; else not_ok "$d"; fi
+}
+# check_eq DESCRIPTION EXPECTED ACTUAL
+check_eq() {
+    if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1 (expected '$2', got '$3')"; fi
+}
+note() { echo "# $*"; }
+done_testing() {
+    echo "1..$T_NUM"
+    [ "$T_FAILED" = 0 ]
+    exit $?
+}
+
+TEST_DIR=""
+APPLIER_PID=""
+
+_testlib_cleanup() {
+    [ -n "$APPLIER_PID" ] && kill -9 "$APPLIER_PID" 2>/dev/null
+    if [ -n "$TEST_DIR" ]; then
+        atx_cluster_stop "$TEST_DIR" immediate
+        if [ "$T_FAILED" = 0 ] && [ -z "${ATX_KEEP:-}" ]; then
+            rm -rf "$TEST_DIR"
+        else
+            echo "# kept for inspection: $TEST_DIR" >&2
+        fi
+    fi
+}
+trap _testlib_cleanup EXIT
+
+# psql against the test cluster: q SQL -> unaligned, tuples only.
+q() { psql -qAtX -v ON_ERROR_STOP=1 "$@"; }
+
+# Starts a fresh cluster, installs pg_atx in database postgres and creates the slot.
+atx_test_cluster() {
+    TEST_DIR=$(atx_cluster_mkdir "$(basename "$0" .sh)")
+    atx_cluster_init "$TEST_DIR" "$@" || return 1
+    atx_cluster_start "$TEST_DIR" || return 1
+    eval "$(atx_cluster_env "$TEST_DIR")"
+    q -c "CREATE EXTENSION pg_atx" >/dev/null
+}
+
+conninfo() { atx_cluster_conninfo "$TEST_DIR"; }
+
+applier_start() {
+    "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
+        --state-dir "$TEST_DIR/state" --log-level "${APPLIER_LOG_LEVEL:-info}" "$@" \
+        >>"$TEST_DIR/applier.log" 2>&1 &
+    APPLIER_PID=$!
+}
+
+applier_stop() {
+    [ -n "$APPLIER_PID" ] || return 0
+    kill -TERM "$APPLIER_PID" 2>/dev/null
+    local rc=0
+    wait "$APPLIER_PID" || rc=$?
+    APPLIER_PID=""
+    return $rc
+}
+
+applier_kill() {
+    [ -n "$APPLIER_PID" ] || return 0
+    kill -9 "$APPLIER_PID" 2>/dev/null
+    wait "$APPLIER_PID" 2>/dev/null
+    APPLIER_PID=""
+}
+
+# wait_for SECONDS COMMAND...: polls every 0.1 s until COMMAND succeeds.
+wait_for() {
+    local deadline=$((SECONDS + $1))
+    shift
+    until "$@"; do
+        [ $SECONDS -ge $deadline ] && return 1
+        sleep 0.1
+    done
+}
+
+# Waits until atx-applier created the slot of the current database.
+wait_for_slot() {
+    wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots WHERE plugin = 'pg_atx' AND database = current_database()\" | grep -q 1"
+}
