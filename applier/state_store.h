@@ -1,6 +1,6 @@
 // The applier's local delivery state in RocksDB (--state-dir).
 //
-// What is authoritative where (docs/applier.md explains it at length):
+// What is authoritative where (docs/applier-state.md explains it at length):
 //  - the server: origin progress (which stream positions are applied, durably), the idempotency
 //    keys that were applied (atx.idempotency_key) and the dead letters (atx.dead_letter). These are
 //    written in the apply transaction itself, so they can never disagree with what committed.

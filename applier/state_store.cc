@@ -1,0 +1,406 @@
+// The applier's local delivery state in RocksDB. See state_store.h for what is authoritative where
+// and docs/applier-state.md for the layout and the reconcile rule.
+//
+// Shape follows apache/kvrocks src/storage/storage.cc:
+//  - one fixed, ordered list of column families, addressed by an enum class id;
+//  - every write goes through Impl::write(), the one place where the sync option is decided;
+//  - a clean shutdown: SyncWAL, CancelAllBackgroundWork, destroy the handles, Close.
+//
+// Keys (all column families): scope + '\0' + rest. A scope never contains '\0', so the prefix
+// scope + '\0' selects exactly one scope ("db1" does not match "db10").
+//   deliveries  scope \0 message_id            -> DeliveryRecord (encode_record)
+//   keys        scope \0 idempotency key       -> message_id
+//   by_lsn      scope \0 be64(lsn) message_id  -> ""
+//   meta        scope \0 name                  -> value
+#include "state_store.h"
+
+#include <array>
+#include <cstring>
+#include <mutex>
+#include <unordered_map>
+
+#include <rocksdb/convenience.h>
+#include <rocksdb/db.h>
+#include <rocksdb/options.h>
+#include <rocksdb/write_batch.h>
+
+#include "bytes.h"
+
+namespace atx::applier {
+
+const char* to_string(DeliveryStatus s)
+{
+    switch (s) {
+    case DeliveryStatus::Applied: return "applied";
+    case DeliveryStatus::Duplicate: return "duplicate";
+    case DeliveryStatus::Retrying: return "retrying";
+    case DeliveryStatus::Dead: return "dead";
+    }
+    return "unknown";
+}
+
+namespace {
+
+// The column families, in their fixed order. The order is the index into Impl::handles; never
+// reorder or reuse a slot, only append.
+enum class ColumnFamilyID : size_t { Default = 0, Deliveries, Keys, ByLsn, Meta, Count };
+
+constexpr std::array<const char*, static_cast<size_t>(ColumnFamilyID::Count)> kColumnFamilyNames = {
+    "default",  // rocksdb::kDefaultColumnFamilyName; RocksDB requires it, we keep it empty
+    "deliveries", "keys", "by_lsn", "meta"};
+
+constexpr uint8_t kRecordVersion = 1;
+
+[[noreturn]] void fail(const char* op, const rocksdb::Status& st)
+{
+    throw StateError(std::string("state store: ") + op + " failed: " + st.ToString());
+}
+
+void check(const char* op, const rocksdb::Status& st)
+{
+    if (!st.ok())
+        fail(op, st);
+}
+
+std::string scope_prefix(const std::string& scope)
+{
+    if (scope.empty() || scope.find('\0') != std::string::npos)
+        throw StateError("state store: invalid scope (empty or contains NUL)");
+    std::string p = scope;
+    p.push_back('\0');
+    return p;
+}
+
+std::string be64(uint64_t v)
+{
+    ByteWriter w;
+    w.u64(v);
+    return w.take();
+}
+
+std::string lsn_key(const std::string& prefix, uint64_t lsn, const std::string& message_id)
+{
+    return prefix + be64(lsn) + message_id;
+}
+
+bool starts_with(const rocksdb::Slice& s, const std::string& prefix)
+{
+    return s.size() >= prefix.size() && std::memcmp(s.data(), prefix.data(), prefix.size()) == 0;
+}
+
+// Value of the deliveries column family. Version byte first; a reader refuses other versions.
+//   u8 version (1), str16 message_id, str16 key, u64 source_lsn, u8 status, u32 attempts,
+//   str16 last_sqlstate, str32 last_error, i64 updated_at_us
+std::string encode_record(const DeliveryRecord& r)
+{
+    ByteWriter w;
+    w.u8(kRecordVersion);
+    w.str16(r.message_id);
+    w.str16(r.key);
+    w.u64(r.source_lsn);
+    w.u8(static_cast<uint8_t>(r.status));
+    w.u32(r.attempts);
+    w.str16(r.last_sqlstate);
+    w.str32(r.last_error);
+    w.i64(r.updated_at_us);
+    return w.take();
+}
+
+DeliveryRecord decode_record(std::string_view v, std::string_view what)
+{
+    try {
+        ByteReader rd(v);
+        uint8_t version = rd.u8();
+        if (version != kRecordVersion)
+            throw DecodeError("unknown record version " + std::to_string(version));
+        DeliveryRecord r;
+        r.message_id = std::string(rd.str16());
+        r.key = std::string(rd.str16());
+        r.source_lsn = rd.u64();
+        uint8_t st = rd.u8();
+        if (st < static_cast<uint8_t>(DeliveryStatus::Applied) || st > static_cast<uint8_t>(DeliveryStatus::Dead))
+            throw DecodeError("unknown delivery status " + std::to_string(st));
+        r.status = static_cast<DeliveryStatus>(st);
+        r.attempts = rd.u32();
+        r.last_sqlstate = std::string(rd.str16());
+        r.last_error = std::string(rd.str32());
+        r.updated_at_us = rd.i64();
+        if (!rd.at_end())
+            throw DecodeError("trailing bytes");
+        return r;
+    } catch (const DecodeError& e) {
+        throw StateError("state store: corrupt delivery record " + std::string(what) + ": " + e.what());
+    }
+}
+
+}  // namespace
+
+struct StateStore::Impl {
+    // How a write must reach the disk. Decided here, in one place, for every write.
+    enum class Durability { Buffered, Synced };
+
+    std::string dir;
+    rocksdb::DB* db = nullptr;
+    std::vector<rocksdb::ColumnFamilyHandle*> handles;  // ours first, in ColumnFamilyID order,
+                                                        // then any unknown ones found on disk
+    std::mutex write_mutex;  // record()/reconcile() read before they write
+
+    rocksdb::ColumnFamilyHandle* cf(ColumnFamilyID id) const { return handles[static_cast<size_t>(id)]; }
+
+    void write(rocksdb::WriteBatch& batch, Durability d, const char* op)
+    {
+        if (batch.Count() == 0)
+            return;
+        rocksdb::WriteOptions wo;
+        wo.sync = (d == Durability::Synced);
+        check(op, db->Write(wo, &batch));
+    }
+
+    // Returns false if not found; throws on any other failure.
+    bool get(ColumnFamilyID id, const std::string& key, std::string* value, const char* op) const
+    {
+        rocksdb::Status st = db->Get(rocksdb::ReadOptions(), cf(id), key, value);
+        if (st.IsNotFound())
+            return false;
+        check(op, st);
+        return true;
+    }
+
+    std::optional<DeliveryRecord> get_record(const std::string& prefix, const std::string& message_id,
+                                             const char* op) const
+    {
+        std::string v;
+        if (!get(ColumnFamilyID::Deliveries, prefix + message_id, &v, op))
+            return std::nullopt;
+        return decode_record(v, message_id);
+    }
+
+    void close() noexcept
+    {
+        if (!db)
+            return;
+        // Errors cannot be reported from a destructor; the WAL is replayed on the next open anyway.
+        (void)db->SyncWAL();
+        rocksdb::CancelAllBackgroundWork(db, true);
+        for (auto* h : handles)
+            (void)db->DestroyColumnFamilyHandle(h);
+        handles.clear();
+        (void)db->Close();
+        delete db;
+        db = nullptr;
+    }
+
+    ~Impl() { close(); }
+};
+
+std::unique_ptr<StateStore> StateStore::open(const std::string& dir)
+{
+    rocksdb::Options options;
+    options.create_if_missing = true;
+    options.create_missing_column_families = true;
+    options.max_open_files = 256;
+    options.write_buffer_size = 16 << 20;
+    options.max_write_buffer_number = 2;
+    options.keep_log_file_num = 4;
+    options.max_manifest_file_size = 64 << 20;
+
+    rocksdb::ColumnFamilyOptions cf_options(options);
+
+    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+    for (const char* name : kColumnFamilyNames)
+        descriptors.emplace_back(name, cf_options);
+    // A store written by a newer applier may hold column families this build does not know;
+    // RocksDB refuses to open unless all are named, so open them too and leave them alone.
+    std::vector<std::string> existing;
+    if (rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(options), dir, &existing).ok()) {
+        for (const auto& name : existing) {
+            bool known = false;
+            for (const char* k : kColumnFamilyNames)
+                known = known || name == k;
+            if (!known)
+                descriptors.emplace_back(name, cf_options);
+        }
+    }
+
+    auto impl = std::make_unique<Impl>();
+    impl->dir = dir;
+    rocksdb::Status st =
+        rocksdb::DB::Open(rocksdb::DBOptions(options), dir, descriptors, &impl->handles, &impl->db);
+    if (!st.ok())
+        throw StateError("state store: open " + dir + " failed: " + st.ToString());
+    return std::unique_ptr<StateStore>(new StateStore(std::move(impl)));
+}
+
+StateStore::StateStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+StateStore::~StateStore() = default;
+
+void StateStore::record(const std::string& scope, const std::vector<DeliveryRecord>& records, bool sync)
+{
+    const std::string prefix = scope_prefix(scope);
+    std::lock_guard<std::mutex> lock(impl_->write_mutex);
+    rocksdb::WriteBatch batch;
+    // LSN of each message as this batch leaves it, so a message recorded twice in one batch at
+    // different LSNs leaves exactly one by_lsn entry.
+    std::unordered_map<std::string, uint64_t> lsn_in_batch;
+    for (const auto& r : records) {
+        if (r.message_id.empty())
+            throw StateError("state store: record without message id");
+        const std::string dkey = prefix + r.message_id;
+
+        std::optional<uint64_t> old_lsn;
+        if (auto it = lsn_in_batch.find(r.message_id); it != lsn_in_batch.end()) {
+            old_lsn = it->second;
+        } else if (auto old = impl_->get_record(prefix, r.message_id, "record (read previous)")) {
+            old_lsn = old->source_lsn;
+        }
+        if (old_lsn && *old_lsn != r.source_lsn)
+            check("record (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn),
+                                                 lsn_key(prefix, *old_lsn, r.message_id)));
+
+        std::string value;
+        try {
+            value = encode_record(r);
+        } catch (const std::length_error& e) {
+            throw StateError("state store: record " + r.message_id + ": " + e.what());
+        }
+        check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::Deliveries), dkey, value));
+        if (r.status == DeliveryStatus::Applied && !r.key.empty())
+            check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::Keys), prefix + r.key, r.message_id));
+        check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::ByLsn),
+                                          lsn_key(prefix, r.source_lsn, r.message_id), rocksdb::Slice()));
+        lsn_in_batch[r.message_id] = r.source_lsn;
+    }
+    impl_->write(batch, sync ? Impl::Durability::Synced : Impl::Durability::Buffered, "record");
+}
+
+std::optional<DeliveryRecord> StateStore::find_message(const std::string& scope,
+                                                       const std::string& message_id) const
+{
+    return impl_->get_record(scope_prefix(scope), message_id, "find_message");
+}
+
+std::optional<std::string> StateStore::find_key(const std::string& scope, const std::string& key) const
+{
+    if (key.empty())
+        return std::nullopt;
+    std::string v;
+    if (!impl_->get(ColumnFamilyID::Keys, scope_prefix(scope) + key, &v, "find_key"))
+        return std::nullopt;
+    return v;
+}
+
+size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
+{
+    const std::string prefix = scope_prefix(scope);
+    if (durable_lsn == UINT64_MAX)
+        return 0;
+    std::lock_guard<std::mutex> lock(impl_->write_mutex);
+
+    rocksdb::WriteBatch batch;
+    size_t dropped = 0;
+    std::unique_ptr<rocksdb::Iterator> it(
+        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cf(ColumnFamilyID::ByLsn)));
+    const std::string start = prefix + be64(durable_lsn + 1);
+    for (it->Seek(start); it->Valid() && starts_with(it->key(), prefix); it->Next()) {
+        rocksdb::Slice k = it->key();
+        if (k.size() < prefix.size() + 8)
+            continue;  // not ours; cannot happen with keys written by record()
+        ByteReader lsn_reader(std::string_view(k.data() + prefix.size(), 8));
+        const uint64_t lsn = lsn_reader.u64();
+        const std::string message_id(k.data() + prefix.size() + 8, k.size() - prefix.size() - 8);
+
+        auto rec = impl_->get_record(prefix, message_id, "reconcile (read)");
+        if (!rec || rec->source_lsn != lsn) {
+            // Orphaned or stale index entry: drop it, leave the record (if any) alone.
+            check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
+            continue;
+        }
+        if (rec->status != DeliveryStatus::Applied && rec->status != DeliveryStatus::Duplicate)
+            continue;  // Retrying / Dead: history, kept
+        check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::Deliveries), prefix + message_id));
+        if (!rec->key.empty()) {
+            std::string owner;
+            if (impl_->get(ColumnFamilyID::Keys, prefix + rec->key, &owner, "reconcile (read key)") &&
+                owner == message_id)
+                check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::Keys), prefix + rec->key));
+        }
+        check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
+        ++dropped;
+    }
+    check("reconcile (iterate)", it->status());
+    it.reset();
+    // Synced: after reconcile returns, the dropped entries must stay dropped across a crash.
+    impl_->write(batch, Impl::Durability::Synced, "reconcile");
+    return dropped;
+}
+
+void StateStore::put_meta(const std::string& scope, const std::string& name, const std::string& value)
+{
+    rocksdb::WriteBatch batch;
+    check("put_meta (batch)", batch.Put(impl_->cf(ColumnFamilyID::Meta), scope_prefix(scope) + name, value));
+    impl_->write(batch, Impl::Durability::Synced, "put_meta");
+}
+
+std::optional<std::string> StateStore::get_meta(const std::string& scope, const std::string& name) const
+{
+    std::string v;
+    if (!impl_->get(ColumnFamilyID::Meta, scope_prefix(scope) + name, &v, "get_meta"))
+        return std::nullopt;
+    return v;
+}
+
+std::vector<DeliveryRecord> StateStore::list(const std::string& scope, size_t limit) const
+{
+    const std::string prefix = scope_prefix(scope);
+    std::vector<DeliveryRecord> out;
+    if (limit == 0)
+        return out;
+    // One snapshot for the index walk and the record reads, so the listing is consistent.
+    const rocksdb::Snapshot* snap = impl_->db->GetSnapshot();
+    struct SnapshotGuard {
+        rocksdb::DB* db;
+        const rocksdb::Snapshot* s;
+        ~SnapshotGuard() { db->ReleaseSnapshot(s); }
+    } guard{impl_->db, snap};
+    rocksdb::ReadOptions ro;
+    ro.snapshot = snap;
+
+    std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->cf(ColumnFamilyID::ByLsn)));
+    for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix); it->Next()) {
+        rocksdb::Slice k = it->key();
+        if (k.size() < prefix.size() + 8)
+            continue;
+        ByteReader lsn_reader(std::string_view(k.data() + prefix.size(), 8));
+        const uint64_t lsn = lsn_reader.u64();
+        const std::string message_id(k.data() + prefix.size() + 8, k.size() - prefix.size() - 8);
+        std::string v;
+        rocksdb::Status st = impl_->db->Get(ro, impl_->cf(ColumnFamilyID::Deliveries), prefix + message_id, &v);
+        if (st.IsNotFound())
+            continue;
+        check("list (read)", st);
+        DeliveryRecord r = decode_record(v, message_id);
+        if (r.source_lsn != lsn)
+            continue;  // stale index entry
+        out.push_back(std::move(r));
+        if (out.size() >= limit)
+            break;
+    }
+    check("list (iterate)", it->status());
+    return out;
+}
+
+uint64_t StateStore::approximate_size() const
+{
+    uint64_t total = 0;
+    for (size_t i = 0; i < static_cast<size_t>(ColumnFamilyID::Count); ++i) {
+        uint64_t v = 0;
+        if (impl_->db->GetIntProperty(impl_->handles[i], rocksdb::DB::Properties::kTotalSstFilesSize, &v))
+            total += v;
+        if (impl_->db->GetIntProperty(impl_->handles[i], rocksdb::DB::Properties::kCurSizeAllMemTables, &v))
+            total += v;
+    }
+    return total;
+}
+
+}  // namespace atx::applier

@@ -1,0 +1,292 @@
+// StateStore against a real RocksDB, one fresh temporary directory per test.
+#include <catch2/catch.hpp>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <stdexcept>
+#include <string>
+
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "state_store.h"
+
+using namespace atx::applier;
+
+namespace {
+
+// A fresh directory under $TMPDIR (or /tmp), removed with everything in it at scope exit.
+class TempDir {
+public:
+    TempDir()
+    {
+        const char* base = std::getenv("TMPDIR");
+        std::string tmpl = std::string(base && *base ? base : "/tmp") + "/atx-state-test-XXXXXX";
+        if (!mkdtemp(tmpl.data()))
+            throw std::runtime_error(std::string("mkdtemp: ") + std::strerror(errno));
+        path_ = tmpl;
+    }
+    ~TempDir()
+    {
+        chmod(path_.c_str(), 0700);
+        nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); },
+             16, FTW_DEPTH | FTW_PHYS);
+    }
+    const std::string& path() const { return path_; }
+    std::string db() const { return path_ + "/state"; }
+
+private:
+    std::string path_;
+};
+
+DeliveryRecord rec(const std::string& id, uint64_t lsn, DeliveryStatus st, const std::string& key = "")
+{
+    DeliveryRecord r;
+    r.message_id = id;
+    r.key = key;
+    r.source_lsn = lsn;
+    r.status = st;
+    r.attempts = 1;
+    r.updated_at_us = 1700000000000000LL + static_cast<int64_t>(lsn);
+    return r;
+}
+
+std::vector<std::string> ids(const std::vector<DeliveryRecord>& rs)
+{
+    std::vector<std::string> out;
+    for (const auto& r : rs)
+        out.push_back(r.message_id);
+    return out;
+}
+
+const std::string kScope = "db16384";
+
+}  // namespace
+
+TEST_CASE("record and find a delivery", "[state_store]")
+{
+    TempDir tmp;
+    auto store = StateStore::open(tmp.db());
+
+    DeliveryRecord r = rec("11111111-1111-1111-1111-111111111111", 0x16B3748, DeliveryStatus::Retrying);
+    r.attempts = 3;
+    r.last_sqlstate = "40P01";
+    r.last_error = "deadlock detected\nDETAIL: multi-line";
+    store->record(kScope, {r}, true);
+
+    auto got = store->find_message(kScope, r.message_id);
+    REQUIRE(got);
+    CHECK(got->message_id == r.message_id);
+    CHECK(got->key.empty());
+    CHECK(got->source_lsn == r.source_lsn);
+    CHECK(got->status == DeliveryStatus::Retrying);
+    CHECK(got->attempts == 3);
+    CHECK(got->last_sqlstate == "40P01");
+    CHECK(got->last_error == r.last_error);
+    CHECK(got->updated_at_us == r.updated_at_us);
+
+    CHECK_FALSE(store->find_message(kScope, "22222222-2222-2222-2222-222222222222"));
+    // Scopes are separate namespaces, also when one is a prefix of the other.
+    CHECK_FALSE(store->find_message("db1638", r.message_id));
+    CHECK_FALSE(store->find_message("db163840", r.message_id));
+
+    SECTION("overwrite updates the record")
+    {
+        r.status = DeliveryStatus::Applied;
+        r.attempts = 4;
+        r.last_sqlstate.clear();
+        store->record(kScope, {r}, false);
+        auto again = store->find_message(kScope, r.message_id);
+        REQUIRE(again);
+        CHECK(again->status == DeliveryStatus::Applied);
+        CHECK(again->attempts == 4);
+        CHECK(store->list(kScope).size() == 1);
+    }
+}
+
+TEST_CASE("key mapping is written for applied records only", "[state_store]")
+{
+    TempDir tmp;
+    auto store = StateStore::open(tmp.db());
+    store->record(kScope,
+                  {rec("m1", 100, DeliveryStatus::Applied, "k1"), rec("m2", 200, DeliveryStatus::Duplicate, "k1"),
+                   rec("m3", 300, DeliveryStatus::Dead, "k3"), rec("m4", 400, DeliveryStatus::Retrying, "k4"),
+                   rec("m5", 500, DeliveryStatus::Applied)},
+                  true);
+    CHECK(store->find_key(kScope, "k1") == std::optional<std::string>("m1"));
+    CHECK_FALSE(store->find_key(kScope, "k3"));
+    CHECK_FALSE(store->find_key(kScope, "k4"));
+    CHECK_FALSE(store->find_key(kScope, ""));
+    CHECK_FALSE(store->find_key("db1", "k1"));
+    auto dup = store->find_message(kScope, "m2");
+    REQUIRE(dup);
+    CHECK(dup->status == DeliveryStatus::Duplicate);
+    CHECK(dup->key == "k1");
+
+    SECTION("a retried message that is then applied gets its key")
+    {
+        store->record(kScope, {rec("m4", 400, DeliveryStatus::Applied, "k4")}, true);
+        CHECK(store->find_key(kScope, "k4") == std::optional<std::string>("m4"));
+    }
+}
+
+TEST_CASE("list returns a scope's records in LSN order, with limit", "[state_store]")
+{
+    TempDir tmp;
+    auto store = StateStore::open(tmp.db());
+    // Written out of order; LSNs chosen so that byte order != decimal string order
+    // and across the 32-bit boundary.
+    store->record(kScope,
+                  {rec("c", 0x100000000ULL, DeliveryStatus::Applied), rec("a", 9, DeliveryStatus::Applied),
+                   rec("d", 0xFFFFFFFFFFFFFFF0ULL, DeliveryStatus::Dead), rec("b", 10, DeliveryStatus::Retrying)},
+                  false);
+    store->record("db1", {rec("other", 5, DeliveryStatus::Applied)}, false);
+
+    CHECK(ids(store->list(kScope)) == std::vector<std::string>{"a", "b", "c", "d"});
+    CHECK(ids(store->list(kScope, 2)) == std::vector<std::string>{"a", "b"});
+    CHECK(store->list(kScope, 0).empty());
+    CHECK(ids(store->list("db1")) == std::vector<std::string>{"other"});
+    CHECK(store->list("db2").empty());
+
+    SECTION("a message recorded again at another LSN moves in the order and is listed once")
+    {
+        store->record(kScope, {rec("a", 0x200000000ULL, DeliveryStatus::Applied)}, true);
+        CHECK(ids(store->list(kScope)) == std::vector<std::string>{"b", "c", "a", "d"});
+        // Twice in one batch: the last wins, one index entry.
+        store->record(kScope, {rec("b", 1, DeliveryStatus::Retrying), rec("b", 0x300000000ULL, DeliveryStatus::Applied)},
+                      true);
+        CHECK(ids(store->list(kScope)) == std::vector<std::string>{"c", "a", "b", "d"});
+        CHECK(store->find_message(kScope, "b")->source_lsn == 0x300000000ULL);
+    }
+}
+
+TEST_CASE("reconcile drops only applied/duplicate entries past the durable LSN", "[state_store]")
+{
+    TempDir tmp;
+    auto store = StateStore::open(tmp.db());
+    store->record(kScope,
+                  {
+                      rec("a1", 100, DeliveryStatus::Applied, "ka1"),    // durable: kept
+                      rec("a2", 200, DeliveryStatus::Applied, "ka2"),    // == durable: kept
+                      rec("a3", 201, DeliveryStatus::Applied, "ka3"),    // past: dropped, key too
+                      rec("d3", 202, DeliveryStatus::Duplicate, "ka1"),  // past: dropped, key ka1 kept (not its)
+                      rec("r3", 203, DeliveryStatus::Retrying),          // past: kept
+                      rec("x3", 204, DeliveryStatus::Dead, "kx3"),       // past: kept
+                      rec("a4", 0x100000000ULL, DeliveryStatus::Applied),  // past: dropped
+                  },
+                  true);
+    store->record("db1", {rec("o1", 300, DeliveryStatus::Applied, "ka3")}, true);
+
+    CHECK(store->reconcile(kScope, 200) == 3);
+
+    CHECK(store->find_message(kScope, "a1"));
+    CHECK(store->find_message(kScope, "a2"));
+    CHECK_FALSE(store->find_message(kScope, "a3"));
+    CHECK_FALSE(store->find_message(kScope, "d3"));
+    CHECK_FALSE(store->find_message(kScope, "a4"));
+    CHECK(store->find_message(kScope, "r3"));
+    CHECK(store->find_message(kScope, "x3"));
+    CHECK(store->find_key(kScope, "ka1") == std::optional<std::string>("a1"));
+    CHECK(store->find_key(kScope, "ka2") == std::optional<std::string>("a2"));
+    CHECK_FALSE(store->find_key(kScope, "ka3"));
+    CHECK(ids(store->list(kScope)) == std::vector<std::string>{"a1", "a2", "r3", "x3"});
+    // The other scope is untouched.
+    CHECK(store->find_message("db1", "o1"));
+    CHECK(store->find_key("db1", "ka3") == std::optional<std::string>("o1"));
+
+    // Idempotent.
+    CHECK(store->reconcile(kScope, 200) == 0);
+
+    SECTION("a key re-applied by another message is not removed with the old one")
+    {
+        // m_new took over key "kb" at a durable LSN; the older record at a lost LSN still names it.
+        store->record(kScope, {rec("m_old", 500, DeliveryStatus::Applied, "kb")}, true);
+        store->record(kScope, {rec("m_new", 150, DeliveryStatus::Applied, "kb")}, true);
+        CHECK(store->reconcile(kScope, 200) == 1);
+        CHECK_FALSE(store->find_message(kScope, "m_old"));
+        CHECK(store->find_key(kScope, "kb") == std::optional<std::string>("m_new"));
+    }
+    SECTION("durable LSN 0 drops every applied entry; max LSN drops none")
+    {
+        CHECK(store->reconcile(kScope, UINT64_MAX) == 0);
+        CHECK(store->reconcile(kScope, 0) == 2);
+        CHECK(ids(store->list(kScope)) == std::vector<std::string>{"r3", "x3"});
+    }
+}
+
+TEST_CASE("data survives close and reopen", "[state_store]")
+{
+    TempDir tmp;
+    {
+        auto store = StateStore::open(tmp.db());
+        store->record(kScope, {rec("m1", 10, DeliveryStatus::Applied, "k1"), rec("m2", 20, DeliveryStatus::Dead)},
+                      true);
+        store->record(kScope, {rec("m3", 30, DeliveryStatus::Applied)}, false);  // unsynced, clean close
+        store->put_meta(kScope, "system_identifier", "7301234567890123456");
+        CHECK(store->approximate_size() > 0);
+    }
+    auto store = StateStore::open(tmp.db());
+    CHECK(ids(store->list(kScope)) == std::vector<std::string>{"m1", "m2", "m3"});
+    CHECK(store->find_key(kScope, "k1") == std::optional<std::string>("m1"));
+    CHECK(store->find_message(kScope, "m2")->status == DeliveryStatus::Dead);
+    CHECK(store->get_meta(kScope, "system_identifier") == std::optional<std::string>("7301234567890123456"));
+    CHECK_FALSE(store->get_meta(kScope, "missing"));
+    CHECK_FALSE(store->get_meta("db1", "system_identifier"));
+}
+
+TEST_CASE("meta values overwrite", "[state_store]")
+{
+    TempDir tmp;
+    auto store = StateStore::open(tmp.db());
+    store->put_meta(kScope, "n", "1");
+    store->put_meta(kScope, "n", std::string("2\0binary", 8));
+    CHECK(store->get_meta(kScope, "n") == std::optional<std::string>(std::string("2\0binary", 8)));
+}
+
+TEST_CASE("an invalid scope is refused", "[state_store]")
+{
+    TempDir tmp;
+    auto store = StateStore::open(tmp.db());
+    CHECK_THROWS_AS(store->record("", {rec("m", 1, DeliveryStatus::Applied)}, false), StateError);
+    CHECK_THROWS_AS(store->find_message(std::string("a\0b", 3), "m"), StateError);
+    CHECK_THROWS_AS(store->record(kScope, {rec("", 1, DeliveryStatus::Applied)}, false), StateError);
+}
+
+TEST_CASE("open fails with StateError where the directory cannot be created", "[state_store]")
+{
+    TempDir tmp;
+    if (geteuid() != 0) {
+        REQUIRE(chmod(tmp.path().c_str(), 0500) == 0);
+        CHECK_THROWS_AS(StateStore::open(tmp.db()), StateError);
+        CHECK_THROWS_AS(StateStore::open(tmp.path()), StateError);
+    } else {
+        // root ignores the permission bits: use a path whose parent is a regular file instead.
+        const std::string file = tmp.path() + "/not-a-dir";
+        std::ofstream(file) << "x";
+        try {
+            StateStore::open(file + "/state");
+            FAIL("open succeeded");
+        } catch (const StateError& e) {
+            CHECK(std::string(e.what()).find("open") != std::string::npos);
+        }
+    }
+}
+
+TEST_CASE("a second open of the same directory fails (RocksDB lock)", "[state_store]")
+{
+    TempDir tmp;
+    auto store = StateStore::open(tmp.db());
+    CHECK_THROWS_AS(StateStore::open(tmp.db()), StateError);
+}
+
+TEST_CASE("delivery status names", "[state_store]")
+{
+    CHECK(std::string(to_string(DeliveryStatus::Applied)) == "applied");
+    CHECK(std::string(to_string(DeliveryStatus::Duplicate)) == "duplicate");
+    CHECK(std::string(to_string(DeliveryStatus::Retrying)) == "retrying");
+    CHECK(std::string(to_string(DeliveryStatus::Dead)) == "dead");
+}
