@@ -1,0 +1,135 @@
+// The per-cluster HMAC key: $PGDATA/pg_atx.key, 32 random bytes, mode 0600.
+//
+// Never a GUC: members of pg_read_all_settings can read even superuser-only
+// GUCs. Created on first use by whichever backend gets there first: each
+// writes a private temp file, fsyncs it, and link()s it into place; link()
+// fails with EEXIST for all but one, and everybody then reads the winner's file.
+#include "hmac_key.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static bool key_loaded = false;
+static uint8 key_bytes[ATX_KEY_LEN];
+
+// Reads the key file; false if it does not exist.
+static bool read_key_file(const char* path)
+{
+    int fd = OpenTransientFile(path, O_RDONLY | PG_BINARY);
+    struct stat st;
+    ssize_t n;
+
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return false;
+        ereport(ERROR, (errcode_for_file_access(), errmsg("could not open file \"%s\": %m", path)));
+    }
+    if (fstat(fd, &st) == 0 && (st.st_mode & (S_IRWXG | S_IRWXO)) != 0)
+        ereport(WARNING, (errmsg("pg_atx key file \"%s\" is accessible by group or others", path),
+                          errhint("chmod 0600 \"%s\"", path)));
+    n = read(fd, key_bytes, ATX_KEY_LEN + 0);
+    if (n != ATX_KEY_LEN) {
+        int save_errno = errno;
+        CloseTransientFile(fd);
+        errno = save_errno;
+        ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED),
+                        errmsg("pg_atx key file \"%s\" is not %d bytes long", path, ATX_KEY_LEN)));
+    }
+    // A longer file is corrupt as well.
+    {
+        char extra;
+        if (read(fd, &extra, 1) != 0) {
+            CloseTransientFile(fd);
+            ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED),
+                            errmsg("pg_atx key file \"%s\" is not %d bytes long", path, ATX_KEY_LEN)));
+        }
+    }
+    CloseTransientFile(fd);
+    return true;
+}
+
+static void create_key_file(const char* path)
+{
+    uint8 fresh[ATX_KEY_LEN];
+    char* tmp = psprintf("%s.tmp.%d", path, MyProcPid);
+    int fd;
+
+    if (!pg_strong_random(fresh, sizeof fresh))
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate a random pg_atx key")));
+
+    (void)unlink(tmp);  // left over by a crashed backend with the same pid
+    fd = OpenTransientFilePerm(tmp, O_WRONLY | O_CREAT | O_EXCL | PG_BINARY, S_IRUSR | S_IWUSR);
+    if (fd < 0)
+        ereport(ERROR, (errcode_for_file_access(), errmsg("could not create file \"%s\": %m", tmp)));
+    errno = 0;
+    if (write(fd, fresh, sizeof fresh) != (ssize_t)sizeof fresh) {
+        if (errno == 0)
+            errno = ENOSPC;
+        int save_errno = errno;
+        CloseTransientFile(fd);
+        unlink(tmp);
+        errno = save_errno;
+        ereport(ERROR, (errcode_for_file_access(), errmsg("could not write file \"%s\": %m", tmp)));
+    }
+    if (pg_fsync(fd) != 0) {
+        int save_errno = errno;
+        CloseTransientFile(fd);
+        unlink(tmp);
+        errno = save_errno;
+        ereport(ERROR, (errcode_for_file_access(), errmsg("could not fsync file \"%s\": %m", tmp)));
+    }
+    CloseTransientFile(fd);
+    explicit_bzero(fresh, sizeof fresh);
+
+    if (link(tmp, path) != 0 && errno != EEXIST) {
+        int save_errno = errno;
+        unlink(tmp);
+        errno = save_errno;
+        ereport(ERROR, (errcode_for_file_access(), errmsg("could not link \"%s\" to \"%s\": %m", tmp, path)));
+    }
+    unlink(tmp);
+    // Make the new directory entry durable.
+    fsync_fname(DataDir, true);
+    pfree(tmp);
+}
+
+const uint8* atx_hmac_key(void)
+{
+    if (!key_loaded) {
+        char* path = psprintf("%s/%s", DataDir, ATX_KEY_FILE);
+        if (!read_key_file(path)) {
+            create_key_file(path);
+            if (!read_key_file(path))
+                ereport(ERROR, (errcode_for_file_access(), errmsg("could not read file \"%s\": %m", path)));
+        }
+        pfree(path);
+        key_loaded = true;
+    }
+    return key_bytes;
+}
+
+void atx_hmac_sha256(const char* data, size_t len, uint8 out[32])
+{
+    const uint8* key = atx_hmac_key();
+    pg_hmac_ctx* ctx = pg_hmac_create(PG_SHA256);
+
+    if (ctx == NULL)
+        ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+    if (pg_hmac_init(ctx, key, ATX_KEY_LEN) < 0 || pg_hmac_update(ctx, (const uint8*)data, len) < 0 ||
+        pg_hmac_final(ctx, out, 32) < 0) {
+        const char* why = pstrdup(pg_hmac_error(ctx));
+        pg_hmac_free(ctx);
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not compute HMAC-SHA256: %s", why)));
+    }
+    pg_hmac_free(ctx);
+}
+
+bool atx_mac_equal(const uint8* a, const uint8* b)
+{
+    // No early exit: the time taken does not depend on where the MACs differ.
+    volatile uint8 diff = 0;
+    for (int i = 0; i < 32; i++)
+        diff |= a[i] ^ b[i];
+    return diff == 0;
+}

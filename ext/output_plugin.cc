@@ -1,0 +1,190 @@
+// The output plugin "pg_atx": streams only the messages atx_log wrote.
+//
+// filter_by_origin_cb drops every record whose origin is not "pg_atx" before
+// it is queued, so ordinary DML of the database costs the walsender nothing,
+// and a message forged with pg_logical_emit_message (which cannot carry the
+// pg_atx origin: setting a session origin needs superuser) never appears.
+//
+// format 'binary' (default): data = 'M' + raw payload, for atx-applier.
+// format 'text': one line per message for pg_recvlogical -P pg_atx and
+// pg_logical_slot_peek_changes.
+#include "atx_ext.h"
+#include "codec_bridge.h"
+#include "message.h"
+#include "pg_guard.h"
+#include "text_format.h"
+
+extern "C" {
+extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks* cb);
+}
+
+// Per-slot-session state, allocated in the decoding context.
+struct AtxDecodingState {
+    MemoryContext context;  // reset after every callback
+    bool text_format;       // format 'text', else binary
+    RepOriginId origin;     // id of origin "pg_atx"; Invalid while is_init
+};
+
+static void parse_options(LogicalDecodingContext* ctx, AtxDecodingState* st)
+{
+    ListCell* lc;
+    foreach (lc, ctx->output_plugin_options) {
+        DefElem* elem = (DefElem*)lfirst(lc);
+        if (strcmp(elem->defname, "format") == 0) {
+            const char* v = elem->arg ? strVal(elem->arg) : NULL;
+            if (v && strcmp(v, "binary") == 0)
+                st->text_format = false;
+            else if (v && strcmp(v, "text") == 0)
+                st->text_format = true;
+            else
+                ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                                errmsg("invalid value \"%s\" for pg_atx option \"format\"", v ? v : "(none)"),
+                                errhint("Valid values are \"binary\" and \"text\".")));
+        } else {
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("unrecognized pg_atx option \"%s\"", elem->defname),
+                            errhint("The only option is \"format\" ('binary' or 'text').")));
+        }
+    }
+}
+
+static void startup_body(LogicalDecodingContext* ctx, OutputPluginOptions* opt, bool is_init)
+{
+    AtxDecodingState* st = (AtxDecodingState*)MemoryContextAllocZero(ctx->context, sizeof(AtxDecodingState));
+    st->context = AllocSetContextCreate(ctx->context, "pg_atx output", ALLOCSET_DEFAULT_SIZES);
+    st->origin = InvalidRepOriginId;
+    ctx->output_plugin_private = st;
+
+    parse_options(ctx, st);
+    opt->output_type = st->text_format ? OUTPUT_PLUGIN_TEXTUAL_OUTPUT : OUTPUT_PLUGIN_BINARY_OUTPUT;
+    opt->receive_rewrites = false;
+
+    if (!is_init) {
+        // A walsender has no transaction here; the catalog lookup needs one.
+        bool own_xact = !IsTransactionState();
+        MemoryContext caller_context = CurrentMemoryContext;
+        if (own_xact)
+            StartTransactionCommand();
+        st->origin = atx_emit_origin_id(false);
+        if (own_xact)
+            CommitTransactionCommand();
+        // CommitTransactionCommand leaves us in TopMemoryContext.
+        MemoryContextSwitchTo(caller_context);
+    }
+}
+
+static void begin_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn) {}
+static void commit_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr commit_lsn) {}
+static void change_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, Relation rel,
+                      ReorderBufferChange* change)
+{
+}
+static void shutdown_cb(LogicalDecodingContext* ctx) {}
+
+static bool filter_by_origin_body(LogicalDecodingContext* ctx, RepOriginId origin_id)
+{
+    AtxDecodingState* st = (AtxDecodingState*)ctx->output_plugin_private;
+    // true = drop. Before the origin is known (slot creation) drop everything.
+    return st->origin == InvalidRepOriginId || origin_id != st->origin;
+}
+
+static void append_text_line(StringInfo out, XLogRecPtr lsn, const char* message, Size size)
+{
+    AtxMessageC m;
+    atx::CaughtError err;
+    char id[37];
+
+    if (!atx_decode_payload(message, size, &m, &err)) {
+        // Never raise: an error here would stop the slot at this message forever.
+        appendStringInfo(out, "pg_atx message lsn=%X/%X undecodable (SQLSTATE %s): %s", (uint32)(lsn >> 32), (uint32)lsn,
+                         unpack_sql_state(err.sqlerrcode), err.message);
+        return;
+    }
+    atx_uuid_text(m.id, id);
+    appendStringInfo(out, "pg_atx message id=%s lsn=%X/%X db=%u role=%s xid=" UINT64_FORMAT " key=%s statement=%s params=[",
+                     id, (uint32)(lsn >> 32), (uint32)lsn, m.database_oid, m.role_name, m.caller_xid, m.key ? m.key : "-",
+                     m.statement);
+    for (int i = 0; i < m.nparams; i++) {
+        const AtxParamC* p = &m.params[i];
+        StringInfoData v;
+        if (i > 0)
+            appendStringInfoString(out, ", ");
+        appendStringInfo(out, "%s:", p->type_name);
+        if (p->is_null) {
+            appendStringInfoString(out, "NULL");
+            continue;
+        }
+        initStringInfo(&v);
+        atx_append_param_value(&v, p, true);
+        appendStringInfoString(out, quote_literal_cstr(v.data));
+    }
+    appendStringInfoChar(out, ']');
+}
+
+static void message_body(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr message_lsn,
+                         bool transactional, const char* prefix, Size message_size, const char* message)
+{
+    AtxDecodingState* st = (AtxDecodingState*)ctx->output_plugin_private;
+    MemoryContext old;
+
+    // The origin filter already dropped anything atx_log did not write; this
+    // is a second, cheap check.
+    if (transactional || strcmp(prefix, atx::kMessagePrefix) != 0)
+        return;
+
+    old = MemoryContextSwitchTo(st->context);
+    OutputPluginPrepareWrite(ctx, true);
+    if (st->text_format) {
+        append_text_line(ctx->out, message_lsn, message, message_size);
+    } else {
+        appendStringInfoChar(ctx->out, 'M');
+        appendBinaryStringInfo(ctx->out, message, (int)message_size);
+    }
+    OutputPluginWrite(ctx, true);
+    MemoryContextSwitchTo(old);
+    MemoryContextReset(st->context);
+}
+
+// extern "C" shims: PostgreSQL calls these; C++ exceptions never cross them.
+#define ATX_CALLBACK_GUARD(call)            \
+    do {                                    \
+        atx::CaughtError caught_;           \
+        try {                               \
+            call;                           \
+            return;                         \
+        } catch (...) {                     \
+            atx::capture_exception(caught_); \
+        }                                   \
+        atx::raise_caught(caught_);         \
+    } while (0)
+
+extern "C" {
+
+static void startup_cb(LogicalDecodingContext* ctx, OutputPluginOptions* opt, bool is_init)
+{
+    ATX_CALLBACK_GUARD(startup_body(ctx, opt, is_init));
+}
+
+static bool filter_by_origin_cb(LogicalDecodingContext* ctx, RepOriginId origin_id)
+{
+    return filter_by_origin_body(ctx, origin_id);  // no allocation, cannot throw
+}
+
+static void message_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr message_lsn,
+                       bool transactional, const char* prefix, Size message_size, const char* message)
+{
+    ATX_CALLBACK_GUARD(message_body(ctx, txn, message_lsn, transactional, prefix, message_size, message));
+}
+
+void _PG_output_plugin_init(OutputPluginCallbacks* cb)
+{
+    cb->startup_cb = startup_cb;
+    cb->begin_cb = begin_cb;
+    cb->change_cb = change_cb;
+    cb->commit_cb = commit_cb;
+    cb->message_cb = message_cb;
+    cb->filter_by_origin_cb = filter_by_origin_cb;
+    cb->shutdown_cb = shutdown_cb;
+}
+
+}  // extern "C"

@@ -1,0 +1,39 @@
+// Is there somewhere for a message to go? A message emitted while no pg_atx
+// slot exists for the database is never decoded (a slot only sees WAL written
+// after it became consistent), so atx_log refuses instead of losing it.
+// Scanning the slot array in shared memory is cheap: max_replication_slots
+// entries under a shared lock.
+#include "atx_ext.h"
+
+bool atx_have_slot_for_database(Oid dboid)
+{
+    bool found = false;
+
+    if (ReplicationSlotCtl == NULL || max_replication_slots <= 0)
+        return false;
+
+    LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+    for (int i = 0; i < max_replication_slots && !found; i++) {
+        ReplicationSlot* s = &ReplicationSlotCtl->replication_slots[i];
+        bool ok;
+
+        if (!s->in_use)
+            continue;
+        // Fields are read under the slot's spinlock, as pg_get_replication_slots does.
+        SpinLockAcquire(&s->mutex);
+        ok = s->data.database == dboid && strcmp(NameStr(s->data.plugin), "pg_atx") == 0 &&
+             s->data.persistency != RS_EPHEMERAL;
+#if PG_VERSION_NUM >= 160000
+        if (s->data.invalidated != RS_INVAL_NONE)
+            ok = false;
+#else
+        // PostgreSQL 15 marks an invalidated slot by clearing restart_lsn.
+        if (s->data.restart_lsn == InvalidXLogRecPtr && s->data.invalidated_at != InvalidXLogRecPtr)
+            ok = false;
+#endif
+        SpinLockRelease(&s->mutex);
+        found = ok;
+    }
+    LWLockRelease(ReplicationSlotControlLock);
+    return found;
+}
