@@ -43,7 +43,16 @@ psql -qAtX -U mallory -c "BEGIN; SELECT pg_logical_emit_message(false, 'pg_atx',
 psql -qAtX -U mallory -c "SELECT pg_logical_emit_message(false, 'pg_atx', 'forged2')" >/dev/null
 out=$(peek_text)
 check_eq "forged messages and DML filtered out" 1 "$(grep -c 'pg_atx message' <<<"$out")"
-check "no forged payload in the stream" bash -c "! grep -q forged <<<'$out'"
+check "no forged payload in the stream" test "$(grep -c forged <<<"$out")" = 0
+
+# The same through a real walsender (pg_recvlogical), where the plugin decodes outside any
+# transaction: text format must work there too.
+slot=$(q -c "SELECT slot_name FROM pg_replication_slots WHERE plugin = 'pg_atx'")
+end=$(q -c "SELECT pg_current_wal_flush_lsn()")
+out=$(timeout 20 pg_recvlogical -d postgres --slot "$slot" --start --endpos "$end" -o format=text -f - 2>&1)
+note "$out"
+check "pg_recvlogical -o format=text streams the message" grep -q "id=$id" <<<"$out"
+check_eq "pg_recvlogical sees nothing forged" 0 "$(grep -c forged <<<"$out")"
 
 # Refusals that need another server configuration: wal_level below logical.
 REPLICA_DIR=$(atx_cluster_mkdir replica-level)
@@ -54,5 +63,20 @@ note "$err"
 check "wal_level=replica refused with 55000" grep -q "55000" <<<"$err"
 atx_cluster_stop "$REPLICA_DIR" immediate
 rm -rf "$REPLICA_DIR"
+
+# On a standby (a real one, from pg_basebackup) atx_log refuses with 25006.
+STANDBY_DIR=$(atx_cluster_mkdir standby)
+atx_as_server "$ATX_PG_BINDIR/pg_basebackup" -h "$TEST_DIR" -p "$PGPORT" -U postgres \
+    -D "$STANDBY_DIR/data" -R -X stream >/dev/null 2>&1 || not_ok "pg_basebackup"
+sport=$((PGPORT + 1))
+printf "port = %s\nunix_socket_directories = '%s'\n" "$sport" "$STANDBY_DIR" |
+    atx_as_server tee -a "$STANDBY_DIR/data/postgresql.conf" >/dev/null
+echo "$sport" >"$STANDBY_DIR/port"
+atx_cluster_start "$STANDBY_DIR" || not_ok "standby start"
+err=$(PGHOST=$STANDBY_DIR PGPORT=$sport psql -qAtX -v VERBOSITY=verbose -c "SELECT atx_log('SELECT 1')" 2>&1)
+note "$err"
+check "on a standby atx_log is refused with 25006" grep -q "25006" <<<"$err"
+atx_cluster_stop "$STANDBY_DIR" immediate
+rm -rf "$STANDBY_DIR"
 
 done_testing
