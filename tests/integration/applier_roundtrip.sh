@@ -52,7 +52,7 @@ q -c "SELECT atx_log_keyed('order-42', 'INSERT INTO keyed VALUES (\$1)', 1)" >/d
 q -c "SELECT atx_log_keyed('order-42', 'INSERT INTO keyed VALUES (\$1)', 2)" >/dev/null
 q -c "SELECT atx_log('INSERT INTO seq VALUES (0)')" >/dev/null   # a marker after both
 wait_for 10 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM seq') = 1 ]"
-check_eq "same key applied once (first value kept)" "1" "$(q -c 'SELECT string_agg(v::text, ",") FROM keyed')"
+check_eq "same key applied once (first value kept)" "1" "$(q -c "SELECT string_agg(v::text, ',') FROM keyed")"
 check_eq "key recorded in atx.idempotency_key" 1 "$(q -c "SELECT count(*) FROM atx.idempotency_key WHERE key = 'order-42'")"
 check "second message logged as a duplicate" grep -q "duplicate" "$TEST_DIR/applier.log"
 
@@ -63,7 +63,7 @@ SELECT atx_log('INSERT INTO no_such_table VALUES (1)');
 SELECT atx_log('INSERT INTO seq VALUES (2)');
 SQL
 wait_for 10 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM seq') = 3 ]"
-check_eq "good messages around a bad one applied" "0,1,2" "$(q -c 'SELECT string_agg(v::text, "," ORDER BY v) FROM seq')"
+check_eq "good messages around a bad one applied" "0,1,2" "$(q -c "SELECT string_agg(v::text, ',' ORDER BY v) FROM seq")"
 wait_for 10 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM atx.dead_letter') = 1 ]"
 check_eq "bad message dead-lettered with its SQLSTATE" "42P01|INSERT INTO no_such_table VALUES (1)" \
     "$(q -c 'SELECT sqlstate, statement FROM atx.dead_letter')"
