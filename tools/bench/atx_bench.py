@@ -1,0 +1,355 @@
+#!/usr/bin/env python3
+"""pg_atx benchmarks: pg_atx against plain INSERT, dblink and pg_background, in one run.
+
+Started by `tools/atx bench [--quick]`. Starts its own throwaway cluster (tests/lib/cluster.sh,
+synchronous_commit and fsync at their defaults), interleaves the contenders in rounds so machine
+drift hits all alike, prints a table of figures and ratios, and writes the same as JSON.
+Standard library only.
+"""
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLUSTER_SH = os.path.join(ROOT, "tests", "lib", "cluster.sh")
+
+
+def sh(script, **kw):
+    """Runs bash with cluster.sh sourced; returns stdout."""
+    return subprocess.run(["bash", "-c", f". '{CLUSTER_SH}'; {script}"], check=True,
+                          capture_output=True, text=True, **kw).stdout.strip()
+
+
+class Cluster:
+    def __init__(self, conf):
+        self.dir = sh("atx_cluster_mkdir bench")
+        sh(f"atx_cluster_init '{self.dir}' " + " ".join(f"'{c}'" for c in conf))
+        sh(f"atx_cluster_start '{self.dir}'")
+        self.port = open(os.path.join(self.dir, "port")).read().strip()
+        self.env = dict(os.environ, PGHOST=self.dir, PGPORT=self.port, PGUSER="postgres",
+                        PGDATABASE="postgres")
+
+    def conninfo(self):
+        return f"host={self.dir} port={self.port} user=postgres"
+
+    def psql(self, sql, db="postgres"):
+        out = subprocess.run(["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
+                             env=self.env, check=True, capture_output=True, text=True)
+        return out.stdout.strip()
+
+    def stop(self):
+        sh(f"atx_cluster_stop '{self.dir}' fast")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Applier:
+    def __init__(self, binary, cluster, state_dir, args=()):
+        self.binary, self.cluster, self.state_dir, self.args = binary, cluster, state_dir, list(args)
+        self.proc = None
+        self.log = open(os.path.join(cluster.dir, "applier.log"), "a")
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            [self.binary, "--conninfo", self.cluster.conninfo(), "--dbname", "postgres",
+             "--state-dir", self.state_dir, "--log-level", "warn"] + self.args,
+            stdout=self.log, stderr=self.log)
+        return self
+
+    def peak_rss_kb(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+
+def pgbench(cluster, script, clients, seconds=None, transactions=None, rate=None, log_dir=None,
+            extra=()):
+    """Runs pgbench with a custom script; returns (tps, latencies in ms or None)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
+        f.write(script)
+        path = f.name
+    cmd = ["pgbench", "-n", "-f", path, "-c", str(clients), "-j", str(min(clients, 2))]
+    if seconds:
+        cmd += ["-T", str(seconds)]
+    if transactions:
+        cmd += ["-t", str(transactions)]
+    if rate:
+        cmd += ["--rate", str(rate)]
+    if log_dir:
+        cmd += ["-l", "--log-prefix", os.path.join(log_dir, "pgbench_log")]
+    cmd += list(extra)
+    out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True)
+    os.unlink(path)
+    if out.returncode != 0:
+        raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
+    tps = None
+    for line in out.stdout.splitlines():
+        if line.startswith("tps =") and tps is None:
+            tps = float(line.split()[2])
+    lat = None
+    if log_dir:
+        lat = []
+        for name in os.listdir(log_dir):
+            if name.startswith("pgbench_log"):
+                with open(os.path.join(log_dir, name)) as f:
+                    for line in f:
+                        parts = line.split()
+                        if len(parts) >= 3:
+                            lat.append(int(parts[2]) / 1000.0)  # microseconds -> ms
+                os.unlink(os.path.join(log_dir, name))
+    return tps, lat
+
+
+def pct(values, p):
+    if not values:
+        return None
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, int(round(p / 100.0 * (len(s) - 1)))))
+    return s[k]
+
+
+def caller_cost(cluster, contenders, clients, seconds, rounds, log):
+    """Interleaved rounds; per contender: median/p99 latency and throughput."""
+    res = {name: {"lat": [], "tps": []} for name in contenders}
+    for r in range(rounds):
+        order = list(contenders)
+        random.shuffle(order)
+        for name in order:
+            with tempfile.TemporaryDirectory() as d:
+                os.chmod(d, 0o777)
+                tps, lat = pgbench(cluster, contenders[name], clients, seconds=seconds, log_dir=d)
+            res[name]["tps"].append(tps)
+            res[name]["lat"].extend(lat)
+            log(f"  round {r + 1}/{rounds} {clients} client(s) {name:<22} {tps:9.1f} calls/s")
+    out = {}
+    for name, v in res.items():
+        out[name] = {"median_ms": statistics.median(v["lat"]), "p99_ms": pct(v["lat"], 99),
+                     "calls_per_s": statistics.mean(v["tps"]), "calls": len(v["lat"])}
+    return out
+
+
+def wait_count(cluster, table, n, timeout):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        c = int(cluster.psql(f"SELECT count(*) FROM {table}"))
+        if c >= n:
+            return c
+        time.sleep(0.05)
+    raise RuntimeError(f"{table}: only {c} of {n} rows after {timeout}s")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short runs, under 3 minutes")
+    ap.add_argument("--applier", default=os.path.join(ROOT, "build", "applier", "atx-applier"))
+    ap.add_argument("--json", default=os.path.join(ROOT, "build", "bench", "results.json"))
+    a = ap.parse_args()
+
+    q = a.quick
+    seconds = 4 if q else 10
+    rounds = 2 if q else 3
+    drain_n = 20000 if q else 200000
+    e2e_seconds = 5 if q else 20
+    tpcb_seconds = 6 if q else 20
+
+    def log(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    cluster = Cluster([])
+    state = tempfile.mkdtemp(prefix="atx-bench-state.")
+    applier = Applier(a.applier, cluster, state)
+    results = {"mode": "quick" if q else "full", "machine": {}, "caller": {}, "ratios": {}}
+    try:
+        results["machine"] = {
+            "cpus": os.cpu_count(), "kernel": platform.release(),
+            "server": cluster.psql("SHOW server_version"),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        }
+        cluster.psql("CREATE EXTENSION pg_atx; CREATE EXTENSION dblink;")
+        has_bgw = cluster.psql("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_background'") == "1"
+        if has_bgw:
+            cluster.psql("CREATE EXTENSION pg_background")
+        for t in ("bench_plain", "bench_atx", "bench_dblink", "bench_bgw", "bench_drain"):
+            cluster.psql(f"CREATE TABLE {t}(id bigserial PRIMARY KEY, v int)")
+        cluster.psql("CREATE TABLE bench_e2e(id bigserial PRIMARY KEY, emitted_at timestamptz, "
+                     "applied_at timestamptz DEFAULT clock_timestamp())")
+        applier.start()
+        for _ in range(300):
+            if cluster.psql("SELECT count(*) FROM pg_replication_slots WHERE plugin = 'pg_atx'") == "1":
+                break
+            time.sleep(0.1)
+
+        ci = cluster.conninfo() + " dbname=postgres"
+        contenders = {
+            "plain INSERT": "\\set i random(1, 1000000)\nINSERT INTO bench_plain(v) VALUES (:i);\n",
+            "atx_log, commit": "\\set i random(1, 1000000)\nBEGIN;\n"
+                               "SELECT atx_log('INSERT INTO bench_atx(v) VALUES ($1)', :i);\nCOMMIT;\n",
+            "atx_log, rollback": "\\set i random(1, 1000000)\nBEGIN;\n"
+                                 "SELECT atx_log('INSERT INTO bench_atx(v) VALUES ($1)', :i);\nROLLBACK;\n",
+            "dblink": "\\set i random(1, 1000000)\n"
+                      f"SELECT dblink_exec('{ci}', 'INSERT INTO bench_dblink(v) VALUES (' || :i || ')');\n",
+        }
+        if has_bgw:
+            contenders["pg_background result"] = (
+                "\\set i random(1, 1000000)\nSELECT * FROM pg_background_result(pg_background_launch("
+                "'INSERT INTO bench_bgw(v) VALUES (' || :i || ')')) AS (r text);\n")
+            contenders["pg_background detach"] = (
+                "\\set i random(1, 1000000)\nSELECT pg_background_detach(pg_background_launch("
+                "'INSERT INTO bench_bgw(v) VALUES (' || :i || ')'));\n")
+
+        log("1. caller cost")
+        for clients in (1, 8):
+            results["caller"][str(clients)] = caller_cost(cluster, contenders, clients, seconds, rounds, log)
+
+        log("2. applier drain rate")
+        applier.stop()
+        cluster.psql("TRUNCATE bench_drain")
+        t0 = time.time()
+        emit_tps, _ = pgbench(cluster, "SELECT atx_log('INSERT INTO bench_drain(v) VALUES ($1)', 1);\n",
+                              8, transactions=drain_n // 8)
+        log(f"  emitted {drain_n} with 8 clients in {time.time() - t0:.1f}s ({emit_tps:.0f}/s)")
+        applier = Applier(a.applier, cluster, state)
+        t0 = time.time()
+        applier.start()
+        wait_count(cluster, "bench_drain", drain_n // 8 * 8, 1800)
+        drain_s = time.time() - t0
+        results["drain"] = {"messages": drain_n // 8 * 8, "seconds": drain_s,
+                            "messages_per_s": drain_n // 8 * 8 / drain_s, "emit_8_clients_per_s": emit_tps,
+                            "applier_peak_rss_kb": applier.peak_rss_kb()}
+        log(f"  drained in {drain_s:.1f}s: {results['drain']['messages_per_s']:.0f}/s")
+        applier.stop()
+
+        log("3. end-to-end latency")
+        applier = Applier(a.applier, cluster, state).start()
+        results["e2e"] = {}
+        for rate in (1000, 5000):
+            cluster.psql("TRUNCATE bench_e2e")
+            tps, _ = pgbench(cluster, "SELECT atx_log('INSERT INTO bench_e2e(emitted_at) VALUES ($1)', "
+                                      "clock_timestamp());\n", 4, seconds=e2e_seconds, rate=rate)
+            time.sleep(2)
+            rows = cluster.psql("SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), "
+                                "percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) FROM "
+                                "(SELECT extract(epoch FROM applied_at - emitted_at) * 1000 AS ms "
+                                "FROM bench_e2e) s").split("|")
+            results["e2e"][str(rate)] = {"offered_per_s": rate, "achieved_per_s": tps, "messages": int(rows[0]),
+                                         "median_ms": float(rows[1]), "p99_ms": float(rows[2]),
+                                         "max_ms": float(rows[3])}
+            log(f"  {rate}/s: median {float(rows[1]):.2f} ms, p99 {float(rows[2]):.2f} ms, max {float(rows[3]):.2f} ms")
+        results["e2e"]["applier_peak_rss_kb"] = applier.peak_rss_kb()
+
+        log("4. walsender overhead (pgbench TPC-B)")
+        subprocess.run(["pgbench", "-i", "-q", "-s", "10"], env=cluster.env, check=True, capture_output=True)
+        tpcb = {"no slot": [], "slot, idle": [], "slot, 1000 msg/s": []}
+        side_script = os.path.join(cluster.dir, "side.sql")
+        with open(side_script, "w") as f:
+            f.write("SELECT atx_log('INSERT INTO bench_drain(v) VALUES (2)');\n")
+        slot = cluster.psql("SELECT slot_name FROM pg_replication_slots WHERE plugin = 'pg_atx'")
+        for r in range(rounds):
+            order = list(tpcb)
+            random.shuffle(order)
+            for name in order:
+                applier.stop()
+                if name == "no slot":
+                    cluster.psql(f"SELECT pg_drop_replication_slot('{slot}')")
+                else:
+                    applier = Applier(a.applier, cluster, state).start()
+                    for _ in range(300):
+                        if cluster.psql("SELECT count(*) FROM pg_replication_slots WHERE plugin = 'pg_atx' "
+                                        "AND active") == "1":
+                            break
+                        time.sleep(0.1)
+                side = None
+                if name == "slot, 1000 msg/s":
+                    side = subprocess.Popen(
+                        ["pgbench", "-n", "-c", "1", "-T", str(tpcb_seconds), "--rate", "1000", "-f", side_script],
+                        env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                out = subprocess.run(["pgbench", "-n", "-c", "8", "-j", "2", "-T", str(tpcb_seconds)],
+                                     env=cluster.env, check=True, capture_output=True, text=True).stdout
+                tps = float([l for l in out.splitlines() if l.startswith("tps =")][0].split()[2])
+                if side:
+                    side.wait()
+                tpcb[name].append(tps)
+                log(f"  round {r + 1}/{rounds} {name:<18} {tps:8.1f} tps")
+        if applier.proc is None:
+            applier = Applier(a.applier, cluster, state).start()
+        time.sleep(3)
+        spill = cluster.psql("SELECT coalesce(sum(spill_bytes), 0) FROM pg_stat_replication_slots")
+        retained = cluster.psql("SELECT coalesce(max(pg_current_wal_lsn() - restart_lsn), 0) "
+                                "FROM pg_replication_slots WHERE plugin = 'pg_atx'")
+        results["tpcb"] = {k: statistics.mean(v) for k, v in tpcb.items()}
+        results["tpcb"]["spill_bytes"] = int(spill)
+        results["tpcb"]["wal_retained_bytes"] = int(float(retained))
+
+        c1, c8 = results["caller"]["1"], results["caller"]["8"]
+        ratios = results["ratios"]
+        ratios["atx_log / plain INSERT, median latency, 1 client"] = c1["atx_log, commit"]["median_ms"] / c1["plain INSERT"]["median_ms"]
+        ratios["dblink / atx_log, median latency, 1 client"] = c1["dblink"]["median_ms"] / c1["atx_log, commit"]["median_ms"]
+        ratios["atx_log / dblink, throughput, 8 clients"] = c8["atx_log, commit"]["calls_per_s"] / c8["dblink"]["calls_per_s"]
+        if has_bgw:
+            ratios["pg_background result / atx_log, median latency, 1 client"] = c1["pg_background result"]["median_ms"] / c1["atx_log, commit"]["median_ms"]
+            ratios["atx_log / pg_background result, throughput, 8 clients"] = c8["atx_log, commit"]["calls_per_s"] / c8["pg_background result"]["calls_per_s"]
+        ratios["drain / 8-client emit"] = results["drain"]["messages_per_s"] / c8["atx_log, commit"]["calls_per_s"]
+        ratios["TPC-B with slot, idle / without"] = results["tpcb"]["slot, idle"] / results["tpcb"]["no slot"]
+        ratios["TPC-B with slot, 1000 msg/s / without"] = results["tpcb"]["slot, 1000 msg/s"] / results["tpcb"]["no slot"]
+    finally:
+        applier.stop()
+        cluster.stop()
+        shutil.rmtree(state, ignore_errors=True)
+
+    print_table(results, has_bgw)
+    os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    with open(a.json, "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nJSON: {a.json}")
+
+
+def print_table(r, has_bgw):
+    m = r["machine"]
+    print(f"\npg_atx benchmark ({r['mode']}), PostgreSQL {m['server']}, {m['cpus']} CPUs, {m['date']}\n")
+    print("Caller cost                   1 client: median   p99    calls/s | 8 clients: median   p99    calls/s")
+    for name in r["caller"]["1"]:
+        a, b = r["caller"]["1"][name], r["caller"]["8"][name]
+        print(f"  {name:<26} {a['median_ms']:8.3f} {a['p99_ms']:7.3f} {a['calls_per_s']:9.1f} |"
+              f"          {b['median_ms']:7.3f} {b['p99_ms']:7.3f} {b['calls_per_s']:9.1f}   (ms)")
+    d = r["drain"]
+    print(f"\nApplier drain: {d['messages']} messages in {d['seconds']:.1f} s = {d['messages_per_s']:.0f}/s "
+          f"(peak RSS {d['applier_peak_rss_kb']} kB)")
+    for rate in ("1000", "5000"):
+        e = r["e2e"][rate]
+        print(f"End-to-end at {rate}/s offered ({e['achieved_per_s']:.0f}/s achieved): median {e['median_ms']:.2f} ms, "
+              f"p99 {e['p99_ms']:.2f} ms, max {e['max_ms']:.2f} ms")
+    print(f"Applier peak RSS during end-to-end: {r['e2e']['applier_peak_rss_kb']} kB")
+    t = r["tpcb"]
+    print(f"TPC-B tps: no slot {t['no slot']:.0f}, slot idle {t['slot, idle']:.0f}, slot + 1000 msg/s "
+          f"{t['slot, 1000 msg/s']:.0f}; spill bytes {t['spill_bytes']}, WAL retained {t['wal_retained_bytes']} B")
+    if not has_bgw:
+        print("pg_background: not installed on this server, not measured")
+    print("\nRatios")
+    for k, v in r["ratios"].items():
+        print(f"  {k:<58} {v:8.2f}x")
+
+
+if __name__ == "__main__":
+    main()
