@@ -1,0 +1,60 @@
+// atx-applier settings: command-line flags (cxxopts) and an optional config file.
+//
+// The config file (--config) holds `name = value` lines using the long flag names without "--"
+// (`dbname` may appear several times; booleans take true/false/on/off/1/0/yes/no). '#' starts a
+// comment line. A flag given on the command line overrides the file (for dbname: the whole list).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+namespace atx::applier {
+
+struct Config {
+    std::string conninfo;              // base conninfo; dbname etc. are added per database
+    std::vector<std::string> dbnames;  // databases to serve
+    std::string state_dir;             // RocksDB directory (required)
+    std::string config_file;
+    std::string log_file;              // empty: stderr
+    spdlog::level::level_enum log_level = spdlog::level::info;
+    uint32_t batch_size = 500;
+    uint32_t batch_delay_ms = 1;
+    uint32_t statement_timeout_ms = 60000;
+    uint32_t max_attempts = 8;
+    uint32_t retry_base_ms = 100;
+    uint32_t retry_cap_ms = 30000;
+    uint32_t status_interval_ms = 1000;
+    bool synchronous_commit = false;
+    std::string pid_file;
+    bool once = false;
+    uint32_t idle_exit_ms = 2000;
+    bool log_level_from_cli = false;   // SIGHUP reloads the level only when the file owns it
+};
+
+class ConfigError : public std::runtime_error {
+public:
+    using std::runtime_error::runtime_error;
+};
+
+struct ParseOutcome {
+    enum class Action { Run, Help, Version } action = Action::Run;
+    Config config;
+    std::string text;  // --help / --version output
+};
+
+// Throws ConfigError for unknown flags, bad values, an unreadable or invalid config file, or a
+// missing required setting.
+ParseOutcome parse_config(int argc, const char* const* argv);
+
+// Re-reads the log level from the config file (for SIGHUP). nullopt when there is no file, the
+// file has no log-level line, or --log-level fixed it. Throws ConfigError on bad input.
+std::optional<spdlog::level::level_enum> reload_log_level(const Config& current);
+
+inline constexpr const char* kApplierVersion = "0.1.0";
+
+}  // namespace atx::applier
