@@ -3,6 +3,10 @@
 
 #include <deque>
 
+#include <cerrno>
+#include <cstring>
+#include <sys/select.h>
+
 #include <nlohmann/json.hpp>
 
 #include "fault.h"
@@ -29,7 +33,7 @@ constexpr Oid kByteaOid = 17;
 // worker reconnects (or, for a statement error, the caller rolls back).
 class Pipeline {
 public:
-    explicit Pipeline(PgConn& c) : c_(c)
+    Pipeline(PgConn& c, const std::function<void()>& on_wait) : c_(c), on_wait_(on_wait)
     {
         if (PQenterPipelineMode(c_.get()) != 1)
             throw c_.error_from(nullptr, "entering pipeline mode");
@@ -87,6 +91,7 @@ public:
         std::vector<PgResult> out;
         out.reserve(queued_);
         for (size_t i = 0; i < queued_; ++i) {
+            wait_result();
             PgResult r(PQgetResult(c_.get()));
             if (!r)
                 throw c_.error_from(nullptr, "reading pipeline results");
@@ -98,6 +103,7 @@ public:
                 throw PgError("pipeline: more than one result for a query", "08P01", true);
             out.push_back(std::move(r));
         }
+        wait_result();
         PgResult sync(PQgetResult(c_.get()));
         if (!sync || PQresultStatus(sync.get()) != PGRES_PIPELINE_SYNC)
             throw c_.error_from(sync.get(), "pipeline: expected the sync result");
@@ -108,7 +114,29 @@ public:
     }
 
 private:
+    // Blocks until PQgetResult would not block, calling on_wait_ every 200 ms meanwhile.
+    void wait_result()
+    {
+        while (PQisBusy(c_.get())) {
+            const int fd = PQsocket(c_.get());
+            if (fd < 0)
+                throw c_.error_from(nullptr, "waiting for results");
+            fd_set rd;
+            FD_ZERO(&rd);
+            FD_SET(fd, &rd);
+            timeval tv{0, 200 * 1000};
+            const int n = select(fd + 1, &rd, nullptr, nullptr, &tv);
+            if (n < 0 && errno != EINTR)
+                throw PgError(std::string("select() on the apply session: ") + strerror(errno), "08006", true);
+            if (n == 0 && on_wait_)
+                on_wait_();
+            if (n > 0 && PQconsumeInput(c_.get()) != 1)
+                throw c_.error_from(nullptr, "reading results");
+        }
+    }
+
     PgConn& c_;
+    const std::function<void()>& on_wait_;
     size_t queued_ = 0;
     bool done_ = false;
 };
@@ -219,7 +247,7 @@ std::vector<ApplyOutcome> ApplySession::begin_and_apply(const std::vector<ApplyI
 {
     std::vector<PgResult> rs;
     {
-        Pipeline p(conn_);
+        Pipeline p(conn_, on_wait_);
         p.send("BEGIN", {});
         p.send("SELECT pg_current_xact_id()", {});
         const size_t half = items.size() / 2;
@@ -266,7 +294,7 @@ void ApplySession::commit(const std::vector<DeadLetter>& dead, Lsn last_lsn)
 {
     std::vector<PgResult> rs;
     {
-        Pipeline p(conn_);
+        Pipeline p(conn_, on_wait_);
         for (const auto& d : dead) {
             const Message* m = d.decoded;
             std::deque<std::string> tmp;  // stable addresses for the views below

@@ -10,6 +10,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -77,11 +78,17 @@ public:
     // Thread-safe: cancels the statement in progress (used by shutdown after a grace period).
     void request_cancel();
 
+    // Called about every 200 ms while a batch waits for the server (a statement blocked on a
+    // lock, a slow statement): the worker keeps answering the walsender from here, or the
+    // replication connection would hit wal_sender_timeout during a long apply.
+    void set_wait_callback(std::function<void()> f) { on_wait_ = std::move(f); }
+
 private:
     PgConn conn_;
     std::string origin_;
     std::mutex cancel_mu_;
     PGcancel* cancel_ = nullptr;
+    std::function<void()> on_wait_;
 };
 
 // JSON array describing a message's parameters (for atx.dead_letter.params).

@@ -242,6 +242,12 @@ WorkerResult DatabaseWorker::session()
 
     open_session();
     apply_.setup({cfg_.statement_timeout_ms, cfg_.synchronous_commit}, origin_);
+    // While a batch waits on the server, keep the walsender answered (durable progress is not
+    // queried then: the apply session is busy, so the last known value is reported).
+    apply_.set_wait_callback([this] {
+        if (stream_.connected() && Clock::now() >= next_status_)
+            send_status(false);
+    });
     applied_upto_ = apply_.origin_progress(false).value_or(0);
     durable_ = apply_.origin_progress(true).value_or(0);
     need_durable_ = applied_upto_ > durable_ ? applied_upto_ : 0;
