@@ -37,7 +37,11 @@ done_testing() {
 TEST_DIR=""
 APPLIER_PID=""
 
+TESTLIB_MAIN_PID=$BASHPID
 _testlib_cleanup() {
+    # A forked child that is signalled before it execs still carries this trap: only the test's
+    # own shell may stop and delete the cluster.
+    [ "$BASHPID" = "$TESTLIB_MAIN_PID" ] || return 0
     [ -n "$APPLIER_PID" ] && kill -9 "$APPLIER_PID" 2>/dev/null
     if [ -n "$TEST_DIR" ]; then
         atx_cluster_stop "$TEST_DIR" immediate
@@ -65,9 +69,9 @@ atx_test_cluster() {
 conninfo() { atx_cluster_conninfo "$TEST_DIR"; }
 
 applier_start() {
-    "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
+    (trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
         --state-dir "$TEST_DIR/state" --log-level "${APPLIER_LOG_LEVEL:-info}" "$@" \
-        >>"$TEST_DIR/applier.log" 2>&1 &
+        >>"$TEST_DIR/applier.log" 2>&1) &
     APPLIER_PID=$!
 }
 
