@@ -454,6 +454,9 @@ void DatabaseWorker::apply_batch()
         } else if (o.status == "duplicate") {
             rec.status = DeliveryStatus::Duplicate;
             ++n_dup;
+            spdlog::info("{} event=duplicate message_id={} lsn={} key={} action=\"not executed: its "
+                         "idempotency key was applied before\"",
+                         log_, rec.message_id, lsn(p.lsn), logq(rec.key));
         } else {
             uint32_t prior = 0;
             int64_t first_failed = now_us;
@@ -500,7 +503,14 @@ void DatabaseWorker::after_commit(std::vector<DeliveryRecord> records, Lsn last)
     need_durable_ = std::max(need_durable_, last);
     if (cfg_.synchronous_commit)
         durable_ = std::max(durable_, last);
-    write_state(records, true);
+    // The server is authoritative for what was applied (origin progress, keys, dead letters), so
+    // applied/duplicate history needs no fsync of its own: after an OS crash reconcile() corrects
+    // it. Dead-letter and retry history is synced: it is the only record of the attempts.
+    bool sync = false;
+    for (const auto& r : records)
+        if (r.status == DeliveryStatus::Dead || r.status == DeliveryStatus::Retrying)
+            sync = true;
+    write_state(records, sync);
     ATX_FAULT_POINT("after_state_write");
     last_handled_ = std::max(last_handled_, last);
 }
@@ -549,6 +559,10 @@ void DatabaseWorker::apply_singly()
                 if (attempts > 1)
                     spdlog::info("{} event=retry_succeeded message_id={} lsn={} attempts={}", log_,
                                  rec.message_id, lsn(p.lsn), attempts);
+                if (o.status == "duplicate")
+                    spdlog::info("{} event=duplicate message_id={} lsn={} key={} action=\"not "
+                                 "executed: its idempotency key was applied before\"",
+                                 log_, rec.message_id, lsn(p.lsn), logq(rec.key));
                 after_commit({rec}, p.lsn);
                 break;
             }

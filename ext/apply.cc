@@ -145,7 +145,10 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
     Datum* values = (Datum*)palloc0(sizeof(Datum) * (n ? n : 1));
     char* nulls = (char*)palloc0(n + 1);
 
+    AtxCurrentMessage saved_message;  // atx.current_message() outside this statement
+
     GetUserIdAndSecContext(&save_userid, &save_sec_context);
+    atx_current_message_save(&saved_message);
 
     BeginInternalSubTransaction(NULL);
     MemoryContextSwitchTo(oldcontext);
@@ -202,6 +205,7 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
 
             decode_params(m, types, values, nulls);
 
+            atx_current_message_set(m->id, m->role_oid, m->role_name, m->caller_xid, m->emit_time, m->key);
             rc = SPI_execute_with_args(m->statement, n, types, values, nulls, false, 0);
             if (rc == SPI_ERROR_TRANSACTION)
                 ereport(ERROR, (errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
@@ -220,6 +224,7 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
             rc = SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0);
             if (rc < 0)
                 elog(ERROR, "SET CONSTRAINTS failed: %s", SPI_result_code_string(rc));
+            atx_current_message_restore(&saved_message);
 
             AtEOXact_GUC(false, nestlevel);  // undo the captured GUCs and every SET inside
             SetUserIdAndSecContext(save_userid, save_sec_context);
@@ -236,6 +241,7 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
     {
         ErrorData* edata;
 
+        atx_current_message_restore(&saved_message);
         MemoryContextSwitchTo(oldcontext);
         edata = CopyErrorData();
         FlushErrorState();

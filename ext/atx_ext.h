@@ -26,3 +26,26 @@ const uint8* atx_hmac_key(void);
 void atx_hmac_sha256(const char* data, size_t len, uint8 out[32]);
 // Constant-time comparison of two 32-byte MACs.
 bool atx_mac_equal(const uint8* a, const uint8* b);
+
+// The message atx.apply_message is executing (current_message.cc), read by
+// atx.current_message(). apply.cc saves the previous state before its PG_TRY,
+// sets it right before the statement runs and restores the saved state after
+// it, on success and in PG_CATCH (a nested atx.apply inside a statement then
+// leaves the outer message current again). The strings are not copied: they
+// must stay valid while the message is current. A top-level commit or abort
+// clears it in any case.
+struct AtxCurrentMessage {
+    bool active;
+    uint8 id[16];
+    Oid role_oid;
+    const char* role_name;
+    uint64 caller_xid;  // FullTransactionId, 0: the caller had none
+    TimestampTz emit_time;
+    const char* key;  // NULL: no idempotency key
+};
+void atx_current_message_save(AtxCurrentMessage* saved);
+void atx_current_message_set(const uint8 id[16], Oid role_oid, const char* role_name, uint64 caller_xid,
+                             TimestampTz emit_time, const char* key);
+void atx_current_message_restore(const AtxCurrentMessage* saved);
+// The message being applied, or NULL outside an apply.
+const AtxCurrentMessage* atx_current_message(void);

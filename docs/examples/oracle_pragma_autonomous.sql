@@ -1,0 +1,203 @@
+-- Oracle / EDB PRAGMA AUTONOMOUS_TRANSACTION rewritten with atx_log.
+--
+-- Run with psql against a database with pg_atx installed and atx-applier running:
+--   psql -v ON_ERROR_STOP=1 -f docs/examples/oracle_pragma_autonomous.sql
+-- The checks at the end wait for the applier (up to 10 s) and raise if anything is off.
+-- Checked by tests/integration/examples.sh. See docs/migrations.md.
+CREATE EXTENSION IF NOT EXISTS pg_atx;
+DROP SCHEMA IF EXISTS ex_oracle CASCADE;
+CREATE SCHEMA ex_oracle;
+
+CREATE TABLE ex_oracle.orders (id int PRIMARY KEY, item text, qty int);
+CREATE TABLE ex_oracle.app_log (
+    id bigserial PRIMARY KEY,
+    logged_at timestamptz NOT NULL,
+    who name NOT NULL,
+    action text NOT NULL,
+    detail text
+);
+
+-------------------------------------------------------------------------------
+-- 1. A procedure that logs an action, whatever the caller does afterwards.
+--
+-- Oracle / EDB original:
+--
+--   CREATE OR REPLACE PROCEDURE log_action(p_action VARCHAR2, p_detail VARCHAR2) IS
+--       PRAGMA AUTONOMOUS_TRANSACTION;
+--   BEGIN
+--       INSERT INTO app_log (logged_at, who, action, detail)
+--       VALUES (SYSTIMESTAMP, USER, p_action, p_detail);
+--       COMMIT;
+--   END;
+--
+-- With pg_atx: the INSERT becomes the statement of a message. atx_log returns once the message is
+-- flushed to the WAL; atx-applier runs it (as the same current_user, with the caller's search_path)
+-- exactly once, also when the caller rolls back. No COMMIT: the applier commits it.
+-- The time is the moment of the call (the message's emit time), not the moment of the apply.
+-------------------------------------------------------------------------------
+CREATE PROCEDURE ex_oracle.log_action(p_action text, p_detail text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM atx_log(
+        'INSERT INTO ex_oracle.app_log (logged_at, who, action, detail)'
+        ' VALUES ((atx.current_message()).emitted_at, current_user, $1, $2)',
+        p_action, p_detail);
+END
+$$;
+
+-- Called from a transaction that rolls back: the order is gone, the log entry stays.
+BEGIN;
+INSERT INTO ex_oracle.orders VALUES (1, 'widget', 5);
+CALL ex_oracle.log_action('order placed', 'order 1: 5 x widget');
+ROLLBACK;
+
+-------------------------------------------------------------------------------
+-- 2. A trigger declared autonomous.
+--
+-- Oracle original:
+--
+--   CREATE OR REPLACE TRIGGER orders_audit
+--   AFTER INSERT OR UPDATE OR DELETE ON orders FOR EACH ROW
+--   DECLARE
+--       PRAGMA AUTONOMOUS_TRANSACTION;
+--   BEGIN
+--       INSERT INTO app_log (logged_at, who, action, detail)
+--       VALUES (SYSTIMESTAMP, USER, 'orders ' || CASE WHEN INSERTING THEN 'INSERT'
+--               WHEN UPDATING THEN 'UPDATE' ELSE 'DELETE' END, :new.id || '/' || :old.id);
+--       COMMIT;
+--   END;
+--
+-- With pg_atx: the trigger function emits the INSERT. (For whole-table auditing with old and new
+-- images, masking and the caller's outcome, use atx.enable_audit instead: docs/audit.md. It also
+-- batches the rows of a statement into few messages; this trigger writes one message per row.)
+-------------------------------------------------------------------------------
+CREATE FUNCTION ex_oracle.orders_audit()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM atx_log(
+        'INSERT INTO ex_oracle.app_log (logged_at, who, action, detail)'
+        ' VALUES ((atx.current_message()).emitted_at, current_user, $1, $2)',
+        'orders ' || TG_OP,
+        CASE TG_OP WHEN 'DELETE' THEN OLD.id::text ELSE NEW.id::text END);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER orders_audit AFTER INSERT OR UPDATE OR DELETE ON ex_oracle.orders
+    FOR EACH ROW EXECUTE FUNCTION ex_oracle.orders_audit();
+
+BEGIN;
+INSERT INTO ex_oracle.orders VALUES (2, 'gadget', 1), (3, 'gizmo', 2);
+UPDATE ex_oracle.orders SET qty = qty + 1 WHERE id = 2;
+ROLLBACK;   -- no orders; three log entries
+
+-------------------------------------------------------------------------------
+-- 3. An autonomous block whose own ROLLBACK undoes only its own work.
+--
+-- Oracle original:
+--
+--   CREATE OR REPLACE PROCEDURE reserve_stock(p_item VARCHAR2, p_qty NUMBER) IS
+--       PRAGMA AUTONOMOUS_TRANSACTION;
+--       v_left NUMBER;
+--   BEGIN
+--       UPDATE stock SET qty = qty - p_qty WHERE item = p_item RETURNING qty INTO v_left;
+--       INSERT INTO reservation (item, qty) VALUES (p_item, p_qty);
+--       IF v_left < 0 THEN
+--           ROLLBACK;            -- undoes the UPDATE and the INSERT above, not the caller's work
+--           INSERT INTO app_log (logged_at, who, action, detail)
+--           VALUES (SYSTIMESTAMP, USER, 'reservation refused', p_item);
+--       END IF;
+--       COMMIT;
+--   END;
+--
+-- With pg_atx: the whole autonomous block becomes ONE statement of a message, here a CALL of a
+-- procedure (a DO block works the same, without parameters). atx-applier runs every message in
+-- its own subtransaction, so:
+--   * a PL/pgSQL block with an EXCEPTION clause inside it is the "ROLLBACK of its own work": it
+--     undoes only what the block did, and the procedure can go on (here: log the refusal);
+--   * a statement that fails as a whole is rolled back alone and dead-lettered in
+--     atx.dead_letter with its SQLSTATE. The caller never sees that error: it may already have
+--     committed or rolled back, and its own work is untouched either way.
+-- COMMIT / ROLLBACK statements themselves are not allowed in a message (2D000).
+-------------------------------------------------------------------------------
+CREATE TABLE ex_oracle.stock (item text PRIMARY KEY, qty int NOT NULL);
+CREATE TABLE ex_oracle.reservation (item text, qty int);
+INSERT INTO ex_oracle.stock VALUES ('widget', 10);
+
+-- The autonomous work (unchanged logic; runs in the applier's subtransaction, as the caller).
+CREATE PROCEDURE ex_oracle.reserve_stock_work(p_item text, p_qty int)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_left int;
+BEGIN
+    BEGIN
+        UPDATE ex_oracle.stock SET qty = qty - p_qty WHERE item = p_item RETURNING qty INTO v_left;
+        INSERT INTO ex_oracle.reservation (item, qty) VALUES (p_item, p_qty);
+        IF v_left < 0 THEN
+            RAISE EXCEPTION 'not enough %', p_item USING ERRCODE = 'check_violation';
+        END IF;
+    EXCEPTION WHEN check_violation THEN
+        -- The block's work (UPDATE, INSERT) is rolled back here; log the refusal instead.
+        INSERT INTO ex_oracle.app_log (logged_at, who, action, detail)
+        VALUES ((atx.current_message()).emitted_at, current_user, 'reservation refused', p_item);
+    END;
+END
+$$;
+
+-- What the caller calls: emits the CALL.
+CREATE PROCEDURE ex_oracle.reserve_stock(p_item text, p_qty int)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM atx_log('CALL ex_oracle.reserve_stock_work($1, $2)', p_item, p_qty);
+END
+$$;
+
+BEGIN;
+INSERT INTO ex_oracle.orders VALUES (4, 'widget', 4);
+CALL ex_oracle.reserve_stock('widget', 4);    -- applied: stock 6, one reservation
+CALL ex_oracle.reserve_stock('widget', 50);   -- its own work rolled back, refusal logged
+-- An autonomous statement that fails as a whole: dead-lettered, the caller goes on.
+SELECT atx_log('CALL ex_oracle.reserve_stock_work($1, $2)', 'widget', 'many'::text);
+INSERT INTO ex_oracle.orders VALUES (5, 'widget', 1);
+COMMIT;
+
+-------------------------------------------------------------------------------
+-- Checks (wait for atx-applier, then assert).
+-------------------------------------------------------------------------------
+-- This run's dead letters (atx.dead_letter is readable by superusers and atx_applier members).
+CREATE VIEW ex_oracle.dead_letters AS
+SELECT d.* FROM atx.dead_letter d
+ WHERE d.statement LIKE 'CALL ex_oracle.reserve_stock_work%'
+   AND d.emitted_at >= (SELECT min(logged_at) FROM ex_oracle.app_log);
+
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN (SELECT count(*) FROM ex_oracle.app_log) >= 7
+              AND EXISTS (SELECT 1 FROM ex_oracle.dead_letters);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END
+$$;
+
+DO $$
+DECLARE
+    actions text;
+BEGIN
+    SELECT string_agg(action || ':' || detail, ', ' ORDER BY id) INTO actions FROM ex_oracle.app_log;
+    ASSERT actions = 'order placed:order 1: 5 x widget, orders INSERT:2, orders INSERT:3, orders UPDATE:2, '
+                     'orders INSERT:4, reservation refused:widget, orders INSERT:5',
+        format('app_log is %s', actions);
+    ASSERT (SELECT string_agg(id::text, ',' ORDER BY id) FROM ex_oracle.orders) = '4,5', 'orders 4 and 5 committed';
+    ASSERT (SELECT qty FROM ex_oracle.stock WHERE item = 'widget') = 6, 'stock: only the first reservation';
+    ASSERT (SELECT count(*) FROM ex_oracle.reservation) = 1, 'one reservation';
+    ASSERT (SELECT string_agg(sqlstate, ',') FROM ex_oracle.dead_letters) = '42883',
+        'the failing autonomous statement is dead-lettered (no procedure with a text quantity)';
+    ASSERT (SELECT bool_and(who = current_user) FROM ex_oracle.app_log), 'logged as the caller';
+END
+$$;
+SELECT 'oracle_pragma_autonomous: ok' AS result;

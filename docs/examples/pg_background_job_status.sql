@@ -1,0 +1,101 @@
+-- pg_background style job status, rewritten with atx_log.
+--
+-- A long batch reports its progress in a status row that other sessions can read while the
+-- batch runs, and the last status stays when the batch finally rolls back.
+--
+-- Run with psql against a database with pg_atx installed and atx-applier running:
+--   psql -v ON_ERROR_STOP=1 -f docs/examples/pg_background_job_status.sql
+-- While it runs (about 3 s), watch from another session:
+--   SELECT * FROM ex_jobs.job_status;
+-- Checked by tests/integration/examples.sh (which does exactly that). See docs/migrations.md.
+CREATE EXTENSION IF NOT EXISTS pg_atx;
+DROP SCHEMA IF EXISTS ex_jobs CASCADE;
+CREATE SCHEMA ex_jobs;
+
+CREATE TABLE ex_jobs.job_status (
+    job text PRIMARY KEY,
+    state text NOT NULL,
+    step int NOT NULL,
+    of_steps int NOT NULL,
+    updated_at timestamptz NOT NULL,
+    updated_by name NOT NULL
+);
+CREATE TABLE ex_jobs.batch_output (job text, step int, payload text);
+
+-------------------------------------------------------------------------------
+-- pg_background original (one background worker per status update; with detach the update may
+-- be lost, waiting for the result costs a worker start each time):
+--
+--   CREATE FUNCTION set_status(p_job text, p_state text, p_step int, p_of int) RETURNS void
+--   LANGUAGE plpgsql AS $$
+--   BEGIN
+--       PERFORM * FROM pg_background_result(pg_background_launch(format(
+--           'INSERT INTO job_status (job, state, step, of_steps, updated_at, updated_by)
+--            VALUES (%L, %L, %s, %s, now(), current_user)
+--            ON CONFLICT (job) DO UPDATE SET state = EXCLUDED.state, step = EXCLUDED.step,
+--                of_steps = EXCLUDED.of_steps, updated_at = EXCLUDED.updated_at,
+--                updated_by = EXCLUDED.updated_by',
+--           p_job, p_state, p_step, p_of))) AS (result text);
+--   END $$;
+--
+-- With pg_atx: the same upsert is the statement of a message, values as bound parameters
+-- (no format()/quoting). atx_log returns as soon as the message is flushed (about 0.1 ms plus
+-- one WAL flush, no worker start), and the message is applied exactly once even if the batch
+-- rolls back or the server crashes right after the call. It is not applied *before* the call
+-- returns: other sessions see the status a few milliseconds later, when atx-applier has run it.
+--
+-- updated_at is the emit time of the message and the upsert keeps the newest one: messages are
+-- applied in the order they were written, but the guard makes that explicit and harmless to
+-- rely on.
+-------------------------------------------------------------------------------
+CREATE PROCEDURE ex_jobs.set_status(p_job text, p_state text, p_step int, p_of int)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM atx_log(
+        'INSERT INTO ex_jobs.job_status AS s (job, state, step, of_steps, updated_at, updated_by)'
+        ' VALUES ($1, $2, $3, $4, (atx.current_message()).emitted_at, current_user)'
+        ' ON CONFLICT (job) DO UPDATE SET state = EXCLUDED.state, step = EXCLUDED.step,'
+        '     of_steps = EXCLUDED.of_steps, updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by'
+        ' WHERE s.updated_at <= EXCLUDED.updated_at',
+        p_job, p_state, p_step, p_of);
+END
+$$;
+
+-- The batch: some work per step, a status after each step.
+CREATE PROCEDURE ex_jobs.run_batch(p_job text, p_steps int)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    CALL ex_jobs.set_status(p_job, 'running', 0, p_steps);
+    FOR i IN 1..p_steps LOOP
+        INSERT INTO ex_jobs.batch_output SELECT p_job, i, md5(g::text) FROM generate_series(1, 1000) g;
+        PERFORM pg_sleep(0.5);                       -- the long part
+        CALL ex_jobs.set_status(p_job, 'running', i, p_steps);
+    END LOOP;
+END
+$$;
+
+-- The batch runs in one transaction that finally rolls back (say, its last check failed).
+-- During it, other sessions see 'running' with the step reached; afterwards 'rolled back'.
+BEGIN;
+CALL ex_jobs.run_batch('nightly', 6);
+CALL ex_jobs.set_status('nightly', 'rolled back', 6, 6);
+ROLLBACK;
+
+-------------------------------------------------------------------------------
+-- Checks (wait for atx-applier, then assert).
+-------------------------------------------------------------------------------
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN EXISTS (SELECT 1 FROM ex_jobs.job_status WHERE state = 'rolled back');
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    ASSERT (SELECT state || ' ' || step || '/' || of_steps FROM ex_jobs.job_status WHERE job = 'nightly')
+           = 'rolled back 6/6', 'final status kept after the ROLLBACK';
+    ASSERT (SELECT updated_by FROM ex_jobs.job_status) = current_user, 'written as the caller';
+    ASSERT (SELECT count(*) FROM ex_jobs.batch_output) = 0, 'the batch''s own work is rolled back';
+END
+$$;
+SELECT 'pg_background_job_status: ok' AS result;
