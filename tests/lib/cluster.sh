@@ -18,7 +18,8 @@ atx_server_user() {
 # Runs a command as the server's OS user.
 atx_as_server() {
     if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- "$@"
+        # From /, so that a working directory the server user cannot enter causes no noise.
+        (cd / && runuser -u postgres -- "$@")
     else
         "$@"
     fi
