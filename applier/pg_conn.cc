@@ -58,6 +58,8 @@ PgError PgConn::error_from(const PGresult* r, const std::string& context) const
     }
     if (msg.empty() && conn_)
         msg = trim_message(PQerrorMessage(conn_));
+    if (msg.empty() && r)  // no error at all: the statement returned something unexpected
+        msg = std::string("unexpected result status ") + PQresStatus(PQresultStatus(r));
     const bool lost = !conn_ || PQstatus(conn_) == CONNECTION_BAD;
     if (state.empty() && lost)
         state = "08006";

@@ -1,0 +1,75 @@
+// The applier's replication stream and message decoding against a real server: a message written
+// by atx_log in a transaction that rolls back arrives over START_REPLICATION as one 'w' frame
+// whose payload decodes to what the caller passed. Needs the extension installed (tools/atx test
+// installs it before running the unit tests).
+#include <catch2/catch.hpp>
+
+#include <chrono>
+
+#include "live_cluster.h"
+#include "message.h"
+#include "pg_conn.h"
+#include "replication_protocol.h"
+#include "replication_stream.h"
+
+using namespace atx;
+using namespace atx::applier;
+using namespace std::chrono_literals;
+
+TEST_CASE("a rolled-back atx_log message streams and decodes", "[live]")
+{
+    test::LiveCluster cluster;
+    PgConn sql;
+    sql.connect(cluster.conninfo(), {{"dbname", "postgres"}});
+    sql.exec("CREATE EXTENSION pg_atx", {}, PGRES_COMMAND_OK);
+    const std::string slot = sql.scalar("SELECT atx.ensure_slot()").value();
+    sql.exec("CREATE ROLE live_caller", {}, PGRES_COMMAND_OK);
+    sql.exec("SET search_path = pg_catalog, public", {}, PGRES_COMMAND_OK);
+    sql.exec("BEGIN", {}, PGRES_COMMAND_OK);
+    sql.exec("SET LOCAL ROLE live_caller", {}, PGRES_COMMAND_OK);
+    const std::string id =
+        sql.scalar("SELECT atx_log('INSERT INTO t VALUES ($1, $2)', 42, 'it''s'::text)::text").value();
+    sql.exec("ROLLBACK", {}, PGRES_COMMAND_OK);
+    const std::string db_oid = sql.scalar("SELECT oid::text FROM pg_database WHERE datname = 'postgres'").value();
+
+    ReplicationStream stream;
+    stream.connect(cluster.conninfo(), "postgres");
+    stream.start(slot, 0);
+
+    std::optional<XLogData> frame;
+    std::string raw;
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (!frame && std::chrono::steady_clock::now() < deadline) {
+        auto data = stream.read(200ms);
+        if (!data)
+            continue;
+        raw = std::move(*data);
+        auto msg = parse_copy_data(raw);
+        if (auto* x = std::get_if<XLogData>(&msg))
+            frame = *x;
+    }
+    REQUIRE(frame);
+    REQUIRE(frame->payload.size() > 1);
+    CHECK(frame->payload[0] == 'M');
+
+    DecodedPayload d = decode_payload(frame->payload.substr(1));
+    CHECK(uuid_to_string(d.message.id) == id);
+    CHECK(std::to_string(d.message.database_oid) == db_oid);
+    CHECK(d.message.role_name == "live_caller");
+    CHECK(d.message.statement == "INSERT INTO t VALUES ($1, $2)");
+    REQUIRE(d.message.params.size() == 2);
+    CHECK(d.message.params[0].type_name == "integer");
+    CHECK(d.message.params[0].binary);
+    CHECK(d.message.params[0].value == std::string("\0\0\0\x2a", 4));
+    CHECK(d.message.params[1].type_name == "text");
+    CHECK(d.message.params[1].value == "it's");
+    CHECK(d.mac.size() == kMacSize);
+    bool has_search_path = false;
+    for (const auto& g : d.message.gucs)
+        if (g.name == "search_path") {
+            has_search_path = true;
+            CHECK(g.value == "pg_catalog, public");
+        }
+    CHECK(has_search_path);
+    stream.close();
+}
