@@ -23,7 +23,68 @@ struct ApplyResult {
     ErrorData* edata;    // the caught error of a failed statement (raise mode)
     const char* command; // command tag of the (last) statement
     int64 rows;          // SPI_processed
+    bool waited;         // an atx_exec caller waits for this message (exec.cc)
+    char* result;        // waited: the returned rows as a JSON array, NULL: none
+    bool truncated;      // waited: rows returned, but over atx.exec_max_result_bytes
 };
+
+// The rows the statement returned (SPI_tuptable), as a JSON array of
+// row_to_json objects built in cxt, for an atx_exec caller. Stops at the
+// waiter slot's capacity (atx.exec_max_result_bytes): then no rows, truncated.
+static void capture_rows(ApplyResult* r, MemoryContext cxt)
+{
+    SPITupleTable* tt = SPI_tuptable;
+    uint64 n = SPI_processed;
+    int cap = atx_exec_result_capacity();
+    MemoryContext old = MemoryContextSwitchTo(cxt);
+    TupleDesc td = BlessTupleDesc(tt->tupdesc);
+    StringInfoData b;
+
+    initStringInfo(&b);
+    appendStringInfoChar(&b, '[');
+    for (uint64 i = 0; i < n; i++) {
+        Datum row = heap_copy_tuple_as_datum(tt->vals[i], td);
+        text* json = DatumGetTextPP(DirectFunctionCall1(row_to_json, row));
+        if (i > 0)
+            appendStringInfoString(&b, ", ");
+        appendBinaryStringInfo(&b, VARDATA_ANY(json), VARSIZE_ANY_EXHDR(json));
+        if (b.len + 1 > cap) {
+            r->truncated = true;
+            break;
+        }
+    }
+    appendStringInfoChar(&b, ']');
+    if (r->truncated) {
+        pfree(b.data);
+        r->result = NULL;
+    } else {
+        r->result = b.data;
+    }
+    MemoryContextSwitchTo(old);
+}
+
+// For an atx_exec caller: a success is queued for publication at COMMIT; a
+// failure's detail and hint are kept until the message is dead-lettered (the
+// trigger on atx.dead_letter queues the failure itself, exec.cc).
+static void report_to_waiter(const ApplyResult* r)
+{
+    AtxExecOutcome o;
+
+    if (!r->waited)
+        return;
+    if (strcmp(r->status, "failed") == 0) {
+        atx_exec_stash_failure(r->id, r->edata ? r->edata->detail : NULL, r->edata ? r->edata->hint : NULL);
+        return;
+    }
+    memset(&o, 0, sizeof o);
+    memcpy(o.id, r->id, 16);
+    o.status = r->status;
+    o.command = r->command;
+    o.rows = r->rows;
+    o.result = r->result;
+    o.truncated = r->truncated;
+    atx_exec_queue_outcome(&o);
+}
 
 // Only superusers and members of atx_applier may run other roles' statements.
 // This raises: it is the caller's problem, not the message's.
@@ -217,6 +278,8 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
                 ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
                                 errmsg("could not execute pg_atx statement: %s", SPI_result_code_string(rc))));
             r->rows = (int64)SPI_processed;
+            if (r->waited && SPI_tuptable != NULL)
+                capture_rows(r, oldcontext);
             r->command = command_tag(m->statement);
 
             // Deferred triggers and constraints would otherwise fire at the
@@ -256,6 +319,8 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
         r->edata = edata;
         r->command = NULL;
         r->rows = 0;
+        r->result = NULL;
+        r->truncated = false;
         fail(r, edata->sqlerrcode, pstrdup(edata->message ? edata->message : "unknown error"));
     }
     PG_END_TRY();
@@ -285,8 +350,14 @@ static Datum apply_message_body(FunctionCallInfo fcinfo)
         elog(ERROR, "return type must be a row type");
 
     memset(&r, 0, sizeof r);
-    if (validate_message(payload, &m, &r))
+    atx_exec_note_apply_backend();
+    if (validate_message(payload, &m, &r)) {
+        r.waited = atx_exec_is_waited(r.id);
         execute_message(&m, &r);
+    } else if (r.have_id) {
+        r.waited = atx_exec_is_waited(r.id);
+    }
+    report_to_waiter(&r);
 
     memset(nulls, true, sizeof nulls);
     if (r.have_id) {
@@ -326,9 +397,11 @@ static Datum apply_body(FunctionCallInfo fcinfo)
     memset(&r, 0, sizeof r);
     if (!validate_message(payload, &m, &r))
         ereport(ERROR, (errcode(r.sqlerrcode), errmsg("%s", r.error)));
+    r.waited = atx_exec_is_waited(r.id);
     execute_message(&m, &r);
     if (r.edata)
         ReThrowError(r.edata);  // the statement's own error, unchanged
+    report_to_waiter(&r);
 
     memset(nulls, true, sizeof nulls);
     values[0] = uuid_datum(r.id);

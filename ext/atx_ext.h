@@ -49,3 +49,47 @@ void atx_current_message_set(const uint8 id[16], Oid role_oid, const char* role_
 void atx_current_message_restore(const AtxCurrentMessage* saved);
 // The message being applied, or NULL outside an apply.
 const AtxCurrentMessage* atx_current_message(void);
+
+// Message building and writing (emit.cc), shared by atx_log and atx_exec.
+// atx_build_message runs every refusal of atx_log, then builds and signs the
+// message of fcinfo (statement at argument keyed ? 1 : 0, parameters after it)
+// without writing it; atx_write_message writes and flushes a signed payload.
+void atx_build_message(FunctionCallInfo fcinfo, bool keyed, uint8 id_out[16], char** payload_out, size_t* len_out);
+XLogRecPtr atx_write_message(const char* payload, size_t len);
+
+// atx_exec (exec.cc, exec_shmem.cc; docs/exec.md).
+extern int atx_exec_timeout;           // atx.exec_timeout: ms, 0 = no limit of its own
+extern int atx_exec_max_result_bytes;  // atx.exec_max_result_bytes: per waiter, fixed at server start
+
+// _PG_init, only while shared_preload_libraries is processed: installs the
+// shmem request/startup hooks of the waiter registry.
+void atx_exec_install_shmem_hooks(void);
+// Is the waiter registry there (pg_atx was preloaded)?
+bool atx_exec_available(void);
+
+// Apply side. atx_exec_note_apply_backend records this backend as an apply
+// session of its database (for deadlock detection); atx_exec_is_waited says
+// whether a backend waits for message id (cheap when nobody waits).
+void atx_exec_note_apply_backend(void);
+bool atx_exec_is_waited(const uint8 id[16]);
+int atx_exec_result_capacity(void);
+
+// An outcome queued for publication at the COMMIT of the current transaction
+// (discarded at abort, or at the abort of the subtransaction that queued it).
+struct AtxExecOutcome {
+    uint8 id[16];
+    const char* status;   // "applied", "duplicate", "failed"
+    int sqlerrcode;       // failed
+    const char* command;  // applied
+    int64 rows;           // applied
+    const char* error;    // failed
+    const char* detail;   // failed, may be NULL
+    const char* hint;     // failed, may be NULL
+    const char* result;   // JSON array text of the returned rows, NULL: none
+    bool truncated;       // rows returned but larger than the capacity
+};
+void atx_exec_queue_outcome(const AtxExecOutcome* o);
+// Detail and hint of the last failure of a waited message in this backend,
+// picked up when it is dead-lettered (the dead-letter row has no room for them).
+void atx_exec_stash_failure(const uint8 id[16], const char* detail, const char* hint);
+bool atx_exec_stashed_failure(const uint8 id[16], const char** detail, const char** hint);

@@ -113,7 +113,7 @@ static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull)
 // Writes payload with the pg_atx origin set only around the insert, then
 // flushes it: a non-transactional message is otherwise lost on a crash and
 // not sent by a walsender, which reads flushed WAL only.
-static XLogRecPtr write_message(const char* payload, size_t len)
+XLogRecPtr atx_write_message(const char* payload, size_t len)
 {
     RepOriginId origin = atx_emit_origin_id(false);
     RepOriginId saved = replorigin_session_origin;
@@ -140,7 +140,10 @@ static XLogRecPtr write_message(const char* payload, size_t len)
     return lsn;
 }
 
-static Datum emit_body(FunctionCallInfo fcinfo, bool keyed)
+// Builds and signs the message of an atx_log / atx_exec call (the refusals of
+// check_can_emit included) without writing it: id_out receives the message id,
+// *payload_out / *len_out the signed payload (palloc'd).
+void atx_build_message(FunctionCallInfo fcinfo, bool keyed, uint8 id_out[16], char** payload_out, size_t* len_out)
 {
     int stmt_arg = keyed ? 1 : 0;
     AtxMessageC m;
@@ -156,7 +159,6 @@ static Datum emit_body(FunctionCallInfo fcinfo, bool keyed)
     char* payload;
     uint8 mac[32];
     atx::CaughtError err;
-    pg_uuid_t* result;
     FullTransactionId fxid;
 
     check_can_emit();
@@ -231,10 +233,23 @@ static Datum emit_body(FunctionCallInfo fcinfo, bool keyed)
     memcpy(payload, body, body_len);
     memcpy(payload + body_len, mac, atx::kMacSize);
 
-    write_message(payload, body_len + atx::kMacSize);
+    memcpy(id_out, m.id, 16);
+    *payload_out = payload;
+    *len_out = body_len + atx::kMacSize;
+}
+
+static Datum emit_body(FunctionCallInfo fcinfo, bool keyed)
+{
+    uint8 id[16];
+    char* payload;
+    size_t len;
+    pg_uuid_t* result;
+
+    atx_build_message(fcinfo, keyed, id, &payload, &len);
+    atx_write_message(payload, len);
 
     result = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
-    memcpy(result->data, m.id, UUID_LEN);
+    memcpy(result->data, id, UUID_LEN);
     PG_RETURN_UUID_P(result);
 }
 

@@ -77,7 +77,30 @@ static void pg_init_body()
                             NULL, &atx_max_payload_size, 1024 * 1024, 256, MaxAllocSize / 2, PGC_SUSET,
                             GUC_UNIT_BYTE, NULL, NULL, NULL);
 
+    DefineCustomIntVariable("atx.exec_timeout",
+                            "Longest time atx_exec waits for the applier to commit its message (0: no limit).",
+                            "The caller's statement_timeout applies as well. The message is applied even "
+                            "after the wait ended.",
+                            &atx_exec_timeout, 30000, 0, INT_MAX, PGC_USERSET, GUC_UNIT_MS, NULL, NULL, NULL);
+
+    // PGC_POSTMASTER variables can only be created while preloading; a library
+    // loaded later keeps the default (atx_exec refuses to run there anyway).
+    if (process_shared_preload_libraries_in_progress) {
+        DefineCustomIntVariable("atx.exec_max_result_bytes",
+                                "Largest JSON result (the rows an atx_exec statement returned) passed back "
+                                "to the caller.",
+                                "Reserved in shared memory for every backend; larger results are dropped "
+                                "(result_truncated).",
+                                &atx_exec_max_result_bytes, 16384, 0, 1024 * 1024, PGC_POSTMASTER,
+                                GUC_UNIT_BYTE, NULL, NULL, NULL);
+    }
+
     MarkGUCPrefixReserved("atx");
+
+    // atx_exec's waiter registry lives in shared memory, which only a
+    // preloaded library can request.
+    if (process_shared_preload_libraries_in_progress)
+        atx_exec_install_shmem_hooks();
 }
 
 extern "C" void _PG_init(void)
