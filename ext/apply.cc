@@ -9,6 +9,7 @@
 #include "hmac_key.h"
 #include "message.h"
 #include "pg_guard.h"
+#include "plan_cache.h"
 #include "text_format.h"
 
 #define APPLIER_ROLE "atx_applier"
@@ -183,14 +184,6 @@ static void decode_params(const AtxMessageC* m, Oid* types, Datum* values, char*
     }
 }
 
-// Command tag of the last statement in the text, e.g. "INSERT".
-static const char* command_tag(const char* statement)
-{
-    List* raw = pg_parse_query(statement);
-    if (raw == NIL)
-        return "EMPTY";
-    return GetCommandTagName(CreateCommandTag(((RawStmt*)llast(raw))->stmt));
-}
 
 // Runs the verified message in an internal subtransaction, as its role,
 // with its GUCs. Errors are caught into r (the subtransaction is rolled back);
@@ -244,6 +237,7 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
         } else {
             int nestlevel;
             int rc;
+            const char* tag = NULL;
             GucContext gcontext;
 
             // From here on nothing may regain the applier's identity:
@@ -267,7 +261,7 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
             decode_params(m, types, values, nulls);
 
             atx_current_message_set(m->id, m->role_oid, m->role_name, m->caller_xid, m->emit_time, m->key);
-            rc = SPI_execute_with_args(m->statement, n, types, values, nulls, false, 0);
+            rc = atx_execute_cached(m->statement, n, types, values, nulls, &tag);
             if (rc == SPI_ERROR_TRANSACTION)
                 ereport(ERROR, (errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
                                 errmsg("transaction control statements are not allowed in a pg_atx message")));
@@ -280,11 +274,11 @@ static void execute_message(const AtxMessageC* m, ApplyResult* r)
             r->rows = (int64)SPI_processed;
             if (r->waited && SPI_tuptable != NULL)
                 capture_rows(r, oldcontext);
-            r->command = command_tag(m->statement);
+            r->command = tag;
 
             // Deferred triggers and constraints would otherwise fire at the
             // applier's COMMIT, as the applier.
-            rc = SPI_execute("SET CONSTRAINTS ALL IMMEDIATE", false, 0);
+            rc = atx_execute_cached("SET CONSTRAINTS ALL IMMEDIATE", 0, NULL, NULL, NULL, &tag);
             if (rc < 0)
                 elog(ERROR, "SET CONSTRAINTS failed: %s", SPI_result_code_string(rc));
             atx_current_message_restore(&saved_message);

@@ -150,6 +150,43 @@ def caller_cost(cluster, contenders, clients, seconds, rounds, log):
     return out
 
 
+def audit_bulk(cluster, n, log):
+    """A bulk UPDATE audited by atx.enable_audit (statement level) against the classic PL/pgSQL
+    row trigger writing to a plain table; both rolled back, both timed on the caller's side."""
+    cluster.psql(f"""
+        CREATE TABLE bulk_atx(id int PRIMARY KEY, v int, pad text);
+        INSERT INTO bulk_atx SELECT g, 0, repeat('x', 40) FROM generate_series(1, {n}) g;
+        CREATE TABLE bulk_plain(LIKE bulk_atx INCLUDING ALL);
+        INSERT INTO bulk_plain SELECT * FROM bulk_atx;
+        CREATE TABLE plain_audit(id bigserial, table_name text, operation text, old_row jsonb,
+                                 new_row jsonb, caller_role name, caller_xid xid8);
+        CREATE FUNCTION plain_audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO plain_audit(table_name, operation, old_row, new_row, caller_role, caller_xid)
+            VALUES (TG_TABLE_NAME, TG_OP, to_jsonb(OLD), to_jsonb(NEW), current_user, pg_current_xact_id());
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER plain_audit AFTER UPDATE ON bulk_plain FOR EACH ROW EXECUTE FUNCTION plain_audit_row();
+        SELECT atx.enable_audit('bulk_atx');
+        CHECKPOINT;""")
+    before = int(cluster.psql("SELECT count(*) FROM atx.audit_log"))
+    t0 = time.time()
+    cluster.psql("BEGIN; UPDATE bulk_atx SET v = v + 1; ROLLBACK;")
+    atx_s = time.time() - t0
+    wait_count(cluster, "atx.audit_log", before + n, 600)
+    applied_s = time.time() - t0
+    msgs = int(cluster.psql(f"SELECT count(DISTINCT message_id) FROM (SELECT message_id FROM atx.audit_log "
+                            f"ORDER BY id DESC LIMIT {n}) s"))
+    t0 = time.time()
+    cluster.psql("BEGIN; UPDATE bulk_plain SET v = v + 1; ROLLBACK;")
+    plain_s = time.time() - t0
+    r = {"rows": n, "messages": msgs, "atx_statement_rows_per_s": n / atx_s,
+         "atx_applied_rows_per_s": n / applied_s, "plain_trigger_rows_per_s": n / plain_s}
+    log(f"  {n} rows: atx audit {n / atx_s:.0f} rows/s in the statement ({msgs} messages), "
+        f"{n / applied_s:.0f} rows/s until applied; plain-table trigger {n / plain_s:.0f} rows/s")
+    return r
+
+
 def wait_streaming(cluster, timeout=60):
     """Waits until the applier streams the pg_atx slot."""
     deadline = time.time() + timeout
@@ -321,6 +358,9 @@ def main():
         results["tpcb"]["spill_bytes"] = int(spill)
         results["tpcb"]["wal_retained_bytes"] = int(float(retained))
 
+        log("5. audit trigger, bulk UPDATE")
+        results["audit"] = audit_bulk(cluster, 20000 if q else 100000, log)
+
         c1, c8 = results["caller"]["1"], results["caller"]["8"]
         ratios = results["ratios"]
         ratios["atx_log / plain INSERT, median latency, 1 client"] = c1["atx_log, commit"]["median_ms"] / c1["plain INSERT"]["median_ms"]
@@ -333,6 +373,8 @@ def main():
         emit8 = max(c8["atx_log, commit"]["calls_per_s"], c8["atx_log, rollback"]["calls_per_s"],
                     results["drain"]["emit_8_clients_per_s"])
         ratios["drain / 8-client emit"] = results["drain"]["messages_per_s"] / emit8
+        ratios["audit trigger (atx) / plain-table trigger, rows/s"] = (
+            results["audit"]["atx_statement_rows_per_s"] / results["audit"]["plain_trigger_rows_per_s"])
         ratios["TPC-B with slot, idle / without"] = results["tpcb"]["slot, idle"] / results["tpcb"]["no slot"]
         ratios["TPC-B with slot, 1000 msg/s / without"] = results["tpcb"]["slot, 1000 msg/s"] / results["tpcb"]["no slot"]
     finally:
@@ -367,6 +409,11 @@ def print_table(r, has_bgw):
     t = r["tpcb"]
     print(f"TPC-B tps: no slot {t['no slot']:.0f}, slot idle {t['slot, idle']:.0f}, slot + 1000 msg/s "
           f"{t['slot, 1000 msg/s']:.0f}; spill bytes {t['spill_bytes']}, WAL retained {t['wal_retained_bytes']} B")
+    au = r["audit"]
+    print(f"Audit trigger, bulk UPDATE of {au['rows']} rows (rolled back): atx statement-level "
+          f"{au['atx_statement_rows_per_s']:.0f} rows/s in {au['messages']} messages "
+          f"({au['atx_applied_rows_per_s']:.0f} rows/s until applied); plain-table row trigger "
+          f"{au['plain_trigger_rows_per_s']:.0f} rows/s (its rows are lost with the ROLLBACK)")
     if not has_bgw:
         print("pg_background: not installed on this server, not measured")
     print("\nRatios")

@@ -1,0 +1,132 @@
+// Saved SPI plans for applied statements; see plan_cache.h.
+//
+// A small LRU of at most kEntries plans, searched linearly by hash: the applier's working set is
+// a handful of statements, and a miss costs a parse anyway. Plain C style (PostgreSQL calls only).
+#include "plan_cache.h"
+
+extern "C" {
+#include "common/hashfn.h"
+#include "utils/plancache.h"
+}
+
+namespace {
+
+constexpr int kEntries = 64;
+
+struct Entry {
+    bool used;
+    uint32 hash;
+    char* statement;  // in TopMemoryContext
+    int nargs;
+    Oid* types;       // in TopMemoryContext
+    SPIPlanPtr plan;  // saved (SPI_keepplan)
+    uint64 last_used;
+};
+
+Entry entries[kEntries];
+uint64 clock_tick = 0;
+// > 0 while a cached plan executes. A nested apply (a statement calling atx.apply) must not evict
+// the plan that is running below it, so nested calls bypass the cache.
+int executing = 0;
+
+int execute_counted(SPIPlanPtr plan, Datum* values, const char* nulls)
+{
+    int rc = 0;
+    executing++;
+    PG_TRY();
+    {
+        rc = SPI_execute_plan(plan, values, nulls, false, 0);
+    }
+    PG_FINALLY();
+    {
+        executing--;
+    }
+    PG_END_TRY();
+    return rc;
+}
+
+const char* last_tag(SPIPlanPtr plan)
+{
+    List* sources = SPI_plan_get_plan_sources(plan);
+    return sources != NIL ? GetCommandTagName(((CachedPlanSource*)llast(sources))->commandTag) : "EMPTY";
+}
+
+uint32 key_hash(const char* statement, int nargs, const Oid* types)
+{
+    uint32 h = hash_bytes((const unsigned char*)statement, (int)strlen(statement));
+    if (nargs > 0)
+        h = hash_combine(h, hash_bytes((const unsigned char*)types, (int)(sizeof(Oid) * nargs)));
+    return h;
+}
+
+Entry* lookup(uint32 h, const char* statement, int nargs, const Oid* types)
+{
+    for (int i = 0; i < kEntries; i++) {
+        Entry* e = &entries[i];
+        if (e->used && e->hash == h && e->nargs == nargs && strcmp(e->statement, statement) == 0 &&
+            (nargs == 0 || memcmp(e->types, types, sizeof(Oid) * nargs) == 0))
+            return e;
+    }
+    return NULL;
+}
+
+// The slot to fill: a free one, else the least recently used (its plan is freed).
+Entry* victim(void)
+{
+    Entry* lru = &entries[0];
+    for (int i = 0; i < kEntries; i++) {
+        if (!entries[i].used)
+            return &entries[i];
+        if (entries[i].last_used < lru->last_used)
+            lru = &entries[i];
+    }
+    SPI_freeplan(lru->plan);
+    pfree(lru->statement);
+    if (lru->types)
+        pfree(lru->types);
+    lru->used = false;
+    return lru;
+}
+
+}  // namespace
+
+int atx_execute_cached(const char* statement, int nargs, Oid* types, Datum* values, const char* nulls,
+                       const char** command_tag)
+{
+    uint32 h;
+    Entry* e;
+
+    if (executing > 0) {
+        SPIPlanPtr plan = SPI_prepare(statement, nargs, types);  // freed with the SPI connection
+        if (plan == NULL)
+            return SPI_result;
+        *command_tag = last_tag(plan);
+        return execute_counted(plan, values, nulls);
+    }
+
+    h = key_hash(statement, nargs, types);
+    e = lookup(h, statement, nargs, types);
+    if (e == NULL) {
+        // Prepare first: a statement that does not parse is never cached.
+        SPIPlanPtr plan = SPI_prepare(statement, nargs, types);
+        MemoryContext old;
+        if (plan == NULL)
+            return SPI_result;
+        if (SPI_keepplan(plan) != 0)
+            elog(ERROR, "SPI_keepplan failed");
+        e = victim();
+        old = MemoryContextSwitchTo(TopMemoryContext);
+        e->statement = pstrdup(statement);
+        e->types = nargs > 0 ? (Oid*)palloc(sizeof(Oid) * nargs) : NULL;
+        if (nargs > 0)
+            memcpy(e->types, types, sizeof(Oid) * nargs);
+        MemoryContextSwitchTo(old);
+        e->nargs = nargs;
+        e->hash = h;
+        e->plan = plan;
+        e->used = true;
+    }
+    e->last_used = ++clock_tick;
+    *command_tag = last_tag(e->plan);
+    return execute_counted(e->plan, values, nulls);
+}
