@@ -30,7 +30,8 @@ const std::set<std::string>& file_keys()
     static const std::set<std::string> keys = {
         "conninfo", "dbname", "state-dir", "log-file", "log-level", "batch-size", "batch-delay-ms",
         "statement-timeout-ms", "max-attempts", "retry-base-ms", "retry-cap-ms",
-        "status-interval-ms", "synchronous-commit", "pid-file", "once", "idle-exit-ms"};
+        "status-interval-ms", "synchronous-commit", "pid-file", "once", "idle-exit-ms",
+        "http-listen", "ready-max-lag-seconds", "monitor-interval-ms"};
     return keys;
 }
 
@@ -126,6 +127,12 @@ cxxopts::Options make_options()
         ("once", "exit 0 when every stream has been idle for --idle-exit-ms and everything is "
                  "confirmed", cxxopts::value<bool>()->implicit_value("true"))
         ("idle-exit-ms", "idle time before --once exits (default: 2000)", cxxopts::value<std::string>())
+        ("http-listen", "host:port of the /metrics, /healthz, /readyz listener, or 'off' (default: "
+                        "127.0.0.1:9478; port 0 picks a free one)", cxxopts::value<std::string>())
+        ("ready-max-lag-seconds", "/readyz answers 503 when a database lags more (default: 60)",
+         cxxopts::value<std::string>())
+        ("monitor-interval-ms", "how often the server is asked for slot status, lag in bytes and "
+                                "dead letters (default: 5000)", cxxopts::value<std::string>())
         ("version", "print the version and exit")
         ("h,help", "print this help and exit");
     return o;
@@ -148,7 +155,8 @@ ParseOutcome parse_config(int argc, const char* const* argv)
         out.text = options.help() +
                    "\nExit status: 0 clean shutdown, 1 configuration error (with --once also: a database not "
                    "ready, e.g. extension missing), 3 a slot was lost "
-                   "(wal_status 'lost').\nSignals: SIGTERM/SIGINT finish the in-flight batch, "
+                   "(wal_status 'lost').\nOperator commands: atx-applier status|show|dead-letters|retry|discard|check "
+                   "[options] (atx-applier status --help).\nSignals: SIGTERM/SIGINT finish the in-flight batch, "
                    "confirm and exit; SIGHUP reopens the log file and reloads log-level.\n";
         return out;
     }
@@ -211,6 +219,12 @@ ParseOutcome parse_config(int argc, const char* const* argv)
     boolean("synchronous-commit", c.synchronous_commit);
     boolean("once", c.once);
     if (auto v = str("pid-file")) c.pid_file = *v;
+    if (auto v = str("http-listen")) {
+        c.http_listen = *v;
+        c.http_listen_explicit = true;
+    }
+    u32("ready-max-lag-seconds", c.ready_max_lag_seconds, 0, 86400 * 365);
+    u32("monitor-interval-ms", c.monitor_interval_ms, 100, 3600000);
 
     if (c.dbnames.empty())
         throw ConfigError("no database: give --dbname (repeatable) or 'dbname = ...' in the config file");
@@ -226,6 +240,11 @@ ParseOutcome parse_config(int argc, const char* const* argv)
     if (c.retry_cap_ms < c.retry_base_ms)
         throw ConfigError("--retry-cap-ms is smaller than --retry-base-ms");
     return out;
+}
+
+std::map<std::string, std::vector<std::string>> read_config_values(const std::string& path)
+{
+    return read_config_file(path);
 }
 
 std::optional<spdlog::level::level_enum> reload_log_level(const Config& current)

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -34,7 +35,14 @@ struct Config {
     bool once = false;
     uint32_t idle_exit_ms = 2000;
     bool log_level_from_cli = false;   // SIGHUP reloads the level only when the file owns it
+    std::string http_listen = "127.0.0.1:9478";  // metrics/health listener; "off" disables it
+    bool http_listen_explicit = false;           // given on the command line or in the file: a
+                                                 // port that cannot be bound is then fatal
+    uint32_t ready_max_lag_seconds = 60;         // /readyz fails above this lag
+    uint32_t monitor_interval_ms = 5000;         // how often the server is asked for slot/lag/dead letters
 };
+
+inline constexpr const char* kDefaultHttpListen = "127.0.0.1:9478";
 
 class ConfigError : public std::runtime_error {
 public:
@@ -54,6 +62,10 @@ ParseOutcome parse_config(int argc, const char* const* argv);
 // Re-reads the log level from the config file (for SIGHUP). nullopt when there is no file, the
 // file has no log-level line, or --log-level fixed it. Throws ConfigError on bad input.
 std::optional<spdlog::level::level_enum> reload_log_level(const Config& current);
+
+// The `name = value` lines of a config file (dbname may repeat). Throws ConfigError. Names are
+// checked against the daemon's settings.
+std::map<std::string, std::vector<std::string>> read_config_values(const std::string& path);
 
 inline constexpr const char* kApplierVersion = "0.1.0";
 

@@ -38,11 +38,15 @@ public:
 
 std::string lsn(Lsn l) { return format_lsn(l); }
 
+// Dead letters of payloads that were malformed, forged or of an unknown format (metrics only).
+bool rejected_sqlstate(const std::string& s) { return s == "22P03" || s == "28000" || s == "0A000"; }
+
 }  // namespace
 
 DatabaseWorker::DatabaseWorker(const Config& cfg, std::string dbname, StateStore& store,
                                const std::atomic<bool>& stop)
-    : cfg_(cfg), dbname_(std::move(dbname)), log_("db=" + logq(dbname_)), store_(store), stop_(stop)
+    : cfg_(cfg), dbname_(std::move(dbname)), log_("db=" + logq(dbname_)), store_(store), stop_(stop),
+      m_(metrics().db(dbname_))
 {
     policy_.max_attempts = cfg.max_attempts;
     policy_.base = milliseconds(cfg.retry_base_ms);
@@ -79,6 +83,8 @@ void DatabaseWorker::run()
             if (res != WorkerResult::Running)
                 break;
         } catch (const SlotLost& e) {
+            m_.set_state(DbState::SlotLost);
+            m_.set_error(e.what());
             spdlog::error("{} event=slot_lost slot={} error={} action=\"stopping this database; the "
                           "slot is not re-created automatically: drop it and restart to resume "
                           "(messages it held are lost)\"",
@@ -86,6 +92,8 @@ void DatabaseWorker::run()
             res = WorkerResult::SlotLost;
             break;
         } catch (const NotReady& e) {
+            m_.set_state(DbState::NotReady);
+            m_.set_error(e.what());
             if (cfg_.once) {
                 spdlog::error("{} event=not_ready error={} action=\"giving up (--once)\"", log_,
                               logq(e.what()));
@@ -96,6 +104,24 @@ void DatabaseWorker::run()
                           e.wait.count());
             wait = e.wait;
         } catch (const PgError& e) {
+            m_.set_error(e.what());
+            if (e.sqlstate == "55006") {
+                // The slot or the apply origin is held by another applier: this one is a standby.
+                // Poll every second (not the error backoff) so that it takes over quickly.
+                if (m_.get_state() != DbState::Standby)
+                    spdlog::info("{} event=standby error={} action=\"another applier holds the "
+                                 "slot/origin; retrying every {} ms\"",
+                                 log_, logq(e.what()), kReconnectMin.count());
+                m_.set_state(DbState::Standby);
+                teardown();
+                try {
+                    sleep_interruptible(kReconnectMin);
+                } catch (const Interrupted&) {
+                    break;
+                }
+                backoff = kReconnectMin;
+                continue;
+            }
             spdlog::error("{} event={} sqlstate={} error={} retry_in_ms={}", log_,
                           e.connection_lost ? "connection_error" : "session_error",
                           e.sqlstate.empty() ? "-" : e.sqlstate, logq(e.what()), wait.count());
@@ -115,6 +141,10 @@ void DatabaseWorker::run()
         teardown();
         if (stop_)
             break;
+        m_.attempted = true;
+        ++m_.reconnects;
+        if (m_.get_state() != DbState::NotReady)
+            m_.set_state(DbState::Connecting);
         // A session that reached streaming resets the backoff.
         if (streamed_ && wait == backoff)
             wait = backoff = kReconnectMin;
@@ -130,6 +160,7 @@ void DatabaseWorker::run()
     if (res == WorkerResult::Running)
         res = WorkerResult::Stopped;
     result_ = res;
+    m_.set_state(res == WorkerResult::SlotLost ? DbState::SlotLost : DbState::Stopped);
     spdlog::info("{} event=worker_exit result={}", log_,
                  res == WorkerResult::Finished ? "finished"
                  : res == WorkerResult::SlotLost ? "slot_lost"
@@ -151,6 +182,7 @@ void DatabaseWorker::sleep_interruptible(milliseconds d)
     while (Clock::now() < until) {
         if (stop_)
             throw Interrupted{};
+        m_.tick();
         std::this_thread::sleep_for(std::min<Clock::duration>(kTick, until - Clock::now()));
     }
 }
@@ -239,12 +271,17 @@ WorkerResult DatabaseWorker::session()
     state_broken_ = false;
     applied_upto_ = durable_ = need_durable_ = last_handled_ = 0;
     received_ = keepalive_walend_ = reported_flush_ = 0;
+    m_.tick();
+    if (m_.get_state() != DbState::Standby)
+        m_.set_state(DbState::Connecting);
+    m_.queue_drained();
 
     open_session();
     apply_.setup({cfg_.statement_timeout_ms, cfg_.synchronous_commit}, origin_);
     // While a batch waits on the server, keep the walsender answered (durable progress is not
     // queried then: the apply session is busy, so the last known value is reported).
     apply_.set_wait_callback([this] {
+        m_.tick();
         if (stream_.connected() && Clock::now() >= next_status_)
             send_status(false);
     });
@@ -258,6 +295,12 @@ WorkerResult DatabaseWorker::session()
     stream_.connect(cfg_.conninfo, dbname_);
     stream_.start(slot_, 0);
     streamed_ = true;
+    if (m_.get_state() == DbState::Standby)
+        spdlog::info("{} event=takeover slot={} action=\"the other applier is gone; this one streams\"",
+                     log_, slot_);
+    m_.set_state(DbState::Streaming);
+    m_.set_error("");
+    m_.attempted = true;
     spdlog::info("{} event=streaming slot={} from={} applied_upto={} durable={}", log_, slot_,
                  lsn(reported_flush_), lsn(applied_upto_), lsn(durable_));
 
@@ -266,6 +309,7 @@ WorkerResult DatabaseWorker::session()
     last_data_ = Clock::now();
     try {
         for (;;) {
+            m_.tick();
             if (stop_) {
                 apply_batch();
                 send_status(true);
@@ -337,6 +381,7 @@ void DatabaseWorker::handle_message(Lsn l, std::string_view payload)
     if (l <= applied_upto_) {
         // Committed by an earlier session (the slot was not confirmed that far yet).
         p.skip = true;
+        m_.message_queued(0);
         spdlog::debug("{} event=skip_applied lsn={} applied_upto={}", log_, lsn(l), lsn(applied_upto_));
         batch_.push_back(std::move(p));
         return;
@@ -369,6 +414,7 @@ void DatabaseWorker::handle_message(Lsn l, std::string_view payload)
                          "reason=message_id_seen",
                          log_, id, lsn(l), lsn(rec->source_lsn), to_string(rec->status));
             p.skip = true;
+            ++m_.duplicate;
         } else if (p.msg->key) {
             if (auto other = store_.find_key(scope_, *p.msg->key); other && *other != id) {
                 auto orec = store_.find_message(scope_, *other);
@@ -377,10 +423,12 @@ void DatabaseWorker::handle_message(Lsn l, std::string_view payload)
                                  "applied_by={} reason=key_seen",
                                  log_, id, lsn(l), logq(*p.msg->key), *other);
                     p.skip = true;
+                    ++m_.duplicate;
                 }
             }
         }
     }
+    m_.message_queued(p.msg ? p.msg->emit_time : 0);
     batch_.push_back(std::move(p));
 }
 
@@ -406,6 +454,7 @@ void DatabaseWorker::apply_batch()
     if (items.empty()) {
         last_handled_ = std::max(last_handled_, last);
         batch_.clear();
+        m_.queue_drained();
         return;
     }
     const auto t0 = Clock::now();
@@ -483,6 +532,21 @@ void DatabaseWorker::apply_batch()
         records.push_back(std::move(rec));
     }
     apply_.commit(dead, last);
+    {
+        int64_t last_emit = 0;
+        for (const auto& p : batch_)
+            if (p.msg)
+                last_emit = std::max(last_emit, p.msg->emit_time);
+        m_.applied += n_applied;
+        m_.duplicate += n_dup;
+        m_.dead_lettered += dead.size();
+        for (const auto& d : dead)
+            if (rejected_sqlstate(d.sqlstate))
+                ++m_.rejected;
+        ++m_.batches;
+        m_.apply_seconds.observe(std::chrono::duration<double>(Clock::now() - t0).count());
+        m_.messages_applied(last_emit, last);
+    }
     for (const auto& d : dead)
         spdlog::warn("{} event=dead_lettered message_id={} lsn={} sqlstate={} attempts={} error={}",
                      log_, d.message_id.value_or("-"), lsn(d.source_lsn), d.sqlstate, d.attempts,
@@ -493,6 +557,7 @@ void DatabaseWorker::apply_batch()
                   lsn(first), lsn(last),
                   std::chrono::duration_cast<milliseconds>(Clock::now() - t0).count());
     batch_.clear();
+    m_.queue_drained();
     after_commit(std::move(records), last);
 }
 
@@ -540,6 +605,7 @@ void DatabaseWorker::apply_singly()
             if (stop_)
                 throw Interrupted{};
             ApplyItem item{p.lsn, p.payload};
+            const auto t0 = Clock::now();
             ApplyOutcome o = apply_.begin_and_apply({item}).at(0);
             if (cancelled_) {
                 apply_.rollback();
@@ -556,6 +622,10 @@ void DatabaseWorker::apply_singly()
             if (o.status == "applied" || o.status == "duplicate") {
                 apply_.commit({}, p.lsn);
                 rec.status = o.status == "applied" ? DeliveryStatus::Applied : DeliveryStatus::Duplicate;
+                ++(o.status == "applied" ? m_.applied : m_.duplicate);
+                ++m_.batches;
+                m_.apply_seconds.observe(std::chrono::duration<double>(Clock::now() - t0).count());
+                m_.messages_applied(p.msg ? p.msg->emit_time : 0, p.lsn);
                 if (attempts > 1)
                     spdlog::info("{} event=retry_succeeded message_id={} lsn={} attempts={}", log_,
                                  rec.message_id, lsn(p.lsn), attempts);
@@ -584,6 +654,7 @@ void DatabaseWorker::apply_singly()
                                  log_, rec.message_id, lsn(p.lsn), attempts, policy_.max_attempts,
                                  o.sqlstate, logq(o.error), delay.count());
                     rec.status = DeliveryStatus::Retrying;
+                    ++m_.retried;
                     write_state({rec}, false);
                     wait_alive(delay);
                     continue;
@@ -601,6 +672,11 @@ void DatabaseWorker::apply_singly()
             d.first_failed_unix_us = first_failed;
             apply_.commit({d}, p.lsn);
             rec.status = DeliveryStatus::Dead;
+            ++m_.dead_lettered;
+            if (rejected_sqlstate(o.sqlstate))
+                ++m_.rejected;
+            ++m_.batches;
+            m_.messages_applied(p.msg ? p.msg->emit_time : 0, p.lsn);
             spdlog::warn("{} event=dead_lettered message_id={} lsn={} sqlstate={} attempts={} "
                          "class={} error={}",
                          log_, d.message_id.value_or("-"), lsn(p.lsn), o.sqlstate, attempts,
@@ -610,6 +686,7 @@ void DatabaseWorker::apply_singly()
         }
     }
     batch_.clear();
+    m_.queue_drained();
 }
 
 void DatabaseWorker::write_state(const std::vector<DeliveryRecord>& records, bool sync)
@@ -643,6 +720,7 @@ void DatabaseWorker::wait_alive(milliseconds d)
     while (Clock::now() < until) {
         if (stop_)
             throw Interrupted{};
+        m_.tick();
         std::this_thread::sleep_for(std::min<Clock::duration>(kTick, until - Clock::now()));
         if (Clock::now() >= next_status_)
             send_status(true);
@@ -676,6 +754,8 @@ void DatabaseWorker::send_status(bool query_durable)
         spdlog::trace("{} event=confirmed flush={} durable={} received={}", log_, lsn(flush),
                       lsn(durable_), lsn(received_));
     reported_flush_ = flush;
+    m_.confirmed_lsn = flush;
+    m_.received_lsn = received_;
     next_status_ = Clock::now() + milliseconds(cfg_.status_interval_ms);
 }
 

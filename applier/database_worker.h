@@ -23,6 +23,7 @@
 #include "apply_session.h"
 #include "config.h"
 #include "message.h"
+#include "metrics.h"
 #include "replication_stream.h"
 #include "retry_policy.h"
 #include "state_store.h"
@@ -80,6 +81,7 @@ private:
     const std::string log_;  // "db=<name>" prefix of every line
     StateStore& store_;
     const std::atomic<bool>& stop_;
+    DbMetrics& m_;  // counters and state for /metrics, /readyz (metrics.h)
     RetryPolicy policy_;
 
     std::thread thread_;

@@ -6,6 +6,10 @@
 //                   a 3 s grace the statement in flight is cancelled (and not committed); RocksDB is
 //                   closed; exit 0 within 5 s
 //   SIGHUP          reopen the log file, reload log-level from the config file
+// It also serves /metrics, /healthz and /readyz (--http-listen), runs the ServerMonitor, and talks
+// to systemd (READY/WATCHDOG/STOPPING via sd_notify; no-ops without NOTIFY_SOCKET).
+// A first argument naming an operator command (status, show, dead-letters, retry, discard, check)
+// runs that command instead of the daemon (cli.h).
 // Exit status: 0 clean, 1 configuration or startup error (or, with --once, a database that is
 // not ready: extension missing, newer message format), 3 a slot was lost.
 #include <signal.h>
@@ -22,9 +26,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include "cli.h"
 #include "config.h"
 #include "database_worker.h"
+#include "http_server.h"
 #include "logging.h"
+#include "metrics.h"
+#include "sd_notify.h"
 #include "state_store.h"
 
 using namespace atx::applier;
@@ -52,11 +60,24 @@ void install_signals()
 constexpr int kExitOk = 0;
 constexpr int kExitConfig = 1;
 constexpr int kExitSlotLost = 3;
+constexpr double kStaleAfterSeconds = 60;  // a worker loop silent this long is unhealthy
+
+// Per database state for systemd's STATUS= line.
+std::string status_line()
+{
+    std::string s;
+    for (const auto* d : metrics().all())
+        s += (s.empty() ? "" : ", ") + d->dbname + ": " + to_string(d->get_state());
+    return s;
+}
 
 }  // namespace
 
 int main(int argc, char** argv)
 {
+    if (argc > 1 && is_cli_command(argv[1]))
+        return run_cli(argc - 1, argv + 1);
+
     ParseOutcome parsed;
     try {
         parsed = parse_config(argc, argv);
@@ -104,6 +125,39 @@ int main(int argc, char** argv)
                  kApplierVersion, ::getpid(), cfg.dbnames.size(), logq(cfg.state_dir), cfg.batch_size,
                  cfg.synchronous_commit, cfg.once);
 
+    for (const auto& db : cfg.dbnames)
+        metrics().db(db);  // fixed set of entries before any thread reads them
+    metrics().main_tick_us = wall_now_us();
+    StateStore* store_ptr = store.get();
+    metrics().state_size = [store_ptr] { return store_ptr->approximate_size(); };
+    std::unique_ptr<HttpServer> http;
+    if (cfg.http_listen != "off") {
+        try {
+            http = std::make_unique<HttpServer>(parse_listen(cfg.http_listen),
+                                                static_cast<double>(cfg.ready_max_lag_seconds),
+                                                kStaleAfterSeconds);
+            http->start();
+            spdlog::info("event=http_listening address={} port={} endpoints=/metrics,/healthz,/readyz",
+                         logq(cfg.http_listen), http->port());
+        } catch (const std::exception& e) {
+            http.reset();
+            if (!cfg.http_listen_explicit) {
+                // The default address is taken (another applier on this host, a test running
+                // next to another): run without the listener rather than not at all.
+                spdlog::warn("event=http_disabled error={} action=\"running without /metrics; set "
+                              "http-listen to a free address or 'off'\"",
+                              logq(e.what()));
+            } else {
+                spdlog::error("event=startup_failed error={}", logq(e.what()));
+                store.reset();
+                remove_pid();
+                return kExitConfig;
+            }
+        }
+    }
+    auto monitor = std::make_unique<ServerMonitor>(cfg.conninfo, cfg.dbnames, cfg.monitor_interval_ms);
+    monitor->start();
+
     std::atomic<bool> stop{false};
     std::vector<std::unique_ptr<DatabaseWorker>> workers;
     for (const auto& db : cfg.dbnames) {
@@ -114,6 +168,10 @@ int main(int argc, char** argv)
     using Clock = std::chrono::steady_clock;
     Clock::time_point stop_at{};
     bool cancelled = false;
+    bool notified_ready = false;
+    const auto wd_interval = sd::watchdog_interval();
+    Clock::time_point next_watchdog{}, next_status{};
+    std::string last_status;
     for (;;) {
         bool all_done = true;
         for (const auto& w : workers)
@@ -121,6 +179,36 @@ int main(int argc, char** argv)
         if (all_done)
             break;
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        metrics().main_tick_us = wall_now_us();
+        const auto now = Clock::now();
+        if (!notified_ready && !stop) {
+            bool attempted = true;
+            for (const auto* d : metrics().all())
+                attempted = attempted && d->attempted;
+            if (attempted) {
+                last_status = status_line();
+                sd::ready(last_status);
+                notified_ready = true;
+                spdlog::info("event=ready_notified status={}", logq(last_status));
+            }
+        }
+        if (notified_ready && now >= next_status) {
+            next_status = now + std::chrono::seconds(1);
+            if (std::string st = status_line(); st != last_status) {
+                sd::status(st);
+                last_status = st;
+            }
+        }
+        if (wd_interval.count() > 0 && now >= next_watchdog) {
+            std::string why;
+            if (metrics().healthy(kStaleAfterSeconds, &why)) {
+                sd::watchdog();
+                next_watchdog = now + wd_interval / 2;
+            } else {
+                spdlog::warn("event=watchdog_withheld reason={}", logq(why));
+                next_watchdog = now + std::chrono::seconds(5);
+            }
+        }
         if (g_hup) {
             g_hup = 0;
             reopen_log();
@@ -137,6 +225,7 @@ int main(int argc, char** argv)
         }
         if (g_term && !stop) {
             spdlog::info("event=shutdown_requested action=\"finishing in-flight batches\"");
+            sd::stopping();
             stop = true;
             stop_at = Clock::now();
         }
@@ -166,6 +255,13 @@ int main(int argc, char** argv)
             code = kExitConfig;
     }
     workers.clear();
+    if (!g_term)
+        sd::stopping();
+    if (!monitor->stop_within(std::chrono::seconds(2)))
+        (void)monitor.release();  // stuck on an unreachable server; the process exits anyway
+    if (http)
+        http->stop();
+    metrics().state_size = nullptr;
     store.reset();  // flushes and closes RocksDB
     spdlog::info("event=exit status={}", code);
     shutdown_logging();

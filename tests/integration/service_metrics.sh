@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# /metrics, /healthz and /readyz of atx-applier: counters match what a workload did
+# (applied = emitted - dead-lettered), a forged message counts as rejected, /readyz fails while
+# the server is down and recovers when it is back.
+. "$(dirname "$0")/../lib/testlib.sh"
+
+GOOD=300
+BAD=4
+
+atx_test_cluster || { not_ok "cluster start"; done_testing; }
+q -c "CREATE TABLE t(v int)" >/dev/null
+applier_start --http-listen 127.0.0.1:0 --monitor-interval-ms 300 --ready-max-lag-seconds 30 --batch-size 50
+wait_for_slot || not_ok "applier created the slot"
+
+port_of_log() { sed -n 's/.*event=http_listening .* port=\([0-9]*\).*/\1/p' "$TEST_DIR/applier.log" | tail -1; }
+wait_for 10 bash -c "grep -q event=http_listening '$TEST_DIR/applier.log'"
+PORT=$(port_of_log)
+check "the listener logged its port ($PORT)" test -n "$PORT"
+URL=http://127.0.0.1:$PORT
+
+code() { curl -s -o /dev/null -w '%{http_code}' "$URL$1"; }
+metric() { # metric NAME [LABELS-REGEX]: value of the first matching sample
+    curl -s "$URL/metrics" | grep -E "^$1(\{[^}]*${2:-}[^}]*\})? " | head -1 | awk '{print $2}'
+}
+
+wait_for 15 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' $URL/readyz)\" = 200 ]"
+check_eq "/readyz 200 once streaming" 200 "$(code /readyz)"
+check_eq "/healthz 200" 200 "$(code /healthz)"
+check "/metrics is Prometheus text" bash -c "curl -s $URL/metrics | grep -q '^# TYPE atx_messages_applied_total counter'"
+
+# Workload: GOOD good messages from 3 callers, BAD failing ones, one forged payload (origin pg_atx,
+# prefix pg_atx, garbage bytes: the applier cannot decode it, apply_message reports 22P03).
+callers=()
+for c in 1 2 3; do
+    q -c "SELECT count(atx_log('INSERT INTO t VALUES (\$1)', g)) FROM generate_series($(((c - 1) * GOOD / 3 + 1)), $((c * GOOD / 3))) g" >/dev/null &
+    callers+=($!)
+done
+for i in $(seq 1 $BAD); do q -c "SELECT atx_log('INSERT INTO no_such_table VALUES ($i)')" >/dev/null; done
+q -c "SELECT pg_replication_origin_session_setup('pg_atx')" \
+  -c "SELECT pg_logical_emit_message(false, 'pg_atx', '\\xdeadbeef'::bytea)" >/dev/null
+# Scrape while the workload runs: counters never go down.
+prev=0; mono=ok
+for _ in 1 2 3 4 5; do
+    v=$(metric atx_messages_received_total)
+    [ "${v:-0}" -ge "$prev" ] || mono=bad
+    prev=${v:-0}
+    sleep 0.1
+done
+wait "${callers[@]}"
+check_eq "counters monotonic during the workload" ok "$mono"
+EMITTED=$((GOOD + BAD + 1))
+wait_for 30 bash -c "[ \$(( \$(curl -s $URL/metrics | awk '/^atx_messages_applied_total/{a=\$2} /^atx_messages_dead_lettered_total/{d=\$2} END{print a+d}') )) -ge $EMITTED ]"
+
+applied=$(metric atx_messages_applied_total)
+dead=$(metric atx_messages_dead_lettered_total)
+check_eq "received = emitted" "$EMITTED" "$(metric atx_messages_received_total)"
+check_eq "applied = emitted - dead_lettered" "$((EMITTED - dead))" "$applied"
+check_eq "dead_lettered = failing + forged" "$((BAD + 1))" "$dead"
+check_eq "rows in the table = applied" "$applied" "$(q -c 'SELECT count(*) FROM t')"
+check_eq "rejected counts the forged payload" 1 "$(metric atx_messages_rejected_total)"
+check_eq "no retries, no duplicates" "0 0" "$(metric atx_messages_retried_total) $(metric atx_messages_duplicate_total)"
+check "apply latency histogram observed transactions" test "$(metric atx_apply_duration_seconds_count)" -gt 0
+check_eq "histogram +Inf bucket = count" "$(metric atx_apply_duration_seconds_count)" \
+    "$(metric atx_apply_duration_seconds_bucket 'le="\+Inf"')"
+wait_for 5 bash -c "curl -s $URL/metrics | grep -q '^atx_dead_letters{database=\"postgres\"} $((BAD + 1))\$'"
+check_eq "dead_letters gauge = rows in atx.dead_letter" "$((BAD + 1))" "$(metric atx_dead_letters)"
+check_eq "slot wal_status gauge" 1 "$(metric atx_slot_wal_status 'wal_status="reserved"')"
+wait_for 5 bash -c "[ \"\$(curl -s $URL/metrics | awk '/^atx_lag_bytes/{print \$2}')\" = 0 ]"
+check_eq "lag bytes back to 0 when idle" 0 "$(metric atx_lag_bytes)"
+lag=$(metric atx_lag_seconds)
+check "lag seconds small when caught up ($lag)" awk -v l="$lag" 'BEGIN{exit !(l >= 0 && l < 20)}'
+check "state store size reported" test "$(metric atx_state_store_bytes)" -gt 0
+check_eq "database state streaming" 1 "$(metric atx_database_state 'state="streaming"')"
+
+# Server down: /readyz 503 with a reason, /healthz still 200; back up: ready again.
+atx_cluster_stop "$TEST_DIR" fast
+wait_for 10 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' $URL/readyz)\" = 503 ]"
+check_eq "/readyz 503 after the server stopped" 503 "$(code /readyz)"
+note "readyz: $(curl -s "$URL/readyz")"
+check "/readyz says why" bash -c "curl -s $URL/readyz | grep -q 'database postgres is connecting'"
+check_eq "/healthz stays 200 (the process is fine)" 200 "$(code /healthz)"
+wait_for 5 bash -c "curl -s $URL/metrics | grep -q '^atx_server_up{database=\"postgres\"} 0'"
+check "server_up gauge 0" bash -c "curl -s $URL/metrics | grep -q '^atx_server_up{database=\"postgres\"} 0'"
+atx_cluster_start "$TEST_DIR"
+wait_for 20 bash -c "[ \"\$(curl -s -o /dev/null -w '%{http_code}' $URL/readyz)\" = 200 ]"
+check_eq "/readyz 200 again after the server is back" 200 "$(code /readyz)"
+check "reconnects counted" test "$(metric atx_reconnects_total)" -ge 1
+
+applier_stop
+check_eq "SIGTERM exits 0" 0 "$?"
+check "listener closed" bash -c "! curl -s -m 2 $URL/healthz"
+
+# --http-listen off: no listener; a taken port: exit 1 with a clear message.
+applier_start --http-listen off
+wait_for 10 bash -c "grep -c event=streaming '$TEST_DIR/applier.log' | grep -q 3"
+check "no listener with --http-listen off" bash -c "[ \$(grep -c event=http_listening '$TEST_DIR/applier.log') = 1 ]"
+applier_stop
+python3 -c 'import socket,time,sys; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(20)' >"$TEST_DIR/busy" &
+busy=$!
+wait_for 5 test -s "$TEST_DIR/busy"
+rc=0
+timeout 10 "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres --state-dir "$TEST_DIR/state" \
+    --http-listen "127.0.0.1:$(cat "$TEST_DIR/busy")" >"$TEST_DIR/busy.log" 2>&1 || rc=$?
+kill "$busy" 2>/dev/null
+check_eq "a port in use is a startup error (exit 1)" 1 "$rc"
+check "and says so" grep -q "cannot bind the HTTP listener" "$TEST_DIR/busy.log"
+
+# The *default* address taken (another applier or test on this host): run without the listener.
+python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try: s.bind(("127.0.0.1",9478)); s.listen()
+except OSError: pass
+print("bound", flush=True); time.sleep(20)' >"$TEST_DIR/busy2" &
+busy=$!
+wait_for 5 test -s "$TEST_DIR/busy2"
+: >"$TEST_DIR/applier.log"
+(trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres --state-dir "$TEST_DIR/state" \
+    >>"$TEST_DIR/applier.log" 2>&1) &
+APPLIER_PID=$!
+wait_for 10 grep -q event=streaming "$TEST_DIR/applier.log"
+check "default address busy: still streams" grep -q event=streaming "$TEST_DIR/applier.log"
+check "and logs event=http_disabled" grep -q event=http_disabled "$TEST_DIR/applier.log"
+applier_stop
+kill "$busy" 2>/dev/null
+
+done_testing
