@@ -111,7 +111,7 @@ cxxopts::Options make_options()
         ("batch-size", "messages per apply transaction at most (default: 500)",
          cxxopts::value<std::string>())
         ("batch-delay-ms", "how long to wait for more messages when the stream is idle before "
-                           "applying a partial batch (default: 1)", cxxopts::value<std::string>())
+                           "applying a partial batch; 0 applies what has arrived, and batches still form under load (default: 0)", cxxopts::value<std::string>())
         ("statement-timeout-ms", "statement_timeout of the apply session (default: 60000)",
          cxxopts::value<std::string>())
         ("max-attempts", "attempts for a transiently failing message before it is dead-lettered "

@@ -24,7 +24,7 @@ struct Config {
     std::string log_file;              // empty: stderr
     spdlog::level::level_enum log_level = spdlog::level::info;
     uint32_t batch_size = 500;
-    uint32_t batch_delay_ms = 1;
+    uint32_t batch_delay_ms = 0;  // 0: apply what has arrived; batches form by themselves under load
     uint32_t statement_timeout_ms = 60000;
     uint32_t max_attempts = 8;
     uint32_t retry_base_ms = 100;

@@ -224,7 +224,7 @@ def main():
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    cluster = Cluster([])
+    cluster = Cluster(["shared_preload_libraries = 'pg_atx'"])  # atx_exec needs the waiter registry
     state = tempfile.mkdtemp(prefix="atx-bench-state.")
     applier = Applier(a.applier, cluster, state)
     results = {"mode": "quick" if q else "full", "machine": {}, "caller": {}, "ratios": {}}
@@ -319,6 +319,14 @@ def main():
             log(f"  {rate}/s: median {float(rows[1]):.2f} ms, p99 {float(rows[2]):.2f} ms, max {float(rows[3]):.2f} ms")
         results["e2e"]["applier_peak_rss_kb"] = applier.peak_rss_kb()
 
+        log("3b. atx_exec latency (1 client), next to dblink")
+        cluster.psql("CREATE TABLE bench_exec(id bigserial PRIMARY KEY, v int)")
+        results["exec"] = caller_cost(cluster, {
+            "atx_exec": "\\set i random(1, 1000000)\n"
+                        "SELECT atx_exec('INSERT INTO bench_exec(v) VALUES ($1) RETURNING id', :i);\n",
+            "dblink": contenders["dblink"],
+        }, 1, seconds, rounds, log)
+
         log("4. walsender overhead (pgbench TPC-B)")
         subprocess.run(["pgbench", "-i", "-q", "-s", "10"], env=cluster.env, check=True, capture_output=True)
         tpcb = {"no slot": [], "slot, idle": [], "slot, 1000 msg/s": []}
@@ -373,6 +381,8 @@ def main():
         emit8 = max(c8["atx_log, commit"]["calls_per_s"], c8["atx_log, rollback"]["calls_per_s"],
                     results["drain"]["emit_8_clients_per_s"])
         ratios["drain / 8-client emit"] = results["drain"]["messages_per_s"] / emit8
+        ratios["dblink / atx_exec, median latency, 1 client"] = (
+            results["exec"]["dblink"]["median_ms"] / results["exec"]["atx_exec"]["median_ms"])
         ratios["audit trigger (atx) / plain-table trigger, rows/s"] = (
             results["audit"]["atx_statement_rows_per_s"] / results["audit"]["plain_trigger_rows_per_s"])
         ratios["TPC-B with slot, idle / without"] = results["tpcb"]["slot, idle"] / results["tpcb"]["no slot"]
@@ -406,6 +416,10 @@ def print_table(r, has_bgw):
         print(f"End-to-end at {rate}/s offered ({e['achieved_per_s']:.0f}/s achieved): median {e['median_ms']:.2f} ms, "
               f"p99 {e['p99_ms']:.2f} ms, max {e['max_ms']:.2f} ms")
     print(f"Applier peak RSS during end-to-end: {r['e2e']['applier_peak_rss_kb']} kB")
+    ex = r["exec"]
+    print(f"atx_exec, 1 client: median {ex['atx_exec']['median_ms']:.3f} ms, p99 {ex['atx_exec']['p99_ms']:.3f} ms "
+          f"({ex['atx_exec']['calls_per_s']:.0f}/s); dblink in the same rounds: median "
+          f"{ex['dblink']['median_ms']:.3f} ms, p99 {ex['dblink']['p99_ms']:.3f} ms")
     t = r["tpcb"]
     print(f"TPC-B tps: no slot {t['no slot']:.0f}, slot idle {t['slot, idle']:.0f}, slot + 1000 msg/s "
           f"{t['slot, 1000 msg/s']:.0f}; spill bytes {t['spill_bytes']}, WAL retained {t['wal_retained_bytes']} B")
