@@ -6,6 +6,19 @@
 //  - every write goes through Impl::write(), the one place where the sync option is decided;
 //  - a clean shutdown: SyncWAL, CancelAllBackgroundWork, destroy the handles, Close.
 //
+// Failures (docs/applier-state.md, "RocksDB's log, and a full state disk"):
+//  - RocksDB's info log goes to the applier's log (SpdlogInfoLog), never to a LOG file in the state
+//    directory: on a full disk RocksDB would otherwise write to that LOG while handling the write
+//    error, through a writer that has already failed, and Debian's librocksdb (assertions on)
+//    aborts the process there.
+//  - A failed write leaves the DB in RocksDB's background-error (read-only) state, and its WAL
+//    writer may be the failed one. Automatic recovery is switched off (NoAutoRecovery); the next
+//    write first calls DB::Resume() (fails cheaply while the disk is still full, the DB stays open
+//    for reads) and, once that succeeds, closes and reopens the DB, so that no write ever goes
+//    through the failed WAL writer again (Resume() alone keeps it when the memtable was empty,
+//    and the next write or SyncWAL then aborts in the same assertion). Reads take a shared lock,
+//    the reopen an exclusive one.
+//
 // Keys (all column families): scope + '\0' + rest. A scope never contains '\0', so the prefix
 // scope + '\0' selects exactly one scope ("db1" does not match "db10").
 //   deliveries  scope \0 message_id            -> DeliveryRecord (encode_record)
@@ -15,16 +28,26 @@
 #include "state_store.h"
 
 #include <array>
+#include <atomic>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <mutex>
+#include <shared_mutex>
 #include <unordered_map>
+
+#include <sys/stat.h>
 
 #include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
+#include <rocksdb/env.h>
+#include <rocksdb/listener.h>
 #include <rocksdb/options.h>
 #include <rocksdb/write_batch.h>
+#include <spdlog/spdlog.h>
 
 #include "bytes.h"
+#include "logging.h"
 
 namespace atx::applier {
 
@@ -133,6 +156,63 @@ DeliveryRecord decode_record(std::string_view v, std::string_view what)
     }
 }
 
+// RocksDB's info log, forwarded to the applier's log: DEBUG -> trace, INFO/HEADER -> debug,
+// WARN -> warn, ERROR/FATAL -> error. Called from RocksDB's own threads too (spdlog is thread-safe).
+class SpdlogInfoLog : public rocksdb::Logger {
+public:
+    SpdlogInfoLog() : rocksdb::Logger(rocksdb::InfoLogLevel::INFO_LEVEL) {}
+
+    using rocksdb::Logger::Logv;
+    void Logv(const char* format, va_list ap) override { Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap); }
+    void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override
+    {
+        spdlog::level::level_enum to = spdlog::level::debug;
+        const char* name = "info";
+        switch (level) {
+        case rocksdb::InfoLogLevel::DEBUG_LEVEL: to = spdlog::level::trace; name = "debug"; break;
+        case rocksdb::InfoLogLevel::INFO_LEVEL: to = spdlog::level::debug; name = "info"; break;
+        case rocksdb::InfoLogLevel::WARN_LEVEL: to = spdlog::level::warn; name = "warn"; break;
+        case rocksdb::InfoLogLevel::ERROR_LEVEL: to = spdlog::level::err; name = "error"; break;
+        case rocksdb::InfoLogLevel::FATAL_LEVEL: to = spdlog::level::err; name = "fatal"; break;
+        default: to = spdlog::level::debug; name = "header"; break;
+        }
+        spdlog::logger* lg = spdlog::default_logger_raw();
+        if (!lg || !lg->should_log(to))
+            return;
+        char small[512];
+        va_list copy;
+        va_copy(copy, ap);
+        const int n = std::vsnprintf(small, sizeof small, format, copy);
+        va_end(copy);
+        if (n < 0)
+            return;
+        std::string msg;
+        if (static_cast<size_t>(n) < sizeof small) {
+            msg.assign(small, static_cast<size_t>(n));
+        } else {
+            msg.resize(static_cast<size_t>(n) + 1);
+            std::vsnprintf(msg.data(), msg.size(), format, ap);
+            msg.resize(static_cast<size_t>(n));
+        }
+        while (!msg.empty() && (msg.back() == '\n' || msg.back() == '\r'))
+            msg.pop_back();
+        lg->log(to, "event=rocksdb_log rocksdb_level={} msg={}", name, logq(msg));
+    }
+};
+
+// Turns off RocksDB's own recovery from a background error (for ENOSPC it polls the free space
+// and needs a free "disk buffer" of write_buffer_size, which a small filesystem may never have;
+// while it runs, DB::Resume() returns Busy). Impl::recover() resumes instead.
+class NoAutoRecovery : public rocksdb::EventListener {
+public:
+    void OnErrorRecoveryBegin(rocksdb::BackgroundErrorReason, rocksdb::Status bg_error, bool* auto_recovery) override
+    {
+        bg_error.PermitUncheckedError();
+        if (auto_recovery)
+            *auto_recovery = false;
+    }
+};
+
 }  // namespace
 
 struct StateStore::Impl {
@@ -140,25 +220,146 @@ struct StateStore::Impl {
     enum class Durability { Buffered, Synced };
 
     std::string dir;
-    rocksdb::DB* db = nullptr;
+    rocksdb::DB* db = nullptr;  // null only after a reopen failed (until the next one succeeds)
     std::vector<rocksdb::ColumnFamilyHandle*> handles;  // ours first, in ColumnFamilyID order,
                                                         // then any unknown ones found on disk
-    std::mutex write_mutex;  // record()/reconcile() read before they write
+    // Lock order: write_mutex, then rw. Writers (record/reconcile/put_meta) hold write_mutex for
+    // their whole read-then-write; rw is shared for every use of db/handles and exclusive only
+    // while recover() swaps them.
+    std::mutex write_mutex;
+    mutable std::shared_mutex rw;
+    // A write failed and the DB has not been reopened since: the next write recovers first, and
+    // close() does not touch the WAL (its writer may be the failed one).
+    std::atomic<bool> failed{false};
+    bool read_only = false;  // opened read-only after a failed reopen (only while failed)
+    std::string last_error;  // of the failed write, for the StateError while still failing
 
     rocksdb::ColumnFamilyHandle* cf(ColumnFamilyID id) const { return handles[static_cast<size_t>(id)]; }
 
+    // Call with rw held (either way).
+    void require_open(const char* op) const
+    {
+        if (!db)
+            throw StateError(std::string("state store: ") + op + " failed: the store is closed after a failed "
+                             "write (" + last_error + "); it is reopened on the next write");
+    }
+
+    static rocksdb::Options make_options()
+    {
+        rocksdb::Options options;
+        options.create_if_missing = true;
+        options.create_missing_column_families = true;
+        options.max_open_files = 256;
+        options.write_buffer_size = 16 << 20;
+        options.max_write_buffer_number = 2;
+        options.keep_log_file_num = 4;
+        options.max_manifest_file_size = 64 << 20;
+        options.info_log = std::make_shared<SpdlogInfoLog>();
+        options.listeners.push_back(std::make_shared<NoAutoRecovery>());
+        return options;
+    }
+
+    // Opens dir into db/handles (both empty before). Returns RocksDB's status.
+    rocksdb::Status open_db(bool read_only = false)
+    {
+        const rocksdb::Options options = make_options();
+        rocksdb::ColumnFamilyOptions cf_options(options);
+
+        std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
+        for (const char* name : kColumnFamilyNames)
+            descriptors.emplace_back(name, cf_options);
+        // A store written by a newer applier may hold column families this build does not know;
+        // RocksDB refuses to open unless all are named, so open them too and leave them alone.
+        // Create the directory (its last component, as create_if_missing would) before RocksDB
+        // looks at it: on a missing directory RocksDB logs a harmless "Error when reading ... dir"
+        // at error level, which now lands in the applier's log. Failures show up in DB::Open.
+        (void)::mkdir(dir.c_str(), 0700);
+        std::vector<std::string> existing;
+        if (rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(options), dir, &existing).ok()) {
+            for (const auto& name : existing) {
+                bool known = false;
+                for (const char* k : kColumnFamilyNames)
+                    known = known || name == k;
+                if (!known)
+                    descriptors.emplace_back(name, cf_options);
+            }
+        }
+        handles.clear();
+        rocksdb::Status st =
+            read_only ? rocksdb::DB::OpenForReadOnly(rocksdb::DBOptions(options), dir, descriptors, &handles, &db)
+                      : rocksdb::DB::Open(rocksdb::DBOptions(options), dir, descriptors, &handles, &db);
+        if (!st.ok()) {
+            db = nullptr;
+            handles.clear();
+        }
+        return st;
+    }
+
+    // Call with write_mutex held, before a write. After a failed write: DB::Resume() as a cheap
+    // probe (while the disk is still full it usually fails and the DB stays open, read-only), then
+    // close and reopen so that the WAL writer is a new one. If that reopen fails (the disk is still
+    // full: Resume() succeeds when it has nothing to flush), the store is opened read-only so that
+    // reads go on, and the next write tries the read-write open again. Throws StateError while the
+    // store cannot be written.
+    void recover()
+    {
+        if (!failed)
+            return;
+        if (db && !read_only) {
+            rocksdb::Status st;
+            {
+                std::shared_lock<std::shared_mutex> lock(rw);
+                st = db->Resume();
+            }
+            if (!st.ok())
+                throw StateError("state store: still failing (" + last_error + "); resume: " + st.ToString());
+        }
+        std::unique_lock<std::shared_mutex> lock(rw);
+        close_db(/*sync_wal=*/false);
+        read_only = false;
+        rocksdb::Status st = open_db();
+        if (!st.ok()) {
+            const std::string msg =
+                "state store: still failing (" + last_error + "); reopen " + dir + ": " + st.ToString();
+            if (open_db(/*read_only=*/true).ok())
+                read_only = true;
+            else
+                last_error = st.ToString();  // closed: readers quote this
+            throw StateError(msg);
+        }
+        failed = false;
+        last_error.clear();
+        spdlog::info("event=state_store_reopened dir={} action=\"writing again after a failed write\"", logq(dir));
+    }
+
+    // Call with write_mutex held.
     void write(rocksdb::WriteBatch& batch, Durability d, const char* op)
     {
         if (batch.Count() == 0)
             return;
+        recover();
         rocksdb::WriteOptions wo;
         wo.sync = (d == Durability::Synced);
-        check(op, db->Write(wo, &batch));
+        rocksdb::Status st;
+        {
+            std::shared_lock<std::shared_mutex> lock(rw);
+            require_open(op);
+            st = db->Write(wo, &batch);
+        }
+        if (!st.ok()) {
+            {
+                std::unique_lock<std::shared_mutex> lock(rw);  // readers quote last_error
+                last_error = st.ToString();
+            }
+            failed = true;
+            fail(op, st);
+        }
     }
 
-    // Returns false if not found; throws on any other failure.
+    // Returns false if not found; throws on any other failure. Call with rw held (either way).
     bool get(ColumnFamilyID id, const std::string& key, std::string* value, const char* op) const
     {
+        require_open(op);
         rocksdb::Status st = db->Get(rocksdb::ReadOptions(), cf(id), key, value);
         if (st.IsNotFound())
             return false;
@@ -175,12 +376,16 @@ struct StateStore::Impl {
         return decode_record(v, message_id);
     }
 
-    void close() noexcept
+    // Call with rw held exclusively (or from the destructor).
+    void close_db(bool sync_wal) noexcept
     {
         if (!db)
             return;
         // Errors cannot be reported from a destructor; the WAL is replayed on the next open anyway.
-        (void)db->SyncWAL();
+        // Not after a failed write: SyncWAL on a failed WAL writer aborts in librocksdb's assertion
+        // (Debian's build has them on); what did reach the WAL file is replayed on the next open.
+        if (sync_wal)
+            (void)db->SyncWAL();
         rocksdb::CancelAllBackgroundWork(db, true);
         for (auto* h : handles)
             (void)db->DestroyColumnFamilyHandle(h);
@@ -190,42 +395,16 @@ struct StateStore::Impl {
         db = nullptr;
     }
 
+    void close() noexcept { close_db(!failed && !read_only); }
+
     ~Impl() { close(); }
 };
 
 std::unique_ptr<StateStore> StateStore::open(const std::string& dir)
 {
-    rocksdb::Options options;
-    options.create_if_missing = true;
-    options.create_missing_column_families = true;
-    options.max_open_files = 256;
-    options.write_buffer_size = 16 << 20;
-    options.max_write_buffer_number = 2;
-    options.keep_log_file_num = 4;
-    options.max_manifest_file_size = 64 << 20;
-
-    rocksdb::ColumnFamilyOptions cf_options(options);
-
-    std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
-    for (const char* name : kColumnFamilyNames)
-        descriptors.emplace_back(name, cf_options);
-    // A store written by a newer applier may hold column families this build does not know;
-    // RocksDB refuses to open unless all are named, so open them too and leave them alone.
-    std::vector<std::string> existing;
-    if (rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(options), dir, &existing).ok()) {
-        for (const auto& name : existing) {
-            bool known = false;
-            for (const char* k : kColumnFamilyNames)
-                known = known || name == k;
-            if (!known)
-                descriptors.emplace_back(name, cf_options);
-        }
-    }
-
     auto impl = std::make_unique<Impl>();
     impl->dir = dir;
-    rocksdb::Status st =
-        rocksdb::DB::Open(rocksdb::DBOptions(options), dir, descriptors, &impl->handles, &impl->db);
+    rocksdb::Status st = impl->open_db();
     if (!st.ok())
         throw StateError("state store: open " + dir + " failed: " + st.ToString());
     return std::unique_ptr<StateStore>(new StateStore(std::move(impl)));
@@ -239,37 +418,41 @@ void StateStore::record(const std::string& scope, const std::vector<DeliveryReco
 {
     const std::string prefix = scope_prefix(scope);
     std::lock_guard<std::mutex> lock(impl_->write_mutex);
+    impl_->recover();  // before the reads below: they must see the reopened DB
     rocksdb::WriteBatch batch;
-    // LSN of each message as this batch leaves it, so a message recorded twice in one batch at
-    // different LSNs leaves exactly one by_lsn entry.
-    std::unordered_map<std::string, uint64_t> lsn_in_batch;
-    for (const auto& r : records) {
-        if (r.message_id.empty())
-            throw StateError("state store: record without message id");
-        const std::string dkey = prefix + r.message_id;
+    {
+        std::shared_lock<std::shared_mutex> read_lock(impl_->rw);
+        // LSN of each message as this batch leaves it, so a message recorded twice in one batch at
+        // different LSNs leaves exactly one by_lsn entry.
+        std::unordered_map<std::string, uint64_t> lsn_in_batch;
+        for (const auto& r : records) {
+            if (r.message_id.empty())
+                throw StateError("state store: record without message id");
+            const std::string dkey = prefix + r.message_id;
 
-        std::optional<uint64_t> old_lsn;
-        if (auto it = lsn_in_batch.find(r.message_id); it != lsn_in_batch.end()) {
-            old_lsn = it->second;
-        } else if (auto old = impl_->get_record(prefix, r.message_id, "record (read previous)")) {
-            old_lsn = old->source_lsn;
-        }
-        if (old_lsn && *old_lsn != r.source_lsn)
-            check("record (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn),
-                                                 lsn_key(prefix, *old_lsn, r.message_id)));
+            std::optional<uint64_t> old_lsn;
+            if (auto it = lsn_in_batch.find(r.message_id); it != lsn_in_batch.end()) {
+                old_lsn = it->second;
+            } else if (auto old = impl_->get_record(prefix, r.message_id, "record (read previous)")) {
+                old_lsn = old->source_lsn;
+            }
+            if (old_lsn && *old_lsn != r.source_lsn)
+                check("record (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn),
+                                                     lsn_key(prefix, *old_lsn, r.message_id)));
 
-        std::string value;
-        try {
-            value = encode_record(r);
-        } catch (const std::length_error& e) {
-            throw StateError("state store: record " + r.message_id + ": " + e.what());
+            std::string value;
+            try {
+                value = encode_record(r);
+            } catch (const std::length_error& e) {
+                throw StateError("state store: record " + r.message_id + ": " + e.what());
+            }
+            check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::Deliveries), dkey, value));
+            if (r.status == DeliveryStatus::Applied && !r.key.empty())
+                check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::Keys), prefix + r.key, r.message_id));
+            check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::ByLsn),
+                                              lsn_key(prefix, r.source_lsn, r.message_id), rocksdb::Slice()));
+            lsn_in_batch[r.message_id] = r.source_lsn;
         }
-        check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::Deliveries), dkey, value));
-        if (r.status == DeliveryStatus::Applied && !r.key.empty())
-            check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::Keys), prefix + r.key, r.message_id));
-        check("record (batch)", batch.Put(impl_->cf(ColumnFamilyID::ByLsn),
-                                          lsn_key(prefix, r.source_lsn, r.message_id), rocksdb::Slice()));
-        lsn_in_batch[r.message_id] = r.source_lsn;
     }
     impl_->write(batch, sync ? Impl::Durability::Synced : Impl::Durability::Buffered, "record");
 }
@@ -277,15 +460,19 @@ void StateStore::record(const std::string& scope, const std::vector<DeliveryReco
 std::optional<DeliveryRecord> StateStore::find_message(const std::string& scope,
                                                        const std::string& message_id) const
 {
-    return impl_->get_record(scope_prefix(scope), message_id, "find_message");
+    const std::string prefix = scope_prefix(scope);
+    std::shared_lock<std::shared_mutex> lock(impl_->rw);
+    return impl_->get_record(prefix, message_id, "find_message");
 }
 
 std::optional<std::string> StateStore::find_key(const std::string& scope, const std::string& key) const
 {
     if (key.empty())
         return std::nullopt;
+    const std::string k = scope_prefix(scope) + key;
     std::string v;
-    if (!impl_->get(ColumnFamilyID::Keys, scope_prefix(scope) + key, &v, "find_key"))
+    std::shared_lock<std::shared_mutex> lock(impl_->rw);
+    if (!impl_->get(ColumnFamilyID::Keys, k, &v, "find_key"))
         return std::nullopt;
     return v;
 }
@@ -296,40 +483,47 @@ size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
     if (durable_lsn == UINT64_MAX)
         return 0;
     std::lock_guard<std::mutex> lock(impl_->write_mutex);
+    impl_->recover();
 
     rocksdb::WriteBatch batch;
     size_t dropped = 0;
-    std::unique_ptr<rocksdb::Iterator> it(
-        impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cf(ColumnFamilyID::ByLsn)));
-    const std::string start = prefix + be64(durable_lsn + 1);
-    for (it->Seek(start); it->Valid() && starts_with(it->key(), prefix); it->Next()) {
-        rocksdb::Slice k = it->key();
-        if (k.size() < prefix.size() + 8)
-            continue;  // not ours; cannot happen with keys written by record()
-        ByteReader lsn_reader(std::string_view(k.data() + prefix.size(), 8));
-        const uint64_t lsn = lsn_reader.u64();
-        const std::string message_id(k.data() + prefix.size() + 8, k.size() - prefix.size() - 8);
+    {
+        std::shared_lock<std::shared_mutex> read_lock(impl_->rw);
+        impl_->require_open("reconcile");
+        std::unique_ptr<rocksdb::Iterator> it(
+            impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cf(ColumnFamilyID::ByLsn)));
+        const std::string start = prefix + be64(durable_lsn + 1);
+        for (it->Seek(start); it->Valid() && starts_with(it->key(), prefix); it->Next()) {
+            rocksdb::Slice k = it->key();
+            if (k.size() < prefix.size() + 8)
+                continue;  // not ours; cannot happen with keys written by record()
+            ByteReader lsn_reader(std::string_view(k.data() + prefix.size(), 8));
+            const uint64_t lsn = lsn_reader.u64();
+            const std::string message_id(k.data() + prefix.size() + 8, k.size() - prefix.size() - 8);
 
-        auto rec = impl_->get_record(prefix, message_id, "reconcile (read)");
-        if (!rec || rec->source_lsn != lsn) {
-            // Orphaned or stale index entry: drop it, leave the record (if any) alone.
+            auto rec = impl_->get_record(prefix, message_id, "reconcile (read)");
+            if (!rec || rec->source_lsn != lsn) {
+                // Orphaned or stale index entry: drop it, leave the record (if any) alone.
+                check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
+                continue;
+            }
+            if (rec->status != DeliveryStatus::Applied && rec->status != DeliveryStatus::Duplicate)
+                continue;  // Retrying / Dead: history, kept
+            check("reconcile (batch)",
+                  batch.Delete(impl_->cf(ColumnFamilyID::Deliveries), prefix + message_id));
+            if (!rec->key.empty()) {
+                std::string owner;
+                if (impl_->get(ColumnFamilyID::Keys, prefix + rec->key, &owner, "reconcile (read key)") &&
+                    owner == message_id)
+                    check("reconcile (batch)",
+                          batch.Delete(impl_->cf(ColumnFamilyID::Keys), prefix + rec->key));
+            }
             check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
-            continue;
+            ++dropped;
         }
-        if (rec->status != DeliveryStatus::Applied && rec->status != DeliveryStatus::Duplicate)
-            continue;  // Retrying / Dead: history, kept
-        check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::Deliveries), prefix + message_id));
-        if (!rec->key.empty()) {
-            std::string owner;
-            if (impl_->get(ColumnFamilyID::Keys, prefix + rec->key, &owner, "reconcile (read key)") &&
-                owner == message_id)
-                check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::Keys), prefix + rec->key));
-        }
-        check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
-        ++dropped;
+        check("reconcile (iterate)", it->status());
+        it.reset();
     }
-    check("reconcile (iterate)", it->status());
-    it.reset();
     // Synced: after reconcile returns, the dropped entries must stay dropped across a crash.
     impl_->write(batch, Impl::Durability::Synced, "reconcile");
     return dropped;
@@ -337,15 +531,24 @@ size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
 
 void StateStore::put_meta(const std::string& scope, const std::string& name, const std::string& value)
 {
+    const std::string k = scope_prefix(scope) + name;
+    std::lock_guard<std::mutex> lock(impl_->write_mutex);
+    impl_->recover();
     rocksdb::WriteBatch batch;
-    check("put_meta (batch)", batch.Put(impl_->cf(ColumnFamilyID::Meta), scope_prefix(scope) + name, value));
+    {
+        std::shared_lock<std::shared_mutex> read_lock(impl_->rw);
+        impl_->require_open("put_meta");
+        check("put_meta (batch)", batch.Put(impl_->cf(ColumnFamilyID::Meta), k, value));
+    }
     impl_->write(batch, Impl::Durability::Synced, "put_meta");
 }
 
 std::optional<std::string> StateStore::get_meta(const std::string& scope, const std::string& name) const
 {
+    const std::string k = scope_prefix(scope) + name;
     std::string v;
-    if (!impl_->get(ColumnFamilyID::Meta, scope_prefix(scope) + name, &v, "get_meta"))
+    std::shared_lock<std::shared_mutex> lock(impl_->rw);
+    if (!impl_->get(ColumnFamilyID::Meta, k, &v, "get_meta"))
         return std::nullopt;
     return v;
 }
@@ -356,6 +559,8 @@ std::vector<DeliveryRecord> StateStore::list(const std::string& scope, size_t li
     std::vector<DeliveryRecord> out;
     if (limit == 0)
         return out;
+    std::shared_lock<std::shared_mutex> lock(impl_->rw);
+    impl_->require_open("list");
     // One snapshot for the index walk and the record reads, so the listing is consistent.
     const rocksdb::Snapshot* snap = impl_->db->GetSnapshot();
     struct SnapshotGuard {
@@ -393,6 +598,9 @@ std::vector<DeliveryRecord> StateStore::list(const std::string& scope, size_t li
 uint64_t StateStore::approximate_size() const
 {
     uint64_t total = 0;
+    std::shared_lock<std::shared_mutex> lock(impl_->rw);
+    if (!impl_->db)
+        return 0;
     for (size_t i = 0; i < static_cast<size_t>(ColumnFamilyID::Count); ++i) {
         uint64_t v = 0;
         if (impl_->db->GetIntProperty(impl_->handles[i], rocksdb::DB::Properties::kTotalSstFilesSize, &v))

@@ -52,10 +52,13 @@ public:
     // default, deliveries (scope/message_id -> record), keys (scope/key -> message_id),
     // by_lsn (scope/be64 lsn/message_id -> ""), meta (scope/name -> value).
     static std::unique_ptr<StateStore> open(const std::string& dir);
-    ~StateStore();  // flushes the WAL, cancels background work, closes handles
+    ~StateStore();  // flushes the WAL (not after a failed write), cancels background work, closes handles
 
     // scope = one database's namespace, e.g. "db16384" (database oid).
     // Writes all records in one WriteBatch; sync=true fsyncs RocksDB's WAL before returning.
+    // After a failed write (e.g. the disk is full) every write (record/reconcile/put_meta) first
+    // recovers the store (DB::Resume(), then close and reopen) and throws StateError until that
+    // works; reads go on meanwhile. All methods are safe to call from several threads.
     void record(const std::string& scope, const std::vector<DeliveryRecord>& records, bool sync);
 
     std::optional<DeliveryRecord> find_message(const std::string& scope, const std::string& message_id) const;

@@ -10,6 +10,7 @@
 #include <string>
 
 #include <ftw.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -281,6 +282,133 @@ TEST_CASE("a second open of the same directory fails (RocksDB lock)", "[state_st
     TempDir tmp;
     auto store = StateStore::open(tmp.db());
     CHECK_THROWS_AS(StateStore::open(tmp.db()), StateError);
+}
+
+namespace {
+
+// A small tmpfs at dir (root only); unmounted (lazily) at scope exit.
+class SmallTmpfs {
+public:
+    explicit SmallTmpfs(const std::string& dir) : dir_(dir)
+    {
+        mkdir(dir.c_str(), 0700);
+        mounted_ = geteuid() == 0 && mount("tmpfs", dir.c_str(), "tmpfs", 0, "size=4m") == 0;
+    }
+    ~SmallTmpfs()
+    {
+        if (mounted_)
+            umount2(dir_.c_str(), MNT_DETACH);
+    }
+    bool mounted() const { return mounted_; }
+    // Writes a filler file until the filesystem is full.
+    void fill()
+    {
+        std::FILE* f = std::fopen((dir_ + "/filler").c_str(), "w");
+        REQUIRE(f != nullptr);
+        static const std::string block(4096, '\0');
+        while (std::fwrite(block.data(), 1, block.size(), f) == block.size()) {
+        }
+        std::fclose(f);
+    }
+    void unfill() { std::remove((dir_ + "/filler").c_str()); }
+
+private:
+    std::string dir_;
+    bool mounted_ = false;
+};
+
+// Records until one fails (the disk is full); returns how many succeeded.
+int record_until_failure(StateStore& store, const std::string& scope, uint64_t first_lsn)
+{
+    DeliveryRecord r = rec("", 0, DeliveryStatus::Dead);
+    r.last_error.assign(2000, 'e');
+    for (int i = 0; i < 100000; ++i) {
+        r.message_id = "fill-" + std::to_string(first_lsn + static_cast<uint64_t>(i));
+        r.source_lsn = first_lsn + static_cast<uint64_t>(i);
+        try {
+            store.record(scope, {r}, false);
+        } catch (const StateError&) {
+            return i;
+        }
+    }
+    FAIL("the filesystem never filled up");
+    return -1;
+}
+
+}  // namespace
+
+// The state dir's filesystem fills up (fault_state_dir.sh does the same with the applier): writes
+// fail with StateError (no abort inside librocksdb), reads go on, and once space is back the next
+// write succeeds without reopening the store by hand. Both cases: the memtable holding entries
+// when the WAL write fails, and the memtable empty (Resume() alone would keep the failed WAL writer).
+TEST_CASE("a full state disk fails writes with StateError and recovers when space is back", "[state_store]")
+{
+    for (const bool empty_memtable : {false, true}) {
+        DYNAMIC_SECTION((empty_memtable ? "memtable empty" : "memtable in use"))
+        {
+            TempDir tmp;
+            SmallTmpfs fs(tmp.path() + "/fs");
+            if (!fs.mounted()) {
+                WARN("skipped: cannot mount a tmpfs (needs root)");
+                return;
+            }
+            const std::string dir = tmp.path() + "/fs/state";
+            {
+                auto store = StateStore::open(dir);
+                store->record(kScope, {rec("before", 10, DeliveryStatus::Applied, "k-before")}, true);
+                if (empty_memtable) {
+                    // Reopen: the memtable starts empty, then fill the disk before any write.
+                    store.reset();
+                    store = StateStore::open(dir);
+                    fs.fill();
+                    CHECK_THROWS_AS(store->record(kScope, {rec("m1", 20, DeliveryStatus::Applied)}, false),
+                                    StateError);
+                } else {
+                    fs.fill();
+                    CHECK(record_until_failure(*store, kScope, 1000) >= 0);
+                }
+                // Still failing while the disk is full, and again; reads work.
+                CHECK_THROWS_AS(store->record(kScope, {rec("m2", 21, DeliveryStatus::Applied)}, true), StateError);
+                CHECK_THROWS_AS(store->put_meta(kScope, "x", "y"), StateError);
+                REQUIRE(store->find_message(kScope, "before"));
+                CHECK(store->find_key(kScope, "k-before") == std::optional<std::string>("before"));
+
+                fs.unfill();
+                store->record(kScope, {rec("m3", 30, DeliveryStatus::Applied, "k3")}, false);
+                store->record(kScope, {rec("m4", 31, DeliveryStatus::Dead)}, true);
+                store->put_meta(kScope, "x", "y");
+                CHECK(store->find_message(kScope, "before"));
+                CHECK(store->find_key(kScope, "k3") == std::optional<std::string>("m3"));
+                CHECK(store->get_meta(kScope, "x") == std::optional<std::string>("y"));
+                CHECK(store->reconcile(kScope, 1000000) == 0);
+            }
+            auto again = StateStore::open(dir);
+            CHECK(again->find_message(kScope, "m3"));
+            CHECK(again->find_message(kScope, "m4"));
+            CHECK(again->find_message(kScope, "before"));
+        }
+    }
+}
+
+// Closing the store while the disk is still full (applier stopped during the fault) must not abort.
+TEST_CASE("closing the store while its disk is full does not abort", "[state_store]")
+{
+    TempDir tmp;
+    SmallTmpfs fs(tmp.path() + "/fs");
+    if (!fs.mounted()) {
+        WARN("skipped: cannot mount a tmpfs (needs root)");
+        return;
+    }
+    const std::string dir = tmp.path() + "/fs/state";
+    {
+        auto store = StateStore::open(dir);
+        store->record(kScope, {rec("before", 10, DeliveryStatus::Applied)}, true);
+        fs.fill();
+        CHECK(record_until_failure(*store, kScope, 1000) >= 0);
+    }  // destructor: no SyncWAL on the failed WAL writer
+    fs.unfill();
+    auto again = StateStore::open(dir);
+    CHECK(again->find_message(kScope, "before"));
 }
 
 TEST_CASE("delivery status names", "[state_store]")
