@@ -20,6 +20,8 @@
 
 #include <cxxopts.hpp>
 #include <nlohmann/json.hpp>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "cli_state.h"
 #include "config.h"
@@ -751,6 +753,11 @@ bool is_cli_command(const char* arg)
 
 int run_cli(int argc, char** argv)
 {
+    // Library logging (RocksDB's, through the state store) goes to stderr, warnings only: stdout
+    // is the command's output, possibly --json for a script.
+    auto err = spdlog::stderr_logger_mt("atx-applier-cli");
+    err->set_level(spdlog::level::warn);
+    spdlog::set_default_logger(err);
     Ctx c;
     c.command = argv[0];
     cxxopts::Options o("atx-applier " + c.command, "");

@@ -38,6 +38,8 @@
 
 #include <sys/stat.h>
 
+#include <rocksdb/filter_policy.h>
+#include <rocksdb/table.h>
 #include <rocksdb/convenience.h>
 #include <rocksdb/db.h>
 #include <rocksdb/env.h>
@@ -264,6 +266,11 @@ struct StateStore::Impl {
     {
         const rocksdb::Options options = make_options();
         rocksdb::ColumnFamilyOptions cf_options(options);
+        // Most lookups are for message ids and keys that are not there (every new message is
+        // checked): a bloom filter answers those without reading data blocks.
+        rocksdb::BlockBasedTableOptions table;
+        table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
+        cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
 
         std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
         for (const char* name : kColumnFamilyNames)
