@@ -187,6 +187,20 @@ def audit_bulk(cluster, n, log):
     return r
 
 
+def drop_slot(cluster, slot, timeout=30):
+    """Drops the slot once its walsender has let go of it; nothing to do if it is gone already."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = cluster.psql(f"SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'")
+        if state == "":
+            return
+        if state == "f":
+            cluster.psql(f"SELECT pg_drop_replication_slot('{slot}')")
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"slot {slot} still active after {timeout}s")
+
+
 def wait_streaming(cluster, timeout=60):
     """Waits until the applier streams the pg_atx slot."""
     deadline = time.time() + timeout
@@ -340,7 +354,7 @@ def main():
             for name in order:
                 applier.stop()
                 if name == "no slot":
-                    cluster.psql(f"SELECT pg_drop_replication_slot('{slot}')")
+                    drop_slot(cluster, slot)
                 else:
                     applier = Applier(a.applier, cluster, state).start()
                     wait_streaming(cluster)
