@@ -60,7 +60,8 @@ trap 'kill $PROXY_PID 2>/dev/null; _testlib_cleanup' EXIT
 wait_for 10 bash -c "grep -qs listening '$TEST_DIR/proxy.log'" || not_ok "proxy started"
 conninfo() { echo "host=127.0.0.1 port=$PROXY_PORT user=postgres"; }
 applier_start "${ARGS[@]}"
-wait_for 15 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'atx-applier%' AND client_addr IS NOT NULL\") = 2 ]"
+# The walsender and the apply session (the monitor connection may be there too).
+wait_for 15 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM pg_stat_activity WHERE application_name IN ('atx-applier', 'atx-applier apply') AND client_addr IS NOT NULL\") = 2 ]"
 check "applier connected through the proxy (TCP)" test $? = 0
 callers_start $CALLERS 1001 1700 0.15
 DROPS=0; STALLS=0
