@@ -176,7 +176,7 @@ void DatabaseWorker::teardown()
     batch_.clear();
 }
 
-void DatabaseWorker::sleep_interruptible(milliseconds d)
+void DatabaseWorker::sleep_interruptible(milliseconds d, bool keep_walsender)
 {
     const auto until = Clock::now() + d;
     while (Clock::now() < until) {
@@ -184,6 +184,8 @@ void DatabaseWorker::sleep_interruptible(milliseconds d)
             throw Interrupted{};
         m_.tick();
         std::this_thread::sleep_for(std::min<Clock::duration>(kTick, until - Clock::now()));
+        if (keep_walsender && Clock::now() >= next_status_)
+            send_status(true);
     }
 }
 
@@ -656,7 +658,7 @@ void DatabaseWorker::apply_singly()
                     rec.status = DeliveryStatus::Retrying;
                     ++m_.retried;
                     write_state({rec}, false);
-                    wait_alive(delay);
+                    sleep_interruptible(delay, true);
                     continue;
                 }
                 apply_.begin_and_apply({});  // a transaction for the dead letter alone
@@ -708,22 +710,8 @@ void DatabaseWorker::write_state(const std::vector<DeliveryRecord>& records, boo
                                  log_, logq(e.what()));
                 last_log = Clock::now();
             }
-            wait_alive(milliseconds(1000));
+            sleep_interruptible(milliseconds(1000), true);
         }
-    }
-}
-
-void DatabaseWorker::wait_alive(milliseconds d)
-{
-    // Sleeps while keeping the walsender from timing out (standby status updates on schedule).
-    const auto until = Clock::now() + d;
-    while (Clock::now() < until) {
-        if (stop_)
-            throw Interrupted{};
-        m_.tick();
-        std::this_thread::sleep_for(std::min<Clock::duration>(kTick, until - Clock::now()));
-        if (Clock::now() >= next_status_)
-            send_status(true);
     }
 }
 

@@ -71,8 +71,9 @@ private:
     void send_status(bool query_durable);
     Lsn flush_position() const;
     bool idle_and_confirmed();
-    void wait_alive(std::chrono::milliseconds d);
-    void sleep_interruptible(std::chrono::milliseconds d);
+    // Sleeps in short ticks, throwing Interrupted on stop; keep_walsender: also sends standby
+    // status updates on schedule, so that a wait while streaming does not time the walsender out.
+    void sleep_interruptible(std::chrono::milliseconds d, bool keep_walsender = false);
     void teardown();
     std::string id_of(const Pending& p) const;
 

@@ -327,6 +327,18 @@ static Datum uuid_datum(const uint8 id[16])
     return UUIDPGetDatum(u);
 }
 
+// What atx.apply_message and atx.apply check first: the caller, then the argument; returns the
+// payload and the result row type.
+static bytea* apply_arguments(FunctionCallInfo fcinfo, TupleDesc* tupdesc)
+{
+    check_caller();
+    if (PG_ARGISNULL(0))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("payload must not be NULL")));
+    if (get_call_result_type(fcinfo, NULL, tupdesc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "return type must be a row type");
+    return PG_GETARG_BYTEA_PP(0);
+}
+
 static Datum apply_message_body(FunctionCallInfo fcinfo)
 {
     bytea* payload;
@@ -336,12 +348,7 @@ static Datum apply_message_body(FunctionCallInfo fcinfo)
     Datum values[6];
     bool nulls[6];
 
-    check_caller();
-    if (PG_ARGISNULL(0))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("payload must not be NULL")));
-    payload = PG_GETARG_BYTEA_PP(0);
-    if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-        elog(ERROR, "return type must be a row type");
+    payload = apply_arguments(fcinfo, &tupdesc);
 
     memset(&r, 0, sizeof r);
     atx_exec_note_apply_backend();
@@ -381,12 +388,7 @@ static Datum apply_body(FunctionCallInfo fcinfo)
     Datum values[3];
     bool nulls[3];
 
-    check_caller();
-    if (PG_ARGISNULL(0))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("payload must not be NULL")));
-    payload = PG_GETARG_BYTEA_PP(0);
-    if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
-        elog(ERROR, "return type must be a row type");
+    payload = apply_arguments(fcinfo, &tupdesc);
 
     memset(&r, 0, sizeof r);
     if (!validate_message(payload, &m, &r))

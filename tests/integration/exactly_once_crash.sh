@@ -4,9 +4,7 @@
 # is crashed once with `pg_ctl stop -m immediate`. Every number must land exactly once.
 . "$(dirname "$0")/../lib/testlib.sh"
 
-SEED=${ATX_SEED:-$RANDOM}
-RANDOM=$SEED
-note "seed $SEED (rerun with ATX_SEED=$SEED)"
+use_seed
 CALLERS=8
 PER_CALLER=2500
 TOTAL=$((CALLERS * PER_CALLER))

@@ -4,9 +4,7 @@
 # Every confirmed number must land exactly once: applied, or dead-lettered when built to fail.
 . "$(dirname "$0")/../lib/testlib.sh"
 
-SEED=${ATX_SEED:-$RANDOM}
-RANDOM=$SEED
-note "seed $SEED (rerun with ATX_SEED=$SEED)"
+use_seed
 # The shared workload: numbered callers, rollbacks, keys, messages built to fail.
 . "$(dirname "$0")/../lib/workload.sh"
 

@@ -6,9 +6,7 @@
 # (applier stopped, and applier running): the statement is applied after the restart.
 . "$(dirname "$0")/../lib/testlib.sh"
 
-SEED=${ATX_SEED:-$RANDOM}
-RANDOM=$SEED
-note "seed $SEED (rerun with ATX_SEED=$SEED)"
+use_seed
 # The shared workload: numbered callers, rollbacks, keys, messages built to fail.
 . "$(dirname "$0")/../lib/workload.sh"
 

@@ -6,9 +6,7 @@
 #    SIGKILL right after an apply commit): nothing re-applied, idempotency keys still honoured.
 . "$(dirname "$0")/../lib/testlib.sh"
 
-SEED=${ATX_SEED:-$RANDOM}
-RANDOM=$SEED
-note "seed $SEED (rerun with ATX_SEED=$SEED)"
+use_seed
 # The shared workload: numbered callers, rollbacks, keys, messages built to fail.
 . "$(dirname "$0")/../lib/workload.sh"
 

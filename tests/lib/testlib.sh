@@ -28,6 +28,13 @@ check_eq() {
     if [ "$2" = "$3" ]; then ok "$1"; else not_ok "$1 (expected '$2', got '$3')"; fi
 }
 note() { echo "# $*"; }
+# use_seed: seeds $RANDOM from ATX_SEED (or a fresh value) and prints it, so that a failing run
+# can be repeated exactly. Sets SEED.
+use_seed() {
+    SEED=${ATX_SEED:-$RANDOM}
+    RANDOM=$SEED
+    note "seed $SEED (rerun with ATX_SEED=$SEED)"
+}
 done_testing() {
     echo "1..$T_NUM"
     [ "$T_FAILED" = 0 ]
