@@ -22,9 +22,11 @@ constexpr const char* kDeadLetterSql =
     "INSERT INTO atx.dead_letter(message_id, source_lsn, caller_role, caller_role_oid, caller_xid, "
     "emitted_at, statement, params, idempotency_key, payload, sqlstate, error, attempts, "
     "first_failed_at) VALUES ($1::uuid, $2::pg_lsn, $3::name, $4::oid, $5::xid8, "
-    "'2000-01-01 00:00:00+00'::timestamptz + $6::bigint * interval '1 microsecond', $7::text, "
+    "'2000-01-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.+) ($6::bigint OPERATOR(pg_catalog.*) "
+    "interval '1 microsecond'), $7::text, "
     "$8::jsonb, $9::text, $10::bytea, $11::text, $12::text, $13::int, "
-    "'1970-01-01 00:00:00+00'::timestamptz + $14::bigint * interval '1 microsecond') "
+    "'1970-01-01 00:00:00+00'::timestamptz OPERATOR(pg_catalog.+) ($14::bigint OPERATOR(pg_catalog.*) "
+    "interval '1 microsecond')) "
     "ON CONFLICT (message_id) DO NOTHING";
 constexpr Oid kByteaOid = 17;
 

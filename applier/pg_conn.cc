@@ -37,6 +37,16 @@ void PgConn::connect(const std::string& base, const std::vector<std::pair<std::s
         close();
         throw PgError("connection failed: " + msg, "08006", true);
     }
+    // Every SQL the applier sends resolves names in pg_catalog only: a role with CREATE on a
+    // schema of the default search_path (public) must not be able to capture one of our calls
+    // or operators (an overload runs with the applier's identity). The statements of messages
+    // get the caller's own search_path inside atx.apply_message.
+    PgResult r(PQexec(conn_, "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)"));
+    if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK) {
+        PgError e = error_from(r.get(), "setting search_path");
+        close();
+        throw e;
+    }
 }
 
 void PgConn::close()
