@@ -3,6 +3,7 @@
 
 #include <cxxopts.hpp>
 
+#include <algorithm>
 #include <fstream>
 #include <map>
 #include <set>
@@ -31,7 +32,9 @@ const std::set<std::string>& file_keys()
         "conninfo", "dbname", "state-dir", "log-file", "log-level", "batch-size", "batch-delay-ms",
         "statement-timeout-ms", "max-attempts", "retry-base-ms", "retry-cap-ms",
         "status-interval-ms", "synchronous-commit", "pid-file", "once", "idle-exit-ms",
-        "http-listen", "ready-max-lag-seconds", "monitor-interval-ms"};
+        "http-listen", "ready-max-lag-seconds", "monitor-interval-ms", "lock-timeout-ms", "apply-sessions",
+        "max-sessions-per-role", "nested-sessions", "max-retry-seconds", "max-backend-losses",
+        "prune-interval-ms", "durability"};
     return keys;
 }
 
@@ -112,16 +115,32 @@ cxxopts::Options make_options()
          cxxopts::value<std::string>())
         ("batch-delay-ms", "how long to wait for more messages when the stream is idle before "
                            "applying a partial batch; 0 applies what has arrived, and batches still form under load (default: 0)", cxxopts::value<std::string>())
-        ("statement-timeout-ms", "statement_timeout of the apply session (default: 60000)",
+        ("statement-timeout-ms", "longest run of one message; a message that runs longer is "
+                                 "dead-lettered (default: 60000)", cxxopts::value<std::string>())
+        ("lock-timeout-ms", "lock_timeout of the apply sessions: a longer lock wait is retried later, "
+                            "freeing the session (default: 10000)", cxxopts::value<std::string>())
+        ("apply-sessions", "apply sessions per database (default: 4)", cxxopts::value<std::string>())
+        ("max-sessions-per-role", "apply sessions one role's messages may occupy at once (default: "
+                                  "half of --apply-sessions, at least 1)", cxxopts::value<std::string>())
+        ("nested-sessions", "extra sessions that serve nested atx_exec calls (default: 16)",
          cxxopts::value<std::string>())
+        ("max-retry-seconds", "a message failing transiently for longer is dead-lettered (default: 300)",
+         cxxopts::value<std::string>())
+        ("max-backend-losses", "a message running alone when its apply backend is lost this often is "
+                               "dead-lettered (default: 2)", cxxopts::value<std::string>())
+        ("prune-interval-ms", "how often the server forgets handled messages the slot confirmed "
+                              "(default: 5000)", cxxopts::value<std::string>())
+        ("durability", "what must hold before the slot is confirmed past a message: auto (sync when "
+                       "synchronous_standby_names is set, else local), local (flushed here), sync "
+                       "(synchronous apply commits), standby-flush (flushed by every streaming "
+                       "standby) (default: auto)", cxxopts::value<std::string>())
         ("max-attempts", "attempts for a transiently failing message before it is dead-lettered "
                          "(default: 8)", cxxopts::value<std::string>())
         ("retry-base-ms", "first retry backoff (default: 100)", cxxopts::value<std::string>())
         ("retry-cap-ms", "largest retry backoff (default: 30000)", cxxopts::value<std::string>())
         ("status-interval-ms", "standby status update interval (default: 1000)",
          cxxopts::value<std::string>())
-        ("synchronous-commit", "commit apply transactions synchronously (default: off, flush "
-                               "tracking through durable origin progress)",
+        ("synchronous-commit", "same as --durability sync",
          cxxopts::value<bool>()->implicit_value("true"))
         ("pid-file", "write the process id here (default: none)", cxxopts::value<std::string>())
         ("once", "exit 0 when every stream has been idle for --idle-exit-ms and everything is "
@@ -212,11 +231,27 @@ ParseOutcome parse_config(int argc, const char* const* argv)
     u32("batch-delay-ms", c.batch_delay_ms, 0, 60000);
     u32("statement-timeout-ms", c.statement_timeout_ms, 0, INT32_MAX);
     u32("max-attempts", c.max_attempts, 1, 1000000);
+    u32("lock-timeout-ms", c.lock_timeout_ms, 0, INT32_MAX);
+    u32("apply-sessions", c.apply_sessions, 1, 64);
+    u32("max-sessions-per-role", c.max_sessions_per_role, 0, 64);
+    u32("nested-sessions", c.nested_sessions, 0, 64);
+    u32("max-retry-seconds", c.max_retry_seconds, 1, 86400 * 30);
+    u32("max-backend-losses", c.max_backend_losses, 1, 100);
+    u32("prune-interval-ms", c.prune_interval_ms, 100, 3600000);
+    if (auto v = str("durability")) {
+        if (*v != "auto" && *v != "local" && *v != "sync" && *v != "standby-flush")
+            throw ConfigError("durability: '" + *v + "' is not auto, local, sync or standby-flush");
+        c.durability = *v;
+    }
     u32("retry-base-ms", c.retry_base_ms, 0, INT32_MAX);
     u32("retry-cap-ms", c.retry_cap_ms, 0, INT32_MAX);
     u32("status-interval-ms", c.status_interval_ms, 10, 3600000);
     u32("idle-exit-ms", c.idle_exit_ms, 0, INT32_MAX);
     boolean("synchronous-commit", c.synchronous_commit);
+    if (c.synchronous_commit)
+        c.durability = "sync";
+    if (c.max_sessions_per_role == 0)
+        c.max_sessions_per_role = std::max<uint32_t>(1, c.apply_sessions / 2);
     boolean("once", c.once);
     if (auto v = str("pid-file")) c.pid_file = *v;
     if (auto v = str("http-listen")) {

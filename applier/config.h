@@ -25,7 +25,15 @@ struct Config {
     spdlog::level::level_enum log_level = spdlog::level::info;
     uint32_t batch_size = 500;
     uint32_t batch_delay_ms = 0;  // 0: apply what has arrived; batches form by themselves under load
-    uint32_t statement_timeout_ms = 60000;
+    uint32_t statement_timeout_ms = 60000;   // longest run of one message
+    uint32_t lock_timeout_ms = 10000;        // a lock wait longer than this is retried later
+    uint32_t apply_sessions = 4;             // regular apply sessions per database
+    uint32_t max_sessions_per_role = 0;      // 0: half of apply_sessions (at least 1)
+    uint32_t nested_sessions = 16;           // extra sessions for nested atx_exec waits
+    uint32_t max_retry_seconds = 300;        // a transient failure is dead-lettered after this long
+    uint32_t max_backend_losses = 2;         // losses while a message ran alone before it is dead-lettered
+    uint32_t prune_interval_ms = 5000;       // atx.prune() cadence
+    std::string durability = "auto";         // auto | local | sync | standby-flush
     uint32_t max_attempts = 8;
     uint32_t retry_base_ms = 100;
     uint32_t retry_cap_ms = 30000;

@@ -1,29 +1,34 @@
-// One thread per database: connect, ensure slot and origin, reconcile the local state, stream,
-// batch, apply, confirm, and reconnect with backoff. A failing database never stalls another.
+// One thread per database: the stream, the apply sessions, what is confirmed.
 //
-// Positions (all LSNs are message LSNs = dataStart of the 'w' frame):
-//   applied_upto     origin progress of the apply session (committed, maybe not yet durable);
-//                    messages at or below it are skipped
-//   durable          pg_replication_origin_progress(origin, true): commits that survive a crash
-//   need_durable     LSN of the last message whose handling needed a server commit
-//   last_handled     highest LSN handled (applied, duplicate, dead-lettered or skipped)
-// The flush position sent to the slot is
-//   durable >= need_durable ? max(last_handled, keepalive walEnd if nothing is pending) : durable
-// and never decreases. A position whose apply commit may not be durable is never confirmed.
+// A session of the worker:
+//   1. control connection: database oid, extension version, the slot (atx.ensure_slot), its
+//      wal_status, the durability rule (docs/applier.md), the failover check;
+//   2. replication connection: IDENTIFY_SYSTEM, START_REPLICATION from the slot's confirmed
+//      position (another applier streaming it makes this one a standby: 55006);
+//   3. apply workers (--apply-sessions, plus nested sessions on demand) take lanes from the
+//      dispatcher; this thread reads frames, hands messages to the dispatcher, tracks progress,
+//      confirms (progress.h), prunes atx.applied and wakes atx_exec callers whose outcome became
+//      durable when the server cannot wake them at commit.
+// Any error of the stream or the control connection ends the session; the workers are stopped
+// and a new session starts after a short, capped backoff. A failing database never stalls
+// another.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "apply_session.h"
+#include "apply_worker.h"
 #include "config.h"
-#include "message.h"
+#include "dispatcher.h"
 #include "metrics.h"
+#include "pg_conn.h"
+#include "progress.h"
 #include "replication_stream.h"
 #include "retry_policy.h"
 #include "state_store.h"
@@ -47,61 +52,59 @@ public:
     void join();
     bool done() const { return done_.load(); }
     WorkerResult result() const { return result_.load(); }
-    // Shutdown grace period is over: cancel the statement in flight and do not commit it.
+    // Shutdown grace period is over: cancel the statements in flight (they are rolled back).
     void cancel_in_flight();
 
 private:
-    struct Pending {
-        Lsn lsn = 0;
-        std::string payload;
-        std::optional<Message> msg;    // nullopt: undecodable (apply_message reports 22P03)
-        bool skip = false;             // handled without the server (already applied / duplicate)
-    };
-
     void run();
     WorkerResult session();
-    void open_session();
+    void open_control();
     void check_slot(bool initial);
+    void check_failover();
+    void start_workers();
+    void stop_workers(bool cancel);
+    void maybe_grow_nested();
     void handle_frame(const std::string& data);
-    void handle_message(Lsn lsn, std::string_view payload);
-    void apply_batch();
-    void apply_singly();
-    void after_commit(std::vector<DeliveryRecord> records, Lsn last);
-    void write_state(const std::vector<DeliveryRecord>& records, bool sync);
-    void send_status(bool query_durable);
-    Lsn flush_position() const;
+    void handle_message(Lsn start, Lsn end, std::string_view payload);
+    void on_handled(const std::vector<Pending>& items, Lsn commit_lsn);
+    void poll_durability();
+    void send_status();
     bool idle_and_confirmed();
-    // Sleeps in short ticks, throwing Interrupted on stop; keep_walsender: also sends standby
-    // status updates on schedule, so that a wait while streaming does not time the walsender out.
-    void sleep_interruptible(std::chrono::milliseconds d, bool keep_walsender = false);
-    void teardown();
-    std::string id_of(const Pending& p) const;
 
     const Config& cfg_;
     const std::string dbname_;
     const std::string log_;  // "db=<name>" prefix of every line
     StateStore& store_;
     const std::atomic<bool>& stop_;
-    DbMetrics& m_;  // counters and state for /metrics, /readyz (metrics.h)
+    DbMetrics& m_;
     RetryPolicy policy_;
+    Dispatcher dispatcher_;
 
     std::thread thread_;
     std::atomic<bool> done_{false};
     std::atomic<WorkerResult> result_{WorkerResult::Running};
     std::atomic<bool> cancelled_{false};
 
-    ApplySession apply_;
+    // Per session.
+    PgConn control_;
     ReplicationStream stream_;
-
-    // Per connection.
+    std::unique_ptr<WorkerContext> ctx_;
+    std::vector<std::unique_ptr<ApplyWorker>> workers_;
+    std::vector<std::unique_ptr<ApplyWorker>> nested_;
+    std::mutex progress_mu_;
+    Progress progress_;
+    std::mutex fatal_mu_;
+    std::string fatal_;
+    std::atomic<bool> has_fatal_{false};
     uint32_t oid_ = 0;
-    std::string slot_, origin_, scope_;
-    Lsn applied_upto_ = 0, durable_ = 0, need_durable_ = 0, last_handled_ = 0;
-    Lsn received_ = 0, keepalive_walend_ = 0, reported_flush_ = 0;
-    bool state_broken_ = false;
-    bool streamed_ = false;  // this session reached START_REPLICATION (resets the backoff)
-    std::vector<Pending> batch_;
-    std::chrono::steady_clock::time_point next_status_, next_slot_check_, last_data_;
+    std::string slot_, scope_;
+    bool sync_commits_ = false;     // apply commits are synchronous: durable on return
+    bool standby_flush_ = false;    // durability = flushed by every streaming standby
+    Lsn slot_confirmed_ = 0;        // the slot's confirmed_flush_lsn when the session began
+    Lsn reported_flush_ = 0;
+    bool streamed_ = false;
+    std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_,
+        last_data_, nested_wanted_since_;
 };
 
 }  // namespace atx::applier

@@ -204,6 +204,25 @@ std::string Metrics::render() const
     per_db_counter("atx_reconnects_total", "Sessions that ended in an error and were restarted.",
                    &DbMetrics::reconnects);
     per_db_counter("atx_apply_transactions_total", "Apply transactions committed.", &DbMetrics::batches);
+    per_db_counter("atx_apply_session_losses_total",
+                   "Apply sessions lost (backend killed, crashed, out of memory) while a batch ran.",
+                   &DbMetrics::backend_losses);
+    per_db_counter("atx_messages_behind_slot_total",
+                   "Handled messages of which a new primary had no record while its slot stood past them.",
+                   &DbMetrics::lost_found);
+    per_db_counter("atx_messages_reapplied_total", "Of those, messages applied again from the WAL.",
+                   &DbMetrics::repaired);
+    per_db_counter("atx_messages_lost_total", "Of those, messages whose WAL was gone: lost. Alert on any.",
+                   &DbMetrics::lost);
+    auto per_db_gauge = [&](const char* name, const char* help, const std::atomic<uint64_t> DbMetrics::*field) {
+        header(name, "gauge", help);
+        for (const auto* d : dbs)
+            out += std::string(name) + "{" + lbl(d) + "} " + std::to_string((d->*field).load()) + "\n";
+    };
+    per_db_gauge("atx_messages_queued", "Messages waiting in their lanes.", &DbMetrics::queued);
+    per_db_gauge("atx_messages_in_flight", "Messages in batches that are running.", &DbMetrics::in_flight);
+    per_db_gauge("atx_messages_suspect", "Messages that run alone after an apply session was lost.",
+                 &DbMetrics::suspects);
 
     header("atx_apply_duration_seconds", "histogram", "Duration of one apply transaction (BEGIN to COMMIT).");
     for (const auto* d : dbs)

@@ -64,6 +64,13 @@ struct DbMetrics {
     std::atomic<uint64_t> rejected{0};       // dead letters for 22P03 / 28000 / 0A000 (forged, malformed)
     std::atomic<uint64_t> reconnects{0};     // sessions that ended in an error and were restarted
     std::atomic<uint64_t> batches{0};        // apply transactions committed
+    std::atomic<uint64_t> backend_losses{0}; // apply sessions lost while a batch ran
+    std::atomic<uint64_t> lost_found{0};     // handled messages a new primary had no record of
+    std::atomic<uint64_t> repaired{0};       // ... of which applied again from its WAL
+    std::atomic<uint64_t> lost{0};           // ... of which lost for good (WAL gone)
+    std::atomic<uint64_t> queued{0};         // messages waiting in their lanes (gauge)
+    std::atomic<uint64_t> in_flight{0};      // messages in running batches (gauge)
+    std::atomic<uint64_t> suspects{0};       // messages that run alone after a backend loss (gauge)
     Histogram apply_seconds;                 // duration of one apply transaction (BEGIN..COMMIT)
 
     // State (worker).

@@ -4,6 +4,7 @@
 #include <sys/select.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 namespace atx::applier {
@@ -14,6 +15,17 @@ void ReplicationStream::connect(const std::string& base_conninfo, const std::str
     conn_.connect(base_conninfo, {{"dbname", dbname},
                                   {"replication", "database"},
                                   {"application_name", "atx-applier"}});
+}
+
+ReplicationStream::Identity ReplicationStream::identify()
+{
+    PgResult r(PQexec(conn_.get(), "IDENTIFY_SYSTEM"));
+    if (!r || PQresultStatus(r.get()) != PGRES_TUPLES_OK || PQntuples(r.get()) != 1)
+        throw conn_.error_from(r.get(), "IDENTIFY_SYSTEM");
+    Identity id;
+    id.system_id = field(r.get(), 0, 0).value_or("");
+    id.timeline = static_cast<uint32_t>(std::strtoul(field(r.get(), 0, 1).value_or("0").c_str(), nullptr, 10));
+    return id;
 }
 
 void ReplicationStream::start(const std::string& slot, Lsn start)

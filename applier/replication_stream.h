@@ -18,6 +18,12 @@ class ReplicationStream {
 public:
     // Connects with replication=database and application_name=atx-applier.
     void connect(const std::string& base_conninfo, const std::string& dbname);
+    // IDENTIFY_SYSTEM: which cluster and timeline this is (a failover changes the timeline).
+    struct Identity {
+        std::string system_id;
+        uint32_t timeline = 0;
+    };
+    Identity identify();
     // START_REPLICATION SLOT <slot> LOGICAL <start> ("format" 'binary'). Throws PgError.
     void start(const std::string& slot, Lsn start);
 

@@ -560,7 +560,7 @@ std::optional<std::string> StateStore::get_meta(const std::string& scope, const 
     return v;
 }
 
-std::vector<DeliveryRecord> StateStore::list(const std::string& scope, size_t limit) const
+std::vector<DeliveryRecord> StateStore::list(const std::string& scope, size_t limit, uint64_t from, uint64_t to) const
 {
     const std::string prefix = scope_prefix(scope);
     std::vector<DeliveryRecord> out;
@@ -579,12 +579,14 @@ std::vector<DeliveryRecord> StateStore::list(const std::string& scope, size_t li
     ro.snapshot = snap;
 
     std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(ro, impl_->cf(ColumnFamilyID::ByLsn)));
-    for (it->Seek(prefix); it->Valid() && starts_with(it->key(), prefix); it->Next()) {
+    for (it->Seek(prefix + be64(from)); it->Valid() && starts_with(it->key(), prefix); it->Next()) {
         rocksdb::Slice k = it->key();
         if (k.size() < prefix.size() + 8)
             continue;
         ByteReader lsn_reader(std::string_view(k.data() + prefix.size(), 8));
         const uint64_t lsn = lsn_reader.u64();
+        if (lsn >= to)
+            break;
         const std::string message_id(k.data() + prefix.size() + 8, k.size() - prefix.size() - 8);
         std::string v;
         rocksdb::Status st = impl_->db->Get(ro, impl_->cf(ColumnFamilyID::Deliveries), prefix + message_id, &v);

@@ -72,8 +72,10 @@ public:
     void put_meta(const std::string& scope, const std::string& name, const std::string& value);
     std::optional<std::string> get_meta(const std::string& scope, const std::string& name) const;
 
-    // Every record of a scope (for the operator CLI and tests), in LSN order.
-    std::vector<DeliveryRecord> list(const std::string& scope, size_t limit = SIZE_MAX) const;
+    // The records of a scope with from <= source LSN < to (for the operator CLI, tests and the
+    // failover check), in LSN order.
+    std::vector<DeliveryRecord> list(const std::string& scope, size_t limit = SIZE_MAX, uint64_t from = 0,
+                                     uint64_t to = UINT64_MAX) const;
 
     // Approximate live size in bytes.
     uint64_t approximate_size() const;

@@ -9,11 +9,15 @@ std::string encode_body(const Message& m)
     ByteWriter w;
     w.bytes(std::string_view(kMagic, sizeof kMagic));
     w.u8(kFormatVersion);
-    w.u8(m.key ? kFlagHasKey : 0);
+    w.u8((m.key ? kFlagHasKey : 0) | (m.waited ? kFlagWaited : 0));
     w.bytes(std::string_view(reinterpret_cast<const char*>(m.id.data()), m.id.size()));
+    w.bytes(std::string_view(reinterpret_cast<const char*>(m.lane.data()), m.lane.size()));
+    w.u8(m.depth);
     w.u32(m.database_oid);
     w.u32(m.role_oid);
     w.str16(m.role_name);
+    w.u32(m.session_role_oid);
+    w.str16(m.session_role_name);
     w.u64(m.caller_xid);
     w.i64(m.emit_time);
     if (m.gucs.size() > UINT16_MAX)
@@ -22,6 +26,7 @@ std::string encode_body(const Message& m)
     for (const auto& g : m.gucs) {
         w.str16(g.name);
         w.str32(g.value);
+        w.u8(g.privileged ? kGucPrivileged : 0);
     }
     w.str32(m.statement);
     if (m.params.size() > UINT16_MAX)
@@ -50,7 +55,7 @@ uint8_t peek_version(std::string_view payload)
 DecodedPayload decode_payload(std::string_view payload)
 {
     uint8_t version = peek_version(payload);
-    if (version != kFormatVersion)
+    if (version < kOldestFormatVersion || version > kFormatVersion)
         throw UnsupportedVersion(version);
     if (payload.size() < 5 + kMacSize)
         throw DecodeError("truncated pg_atx message: " + std::to_string(payload.size()) + " bytes");
@@ -62,14 +67,26 @@ DecodedPayload decode_payload(std::string_view payload)
     ByteReader r(out.body);
     r.bytes(4);  // magic + version, checked above
     uint8_t flags = r.u8();
-    if (flags & ~kFlagHasKey)
+    const uint8_t known = version >= 2 ? (kFlagHasKey | kFlagWaited) : kFlagHasKey;
+    if (flags & ~known)
         throw DecodeError("unknown message flags " + std::to_string(flags));
     Message& m = out.message;
+    m.version = version;
+    m.waited = flags & kFlagWaited;
     std::string_view id = r.bytes(16);
     std::memcpy(m.id.data(), id.data(), 16);
+    if (version >= 2) {
+        std::string_view lane = r.bytes(16);
+        std::memcpy(m.lane.data(), lane.data(), 16);
+        m.depth = r.u8();
+    }
     m.database_oid = r.u32();
     m.role_oid = r.u32();
     m.role_name = std::string(r.str16());
+    if (version >= 2) {
+        m.session_role_oid = r.u32();
+        m.session_role_name = std::string(r.str16());
+    }
     m.caller_xid = r.u64();
     m.emit_time = r.i64();
     uint16_t nguc = r.u16();
@@ -78,6 +95,12 @@ DecodedPayload decode_payload(std::string_view payload)
         GucSetting g;
         g.name = std::string(r.str16());
         g.value = std::string(r.str32());
+        if (version >= 2) {
+            uint8_t gf = r.u8();
+            if (gf & ~kGucPrivileged)
+                throw DecodeError("unknown flags on setting " + g.name);
+            g.privileged = gf & kGucPrivileged;
+        }
         m.gucs.push_back(std::move(g));
     }
     m.statement = std::string(r.str32());
@@ -106,7 +129,7 @@ DecodedPayload decode_payload(std::string_view payload)
 
 bool operator==(const GucSetting& a, const GucSetting& b)
 {
-    return a.name == b.name && a.value == b.value;
+    return a.name == b.name && a.value == b.value && a.privileged == b.privileged;
 }
 
 bool operator==(const Param& a, const Param& b)
@@ -117,8 +140,11 @@ bool operator==(const Param& a, const Param& b)
 
 bool operator==(const Message& a, const Message& b)
 {
-    return a.id == b.id && a.database_oid == b.database_oid && a.role_oid == b.role_oid &&
-           a.role_name == b.role_name && a.caller_xid == b.caller_xid && a.emit_time == b.emit_time &&
+    return a.version == b.version && a.id == b.id && a.lane == b.lane && a.depth == b.depth &&
+           a.waited == b.waited && a.database_oid == b.database_oid && a.role_oid == b.role_oid &&
+           a.role_name == b.role_name && a.session_role_oid == b.session_role_oid &&
+           a.session_role_name == b.session_role_name && a.caller_xid == b.caller_xid &&
+           a.emit_time == b.emit_time &&
            a.gucs == b.gucs && a.statement == b.statement && a.params == b.params && a.key == b.key;
 }
 

@@ -1,22 +1,31 @@
-// The pg_atx message: what atx_log writes into the WAL and atx.apply_message executes.
+// The pg_atx message: what atx_log writes into the WAL and atx.apply_batch executes.
 //
-// Layout (version 1, big-endian; see docs/message-format.md):
+// Layout (version 2, big-endian; see docs/message-format.md):
 //
 //   "ATX"  magic                       3 bytes
-//   u8     format version (1)
-//   u8     flags (bit 0: idempotency key present)
-//   16     message UUID (random, stable identity across LSN reuse)
+//   u8     format version (2)
+//   u8     flags (bit 0: idempotency key present, bit 1: an atx_exec caller waits for it)
+//   16     message UUID (random; derived from the parent's id for a nested emit)
+//   16     lane: the messages of one lane are applied in emit order (the caller's backend
+//          session, or the parent message for nested emits)
+//   u8     nesting depth (0: emitted by a client session)
 //   u32    database oid
 //   u32    caller role oid (current_user at the call)
 //   str16  caller role name (diagnostics only; the oid is what counts)
+//   u32    caller session_user oid
+//   str16  caller session_user name
 //   u64    caller's top-level FullTransactionId, 0 if it had none
 //   i64    emit time (PostgreSQL TimestampTz: microseconds since 2000-01-01 UTC)
-//   u16    GUC count, then per GUC: str16 name, str32 value
+//   u16    GUC count, then per GUC: str16 name, str32 value, u8 flags (bit 0: set by a superuser,
+//          e.g. ALTER ROLE ... SET by one: applied with that right)
 //   str32  statement
 //   u16    parameter count, then per parameter:
 //            u32 type oid, str16 type name, u8 flags (bit 0 NULL, bit 1 binary), str32 value
 //   str16  idempotency key (only with flag bit 0)
 //   32     HMAC-SHA256 over every preceding byte
+//
+// Version 1 (pg_atx 0.1) lacks flag bit 1, lane, depth, the session user and GUC flags; it is still
+// decoded (messages written before an upgrade), with a zero lane and depth 0.
 //
 // Pure C++ (no postgres.h): the extension and the applier both link it.
 #pragma once
@@ -33,7 +42,8 @@
 namespace atx {
 
 inline constexpr char kMagic[3] = {'A', 'T', 'X'};
-inline constexpr uint8_t kFormatVersion = 1;
+inline constexpr uint8_t kFormatVersion = 2;
+inline constexpr uint8_t kOldestFormatVersion = 1;
 inline constexpr size_t kMacSize = 32;
 // Logical message prefix used by atx_log (the origin tag is the real guard).
 inline constexpr const char* kMessagePrefix = "pg_atx";
@@ -41,15 +51,18 @@ inline constexpr const char* kMessagePrefix = "pg_atx";
 inline constexpr const char* kEmitOriginName = "pg_atx";
 
 inline constexpr uint8_t kFlagHasKey = 0x01;
+inline constexpr uint8_t kFlagWaited = 0x02;
 inline constexpr uint8_t kParamNull = 0x01;
 inline constexpr uint8_t kParamBinary = 0x02;
+inline constexpr uint8_t kGucPrivileged = 0x01;
 
 // A message written by a newer pg_atx: kept, never executed or dropped.
 class UnsupportedVersion : public DecodeError {
 public:
     explicit UnsupportedVersion(uint8_t v)
         : DecodeError("unsupported pg_atx message format version " + std::to_string(v) +
-                      " (this build knows version " + std::to_string(kFormatVersion) + ")"),
+                      " (this build knows versions " + std::to_string(kOldestFormatVersion) + " to " +
+                      std::to_string(kFormatVersion) + ")"),
           version(v)
     {
     }
@@ -61,6 +74,7 @@ using Uuid = std::array<uint8_t, 16>;
 struct GucSetting {
     std::string name;
     std::string value;
+    bool privileged = false;  // set in the caller's session with superuser rights (version 2)
 };
 
 struct Param {
@@ -72,10 +86,16 @@ struct Param {
 };
 
 struct Message {
+    uint8_t version = kFormatVersion;  // as decoded; encode_body always writes kFormatVersion
     Uuid id{};
+    Uuid lane{};         // zero for version 1
+    uint8_t depth = 0;   // 0: emitted by a client session
+    bool waited = false; // an atx_exec caller waits for the outcome
     uint32_t database_oid = 0;
     uint32_t role_oid = 0;
     std::string role_name;
+    uint32_t session_role_oid = 0;  // 0 for version 1
+    std::string session_role_name;
     uint64_t caller_xid = 0;
     int64_t emit_time = 0;
     std::vector<GucSetting> gucs;

@@ -37,13 +37,18 @@ bool atx_encode_body(const AtxMessageC* m, char** out, size_t* out_len, atx::Cau
     try {
         atx::Message msg;
         std::memcpy(msg.id.data(), m->id, 16);
+        std::memcpy(msg.lane.data(), m->lane, 16);
+        msg.depth = static_cast<uint8_t>(m->depth);
+        msg.waited = m->waited;
         msg.database_oid = m->database_oid;
         msg.role_oid = m->role_oid;
         msg.role_name = m->role_name;
+        msg.session_role_oid = m->session_role_oid;
+        msg.session_role_name = m->session_role_name ? m->session_role_name : "";
         msg.caller_xid = m->caller_xid;
         msg.emit_time = m->emit_time;
         for (int i = 0; i < m->nguc; ++i)
-            msg.gucs.push_back({m->gucs[i].name, m->gucs[i].value});
+            msg.gucs.push_back({m->gucs[i].name, m->gucs[i].value, m->gucs[i].privileged});
         msg.statement = m->statement;
         msg.params.reserve(m->nparams);
         for (int i = 0; i < m->nparams; ++i) {
@@ -75,10 +80,16 @@ bool atx_decode_payload(const char* payload, size_t len, AtxMessageC* out, atx::
         atx::DecodedPayload d = atx::decode_payload(std::string_view(payload, len));
         const atx::Message& m = d.message;
         std::memset(out, 0, sizeof *out);
+        out->version = m.version;
         std::memcpy(out->id, m.id.data(), 16);
+        std::memcpy(out->lane, m.lane.data(), 16);
+        out->depth = m.depth;
+        out->waited = m.waited;
         out->database_oid = m.database_oid;
         out->role_oid = m.role_oid;
         out->role_name = pg_copy(m.role_name);
+        out->session_role_oid = m.session_role_oid;
+        out->session_role_name = pg_copy(m.session_role_name);
         out->caller_xid = m.caller_xid;
         out->emit_time = m.emit_time;
         out->nguc = static_cast<int>(m.gucs.size());
@@ -86,6 +97,7 @@ bool atx_decode_payload(const char* payload, size_t len, AtxMessageC* out, atx::
         for (size_t i = 0; i < m.gucs.size(); ++i) {
             out->gucs[i].name = pg_copy(m.gucs[i].name);
             out->gucs[i].value = pg_copy(m.gucs[i].value);
+            out->gucs[i].privileged = m.gucs[i].privileged;
         }
         out->statement = pg_copy(m.statement);
         out->nparams = static_cast<int>(m.params.size());

@@ -1,16 +1,15 @@
-// atx.current_message(): the metadata of the pg_atx message whose statement is
-// running, for user SQL (and the audit trail) to store. apply.cc sets it
-// around the statement (see atx_ext.h); outside an apply every field is NULL.
-//
-// Plain C style (see pg_guard.h).
-#include "atx_ext.h"
+// atx.current_message(): the metadata of the pg_atx message whose statement is running, for
+// user SQL (and the audit trail) to store; outside an apply every field is NULL. See
+// current_message.h. Plain C style (see pg_guard.h).
+#include "current_message.h"
+
 #include "pg_guard.h"
 
 static AtxCurrentMessage current;
 static bool callback_registered = false;
 
-// Never let a message outlive the applier's transaction, even if an error
-// escaped apply.cc between set and restore.
+// Never let a message outlive the apply transaction, even if an error escaped between push
+// and pop.
 static void clear_at_xact_end(XactEvent event, void* arg)
 {
     (void)arg;
@@ -20,54 +19,57 @@ static void clear_at_xact_end(XactEvent event, void* arg)
     case XACT_EVENT_PARALLEL_COMMIT:
     case XACT_EVENT_PARALLEL_ABORT:
     case XACT_EVENT_PREPARE:
-        memset(&current, 0, sizeof current);
+        if (!current.across_xacts)
+            memset(&current, 0, sizeof current);
         break;
     default:
         break;
     }
 }
 
-void atx_current_message_save(AtxCurrentMessage* saved) { *saved = current; }
-
-void atx_current_message_set(const uint8 id[16], Oid role_oid, const char* role_name, uint64 caller_xid,
-                             TimestampTz emit_time, const char* key)
+AtxCurrentMessage atx_current_message_push(const AtxMessageC* m, bool across_xacts)
 {
+    AtxCurrentMessage saved = current;
     if (!callback_registered) {
         RegisterXactCallback(clear_at_xact_end, NULL);
         callback_registered = true;
     }
-    current.active = true;
-    memcpy(current.id, id, sizeof current.id);
-    current.role_oid = role_oid;
-    current.role_name = role_name;
-    current.caller_xid = caller_xid;
-    current.emit_time = emit_time;
-    current.key = key;
+    current.m = m;
+    current.nested_emits = 0;
+    current.across_xacts = across_xacts;
+    return saved;
 }
 
-void atx_current_message_restore(const AtxCurrentMessage* saved) { current = *saved; }
+void atx_current_message_pop(const AtxCurrentMessage* saved) { current = *saved; }
 
-const AtxCurrentMessage* atx_current_message(void) { return current.active ? &current : NULL; }
+AtxCurrentMessage* atx_current_message(void) { return current.m != NULL ? &current : NULL; }
+
+static Datum uuid_datum(const uint8 id[16])
+{
+    pg_uuid_t* u = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
+    memcpy(u->data, id, UUID_LEN);
+    return UUIDPGetDatum(u);
+}
 
 // atx.current_message(OUT id uuid, OUT caller_role name, OUT caller_role_oid oid,
-//     OUT caller_xid xid8, OUT emitted_at timestamptz, OUT idempotency_key text)
+//     OUT caller_xid xid8, OUT emitted_at timestamptz, OUT idempotency_key text,
+//     OUT caller_session_user name, OUT depth int, OUT parent_id uuid)
 static Datum current_message_body(FunctionCallInfo fcinfo)
 {
-    const AtxCurrentMessage* m = atx_current_message();
+    AtxCurrentMessage* c = atx_current_message();
+    const AtxMessageC* m;
     TupleDesc tupdesc;
-    Datum values[6];
-    bool nulls[6];
-    pg_uuid_t* uuid;
+    Datum values[9];
+    bool nulls[9];
 
-    if (m == NULL)
+    if (c == NULL)
         PG_RETURN_NULL();
+    m = c->m;
     if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
 
     memset(nulls, false, sizeof nulls);
-    uuid = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
-    memcpy(uuid->data, m->id, UUID_LEN);
-    values[0] = UUIDPGetDatum(uuid);
+    values[0] = uuid_datum(m->id);
     values[1] = DirectFunctionCall1(namein, CStringGetDatum(m->role_name ? m->role_name : ""));
     values[2] = ObjectIdGetDatum(m->role_oid);
     // xid8 is a 64-bit FullTransactionId passed by value.
@@ -78,6 +80,17 @@ static Datum current_message_body(FunctionCallInfo fcinfo)
         values[5] = CStringGetTextDatum(m->key);
     else
         nulls[5] = true;
+    // Version 1 messages carry no session user.
+    if (m->session_role_name && m->session_role_name[0])
+        values[6] = DirectFunctionCall1(namein, CStringGetDatum(m->session_role_name));
+    else
+        nulls[6] = true;
+    values[7] = Int32GetDatum(m->depth);
+    // A nested message's lane is its parent's id.
+    if (m->depth > 0)
+        values[8] = uuid_datum(m->lane);
+    else
+        nulls[8] = true;
     PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));
 }
 

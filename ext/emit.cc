@@ -1,29 +1,52 @@
-// atx_log / atx_log_keyed: build, sign and write one pg_atx message.
+// atx_log / atx_log_keyed (and atx._emit for extension code): build, sign and write one pg_atx
+// message, durable when the call returns exactly as a COMMIT would be.
 //
-// Written in plain C style (no C++ objects with destructors) because nearly
-// every line calls PostgreSQL; the codec runs behind the noexcept bridge.
-#include "atx_ext.h"
+// Plain C style (no C++ objects with destructors) because nearly every line calls
+// PostgreSQL; the codec runs behind the noexcept bridge (codec_bridge.h).
+#include "emit.h"
+
 #include "codec_bridge.h"
+#include "current_message.h"
+#include "guc_capture.h"
 #include "hmac_key.h"
 #include "message.h"
 #include "pg_guard.h"
+#include "slot_check.h"
+#include "validate.h"
 
-// Refusals that need no message: standby, wal_level, no slot.
-static void check_can_emit(void)
+extern "C" {
+#include "common/cryptohash.h"
+#include "replication/syncrep.h"
+#include "replication/walsender.h"
+#include "replication/walsender_private.h"
+}
+
+bool atx_allow_in_read_only = false;
+
+#define ATX_MAX_DEPTH 16
+
+// Refusals that need no message: standby, read-only transaction, wal_level, no slot.
+static void check_can_emit(const char* fname)
 {
     if (RecoveryInProgress())
-        ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-                        errmsg("atx_log cannot run during recovery"),
-                        errhint("Messages are written to the WAL: call atx_log on the primary.")));
+        ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION), errmsg("%s cannot run during recovery", fname),
+                        errhint("Messages are written to the WAL: call %s on the primary.", fname)));
+    // The autonomous statement writes (or may write) what a read-only caller promised not to.
+    if (XactReadOnly && !atx_allow_in_read_only)
+        ereport(ERROR,
+                (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+                 errmsg("%s cannot run in a read-only transaction", fname),
+                 errdetail("The autonomous statement would run outside this transaction's read-only promise."),
+                 errhint("Call it from a read-write transaction, or have a superuser set "
+                         "atx.allow_in_read_only = on for the roles that may.")));
     if (wal_level < WAL_LEVEL_LOGICAL)
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                        errmsg("atx_log requires wal_level = logical"),
+                        errmsg("%s requires wal_level = logical", fname),
                         errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
     if (!atx_have_slot_for_database(MyDatabaseId))
         ereport(ERROR,
                 (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                 errmsg("no pg_atx replication slot exists for database \"%s\"",
-                        get_database_name(MyDatabaseId)),
+                 errmsg("no pg_atx replication slot exists for database \"%s\"", get_database_name(MyDatabaseId)),
                  errdetail("A message written now would never be delivered."),
                  errhint("Run SELECT atx.ensure_slot(); as a superuser, or start atx-applier for this database.")));
 }
@@ -36,41 +59,14 @@ static bool is_blank(const char* s)
     return true;
 }
 
-// Names of the GUCs to capture: the defaults, then atx.capture_gucs
-// (duplicates dropped, case-insensitively).
-static List* capture_names(void)
-{
-    List* names = NIL;
-    for (int i = 0; i < atx_n_default_gucs; i++)
-        names = lappend(names, pstrdup(atx_default_gucs[i]));
-    if (atx_capture_gucs && atx_capture_gucs[0]) {
-        char* raw = pstrdup(atx_capture_gucs);
-        List* extra = NIL;
-        ListCell* lc;
-        if (!SplitIdentifierString(raw, ',', &extra))
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("invalid list syntax in atx.capture_gucs")));
-        foreach (lc, extra) {
-            const char* name = (const char*)lfirst(lc);
-            bool dup = false;
-            ListCell* lc2;
-            foreach (lc2, names)
-                if (pg_strcasecmp((const char*)lfirst(lc2), name) == 0)
-                    dup = true;
-            if (!dup)
-                names = lappend(names, pstrdup(name));
-        }
-    }
-    return names;
-}
-
-// Fills p from one argument: binary (send) when the type has send and
-// receive functions, else its text output.
-static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull)
+// Fills p from one argument: binary (send) when the type has send and receive functions,
+// else its text output.
+static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull, const char* fname)
 {
     HeapTuple tup;
     Form_pg_type typ;
     Oid typsend, typreceive, typoutput;
+    char typtype;
 
     p->type_oid = type;
     p->type_name = format_type_be(type);
@@ -85,16 +81,16 @@ static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull)
     typsend = typ->typsend;
     typreceive = typ->typreceive;
     typoutput = typ->typoutput;
-    char typtype = typ->typtype;
+    typtype = typ->typtype;
     ReleaseSysCache(tup);
     // Anonymous records are described only in this backend's typmod cache.
     if (type == RECORDOID)
         ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                        errmsg("atx_log cannot pass a value of an anonymous record type"),
+                        errmsg("%s cannot pass a value of an anonymous record type", fname),
                         errhint("Cast it to a named composite type.")));
     if (typtype == TYPTYPE_PSEUDO && type != UNKNOWNOID)
         ereport(ERROR, (errcode(ERRCODE_DATATYPE_MISMATCH),
-                        errmsg("atx_log cannot pass a value of pseudo-type %s", p->type_name)));
+                        errmsg("%s cannot pass a value of pseudo-type %s", fname, p->type_name)));
 
     p->binary = OidIsValid(typsend) && OidIsValid(typreceive);
     if (isnull)
@@ -110,58 +106,55 @@ static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull)
     }
 }
 
-// Writes payload with the pg_atx origin set only around the insert, then
-// flushes it: a non-transactional message is otherwise lost on a crash and
-// not sent by a walsender, which reads flushed WAL only.
-XLogRecPtr atx_write_message(const char* payload, size_t len)
+// The lane of a top-level message: this backend session (database, pid, session start), so
+// that a session's messages are applied in the order it wrote them.
+static void session_lane(uint8 lane[16])
 {
-    RepOriginId origin = atx_emit_origin_id(false);
-    RepOriginId saved = replorigin_session_origin;
-    XLogRecPtr lsn = InvalidXLogRecPtr;
-
-    PG_TRY();
-    {
-        replorigin_session_origin = origin;
-#if PG_VERSION_NUM >= 170000
-        lsn = LogLogicalMessage(atx::kMessagePrefix, payload, len, false, true);
-#else
-        lsn = LogLogicalMessage(atx::kMessagePrefix, payload, len, false);
-#endif
+    uint32 db = MyDatabaseId, pid = (uint32)MyProcPid;
+    uint64 start = (uint64)MyStartTimestamp;
+    for (int i = 0; i < 4; i++) {
+        lane[i] = (uint8)(db >> (24 - 8 * i));
+        lane[4 + i] = (uint8)(pid >> (24 - 8 * i));
     }
-    PG_FINALLY();
-    {
-        // Must never still be set at commit: it would tag the caller's transaction.
-        replorigin_session_origin = saved;
-    }
-    PG_END_TRY();
-#if PG_VERSION_NUM < 170000
-    XLogFlush(lsn);
-#endif
-    return lsn;
+    for (int i = 0; i < 8; i++)
+        lane[8 + i] = (uint8)(start >> (56 - 8 * i));
 }
 
-// Builds and signs the message of an atx_log / atx_exec call (the refusals of
-// check_can_emit included) without writing it: id_out receives the message id,
-// *payload_out / *len_out the signed payload (palloc'd).
-void atx_build_message(FunctionCallInfo fcinfo, bool keyed, uint8 id_out[16], char** payload_out, size_t* len_out)
+// The id of the n-th emit of a running message: the same on every execution of the parent
+// (a retry, a re-delivery after a crash), so that atx.applied lets it through only once.
+static void derived_id(const uint8 parent[16], uint32 n, uint8 out[16])
 {
-    int stmt_arg = keyed ? 1 : 0;
+    pg_cryptohash_ctx* ctx = pg_cryptohash_create(PG_SHA256);
+    uint8 digest[32];
+    uint8 nb[4] = {(uint8)(n >> 24), (uint8)(n >> 16), (uint8)(n >> 8), (uint8)n};
+
+    if (ctx == NULL || pg_cryptohash_init(ctx) < 0 || pg_cryptohash_update(ctx, (const uint8*)"pg_atx nested", 13) < 0 ||
+        pg_cryptohash_update(ctx, parent, 16) < 0 || pg_cryptohash_update(ctx, nb, 4) < 0 ||
+        pg_cryptohash_final(ctx, digest, sizeof digest) < 0)
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not derive a nested message id")));
+    pg_cryptohash_free(ctx);
+    memcpy(out, digest, 16);
+    out[6] = (out[6] & 0x0f) | 0x50;  // UUID version 5 (name-based, SHA)
+    out[8] = (out[8] & 0x3f) | 0x80;  // RFC 4122 variant
+}
+
+void atx_build_message(FunctionCallInfo fcinfo, int stmt_arg, bool keyed, bool waited, const char* fname,
+                       uint8 id_out[16], char** payload_out, size_t* len_out)
+{
     AtxMessageC m;
     Datum* args = NULL;
     Oid* types = NULL;
     bool* nulls = NULL;
     int nargs;
-    List* gucs;
-    ListCell* lc;
-    int i;
     char* body;
     size_t body_len;
     char* payload;
     uint8 mac[32];
     atx::CaughtError err;
     FullTransactionId fxid;
+    AtxCurrentMessage* parent = atx_current_message();
 
-    check_can_emit();
+    check_can_emit(fname);
 
     memset(&m, 0, sizeof m);
     if (PG_ARGISNULL(stmt_arg))
@@ -172,13 +165,11 @@ void atx_build_message(FunctionCallInfo fcinfo, bool keyed, uint8 id_out[16], ch
                         errhint("Pass the SQL statement to run as the first argument.")));
     if (keyed) {
         if (PG_ARGISNULL(0))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-                            errmsg("idempotency key must not be NULL"),
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("idempotency key must not be NULL"),
                             errhint("Use atx_log() for a message without a key.")));
         m.key = text_to_cstring(PG_GETARG_TEXT_PP(0));
         if (m.key[0] == '\0')
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("idempotency key must not be empty")));
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("idempotency key must not be empty")));
         if (strlen(m.key) > PG_UINT16_MAX)
             ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
                             errmsg("idempotency key is too long (%zu bytes, at most 65535)", strlen(m.key))));
@@ -190,35 +181,43 @@ void atx_build_message(FunctionCallInfo fcinfo, bool keyed, uint8 id_out[16], ch
         nargs = 0;  // VARIADIC NULL: no parameters
     if (nargs > PG_UINT16_MAX)
         ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-                        errmsg("too many parameters for atx_log: %d (at most 65535)", nargs)));
+                        errmsg("too many parameters for %s: %d (at most 65535)", fname, nargs)));
     m.nparams = nargs;
     m.params = (AtxParamC*)palloc0(sizeof(AtxParamC) * (nargs ? nargs : 1));
-    for (i = 0; i < nargs; i++)
-        fill_param(&m.params[i], types[i], args[i], nulls[i]);
+    for (int i = 0; i < nargs; i++)
+        fill_param(&m.params[i], types[i], args[i], nulls[i], fname);
 
-    // Identity and context.
-    if (!pg_strong_random(m.id, sizeof m.id))
-        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate a random message id")));
-    m.id[6] = (m.id[6] & 0x0f) | 0x40;  // UUID version 4
-    m.id[8] = (m.id[8] & 0x3f) | 0x80;  // RFC 4122 variant
+    // Fails here, in the caller, what could never run (atx.validate).
+    atx_validate_statement(m.statement, nargs, types);
+
+    // Identity and ordering.
+    if (parent != NULL) {
+        // Emitted by a statement that is itself being applied (or run non-atomically).
+        m.depth = parent->m->depth + 1;
+        if (m.depth > ATX_MAX_DEPTH)
+            ereport(ERROR, (errcode(ERRCODE_STATEMENT_TOO_COMPLEX),
+                            errmsg("pg_atx messages nest too deeply (more than %d levels)", ATX_MAX_DEPTH),
+                            errhint("An autonomous statement that emits itself again never ends.")));
+        memcpy(m.lane, parent->m->id, 16);
+        derived_id(parent->m->id, parent->nested_emits++, m.id);
+    } else {
+        m.depth = 0;
+        session_lane(m.lane);
+        if (!pg_strong_random(m.id, sizeof m.id))
+            ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate a random message id")));
+        m.id[6] = (m.id[6] & 0x0f) | 0x40;  // UUID version 4
+        m.id[8] = (m.id[8] & 0x3f) | 0x80;  // RFC 4122 variant
+    }
+    m.waited = waited;
     m.database_oid = MyDatabaseId;
     m.role_oid = GetUserId();  // current_user: a SECURITY DEFINER function's owner
     m.role_name = GetUserNameFromId(m.role_oid, false);
+    m.session_role_oid = GetSessionUserId();
+    m.session_role_name = GetUserNameFromId(m.session_role_oid, false);
     fxid = GetTopFullTransactionIdIfAny();
     m.caller_xid = FullTransactionIdIsValid(fxid) ? U64FromFullTransactionId(fxid) : 0;
     m.emit_time = GetCurrentTimestamp();
-
-    gucs = capture_names();
-    m.nguc = list_length(gucs);
-    m.gucs = (AtxGucC*)palloc0(sizeof(AtxGucC) * m.nguc);
-    i = 0;
-    foreach (lc, gucs) {
-        const char* name = (const char*)lfirst(lc);
-        const char* varname = NULL;
-        m.gucs[i].value = GetConfigOptionByName(name, &varname, false);
-        m.gucs[i].name = varname ? varname : name;
-        i++;
-    }
+    m.gucs = atx_capture_settings(&m.nguc);
 
     if (!atx_encode_body(&m, &body, &body_len, &err))
         atx::raise_caught(err);
@@ -238,6 +237,131 @@ void atx_build_message(FunctionCallInfo fcinfo, bool keyed, uint8 id_out[16], ch
     *len_out = body_len + atx::kMacSize;
 }
 
+// --- durability --------------------------------------------------------------------------------
+
+// Inside atx._emit_batch_begin() ... _end(): the highest LSN written, flushed once at the end.
+static int batch_depth = 0;
+static XLogRecPtr batch_lsn = InvalidXLogRecPtr;
+static bool batch_callback_registered = false;
+
+static int sync_rep_mode(void)
+{
+    switch (synchronous_commit) {
+    case SYNCHRONOUS_COMMIT_REMOTE_WRITE: return SYNC_REP_WAIT_WRITE;
+    case SYNCHRONOUS_COMMIT_REMOTE_APPLY: return SYNC_REP_WAIT_APPLY;
+    default: return SYNC_REP_WAIT_FLUSH;
+    }
+}
+
+// As a COMMIT under the caller's synchronous_commit: off tells the WAL writer (asynchronous
+// commit); local flushes; remote_write, on and remote_apply also wait for the synchronous
+// standbys. RecordTransactionCommit never waits for an aborted or xid-less transaction, so a
+// non-transactional message must do this itself.
+static void make_durable(XLogRecPtr lsn, const uint8* id)
+{
+    if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF) {
+        XLogSetAsyncXactLSN(lsn);
+        return;
+    }
+    XLogFlush(lsn);
+    if (!SyncRepRequested() || am_walsender || SyncRepStandbyNames == NULL || SyncRepStandbyNames[0] == '\0')
+        return;
+    // syncrep.c requires interrupts held; a cancel ends the wait with a WARNING of its own.
+    HOLD_INTERRUPTS();
+    SyncRepWaitForLSN(lsn, false);
+    RESUME_INTERRUPTS();
+    {
+        XLogRecPtr confirmed;
+        LWLockAcquire(SyncRepLock, LW_SHARED);
+        confirmed = WalSndCtl->lsn[sync_rep_mode()];
+        LWLockRelease(SyncRepLock);
+        if (confirmed < lsn) {
+            char idtext[37];
+            if (id != NULL)
+                atx_uuid_text(id, idtext);
+            ereport(WARNING, (errmsg("pg_atx message %s is durable on this server, but the synchronous standbys "
+                                     "did not confirm it",
+                                     id != NULL ? idtext : "(batch)"),
+                              errdetail("The wait for synchronous replication ended early; a failover now could lose "
+                                        "the message.")));
+        }
+    }
+}
+
+static void batch_xact_callback(XactEvent event, void* arg)
+{
+    (void)arg;
+    switch (event) {
+    case XACT_EVENT_PRE_COMMIT:
+    case XACT_EVENT_PRE_PREPARE:
+        // A batch left open (its end was never reached) is made durable before the commit.
+        if (batch_lsn != InvalidXLogRecPtr)
+            make_durable(batch_lsn, NULL);
+        batch_depth = 0;
+        batch_lsn = InvalidXLogRecPtr;
+        break;
+    case XACT_EVENT_ABORT:
+    case XACT_EVENT_PARALLEL_ABORT:
+        batch_depth = 0;
+        batch_lsn = InvalidXLogRecPtr;
+        break;
+    default:
+        break;
+    }
+}
+
+// Writes payload with the pg_atx origin set only around the insert (the output plugin and
+// the provenance check recognise atx_log's records by it), then makes it durable.
+XLogRecPtr atx_write_message(const char* payload, size_t len, const uint8* id)
+{
+    RepOriginId origin = atx_emit_origin_id(false);
+    RepOriginId saved = replorigin_session_origin;
+    XLogRecPtr lsn = InvalidXLogRecPtr;
+
+    PG_TRY();
+    {
+        replorigin_session_origin = origin;
+#if PG_VERSION_NUM >= 170000
+        lsn = LogLogicalMessage(atx::kMessagePrefix, payload, len, false, false);
+#else
+        lsn = LogLogicalMessage(atx::kMessagePrefix, payload, len, false);
+#endif
+    }
+    PG_FINALLY();
+    {
+        // Must never still be set at commit: it would tag the caller's transaction.
+        replorigin_session_origin = saved;
+    }
+    PG_END_TRY();
+    if (batch_depth > 0) {
+        if (lsn > batch_lsn)
+            batch_lsn = lsn;
+    } else {
+        make_durable(lsn, id);
+    }
+    return lsn;
+}
+
+static Datum emit_batch_begin_body(FunctionCallInfo fcinfo)
+{
+    if (!batch_callback_registered) {
+        RegisterXactCallback(batch_xact_callback, NULL);
+        batch_callback_registered = true;
+    }
+    batch_depth++;
+    PG_RETURN_VOID();
+}
+
+static Datum emit_batch_end_body(FunctionCallInfo fcinfo)
+{
+    if (batch_depth > 0 && --batch_depth == 0 && batch_lsn != InvalidXLogRecPtr) {
+        XLogRecPtr lsn = batch_lsn;
+        batch_lsn = InvalidXLogRecPtr;
+        make_durable(lsn, NULL);
+    }
+    PG_RETURN_VOID();
+}
+
 static Datum emit_body(FunctionCallInfo fcinfo, bool keyed)
 {
     uint8 id[16];
@@ -245,8 +369,8 @@ static Datum emit_body(FunctionCallInfo fcinfo, bool keyed)
     size_t len;
     pg_uuid_t* result;
 
-    atx_build_message(fcinfo, keyed, id, &payload, &len);
-    atx_write_message(payload, len);
+    atx_build_message(fcinfo, keyed ? 1 : 0, keyed, false, keyed ? "atx_log_keyed" : "atx_log", id, &payload, &len);
+    atx_write_message(payload, len, id);
 
     result = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
     memcpy(result->data, id, UUID_LEN);
@@ -258,3 +382,5 @@ static Datum atx_log_keyed_body(FunctionCallInfo fcinfo) { return emit_body(fcin
 
 ATX_ENTRY(atx_log, atx_log_body)
 ATX_ENTRY(atx_log_keyed, atx_log_keyed_body)
+ATX_ENTRY(atx_emit_batch_begin, emit_batch_begin_body)
+ATX_ENTRY(atx_emit_batch_end, emit_batch_end_body)

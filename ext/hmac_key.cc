@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+char* atx_key_file = NULL;
 static bool key_loaded = false;
 static uint8 key_bytes[ATX_KEY_LEN];
 
@@ -90,14 +91,21 @@ static void create_key_file(const char* path)
     }
     unlink(tmp);
     // Make the new directory entry durable.
-    fsync_fname(DataDir, true);
+    {
+        char* dir = pstrdup(path);
+        char* slash = strrchr(dir, '/');
+        if (slash != NULL && slash != dir)
+            *slash = '\0';
+        fsync_fname(slash != NULL ? dir : DataDir, true);
+    }
     pfree(tmp);
 }
 
 const uint8* atx_hmac_key(void)
 {
     if (!key_loaded) {
-        char* path = psprintf("%s/%s", DataDir, ATX_KEY_FILE);
+        char* path = (atx_key_file && atx_key_file[0]) ? pstrdup(atx_key_file)
+                                                        : psprintf("%s/%s", DataDir, ATX_KEY_FILE);
         if (!read_key_file(path)) {
             create_key_file(path);
             if (!read_key_file(path))

@@ -1,15 +1,22 @@
 // The output plugin "pg_atx": streams only the messages atx_log wrote.
 //
-// filter_by_origin_cb drops every record whose origin is not "pg_atx" before
-// it is queued, so ordinary DML of the database costs the walsender nothing,
-// and a message forged with pg_logical_emit_message (which cannot carry the
-// pg_atx origin: setting a session origin needs superuser) never appears.
+// filter_by_origin_cb drops every record whose origin is not "pg_atx" before it is queued, so
+// ordinary DML of the database costs the walsender nothing, and a message forged with
+// pg_logical_emit_message (which cannot carry the pg_atx origin: setting a session origin
+// needs superuser) never appears.
 //
-// format 'binary' (default): data = 'M' + raw payload, for atx-applier.
+// format 'binary' (default): data = 'M', the start LSN of the message's WAL record (8 bytes,
+// big-endian; the frame's dataStart is its end), the raw payload. The applier names the
+// message by that start LSN and the server reads it back from its own WAL (wal_message.cc).
 // format 'text': one line per message for pg_recvlogical -P pg_atx and
 // pg_logical_slot_peek_changes.
+//
+// Nothing here may raise for a message's content: an error in a walsender stops the slot at
+// that message for every reader. The text format converts values only after the payload has
+// been authenticated (its HMAC), so no receive function ever sees bytes atx_log did not make.
 #include "atx_ext.h"
 #include "codec_bridge.h"
+#include "hmac_key.h"
 #include "message.h"
 #include "pg_guard.h"
 #include "text_format.h"
@@ -18,11 +25,20 @@ extern "C" {
 extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks* cb);
 }
 
+#define ORIGIN_RECHECK_MS 10000
+#define OTHER_ORIGINS 16
+
 // Per-slot-session state, allocated in the decoding context.
 struct AtxDecodingState {
-    MemoryContext context;  // reset after every callback
-    bool text_format;       // format 'text', else binary
-    RepOriginId origin;     // id of origin "pg_atx"; Invalid while is_init
+    MemoryContext context;   // reset after every callback
+    bool text_format;        // format 'text', else binary
+    RepOriginId origin;      // id of origin "pg_atx"; Invalid while is_init or unknown
+    TimestampTz origin_checked;
+    // Origins seen that are not ours, re-checked after a while: the pg_atx origin may be dropped
+    // and created again under a new id, and then every new message carries that id.
+    RepOriginId other[OTHER_ORIGINS];
+    TimestampTz other_checked[OTHER_ORIGINS];
+    int next_other;
 };
 
 static void parse_options(LogicalDecodingContext* ctx, AtxDecodingState* st)
@@ -48,6 +64,25 @@ static void parse_options(LogicalDecodingContext* ctx, AtxDecodingState* st)
     }
 }
 
+// The name of origin id is "pg_atx"? A catalog lookup: a walsender decoding outside any
+// transaction starts one for it.
+static bool origin_named_ours(RepOriginId id)
+{
+    bool own_xact = !IsTransactionState();
+    MemoryContext caller_context = CurrentMemoryContext;
+    char* name = NULL;
+    bool ours;
+
+    if (own_xact)
+        StartTransactionCommand();
+    ours = replorigin_by_oid(id, true, &name) && name != NULL && strcmp(name, atx::kEmitOriginName) == 0;
+    if (own_xact)
+        CommitTransactionCommand();
+    // CommitTransactionCommand leaves us in TopMemoryContext.
+    MemoryContextSwitchTo(caller_context);
+    return ours;
+}
+
 static void startup_body(LogicalDecodingContext* ctx, OutputPluginOptions* opt, bool is_init)
 {
     AtxDecodingState* st = (AtxDecodingState*)MemoryContextAllocZero(ctx->context, sizeof(AtxDecodingState));
@@ -60,50 +95,88 @@ static void startup_body(LogicalDecodingContext* ctx, OutputPluginOptions* opt, 
     opt->receive_rewrites = false;
 
     if (!is_init) {
-        // A walsender has no transaction here; the catalog lookup needs one.
         bool own_xact = !IsTransactionState();
         MemoryContext caller_context = CurrentMemoryContext;
         if (own_xact)
             StartTransactionCommand();
-        st->origin = atx_emit_origin_id(false);
+        st->origin = atx_emit_origin_id(true);
         if (own_xact)
             CommitTransactionCommand();
-        // CommitTransactionCommand leaves us in TopMemoryContext.
         MemoryContextSwitchTo(caller_context);
+        st->origin_checked = GetCurrentTimestamp();
     }
 }
 
 static void begin_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn) {}
 static void commit_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr commit_lsn) {}
-static void change_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, Relation rel,
-                      ReorderBufferChange* change)
+static void change_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, Relation rel, ReorderBufferChange* change)
 {
 }
 static void shutdown_cb(LogicalDecodingContext* ctx) {}
 
+// true = drop. Records without an origin (all ordinary DML) are dropped at once; the cached id
+// of "pg_atx" is trusted for a while; any other id is looked up by name, at most every
+// ORIGIN_RECHECK_MS per id.
 static bool filter_by_origin_body(LogicalDecodingContext* ctx, RepOriginId origin_id)
 {
     AtxDecodingState* st = (AtxDecodingState*)ctx->output_plugin_private;
-    // true = drop. Before the origin is known (slot creation) drop everything.
-    return st->origin == InvalidRepOriginId || origin_id != st->origin;
+    TimestampTz now;
+    int slot = -1;
+
+    if (origin_id == InvalidRepOriginId || st == NULL)
+        return true;
+    now = GetCurrentTimestamp();
+    if (origin_id == st->origin && !TimestampDifferenceExceeds(st->origin_checked, now, ORIGIN_RECHECK_MS))
+        return false;
+    for (int i = 0; i < OTHER_ORIGINS; i++)
+        if (st->other[i] == origin_id) {
+            if (!TimestampDifferenceExceeds(st->other_checked[i], now, ORIGIN_RECHECK_MS))
+                return true;
+            slot = i;
+        }
+    if (origin_named_ours(origin_id)) {
+        st->origin = origin_id;
+        st->origin_checked = now;
+        if (slot >= 0)
+            st->other[slot] = InvalidRepOriginId;
+        return false;
+    }
+    if (origin_id == st->origin)
+        st->origin = InvalidRepOriginId;  // dropped, or its id now names another origin
+    if (slot < 0) {
+        slot = st->next_other;
+        st->next_other = (st->next_other + 1) % OTHER_ORIGINS;
+    }
+    st->other[slot] = origin_id;
+    st->other_checked[slot] = now;
+    return true;
 }
 
-static void append_text_line(StringInfo out, XLogRecPtr lsn, const char* message, Size size)
+static void append_text_line(StringInfo out, XLogRecPtr start, XLogRecPtr lsn, const char* message, Size size)
 {
     AtxMessageC m;
     atx::CaughtError err;
     char id[37];
+    uint8 mac[32];
 
     if (!atx_decode_payload(message, size, &m, &err)) {
-        // Never raise: an error here would stop the slot at this message forever.
-        appendStringInfo(out, "pg_atx message lsn=%X/%X undecodable (SQLSTATE %s): %s", (uint32)(lsn >> 32), (uint32)lsn,
-                         unpack_sql_state(err.sqlerrcode), err.message);
+        appendStringInfo(out, "pg_atx message start=%X/%X lsn=%X/%X undecodable (SQLSTATE %s): %s",
+                         ATX_LSN_ARGS(start), ATX_LSN_ARGS(lsn), unpack_sql_state(err.sqlerrcode), err.message);
+        return;
+    }
+    atx_hmac_sha256(m.body, m.body_len, mac);
+    if (!atx_mac_equal(mac, (const uint8*)m.mac)) {
+        appendStringInfo(out, "pg_atx message start=%X/%X lsn=%X/%X unauthenticated (HMAC mismatch): ",
+                         ATX_LSN_ARGS(start), ATX_LSN_ARGS(lsn));
+        atx_append_hex(out, message, size);
         return;
     }
     atx_uuid_text(m.id, id);
-    appendStringInfo(out, "pg_atx message id=%s lsn=%X/%X db=%u role=%s xid=" UINT64_FORMAT " key=%s statement=%s params=[",
-                     id, (uint32)(lsn >> 32), (uint32)lsn, m.database_oid, m.role_name, m.caller_xid, m.key ? m.key : "-",
-                     m.statement);
+    appendStringInfo(out,
+                     "pg_atx message id=%s start=%X/%X lsn=%X/%X db=%u role=%s xid=" UINT64_FORMAT
+                     " depth=%d key=%s statement=%s params=[",
+                     id, ATX_LSN_ARGS(start), ATX_LSN_ARGS(lsn), m.database_oid, m.role_name, m.caller_xid,
+                     m.depth, m.key ? m.key : "-", m.statement);
     for (int i = 0; i < m.nparams; i++) {
         const AtxParamC* p = &m.params[i];
         StringInfoData v;
@@ -125,19 +198,23 @@ static void message_body(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLo
                          bool transactional, const char* prefix, Size message_size, const char* message)
 {
     AtxDecodingState* st = (AtxDecodingState*)ctx->output_plugin_private;
+    // A non-transactional message is decoded as its record is read: the reader is still on it.
+    XLogRecPtr start = ctx->reader->ReadRecPtr;
     MemoryContext old;
 
-    // The origin filter already dropped anything atx_log did not write; this
-    // is a second, cheap check.
+    // The origin filter already dropped anything atx_log did not write; this is a second,
+    // cheap check.
     if (transactional || strcmp(prefix, atx::kMessagePrefix) != 0)
         return;
 
     old = MemoryContextSwitchTo(st->context);
     OutputPluginPrepareWrite(ctx, true);
     if (st->text_format) {
-        append_text_line(ctx->out, message_lsn, message, message_size);
+        append_text_line(ctx->out, start, message_lsn, message, message_size);
     } else {
         appendStringInfoChar(ctx->out, 'M');
+        for (int i = 7; i >= 0; i--)
+            appendStringInfoChar(ctx->out, (char)((start >> (8 * i)) & 0xff));
         appendBinaryStringInfo(ctx->out, message, (int)message_size);
     }
     OutputPluginWrite(ctx, true);
@@ -146,16 +223,16 @@ static void message_body(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLo
 }
 
 // extern "C" shims: PostgreSQL calls these; C++ exceptions never cross them.
-#define ATX_CALLBACK_GUARD(call)            \
-    do {                                    \
-        atx::CaughtError caught_;           \
-        try {                               \
-            call;                           \
-            return;                         \
-        } catch (...) {                     \
+#define ATX_CALLBACK_GUARD(call)             \
+    do {                                     \
+        atx::CaughtError caught_;            \
+        try {                                \
+            call;                            \
+            return;                          \
+        } catch (...) {                      \
             atx::capture_exception(caught_); \
-        }                                   \
-        atx::raise_caught(caught_);         \
+        }                                    \
+        atx::raise_caught(caught_);          \
     } while (0)
 
 extern "C" {
@@ -167,7 +244,7 @@ static void startup_cb(LogicalDecodingContext* ctx, OutputPluginOptions* opt, bo
 
 static bool filter_by_origin_cb(LogicalDecodingContext* ctx, RepOriginId origin_id)
 {
-    return filter_by_origin_body(ctx, origin_id);  // no allocation, cannot throw
+    return filter_by_origin_body(ctx, origin_id);  // plain C style: PostgreSQL errors only
 }
 
 static void message_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr message_lsn,

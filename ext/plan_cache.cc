@@ -6,6 +6,7 @@
 
 extern "C" {
 #include "common/hashfn.h"
+#include "nodes/params.h"
 #include "utils/plancache.h"
 }
 
@@ -29,13 +30,30 @@ uint64 clock_tick = 0;
 // the plan that is running below it, so nested calls bypass the cache.
 int executing = 0;
 
-int execute_counted(SPIPlanPtr plan, Datum* values, const char* nulls)
+int execute_counted(SPIPlanPtr plan, int nargs, const Oid* types, Datum* values, const char* nulls,
+                    DestReceiver* dest)
 {
+    SPIExecuteOptions options;
     int rc = 0;
+
+    memset(&options, 0, sizeof options);
+    if (nargs > 0) {
+        options.params = makeParamList(nargs);
+        for (int i = 0; i < nargs; i++) {
+            ParamExternData* prm = &options.params->params[i];
+            prm->value = values[i];
+            prm->isnull = nulls[i] == 'n';
+            prm->pflags = PARAM_FLAG_CONST;
+            prm->ptype = types[i];
+        }
+    }
+    options.read_only = false;
+    options.tcount = 0;
+    options.dest = dest;
     executing++;
     PG_TRY();
     {
-        rc = SPI_execute_plan(plan, values, nulls, false, 0);
+        rc = SPI_execute_plan_extended(plan, &options);
     }
     PG_FINALLY();
     {
@@ -91,7 +109,7 @@ Entry* victim(void)
 }  // namespace
 
 int atx_execute_cached(const char* statement, int nargs, Oid* types, Datum* values, const char* nulls,
-                       const char** command_tag)
+                       DestReceiver* dest, const char** command_tag)
 {
     uint32 h;
     Entry* e;
@@ -101,7 +119,7 @@ int atx_execute_cached(const char* statement, int nargs, Oid* types, Datum* valu
         if (plan == NULL)
             return SPI_result;
         *command_tag = last_tag(plan);
-        return execute_counted(plan, values, nulls);
+        return execute_counted(plan, nargs, types, values, nulls, dest);
     }
 
     h = key_hash(statement, nargs, types);
@@ -128,5 +146,5 @@ int atx_execute_cached(const char* statement, int nargs, Oid* types, Datum* valu
     }
     e->last_used = ++clock_tick;
     *command_tag = last_tag(e->plan);
-    return execute_counted(e->plan, values, nulls);
+    return execute_counted(e->plan, nargs, types, values, nulls, dest);
 }

@@ -9,8 +9,9 @@
 
 #include "pg_headers.h"
 
-// Like SPI_execute_with_args, through a plan saved under (statement, parameter types).
-// *command_tag is set to the last statement's tag (e.g. "INSERT"). Must be called inside an SPI
-// connection; errors propagate (ereport) and leave the cache consistent.
+// Like SPI_execute_with_args, through a plan saved under (statement, parameter types), with
+// the rows going to dest (None_Receiver: discarded as produced). *command_tag is set to the
+// last statement's tag (e.g. "INSERT"); SPI_processed counts the last statement's rows. Must be
+// called inside an SPI connection; errors propagate (ereport) and leave the cache consistent.
 int atx_execute_cached(const char* statement, int nargs, Oid* types, Datum* values, const char* nulls,
-                       const char** command_tag);
+                       DestReceiver* dest, const char** command_tag);

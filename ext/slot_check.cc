@@ -3,7 +3,9 @@
 // after it became consistent), so atx_log refuses instead of losing it.
 // Scanning the slot array in shared memory is cheap: max_replication_slots
 // entries under a shared lock.
-#include "atx_ext.h"
+#include "slot_check.h"
+
+#include "pg_guard.h"
 
 bool atx_have_slot_for_database(Oid dboid)
 {
@@ -37,3 +39,39 @@ bool atx_have_slot_for_database(Oid dboid)
     LWLockRelease(ReplicationSlotControlLock);
     return found;
 }
+
+void atx_slot_name(Oid dboid, char* buf) { snprintf(buf, NAMEDATALEN, "pg_atx_%u", dboid); }
+
+bool atx_slot_confirmed_flush(Oid dboid, XLogRecPtr* out)
+{
+    char name[NAMEDATALEN];
+    bool found = false;
+
+    atx_slot_name(dboid, name);
+    if (ReplicationSlotCtl == NULL || max_replication_slots <= 0)
+        return false;
+    LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+    for (int i = 0; i < max_replication_slots && !found; i++) {
+        ReplicationSlot* s = &ReplicationSlotCtl->replication_slots[i];
+        if (!s->in_use)
+            continue;
+        SpinLockAcquire(&s->mutex);
+        if (strcmp(NameStr(s->data.name), name) == 0 && s->data.database == dboid) {
+            *out = s->data.confirmed_flush;
+            found = true;
+        }
+        SpinLockRelease(&s->mutex);
+    }
+    LWLockRelease(ReplicationSlotControlLock);
+    return found;
+}
+
+// atx.slot_name(): the one place that names a database's slot, for SQL and the applier.
+static Datum slot_name_body(FunctionCallInfo fcinfo)
+{
+    char name[NAMEDATALEN];
+    atx_slot_name(MyDatabaseId, name);
+    PG_RETURN_DATUM(DirectFunctionCall1(namein, CStringGetDatum(name)));
+}
+
+ATX_ENTRY(atx_slot_name_sql, slot_name_body)

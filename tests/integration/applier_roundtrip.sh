@@ -14,7 +14,7 @@ CREATE TABLE keyed(v int);
 CREATE TABLE seq(v int);
 CREATE TABLE locked(v int);
 SQL
-applier_start --statement-timeout-ms 1000 --retry-base-ms 200 --max-attempts 20
+applier_start --statement-timeout-ms 5000 --lock-timeout-ms 500 --retry-base-ms 200 --max-attempts 20
 wait_for_slot || not_ok "applier created the slot"
 
 # 1. A rolled-back caller's statement is applied within a second on an idle server.
@@ -56,10 +56,15 @@ check_eq "same key applied once (first value kept)" "1" "$(q -c "SELECT string_a
 check_eq "key recorded in atx.idempotency_key" 1 "$(q -c "SELECT count(*) FROM atx.idempotency_key WHERE key = 'order-42'")"
 check "second message logged as a duplicate" grep -q "duplicate" "$TEST_DIR/applier.log"
 
-# 4. A permanent failure among good messages is dead-lettered; its neighbours are applied.
+# 4. A statement that can never run fails at the call (atx.validate); with validation off it is
+#    dead-lettered, and its neighbours are applied.
+out=$(psql -qAtX -v VERBOSITY=verbose -c "SELECT atx_log('INSERT INTO no_such_table VALUES (1)')" 2>&1)
+check "validated at the call: 42P01 in the caller" bash -c "echo '$out' | grep -q 42P01"
 q <<'SQL' >/dev/null
 SELECT atx_log('INSERT INTO seq VALUES (1)');
+SET atx.validate = off;
 SELECT atx_log('INSERT INTO no_such_table VALUES (1)');
+RESET atx.validate;
 SELECT atx_log('INSERT INTO seq VALUES (2)');
 SQL
 wait_for 10 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM seq') = 3 ]"
@@ -68,7 +73,7 @@ wait_for 10 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM atx.dead_letter') 
 check_eq "bad message dead-lettered with its SQLSTATE" "42P01|INSERT INTO no_such_table VALUES (1)" \
     "$(q -c 'SELECT sqlstate, statement FROM atx.dead_letter')"
 
-# 5. A transient failure (lock held past the statement timeout) is retried, then applied.
+# 5. A transient failure (a lock held past the lock timeout) is retried, then applied.
 psql -qAtX -c "BEGIN" -c "LOCK TABLE locked IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(3)" -c "COMMIT" >/dev/null &
 locker=$!
 sleep 0.5
@@ -76,7 +81,7 @@ q -c "SELECT atx_log('INSERT INTO locked VALUES (1)')" >/dev/null
 wait "$locker"
 wait_for 20 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM locked') = 1 ]"
 check_eq "locked statement applied once after the lock went away" 1 "$(q -c 'SELECT count(*) FROM locked')"
-check "the wait was retried (57014 in the log)" grep -q "57014" "$TEST_DIR/applier.log"
+check "the wait was retried (55P03 in the log)" grep -q "event=retry.*55P03" "$TEST_DIR/applier.log"
 check_eq "no new dead letter" 1 "$(q -c 'SELECT count(*) FROM atx.dead_letter')"
 
 # 6. SIGTERM: clean exit, quickly.

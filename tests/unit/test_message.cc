@@ -15,12 +15,19 @@ Message full_message()
     Message m;
     for (size_t i = 0; i < m.id.size(); ++i)
         m.id[i] = static_cast<uint8_t>(0xa0 + i);
+    for (size_t i = 0; i < m.lane.size(); ++i)
+        m.lane[i] = static_cast<uint8_t>(0x10 + i);
+    m.depth = 3;
+    m.waited = true;
     m.database_oid = 16384;
     m.role_oid = 10;
     m.role_name = "alice";
+    m.session_role_oid = 16385;
+    m.session_role_name = "bob";
     m.caller_xid = 0x0000000100000abcULL;
     m.emit_time = -1234567890123LL;  // before 2000-01-01: negative TimestampTz
-    m.gucs = {{"search_path", "app, public"}, {"TimeZone", "UTC"}, {"empty", ""}};
+    m.gucs = {{"search_path", "app, public", false}, {"TimeZone", "UTC", false}, {"empty", "", false},
+              {"log_statement", "all", true}};
     m.statement = "INSERT INTO audit(a, b, c, d) VALUES ($1, $2, $3, $4)";
     Param text;
     text.type_oid = 25;
@@ -139,16 +146,16 @@ TEST_CASE("bad magic throws", "[message]")
 TEST_CASE("an unknown format version throws UnsupportedVersion", "[message]")
 {
     std::string payload = payload_of(full_message());
-    payload[3] = 2;
-    CHECK(peek_version(payload) == 2);
+    payload[3] = 3;
+    CHECK(peek_version(payload) == 3);
     try {
         decode_payload(payload);
         FAIL("no exception");
     } catch (const UnsupportedVersion& e) {
-        CHECK(e.version == 2);
+        CHECK(e.version == 3);
     }
     // Even a bare header of a newer version is reported as such, not as truncated.
-    CHECK_THROWS_AS(decode_payload(std::string("ATX\x02", 4)), UnsupportedVersion);
+    CHECK_THROWS_AS(decode_payload(std::string("ATX\x03", 4)), UnsupportedVersion);
     payload[3] = 0;
     CHECK_THROWS_AS(decode_payload(payload), UnsupportedVersion);
     // UnsupportedVersion is a DecodeError.
@@ -162,7 +169,7 @@ TEST_CASE("unknown or inconsistent flag bits are rejected", "[message]")
 
     SECTION("message flags: every unknown bit")
     {
-        for (int bit = 1; bit < 8; ++bit) {
+        for (int bit = 2; bit < 8; ++bit) {
             std::string bad = payload;
             bad[4] = static_cast<char>(bad[4] | (1 << bit));
             INFO("bit " << bit);
@@ -194,9 +201,11 @@ TEST_CASE("unknown or inconsistent flag bits are rejected", "[message]")
         p.value = "v";
         m.params = {p};
         const std::string good = payload_of(m);
-        // magic 3, version 1, flags 1, uuid 16, db 4, role 4, role name 2+1, xid 8, time 8,
-        // guc count 2, statement 4+9, param count 2, type oid 4, type name 2+4 -> param flags
-        const size_t off = 3 + 1 + 1 + 16 + 4 + 4 + 2 + 1 + 8 + 8 + 2 + 4 + m.statement.size() + 2 + 4 + 2 + 4;
+        // magic 3, version 1, flags 1, uuid 16, lane 16, depth 1, db 4, role 4, role name 2+1,
+        // session role 4, session role name 2+0, xid 8, time 8, guc count 2, statement 4+9,
+        // param count 2, type oid 4, type name 2+4 -> param flags
+        const size_t off = 3 + 1 + 1 + 16 + 16 + 1 + 4 + 4 + 2 + 1 + 4 + 2 + 8 + 8 + 2 + 4 + m.statement.size() + 2 +
+                           4 + 2 + 4;
         REQUIRE(good[off] == 0);
         REQUIRE_NOTHROW(decode_payload(good));
         for (int bit = 2; bit < 8; ++bit) {
@@ -221,9 +230,9 @@ TEST_CASE("a length field pointing past the end throws", "[message]")
     Message m;
     m.statement = "SELECT 1";
     std::string payload = payload_of(m);
-    // role name length (offset 29) set to 0xffff
-    payload[29] = '\xff';
-    payload[30] = '\xff';
+    // role name length (offset 46) set to 0xffff
+    payload[46] = '\xff';
+    payload[47] = '\xff';
     CHECK_THROWS_AS(decode_payload(payload), DecodeError);
 }
 
@@ -290,4 +299,66 @@ TEST_CASE("uuid string round trip", "[message]")
     CHECK_FALSE(uuid_from_string("a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaea"));    // 31 digits
     CHECK_FALSE(uuid_from_string("a0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf0"));  // 33 digits
     CHECK_FALSE(uuid_from_string("g0a1a2a3-a4a5-a6a7-a8a9-aaabacadaeaf"));   // not hex
+}
+
+// A version 1 payload, byte by byte as pg_atx 0.1 wrote it: messages written before an upgrade
+// are still in the slot after it.
+TEST_CASE("a version 1 payload decodes with a zero lane and no session user", "[message]")
+{
+    ByteWriter w;
+    w.bytes("ATX");
+    w.u8(1);
+    w.u8(kFlagHasKey);
+    for (int i = 0; i < 16; ++i)
+        w.u8(static_cast<uint8_t>(i));
+    w.u32(16384);
+    w.u32(10);
+    w.str16("alice");
+    w.u64(77);
+    w.i64(123456);
+    w.u16(1);
+    w.str16("search_path");
+    w.str32("public");
+    w.str32("INSERT INTO t VALUES ($1)");
+    w.u16(1);
+    w.u32(23);
+    w.str16("integer");
+    w.u8(kParamBinary);
+    w.str32(std::string("\0\0\0\x2a", 4));
+    w.str16("k1");
+    const std::string payload = w.take() + kMac;
+    const Message m = decode_payload(payload).message;
+    CHECK(m.version == 1);
+    CHECK(m.lane == Uuid{});
+    CHECK(m.depth == 0);
+    CHECK_FALSE(m.waited);
+    CHECK(m.session_role_oid == 0);
+    CHECK(m.session_role_name.empty());
+    CHECK(m.role_name == "alice");
+    CHECK(m.caller_xid == 77);
+    REQUIRE(m.gucs.size() == 1);
+    CHECK(m.gucs[0].value == "public");
+    CHECK_FALSE(m.gucs[0].privileged);
+    REQUIRE(m.params.size() == 1);
+    CHECK(m.params[0].value == std::string("\0\0\0\x2a", 4));
+    REQUIRE(m.key);
+    CHECK(*m.key == "k1");
+    // Version 1 knew no "waited" flag.
+    std::string bad = payload;
+    bad[4] = static_cast<char>(kFlagHasKey | kFlagWaited);
+    CHECK_THROWS_AS(decode_payload(bad), DecodeError);
+}
+
+TEST_CASE("an unknown flag on a carried setting is rejected", "[message]")
+{
+    Message m;
+    m.gucs = {{"x", "", false}};
+    std::string payload = payload_of(m);
+    // Fixed part 3+1+1+16+16+1+4+4+2+4+2+8+8 = 70, guc count 2, name 2+1, value 4+0 -> flags.
+    const size_t off = 70 + 2 + 3 + 4;
+    REQUIRE(payload[off] == 0);
+    payload[off] = 0x02;
+    CHECK_THROWS_AS(decode_payload(payload), DecodeError);
+    payload[off] = kGucPrivileged;
+    CHECK(decode_payload(payload).message.gucs[0].privileged);
 }

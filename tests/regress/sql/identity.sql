@@ -21,13 +21,24 @@ SELECT atx_log($$INSERT INTO who VALUES ('plain', current_user, current_setting(
 SELECT atx_log('INSERT INTO target VALUES (1)') IS NOT NULL AS emitted;
 RESET search_path;
 RESET TimeZone;
--- Further GUCs named in atx.capture_gucs travel too.
-SET atx.capture_gucs = 'work_mem';
+-- Every setting the session changed travels, custom placeholders too (row-level security keyed
+-- on app.tenant, say), without being listed anywhere.
 SET work_mem = '5MB';
+SET app.tenant = 'tenant-7';
+SELECT atx_log($$INSERT INTO who (tag, usr, extra) VALUES ('changed settings', current_user,
+                 current_setting('work_mem') || ' ' || current_setting('app.tenant'))$$) IS NOT NULL AS emitted;
+RESET work_mem;
+RESET app.tenant;
+-- atx.capture_gucs adds parameters that travel although unchanged.
+SET atx.capture_gucs = 'work_mem';
 SELECT atx_log($$INSERT INTO who (tag, usr, extra) VALUES ('capture_gucs', current_user, current_setting('work_mem'))$$)
        IS NOT NULL AS emitted;
-RESET work_mem;
 RESET atx.capture_gucs;
+-- What never travels: timeouts and commit durability are the applier's.
+SET statement_timeout = '1h';
+SELECT atx_log($$INSERT INTO who (tag, usr, extra) VALUES ('denied settings', current_user,
+                 current_setting('statement_timeout'))$$) IS NOT NULL AS emitted;
+RESET statement_timeout;
 
 -- Statements that try to leave the caller's identity.
 SELECT atx_log('RESET ROLE') IS NOT NULL AS emitted;
@@ -69,15 +80,19 @@ CREATE CONSTRAINT TRIGGER deferred_record AFTER INSERT ON deferred_t
     DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION regress_record_trigger();
 SET ROLE regress_atx_user;
 SELECT atx_log('INSERT INTO deferred_t VALUES (1)') IS NOT NULL AS emitted;
--- A statement that needs privileges the caller lacks fails (the applier has them).
+-- A statement that needs privileges the caller lacks fails at the call (the applier has them).
+SELECT regress_try('SELECT atx_log(''DELETE FROM rls_t'')');
+-- ... and, not validated, when it runs.
+SET atx.validate = off;
 SELECT atx_log('DELETE FROM rls_t') IS NOT NULL AS emitted;
+RESET atx.validate;
 RESET ROLE;
 
--- Apply everything as superuser in one transaction, as the applier does.
+-- Apply everything as superuser in one transaction.
 SHOW search_path;
 BEGIN;
 SELECT t.n, left(atx.decode(t.payload)->>'statement', 40) AS statement, a.status, a.sqlstate, a.error, a.command, a.rows
-  FROM regress_take() t, LATERAL atx.apply_message(t.payload) a ORDER BY t.n;
+  FROM regress_take() t, LATERAL regress_apply(t.lsn) a ORDER BY t.n;
 SELECT current_user = session_user AS identity_restored;
 COMMIT;
 SHOW search_path;

@@ -32,7 +32,7 @@ RESET ROLE;
 SELECT regexp_replace(data, '^.*params=', 'params=')
   FROM pg_logical_slot_peek_changes(regress_slot(), NULL, NULL, 'format', 'text');
 
-SELECT t.n, a.command, a.rows FROM regress_take() t, LATERAL atx.apply(t.payload) a ORDER BY t.n;
+SELECT t.n, a.command, a.rows FROM regress_take() t, LATERAL atx.apply(t.lsn) a ORDER BY t.n;
 
 -- Every column equal (IS NOT DISTINCT FROM), row by row.
 SELECT o.i,
@@ -60,7 +60,7 @@ SELECT regexp_replace(data, '^.*params=', 'params=')
   FROM pg_logical_slot_peek_changes(regress_slot(), NULL, NULL, 'format', 'text');
 CREATE TEMP TABLE rt_msg AS SELECT * FROM regress_take();
 SELECT atx.decode(payload)->'params'->0 AS param FROM rt_msg WHERE n = 3;
-SELECT t.n, a.command, a.rows FROM rt_msg t, LATERAL atx.apply(t.payload) a ORDER BY t.n;
+SELECT t.n, a.command, a.rows FROM rt_msg t, LATERAL atx.apply(t.lsn) a ORDER BY t.n;
 SELECT i, t, ta FROM rt ORDER BY i;
 
 SELECT pg_drop_replication_slot(regress_slot());

@@ -1,0 +1,78 @@
+// See progress.h.
+#include "progress.h"
+
+#include <algorithm>
+
+namespace atx::applier {
+
+void Progress::reset(Lsn confirmed)
+{
+    pending_.clear();
+    not_durable_.clear();
+    woken_.clear();
+    confirmed_ = confirmed;
+    received_end_ = confirmed;
+    keepalive_ = confirmed;
+    // durable_ is kept: a commit that was durable stays durable.
+}
+
+void Progress::received(Lsn start, Lsn end)
+{
+    pending_.emplace(start, Entry{});
+    received_end_ = std::max(received_end_, end);
+}
+
+void Progress::keepalive(Lsn wal_end) { keepalive_ = std::max(keepalive_, wal_end); }
+
+void Progress::handled(Lsn start, Lsn commit_lsn, bool waited, const Id& id)
+{
+    auto it = pending_.find(start);
+    if (it == pending_.end() || it->second.handled)
+        return;
+    it->second.handled = true;
+    it->second.commit = commit_lsn;
+    it->second.waited = waited;
+    it->second.id = id;
+    if (commit_lsn <= durable_)
+        finish(it);
+    else
+        not_durable_.emplace(commit_lsn, start);
+}
+
+void Progress::durable_upto(Lsn lsn)
+{
+    durable_ = std::max(durable_, lsn);
+    while (!not_durable_.empty() && not_durable_.begin()->first <= durable_) {
+        auto it = pending_.find(not_durable_.begin()->second);
+        not_durable_.erase(not_durable_.begin());
+        if (it != pending_.end())
+            finish(it);
+    }
+}
+
+void Progress::finish(std::map<Lsn, Entry>::iterator it)
+{
+    if (it->second.waited)
+        woken_.push_back(it->second.id);
+    pending_.erase(it);
+}
+
+Lsn Progress::confirm_position() const
+{
+    Lsn safe;
+    if (!pending_.empty())
+        safe = pending_.begin()->first;
+    else
+        safe = std::max(received_end_, keepalive_);
+    // Never backwards: the slot ignores that anyway, but the metric must not lie.
+    return std::max(safe, confirmed_);
+}
+
+std::vector<Id> Progress::take_durable_waited()
+{
+    std::vector<Id> out;
+    out.swap(woken_);
+    return out;
+}
+
+}  // namespace atx::applier

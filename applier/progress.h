@@ -1,0 +1,72 @@
+// What may be confirmed to the slot (pure; tests/unit/test_progress.cc).
+//
+// Messages are handled out of stream order (several apply sessions, one lane per caller), so
+// the position confirmed to the slot is the start of the oldest message that is not yet both
+// handled and durable. Everything before it was applied, dead-lettered or found handled, by a
+// commit that survives what the durability rule covers (docs/applier.md):
+//
+//   confirm = start of the oldest pending message                  if any is pending
+//           = max(end of the last message received, keepalive walEnd)  otherwise
+//
+// and it never moves back. A message is pending from received() until handled() and then until
+// durable_upto() reaches the commit that handled it. The slot resends from the confirmed
+// position after a reconnect; the server refuses what it handled before (atx.applied).
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <vector>
+
+namespace atx::applier {
+
+using Lsn = uint64_t;
+using Id = std::array<uint8_t, 16>;
+
+class Progress {
+public:
+    // A new stream starting at the slot's confirmed position.
+    void reset(Lsn confirmed);
+
+    // A message arrived: its WAL record spans [start, end).
+    void received(Lsn start, Lsn end);
+    // Everything the walsender has decoded up to wal_end has been sent.
+    void keepalive(Lsn wal_end);
+    // The message at start was handled by a commit that ends at or before commit_lsn. waited:
+    // an atx_exec caller is told once that commit is durable (take_durable_waited).
+    void handled(Lsn start, Lsn commit_lsn, bool waited = false, const Id& id = {});
+    // Commits up to lsn are durable (flushed; on the standbys when that is the rule).
+    void durable_upto(Lsn lsn);
+
+    Lsn confirm_position() const;
+    // Ids of waited messages whose commit became durable since the last call.
+    std::vector<Id> take_durable_waited();
+
+    size_t pending() const { return pending_.size(); }
+    // The oldest message still pending (0 when none).
+    Lsn oldest_pending() const { return pending_.empty() ? 0 : pending_.begin()->first; }
+    Lsn durable() const { return durable_; }
+    Lsn received_end() const { return received_end_; }
+    // Handled but waiting for durability.
+    size_t not_durable() const { return not_durable_.size(); }
+
+private:
+    struct Entry {
+        bool handled = false;
+        Lsn commit = 0;
+        bool waited = false;
+        Id id{};
+    };
+    void finish(std::map<Lsn, Entry>::iterator it);
+
+    std::map<Lsn, Entry> pending_;            // by start LSN
+    std::multimap<Lsn, Lsn> not_durable_;     // commit LSN -> start LSN of handled messages
+    std::vector<Id> woken_;
+    Lsn confirmed_ = 0;
+    Lsn received_end_ = 0;
+    Lsn keepalive_ = 0;
+    Lsn durable_ = 0;
+};
+
+}  // namespace atx::applier

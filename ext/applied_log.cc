@@ -1,0 +1,191 @@
+// See applied_log.h. Every statement is prepared once per backend (SPI_keepplan) and
+// schema-qualified, operators included. Plain C style (see pg_guard.h).
+#include "applied_log.h"
+
+#include "message_json.h"
+
+extern "C" {
+#include "utils/pg_lsn.h"
+}
+
+#define MAX_ERROR_TEXT 8000
+#define MAX_DETAIL_TEXT 2000
+
+static SPIPlanPtr keep(SPIPlanPtr* slot, const char* sql, int n, Oid* types)
+{
+    if (*slot == NULL) {
+        SPIPlanPtr p = SPI_prepare(sql, n, types);
+        if (p == NULL || SPI_keepplan(p) != 0)
+            elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
+        *slot = p;
+    }
+    return *slot;
+}
+
+static Datum uuid_datum(const uint8 id[16])
+{
+    pg_uuid_t* u = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
+    memcpy(u->data, id, UUID_LEN);
+    return UUIDPGetDatum(u);
+}
+
+const char* atx_bounded_text(const char* s, int max)
+{
+    int len;
+    if (s == NULL)
+        return NULL;
+    len = (int)strlen(s);
+    if (len <= max)
+        return s;
+    return psprintf("%s... (%d bytes cut)", pnstrdup(s, pg_mbcliplen(s, len, max)), len - max);
+}
+
+XLogRecPtr atx_applied_horizon(void)
+{
+    static SPIPlanPtr plan = NULL;
+    bool isnull;
+    Datum d;
+
+    keep(&plan, "SELECT lsn FROM atx.apply_horizon", 0, NULL);
+    if (SPI_execute_plan(plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed == 0)
+        return InvalidXLogRecPtr;
+    d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+    return isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
+}
+
+static ArrayType* uuid_array(int n, uint8 (*ids)[16])
+{
+    Datum* d = (Datum*)palloc(sizeof(Datum) * (n ? n : 1));
+    for (int i = 0; i < n; i++)
+        d[i] = uuid_datum(ids[i]);
+    return construct_array(d, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
+}
+
+void atx_applied_lookup(int n, uint8 (*ids)[16], bool* found, char** outcome)
+{
+    static SPIPlanPtr plan = NULL;
+    Oid types[1] = {UUIDARRAYOID};
+    Datum values[1];
+
+    for (int i = 0; i < n; i++) {
+        found[i] = false;
+        outcome[i] = NULL;
+    }
+    if (n == 0)
+        return;
+    keep(&plan,
+         "SELECT message_id, outcome::text FROM atx.applied "
+         "WHERE message_id OPERATOR(pg_catalog.=) ANY ($1)",
+         1, types);
+    values[0] = PointerGetDatum(uuid_array(n, ids));
+    if (SPI_execute_plan(plan, values, NULL, true, 0) != SPI_OK_SELECT)
+        elog(ERROR, "could not read atx.applied");
+    for (uint64 r = 0; r < SPI_processed; r++) {
+        bool isnull;
+        pg_uuid_t* u = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
+        char* o = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
+        for (int i = 0; i < n; i++)
+            if (memcmp(u->data, ids[i], 16) == 0) {
+                found[i] = true;
+                outcome[i] = o;
+            }
+    }
+}
+
+void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
+                        const char** outcomes)
+{
+    static SPIPlanPtr plan = NULL;
+    Oid types[4] = {UUIDARRAYOID, PG_LSNARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
+    Datum values[4];
+    Datum* l;
+    Datum* st;
+    Datum* oc;
+    bool* ocnull;
+    int dims[1] = {n};
+    int lbs[1] = {1};
+
+    if (n == 0)
+        return;
+    keep(&plan,
+         "INSERT INTO atx.applied (message_id, lsn, status, outcome) "
+         "SELECT i, l, s, o::pg_catalog.jsonb FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
+         "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(i, l, s, o) "
+         "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, "
+         "handled_at = excluded.handled_at",
+         4, types);
+    l = (Datum*)palloc(sizeof(Datum) * n);
+    st = (Datum*)palloc(sizeof(Datum) * n);
+    oc = (Datum*)palloc(sizeof(Datum) * n);
+    ocnull = (bool*)palloc(sizeof(bool) * n);
+    for (int i = 0; i < n; i++) {
+        l[i] = LSNGetDatum(lsns[i]);
+        st[i] = CStringGetTextDatum(statuses[i]);
+        ocnull[i] = outcomes[i] == NULL;
+        oc[i] = ocnull[i] ? (Datum)0 : CStringGetTextDatum(outcomes[i]);
+    }
+    values[0] = PointerGetDatum(uuid_array(n, ids));
+    values[1] = PointerGetDatum(construct_array(l, n, PG_LSNOID, sizeof(XLogRecPtr), true, TYPALIGN_DOUBLE));
+    values[2] = PointerGetDatum(construct_array(st, n, TEXTOID, -1, false, TYPALIGN_INT));
+    values[3] = PointerGetDatum(construct_md_array(oc, ocnull, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+    if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+        elog(ERROR, "could not record handled messages in atx.applied");
+}
+
+void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* payload, size_t len, int sqlerrcode,
+                           const char* error, const char* detail, const char* hint, int attempts,
+                           TimestampTz first_failed)
+{
+    static SPIPlanPtr plan = NULL;
+    Oid types[17] = {UUIDOID, PG_LSNOID, NAMEOID,  OIDOID,  NAMEOID, XID8OID, TIMESTAMPTZOID, TEXTOID, JSONBOID,
+                     TEXTOID, BYTEAOID,  TEXTOID,  TEXTOID, TEXTOID, TEXTOID, INT4OID,        TIMESTAMPTZOID};
+    Datum v[17];
+    char nulls[17];
+    bytea* p = (bytea*)palloc(VARHDRSZ + len);
+    const char* session_user = m->session_role_name && m->session_role_name[0] ? m->session_role_name : NULL;
+
+    keep(&plan,
+         "WITH d AS (INSERT INTO atx.dead_letter (message_id, source_lsn, caller_role, caller_role_oid, "
+         "caller_session_user, caller_xid, emitted_at, statement, params, idempotency_key, payload, sqlstate, "
+         "error, detail, hint, attempts, first_failed_at) "
+         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+         "ON CONFLICT (message_id) DO NOTHING RETURNING message_id) "
+         "SELECT pg_catalog.pg_notify('atx_dead_letter', message_id::pg_catalog.text) FROM d",
+         17, types);
+    memset(nulls, ' ', sizeof nulls);
+    SET_VARSIZE(p, VARHDRSZ + len);
+    memcpy(VARDATA(p), payload, len);
+    v[0] = uuid_datum(m->id);
+    v[1] = LSNGetDatum(lsn);
+    v[2] = DirectFunctionCall1(namein, CStringGetDatum(m->role_name));
+    v[3] = ObjectIdGetDatum(m->role_oid);
+    if (session_user)
+        v[4] = DirectFunctionCall1(namein, CStringGetDatum(session_user));
+    else
+        nulls[4] = 'n';
+    v[5] = Int64GetDatum((int64)m->caller_xid);
+    if (m->caller_xid == 0)
+        nulls[5] = 'n';
+    v[6] = TimestampTzGetDatum(m->emit_time);
+    v[7] = CStringGetTextDatum(m->statement);
+    v[8] = DirectFunctionCall1(jsonb_in, CStringGetDatum(atx_params_json(m)));
+    if (m->key)
+        v[9] = CStringGetTextDatum(m->key);
+    else
+        nulls[9] = 'n';
+    v[10] = PointerGetDatum(p);
+    v[11] = CStringGetTextDatum(unpack_sql_state(sqlerrcode));
+    v[12] = CStringGetTextDatum(atx_bounded_text(error ? error : "(no error text)", MAX_ERROR_TEXT));
+    if (detail)
+        v[13] = CStringGetTextDatum(atx_bounded_text(detail, MAX_DETAIL_TEXT));
+    else
+        nulls[13] = 'n';
+    if (hint)
+        v[14] = CStringGetTextDatum(atx_bounded_text(hint, MAX_DETAIL_TEXT));
+    else
+        nulls[14] = 'n';
+    v[15] = Int32GetDatum(attempts);
+    v[16] = TimestampTzGetDatum(first_failed);
+    if (SPI_execute_plan(plan, v, nulls, false, 0) < 0)
+        elog(ERROR, "could not write the dead letter");
+}

@@ -1,0 +1,28 @@
+// The server's record of handled messages (applied_log.cc): atx.applied (exactly once, replay
+// refusal), atx.apply_horizon, atx.dead_letter. Must be called inside an SPI connection, as the
+// extension owner (the SQL entry points are SECURITY DEFINER).
+#pragma once
+
+#include "atx_ext.h"
+#include "codec_bridge.h"
+
+// Everything that starts before it was handled and confirmed (atx.prune()); 0 before the first
+// prune.
+XLogRecPtr atx_applied_horizon(void);
+
+// For each of n ids: was it handled before (found[i]), and the outcome stored for a waited
+// message (outcome[i], jsonb text, or NULL).
+void atx_applied_lookup(int n, uint8 (*ids)[16], bool* found, char** outcome);
+
+// Records n handled messages (status "applied", "duplicate", "dead"; outcome jsonb text or NULL).
+void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
+                        const char** outcomes);
+
+// Writes the dead letter of a message (texts bounded) and notifies channel atx_dead_letter with
+// its id.
+void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* payload, size_t len, int sqlerrcode,
+                           const char* error, const char* detail, const char* hint, int attempts,
+                           TimestampTz first_failed);
+
+// A text cut to at most max bytes on a character boundary (NULL stays NULL).
+const char* atx_bounded_text(const char* s, int max);

@@ -1,0 +1,404 @@
+// Running one verified message as its caller; see execute.h.
+//
+// Identity: SetUserIdAndSecContext(caller, SECURITY_RESTRICTED_OPERATION), as PostgreSQL runs
+// untrusted code during maintenance and as PostgreSQL 17 runs subscription apply. SET ROLE,
+// SET SESSION AUTHORIZATION and set_config('role') are refused there; so are temporary tables,
+// PREPARE, LISTEN, cursors WITH HOLD, and (PostgreSQL's own limitation) queuing a deferred
+// trigger. A statement that queued a deferred trigger is therefore run once more with only
+// SECURITY_LOCAL_USERID_CHANGE (identity still locked), its deferred triggers fired as the
+// caller before the subtransaction ends (SET CONSTRAINTS ALL IMMEDIATE), and whatever session
+// state the restricted mode would have refused is then cleared as well.
+//
+// Session hygiene: after every message, whatever happened, the apply session forgets what the
+// statement left behind: cursors, session advisory locks, lastval() and cached sequence
+// values, the random seed; and after an unrestricted run also temporary tables, prepared
+// statements and LISTEN registrations. A later message, of any role, starts clean.
+//
+// Plain C style (see pg_guard.h): subtransactions, SPI and longjmps.
+#include "execute.h"
+
+#include "current_message.h"
+#include "exec_shmem.h"
+#include "guc_capture.h"
+#include "pg_guard.h"
+#include "plan_cache.h"
+#include "result_receiver.h"
+
+extern "C" {
+#include "catalog/namespace.h"
+#include "commands/async.h"
+#include "commands/prepare.h"
+#include "commands/sequence.h"
+#include "storage/lock.h"
+#include "utils/fmgrprotos.h"
+#include "utils/portal.h"
+#include "utils/timeout.h"
+}
+
+// --- the per-message time limit ------------------------------------------------------------------
+
+static TimeoutId apply_timeout_id = MAX_TIMEOUTS;
+static volatile sig_atomic_t apply_timeout_fired = false;
+
+// Runs in the signal handler: a query cancel that the catch block recognises as ours.
+static void apply_timeout_handler(void)
+{
+    apply_timeout_fired = true;
+    QueryCancelPending = true;
+    InterruptPending = true;
+    SetLatch(MyLatch);
+}
+
+static void arm_timeout(int ms)
+{
+    apply_timeout_fired = false;
+    if (ms <= 0)
+        return;
+    if (apply_timeout_id == MAX_TIMEOUTS)
+        apply_timeout_id = RegisterTimeout(USER_TIMEOUT, apply_timeout_handler);
+    enable_timeout_after(apply_timeout_id, ms);
+}
+
+static void disarm_timeout(void)
+{
+    if (apply_timeout_id != MAX_TIMEOUTS)
+        disable_timeout(apply_timeout_id, false);
+}
+
+// The statement finished: a timer that fired in the last instant must not cancel what follows.
+static void disarm_timeout_after_success(void)
+{
+    disarm_timeout();
+    if (apply_timeout_fired) {
+        apply_timeout_fired = false;
+        QueryCancelPending = false;
+    }
+}
+
+// Set while this file raises the cancellation of an abandoned message (a 57014 of our own).
+static bool raising_abandon = false;
+
+// --- classification ---------------------------------------------------------------------------
+
+// Raised by procedural-language code on the user's request (RAISE ... USING ERRCODE,
+// plpy.error(sqlstate=...), elog in PL/Perl or PL/Tcl): any SQLSTATE can be chosen there, so it
+// says nothing about whether retrying helps.
+static bool raised_by_user_code(const ErrorData* e)
+{
+    if (e->funcname && strcmp(e->funcname, "exec_stmt_raise") == 0)
+        return true;
+    if (e->filename == NULL)
+        return false;
+    return strncmp(e->filename, "plpy", 4) == 0 || strcmp(e->filename, "plperl.c") == 0 ||
+           strcmp(e->filename, "pltcl.c") == 0 || strcmp(e->filename, "pl_exec.c") == 0;
+}
+
+static bool transient_sqlstate(int code)
+{
+    switch (code) {
+    case ERRCODE_T_R_SERIALIZATION_FAILURE:  // 40001
+    case ERRCODE_T_R_DEADLOCK_DETECTED:      // 40P01
+    case ERRCODE_LOCK_NOT_AVAILABLE:         // 55P03 (lock_timeout)
+    case ERRCODE_OBJECT_IN_USE:              // 55006
+    case ERRCODE_ADMIN_SHUTDOWN:             // 57P01
+    case ERRCODE_CRASH_SHUTDOWN:             // 57P02
+    case ERRCODE_CANNOT_CONNECT_NOW:         // 57P03
+    case ERRCODE_SYSTEM_ERROR:               // 58000
+    case ERRCODE_IO_ERROR:                   // 58030
+        return true;
+    default:
+        break;
+    }
+    // Whole classes: connection exceptions, insufficient resources.
+    return ERRCODE_TO_CATEGORY(code) == ERRCODE_CONNECTION_EXCEPTION ||
+           ERRCODE_TO_CATEGORY(code) == ERRCODE_INSUFFICIENT_RESOURCES;
+}
+
+// Errors that mean "cannot run inside a transaction block / as part of a function".
+static bool needs_top_level(const ErrorData* e)
+{
+    return !raised_by_user_code(e) && (e->sqlerrcode == ERRCODE_INVALID_TRANSACTION_TERMINATION ||
+                                       e->sqlerrcode == ERRCODE_ACTIVE_SQL_TRANSACTION);
+}
+
+// PostgreSQL refuses to queue a deferred trigger in a security-restricted operation.
+static bool deferred_trigger_refused(const ErrorData* e)
+{
+    return e->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE && e->filename && strcmp(e->filename, "trigger.c") == 0;
+}
+
+const char* atx_failure_name(AtxFailure f)
+{
+    switch (f) {
+    case ATX_FAIL_NONE: return "none";
+    case ATX_FAIL_PERMANENT: return "permanent";
+    case ATX_FAIL_TRANSIENT: return "transient";
+    case ATX_FAIL_TIMEOUT: return "timeout";
+    case ATX_FAIL_NONATOMIC: return "needs top level";
+    case ATX_FAIL_CANCELLED: return "cancelled";
+    }
+    return "unknown";
+}
+
+// --- session hygiene ----------------------------------------------------------------------------
+
+static void reset_session_state(bool unrestricted)
+{
+    float8 seed;
+    uint32 r;
+
+    PortalHashTableDeleteAll();           // cursors, also WITH HOLD (never the active portal)
+    LockReleaseSession(USER_LOCKMETHOD);  // pg_advisory_lock(): pg_advisory_unlock_all()
+    ResetSequenceCaches();                // lastval(), currval(), cached values
+    if (pg_strong_random(&r, sizeof r)) { // setseed() of one message must not steer another's random()
+        seed = ((float8)r / (float8)PG_UINT32_MAX) * 2.0 - 1.0;
+        DirectFunctionCall1(setseed, Float8GetDatum(seed));
+    }
+    if (unrestricted) {
+        // What the security-restricted mode would have refused to create.
+        ResetTempTableNamespace();
+        DropAllPreparedStatements();
+        Async_UnlistenAll();
+    }
+}
+
+// --- running the statement ----------------------------------------------------------------------
+
+// Converts the message's parameters to Datums, in the switched user context.
+static void decode_params(const AtxMessageC* m, Oid* types, Datum* values, char* nulls)
+{
+    for (int i = 0; i < m->nparams; i++) {
+        const AtxParamC* p = &m->params[i];
+        Oid fn, ioparam;
+
+        types[i] = p->type_oid;
+        if (!SearchSysCacheExists1(TYPEOID, ObjectIdGetDatum(p->type_oid)))
+            ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
+                            errmsg("type %s (OID %u) of parameter $%d does not exist", p->type_name, p->type_oid,
+                                   i + 1)));
+        if (p->is_null) {
+            values[i] = (Datum)0;
+            nulls[i] = 'n';
+            continue;
+        }
+        nulls[i] = ' ';
+        if (p->binary) {
+            StringInfoData buf;
+            getTypeBinaryInputInfo(p->type_oid, &fn, &ioparam);
+            initStringInfo(&buf);
+            appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
+            values[i] = OidReceiveFunctionCall(fn, &buf, ioparam, -1);
+            if (buf.cursor != buf.len)
+                ereport(ERROR, (errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
+                                errmsg("incorrect binary data format in parameter $%d", i + 1)));
+        } else {
+            getTypeInputInfo(p->type_oid, &fn, &ioparam);
+            values[i] = OidInputFunctionCall(fn, (char*)p->value, ioparam, -1);
+        }
+    }
+}
+
+// Records the key of m for its role; false when that role (or, for keys recorded before 0.2,
+// any role) applied it before. As the applier: the key table is not the caller's business.
+static bool claim_key(const AtxMessageC* m)
+{
+    static SPIPlanPtr plan = NULL;
+    Oid types[3] = {OIDOID, TEXTOID, UUIDOID};
+    Datum values[3];
+    pg_uuid_t* uuid = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
+    int rc;
+
+    if (plan == NULL) {
+        SPIPlanPtr p = SPI_prepare("INSERT INTO atx.idempotency_key (role_oid, key, message_id, applied_at) "
+                                   "SELECT $1, $2, $3, pg_catalog.now() WHERE NOT EXISTS ("
+                                   "  SELECT 1 FROM atx.idempotency_key k"
+                                   "   WHERE k.role_oid OPERATOR(pg_catalog.=) 0"
+                                   "     AND k.key OPERATOR(pg_catalog.=) $2) "
+                                   "ON CONFLICT (role_oid, key) DO NOTHING",
+                                   3, types);
+        if (p == NULL || SPI_keepplan(p) != 0)
+            elog(ERROR, "could not prepare the idempotency key insert: %s", SPI_result_code_string(SPI_result));
+        plan = p;
+    }
+    memcpy(uuid->data, m->id, UUID_LEN);
+    values[0] = ObjectIdGetDatum(m->role_oid);
+    values[1] = CStringGetTextDatum(m->key);
+    values[2] = UUIDPGetDatum(uuid);
+    rc = SPI_execute_plan(plan, values, NULL, false, 0);
+    if (rc != SPI_OK_INSERT)
+        elog(ERROR, "could not record idempotency key: %s", SPI_result_code_string(rc));
+    return SPI_processed == 1;
+}
+
+// One attempt in its own subtransaction. Returns normally with out filled (status "applied" or
+// "duplicate"); an error propagates to the caller's PG_CATCH with the subtransaction still open.
+static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxOutcome* out,
+                     AtxResultReceiver** rr_out, MemoryContext outer)
+{
+    Oid save_userid;
+    int save_sec_context;
+    int n = m->nparams;
+    Oid* types = (Oid*)palloc0(sizeof(Oid) * (n ? n : 1));
+    Datum* values = (Datum*)palloc0(sizeof(Datum) * (n ? n : 1));
+    char* nulls = (char*)palloc0(n + 1);
+    int nestlevel, rc;
+    const char* tag = NULL;
+    DestReceiver* dest = None_Receiver;
+    AtxResultReceiver* rr = NULL;
+
+    GetUserIdAndSecContext(&save_userid, &save_sec_context);
+    if (SPI_connect() != SPI_OK_CONNECT)
+        elog(ERROR, "SPI_connect failed");
+
+    if (m->key && !claim_key(m)) {
+        out->status = "duplicate";
+        SPI_finish();
+        return;
+    }
+    // The rows of a waited message go to its caller, capped while produced; nobody else's are
+    // kept at all.
+    if (m->waited) {
+        MemoryContext old = MemoryContextSwitchTo(outer);
+        rr = atx_result_receiver_create(atx_exec_max_result_bytes);
+        MemoryContextSwitchTo(old);
+        dest = atx_result_receiver_dest(rr);
+    }
+
+    // From here on nothing may regain the applier's identity.
+    SetUserIdAndSecContext(m->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
+                                            (restricted ? SECURITY_RESTRICTED_OPERATION : 0));
+    nestlevel = NewGUCNestLevel();
+    atx_restore_settings(m->gucs, m->nguc, superuser_arg(m->role_oid));
+    decode_params(m, types, values, nulls);
+
+    arm_timeout(timeout_ms);
+    rc = atx_execute_cached(m->statement, n, types, values, nulls, dest, &tag);
+    if (rc == SPI_ERROR_TRANSACTION)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
+                        errmsg("transaction control statements cannot run in an atomic pg_atx message")));
+    if (rc == SPI_ERROR_COPY)
+        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                        errmsg("COPY to or from the client is not allowed in a pg_atx message")));
+    if (rc < 0)
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+                        errmsg("could not execute pg_atx statement: %s", SPI_result_code_string(rc))));
+    out->rows = (int64)SPI_processed;
+    out->command = tag;
+    // Deferred triggers and constraints fire now, as the caller, not at the applier's COMMIT
+    // as the applier. (Only possible unrestricted: see the top of this file.)
+    if (!restricted) {
+        rc = atx_execute_cached("SET CONSTRAINTS ALL IMMEDIATE", 0, NULL, NULL, NULL, None_Receiver, &tag);
+        if (rc < 0)
+            elog(ERROR, "SET CONSTRAINTS failed: %s", SPI_result_code_string(rc));
+    }
+    disarm_timeout_after_success();
+
+    AtEOXact_GUC(false, nestlevel);  // undo the carried settings and every SET inside
+    SetUserIdAndSecContext(save_userid, save_sec_context);
+    if (SPI_finish() != SPI_OK_FINISH)
+        elog(ERROR, "SPI_finish failed");
+    out->status = "applied";
+    *rr_out = rr;
+}
+
+void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
+{
+    MemoryContext outer = CurrentMemoryContext;
+    ResourceOwner oldowner = CurrentResourceOwner;
+    Oid save_userid;
+    int save_sec_context;
+    volatile bool restricted = true;
+
+    memset(out, 0, sizeof *out);
+    GetUserIdAndSecContext(&save_userid, &save_sec_context);
+
+    for (;;) {
+        AtxCurrentMessage saved = atx_current_message_push(m, false);
+        AtxResultReceiver* rr = NULL;
+        volatile bool retry_unrestricted = false;
+
+        BeginInternalSubTransaction(NULL);
+        MemoryContextSwitchTo(outer);
+        PG_TRY();
+        {
+            int reason = 0;
+            run_once(m, timeout_ms, restricted, out, &rr, outer);
+            // A caller that gave up on this message (atx.exec_on_abandon = cancel) gets it
+            // cancelled; otherwise it can no longer give up: the commit follows.
+            if (m->waited && strcmp(out->status, "applied") == 0 && atx_exec_begin_commit(m->id, &reason)) {
+                raising_abandon = true;
+                ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED),
+                                errmsg("cancelled: the atx_exec call waiting for this message gave up (%s)",
+                                       reason == ATX_GAVE_UP_DEADLOCK  ? "deadlock with its caller"
+                                       : reason == ATX_GAVE_UP_TIMEOUT ? "atx.exec_timeout"
+                                                                       : "cancelled by its caller"),
+                                errdetail("atx.exec_on_abandon is cancel: the statement was rolled back.")));
+            }
+            atx_current_message_pop(&saved);
+            ReleaseCurrentSubTransaction();
+            MemoryContextSwitchTo(outer);
+            CurrentResourceOwner = oldowner;
+            if (rr != NULL)
+                out->result = atx_result_receiver_json(rr, &out->truncated);
+        }
+        PG_CATCH();
+        {
+            ErrorData* edata;
+            bool ours = apply_timeout_fired;
+            bool abandoned = raising_abandon;
+
+            disarm_timeout();
+            apply_timeout_fired = false;
+            raising_abandon = false;
+            atx_current_message_pop(&saved);
+            MemoryContextSwitchTo(outer);
+            edata = CopyErrorData();
+            FlushErrorState();
+            // Also pops the GUC nest level and the SPI connection, and restores the user id
+            // saved at subtransaction start.
+            RollbackAndReleaseCurrentSubTransaction();
+            MemoryContextSwitchTo(outer);
+            CurrentResourceOwner = oldowner;
+            SetUserIdAndSecContext(save_userid, save_sec_context);
+
+            if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !ours && !abandoned) {
+                // Not our timeout, not an abandoned wait: the applier (or an administrator) is
+                // stopping this apply. Nothing of the batch may commit.
+                reset_session_state(!restricted);
+                ReThrowError(edata);
+            }
+            if (restricted && deferred_trigger_refused(edata)) {
+                retry_unrestricted = true;
+            } else {
+                out->status = "failed";
+                out->edata = edata;
+                out->sqlerrcode = edata->sqlerrcode;
+                out->error = pstrdup(edata->message ? edata->message : "unknown error");
+                out->detail = edata->detail ? pstrdup(edata->detail) : NULL;
+                out->hint = edata->hint ? pstrdup(edata->hint) : NULL;
+                out->command = NULL;
+                out->rows = 0;
+                out->result = NULL;
+                out->truncated = false;
+                if (ours) {
+                    out->failure = ATX_FAIL_TIMEOUT;
+                    out->error = psprintf("canceling statement due to the pg_atx apply timeout (%d ms)", timeout_ms);
+                } else if (abandoned) {
+                    out->failure = ATX_FAIL_CANCELLED;
+                } else if (needs_top_level(edata)) {
+                    out->failure = ATX_FAIL_NONATOMIC;
+                } else if (transient_sqlstate(edata->sqlerrcode) && !raised_by_user_code(edata)) {
+                    out->failure = ATX_FAIL_TRANSIENT;
+                } else {
+                    out->failure = ATX_FAIL_PERMANENT;
+                }
+            }
+        }
+        PG_END_TRY();
+
+        reset_session_state(!restricted);
+        if (!retry_unrestricted)
+            break;
+        restricted = false;
+    }
+}

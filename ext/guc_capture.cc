@@ -1,0 +1,150 @@
+// The caller's settings, carried in every message and restored when it runs (issue 14).
+//
+// A parallel worker gets every setting its leader's session changed (SerializeGUCState);
+// an autonomous statement gets the same: every parameter whose value in the calling session
+// came from ALTER ROLE / ALTER ROLE IN DATABASE, the connection's options or SET (custom
+// placeholders such as app.tenant included), plus four that always travel because the apply
+// session's own values would otherwise show through (search_path, TimeZone, DateStyle,
+// IntervalStyle), plus the names in atx.capture_gucs. Settings from the server's
+// configuration or ALTER DATABASE are the same in the apply session and are left out.
+//
+// The deny list keeps what would change identity, what belongs to the caller's transaction
+// or connection, and what the applier must control for the guarantees it gives (timeouts,
+// commit durability, message levels). Plain C style (see pg_guard.h).
+#include "guc_capture.h"
+
+extern "C" {
+#include "utils/guc_tables.h"
+}
+
+const char* const atx_default_gucs[] = {"search_path", "TimeZone", "DateStyle", "IntervalStyle"};
+const int atx_n_default_gucs = lengthof(atx_default_gucs);
+
+static const char* const denied_gucs[] = {
+    // identity: refused inside a security-restricted operation anyway
+    "role", "session_authorization", "is_superuser",
+    // the caller's transaction and connection
+    "transaction_isolation", "transaction_read_only", "transaction_deferrable",
+    "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable",
+    "application_name", "client_encoding",
+    // what the applier controls
+    "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
+    "transaction_timeout", "synchronous_commit", "client_min_messages",
+    // this very mechanism
+    "atx.capture_gucs",
+};
+
+bool atx_guc_denied(const char* name)
+{
+    for (size_t i = 0; i < lengthof(denied_gucs); i++)
+        if (pg_strcasecmp(name, denied_gucs[i]) == 0)
+            return true;
+    return false;
+}
+
+static struct config_generic** all_gucs(int* n)
+{
+#if PG_VERSION_NUM >= 160000
+    return get_guc_variables(n);
+#else
+    *n = GetNumConfigOptions();
+    return get_guc_variables();
+#endif
+}
+
+// Changed in the caller's own session (not inherited from the server or the database).
+static bool changed_by_session(const struct config_generic* g)
+{
+    switch (g->source) {
+    case PGC_S_USER:
+    case PGC_S_DATABASE_USER:
+    case PGC_S_CLIENT:
+    case PGC_S_SESSION:
+        return g->context == PGC_USERSET || g->context == PGC_SUSET;
+    default:
+        return false;
+    }
+}
+
+static bool listed(List* names, const char* name)
+{
+    ListCell* lc;
+    foreach (lc, names)
+        if (pg_strcasecmp(((AtxGucC*)lfirst(lc))->name, name) == 0)
+            return true;
+    return false;
+}
+
+static void add(List** out, const char* name, bool privileged)
+{
+    AtxGucC* g;
+    const char* value;
+
+    if (atx_guc_denied(name) || listed(*out, name))
+        return;
+    // No privilege check: the value goes into a message only this server's apply reads.
+    value = GetConfigOption(name, true, false);
+    if (value == NULL)
+        return;
+    g = (AtxGucC*)palloc(sizeof(AtxGucC));
+    g->name = pstrdup(name);
+    g->value = pstrdup(value);  // GetConfigOption formats numbers into a static buffer
+    g->privileged = privileged;
+    *out = lappend(*out, g);
+}
+
+AtxGucC* atx_capture_settings(int* count)
+{
+    List* out = NIL;
+    int n;
+    struct config_generic** vars = all_gucs(&n);
+    AtxGucC* arr;
+    ListCell* lc;
+    int i = 0;
+
+    for (int k = 0; k < n; k++) {
+        const struct config_generic* g = vars[k];
+        bool always = false;
+        for (int d = 0; d < atx_n_default_gucs; d++)
+            if (pg_strcasecmp(g->name, atx_default_gucs[d]) == 0)
+                always = true;
+        if (always || changed_by_session(g))
+            add(&out, g->name, changed_by_session(g) && g->scontext == PGC_SUSET);
+    }
+    if (atx_capture_gucs && atx_capture_gucs[0]) {
+        char* raw = pstrdup(atx_capture_gucs);
+        List* extra = NIL;
+        if (!SplitIdentifierString(raw, ',', &extra))
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+                            errmsg("invalid list syntax in atx.capture_gucs")));
+        foreach (lc, extra)
+            add(&out, (const char*)lfirst(lc), false);
+    }
+
+    arr = (AtxGucC*)palloc0(sizeof(AtxGucC) * (list_length(out) + 1));
+    foreach (lc, out)
+        arr[i++] = *(AtxGucC*)lfirst(lc);
+    *count = i;
+    return arr;
+}
+
+void atx_restore_settings(const AtxGucC* gucs, int n, bool caller_is_superuser)
+{
+    for (int i = 0; i < n; i++) {
+        const char* current;
+        GucContext context;
+
+        if (atx_guc_denied(gucs[i].name))
+            continue;
+        // A value already in effect is not set again: a role may carry a parameter it may
+        // read but not set (one from postgresql.conf listed in atx.capture_gucs).
+        current = GetConfigOption(gucs[i].name, true, false);
+        if (current != NULL && strcmp(current, gucs[i].value) == 0)
+            continue;
+        // With the right it was set with in the caller's session (ALTER ROLE ... SET by a
+        // superuser), never more.
+        context = (caller_is_superuser || gucs[i].privileged) ? PGC_SUSET : PGC_USERSET;
+        (void)set_config_option(gucs[i].name, gucs[i].value, context, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+                                false);
+    }
+}

@@ -1,0 +1,17 @@
+// The caller's settings carried by a message (guc_capture.cc).
+#pragma once
+
+#include "atx_ext.h"
+#include "codec_bridge.h"
+
+// The GUCs every message carries even when unchanged, and the names that never travel.
+extern const char* const atx_default_gucs[];
+extern const int atx_n_default_gucs;
+bool atx_guc_denied(const char* name);
+
+// The settings to carry from the current session (palloc'd array, *count entries).
+AtxGucC* atx_capture_settings(int* count);
+
+// Sets them (inside the caller's GUC nest level of an apply), each with at most the right it
+// was set with in the caller's session.
+void atx_restore_settings(const AtxGucC* gucs, int n, bool caller_is_superuser);

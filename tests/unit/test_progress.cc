@@ -1,0 +1,140 @@
+// What may be confirmed to the slot (applier/progress.h): never past a message that is not
+// both handled and durable, whatever order the apply sessions finish in.
+#include <catch2/catch.hpp>
+
+#include "progress.h"
+
+using namespace atx::applier;
+
+TEST_CASE("nothing pending: the end of what was received, or a later keepalive", "[progress]")
+{
+    Progress p;
+    p.reset(100);
+    CHECK(p.confirm_position() == 100);
+    p.keepalive(150);
+    CHECK(p.confirm_position() == 150);
+    p.received(160, 200);
+    CHECK(p.confirm_position() == 160);  // pending: its start
+    p.handled(160, 0);
+    CHECK(p.confirm_position() == 200);
+    p.keepalive(180);  // older than what was received: ignored
+    CHECK(p.confirm_position() == 200);
+}
+
+TEST_CASE("out of order handling confirms only the contiguous prefix", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    p.received(10, 20);
+    p.received(20, 30);
+    p.received(30, 40);
+    p.handled(30, 0);  // the last one first (another lane)
+    CHECK(p.confirm_position() == 10);
+    p.handled(10, 0);
+    CHECK(p.confirm_position() == 20);
+    p.handled(20, 0);
+    CHECK(p.confirm_position() == 40);
+    CHECK(p.pending() == 0);
+}
+
+TEST_CASE("a handled message waits for its commit to be durable", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    p.received(10, 20);
+    p.received(20, 30);
+    p.handled(10, 500);
+    p.handled(20, 400);
+    CHECK(p.confirm_position() == 10);
+    CHECK(p.not_durable() == 2);
+    p.durable_upto(450);  // the second commit is durable, the first not yet
+    CHECK(p.confirm_position() == 10);
+    CHECK(p.not_durable() == 1);
+    p.durable_upto(500);
+    CHECK(p.confirm_position() == 30);
+    CHECK(p.not_durable() == 0);
+    // Durable before it was handled: finished at once.
+    p.received(30, 40);
+    p.handled(30, 480);
+    CHECK(p.confirm_position() == 40);
+}
+
+TEST_CASE("the confirmed position never moves back", "[progress]")
+{
+    Progress p;
+    p.reset(1000);
+    p.received(1000, 1100);
+    CHECK(p.confirm_position() == 1000);
+    p.handled(1000, 0);
+    CHECK(p.confirm_position() == 1100);
+    p.received(1100, 1200);
+    CHECK(p.confirm_position() == 1100);
+}
+
+TEST_CASE("waited messages are reported once their commit is durable", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    Id a{}, b{};
+    a[0] = 1;
+    b[0] = 2;
+    p.received(10, 20);
+    p.received(20, 30);
+    p.handled(10, 100, true, a);
+    p.handled(20, 200, true, b);
+    CHECK(p.take_durable_waited().empty());
+    p.durable_upto(150);
+    auto w = p.take_durable_waited();
+    REQUIRE(w.size() == 1);
+    CHECK(w[0] == a);
+    CHECK(p.take_durable_waited().empty());
+    p.durable_upto(200);
+    w = p.take_durable_waited();
+    REQUIRE(w.size() == 1);
+    CHECK(w[0] == b);
+}
+
+TEST_CASE("a second handled() of the same message changes nothing; unknown starts are ignored", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    p.received(10, 20);
+    p.handled(10, 100);
+    p.handled(10, 0);  // already handled: keeps waiting for 100
+    CHECK(p.confirm_position() == 10);
+    p.handled(999, 0);
+    CHECK(p.pending() == 1);
+    p.durable_upto(100);
+    CHECK(p.confirm_position() == 20);
+}
+
+TEST_CASE("reset starts a new stream and keeps what is known to be durable", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    p.received(10, 20);
+    p.durable_upto(300);
+    p.reset(10);
+    CHECK(p.pending() == 0);
+    CHECK(p.confirm_position() == 10);
+    p.received(10, 20);
+    p.handled(10, 250);
+    CHECK(p.confirm_position() == 20);  // 250 <= 300: durable
+}
+
+TEST_CASE("many messages in random completion order", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    const int n = 2000;
+    for (int i = 0; i < n; ++i)
+        p.received(static_cast<Lsn>(i * 10 + 10), static_cast<Lsn>(i * 10 + 20));
+    // Handle the odd ones, then the even ones backwards: the position follows the lowest gap.
+    for (int i = 1; i < n; i += 2)
+        p.handled(static_cast<Lsn>(i * 10 + 10), 0);
+    CHECK(p.confirm_position() == 10);
+    for (int i = n - 2; i >= 0; i -= 2) {
+        p.handled(static_cast<Lsn>(i * 10 + 10), 0);
+        CHECK(p.confirm_position() == static_cast<Lsn>(i == 0 ? n * 10 + 10 : 10));
+    }
+}
