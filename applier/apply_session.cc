@@ -211,6 +211,24 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     return out;
 }
 
+ApplyResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
+{
+    const int64_t first = p.first_failed_us ? p.first_failed_us : unix_now_us();
+    // A top-level CALL: the procedure commits before it waits, so it holds no snapshot.
+    PgResult r = conn_.exec("CALL atx.run_nonatomic($1::pg_catalog.pg_lsn, $2::pg_catalog.int4, "
+                            "$3::pg_catalog.timestamptz, $4::pg_catalog.int4)",
+                            {format_lsn(p.start), std::to_string(p.attempts + 1), iso_utc(first),
+                             std::to_string(settings_.statement_timeout_ms)});
+    ApplyResult a;
+    a.start = p.start;
+    a.status = field(r.get(), 0, 0).value_or("");
+    a.sqlstate = field(r.get(), 0, 1).value_or("");
+    a.error = field(r.get(), 0, 2).value_or("");
+    a.command = field(r.get(), 0, 3).value_or("");
+    *commit_lsn = parse_lsn(conn_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+    return a;
+}
+
 bool ApplySession::dead_letter(const Pending& p, const std::string& sqlstate, const std::string& error,
                                Lsn* commit_lsn)
 {

@@ -57,6 +57,10 @@ public:
     // past the end of that commit. False: it was handled before.
     bool dead_letter(const Pending& p, const std::string& sqlstate, const std::string& error, Lsn* commit_lsn);
 
+    // Runs a message that needs a top-level statement (atx.run_nonatomic). Returns its status:
+    // applied | dead | already | retry (nothing ran) | in doubt (the run died half way).
+    ApplyResult run_nonatomic(const Pending& p, Lsn* commit_lsn);
+
     // Thread-safe: cancels the statement in progress (shutdown after a grace period).
     void request_cancel();
 

@@ -249,15 +249,34 @@ void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
 
 bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn)
 {
-    // Until the top-level path exists: dead-lettered with the reason.
+    spdlog::info("{} event=top_level_run message_id={} lsn={} role={} reason={}", ctx_.log, id_text(p), lsn(p.start),
+                 logq(p.role_name), logq(bounded(r.error)));
+    ApplyResult t;
     try {
-        session_.dead_letter(p, r.sqlstate.empty() ? "0A000" : r.sqlstate,
-                             "needs to run as a top-level statement: " + r.error, commit_lsn);
+        t = session_.run_nonatomic(p, commit_lsn);
+        if (t.status == "in doubt") {
+            // The worker died while the statement ran: it may have committed part of it.
+            session_.dead_letter(p, "40003", "a non-atomic message was interrupted while it ran: it may have committed "
+                                 "part of its work, so it is not run again", commit_lsn);
+            t.status = "dead";
+            t.sqlstate = "40003";
+            t.error = "interrupted while it ran: in doubt";
+        }
     } catch (const PgError& e) {
         session_.close();
         return false;
     }
-    ++ctx_.metrics.dead_lettered;
+    if (t.status == "retry") {
+        spdlog::warn("{} event=top_level_run_deferred message_id={} error={}", ctx_.log, id_text(p), logq(t.error));
+        return false;
+    }
+    if (t.status == "dead") {
+        ++ctx_.metrics.dead_lettered;
+        spdlog::warn("{} event=dead_lettered message_id={} lsn={} role={} sqlstate={} class=top-level error={}",
+                     ctx_.log, id_text(p), lsn(p.start), logq(p.role_name), t.sqlstate, logq(bounded(t.error)));
+    } else if (t.status == "applied") {
+        ++ctx_.metrics.applied;
+    }
     return true;
 }
 

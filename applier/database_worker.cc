@@ -170,7 +170,7 @@ void DatabaseWorker::run()
 
 void DatabaseWorker::open_control()
 {
-    control_.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier"}});
+    control_.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier control"}});
     if (control_.scalar("SELECT pg_catalog.pg_is_in_recovery()::text").value_or("") == "true")
         throw PgError("the server is a standby (in recovery): waiting for a primary", "25006", true);
     const auto oid = control_.scalar("SELECT oid::text FROM pg_catalog.pg_database "

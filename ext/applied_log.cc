@@ -61,20 +61,20 @@ static ArrayType* uuid_array(int n, uint8 (*ids)[16])
     return construct_array(d, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
 }
 
-void atx_applied_lookup(int n, uint8 (*ids)[16], bool* found, char** outcome)
+void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome)
 {
     static SPIPlanPtr plan = NULL;
     Oid types[1] = {UUIDARRAYOID};
     Datum values[1];
 
     for (int i = 0; i < n; i++) {
-        found[i] = false;
+        status[i] = NULL;
         outcome[i] = NULL;
     }
     if (n == 0)
         return;
     keep(&plan,
-         "SELECT message_id, outcome::text FROM atx.applied "
+         "SELECT message_id, outcome::text, status FROM atx.applied "
          "WHERE message_id OPERATOR(pg_catalog.=) ANY ($1)",
          1, types);
     values[0] = PointerGetDatum(uuid_array(n, ids));
@@ -84,9 +84,10 @@ void atx_applied_lookup(int n, uint8 (*ids)[16], bool* found, char** outcome)
         bool isnull;
         pg_uuid_t* u = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
         char* o = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
+        char* st = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3);
         for (int i = 0; i < n; i++)
             if (memcmp(u->data, ids[i], 16) == 0) {
-                found[i] = true;
+                status[i] = st;
                 outcome[i] = o;
             }
     }

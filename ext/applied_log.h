@@ -10,9 +10,9 @@
 // prune.
 XLogRecPtr atx_applied_horizon(void);
 
-// For each of n ids: was it handled before (found[i]), and the outcome stored for a waited
-// message (outcome[i], jsonb text, or NULL).
-void atx_applied_lookup(int n, uint8 (*ids)[16], bool* found, char** outcome);
+// For each of n ids: its record (status[i]: "applied", "duplicate", "dead", "started"; NULL when
+// there is none), and the outcome stored for a waited message (outcome[i], jsonb text, or NULL).
+void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome);
 
 // Records n handled messages (status "applied", "duplicate", "dead"; outcome jsonb text or NULL).
 void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,

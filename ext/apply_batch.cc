@@ -32,6 +32,11 @@ extern "C" {
 #define MAX_BATCH 10000
 #define MAX_REPORTED_ERROR 1000
 
+static const char* const kInDoubt =
+    "a non-atomic message was started before and did not finish (a crash?): it may have committed part of its "
+    "work, so it is not run again";
+static const char* const kInDoubtHint = "Check what it did; retry it by hand (atx-applier retry) if it did nothing.";
+
 // Only superusers and members of atx_applier may apply. The functions are SECURITY DEFINER:
 // the role that called them is the outer user.
 static void check_caller(void)
@@ -273,7 +278,7 @@ static bool apply_items(const BatchArgs* a, BatchItem* items)
 {
     XLogRecPtr horizon = atx_applied_horizon();
     uint8(*ids)[16] = (uint8(*)[16])palloc0(16 * (a->n + 1));
-    bool* found = (bool*)palloc0(sizeof(bool) * (a->n + 1));
+    char** found = (char**)palloc0(sizeof(char*) * (a->n + 1));  // status of a record, NULL: none
     char** stored = (char**)palloc0(sizeof(char*) * (a->n + 1));
     XLogRecPtr* rec_lsn = (XLogRecPtr*)palloc(sizeof(XLogRecPtr) * (a->n + 1));
     const char** rec_status = (const char**)palloc(sizeof(char*) * (a->n + 1));
@@ -327,6 +332,17 @@ static bool apply_items(const BatchArgs* a, BatchItem* items)
         }
         if (stop) {
             item_done(it, "skipped");
+            continue;
+        }
+        if (it->have_id && found[i] && strcmp(found[i], "started") == 0) {
+            // A non-atomic run began and never finished: it may have committed part of its work.
+            atx_dead_letter_write(&it->m, it->lsn, it->payload, it->len, ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN,
+                                  kInDoubt, NULL, kInDoubtHint, it->attempts, it->first_failed);
+            item_failed(it, "dead", ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN, kInDoubt, "in doubt");
+            memcpy(rec_id[nrec], it->id, 16);
+            rec_lsn[nrec] = it->lsn;
+            rec_status[nrec] = "dead";
+            rec_outcome[nrec++] = NULL;
             continue;
         }
         if (it->have_id && found[i]) {
@@ -465,7 +481,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
     TupleDesc tupdesc;
     Datum v[4];
     bool nulls[4];
-    bool found = false;
+    char* found = NULL;
     char* stored = NULL;
     uint8 ids[1][16];
     XLogRecPtr horizon;
@@ -529,7 +545,7 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
     BatchItem it;
     int nest, dead_code;
     const char* dead_error;
-    bool found = false;
+    char* found = NULL;
     char* stored = NULL;
     uint8 ids[1][16];
     const char* status = "dead";
@@ -554,7 +570,7 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
         ereport(ERROR, (errcode(it.sqlerrcode), errmsg("%s", it.error)));
     memcpy(ids[0], it.id, 16);
     atx_applied_lookup(1, ids, &found, &stored);
-    if (found) {
+    if (found && strcmp(found, "started") != 0) {  // handled; a started one is in doubt: dead-lettered
         leave(nest);
         PG_RETURN_NULL();
     }
@@ -584,13 +600,13 @@ static Datum wake_body(FunctionCallInfo fcinfo)
     bool* nulls;
     int n, nest, woken = 0;
     uint8(*ids)[16];
-    bool* found;
+    char** found;
     char** stored;
 
     nest = enter();
     deconstruct_array(arr, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR, &d, &nulls, &n);
     ids = (uint8(*)[16])palloc0(16 * (n + 1));
-    found = (bool*)palloc0(sizeof(bool) * (n + 1));
+    found = (char**)palloc0(sizeof(char*) * (n + 1));
     stored = (char**)palloc0(sizeof(char*) * (n + 1));
     for (int i = 0; i < n; i++)
         if (!nulls[i])

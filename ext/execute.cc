@@ -268,7 +268,7 @@ static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxO
     SetUserIdAndSecContext(m->role_oid, save_sec_context | SECURITY_LOCAL_USERID_CHANGE |
                                             (restricted ? SECURITY_RESTRICTED_OPERATION : 0));
     nestlevel = NewGUCNestLevel();
-    atx_restore_settings(m->gucs, m->nguc, superuser_arg(m->role_oid));
+    atx_restore_settings(m->gucs, m->nguc, superuser_arg(m->role_oid), GUC_ACTION_SAVE);
     decode_params(m, types, values, nulls);
 
     arm_timeout(timeout_ms);

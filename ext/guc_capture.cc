@@ -128,7 +128,7 @@ AtxGucC* atx_capture_settings(int* count)
     return arr;
 }
 
-void atx_restore_settings(const AtxGucC* gucs, int n, bool caller_is_superuser)
+void atx_restore_settings(const AtxGucC* gucs, int n, bool caller_is_superuser, GucAction action)
 {
     for (int i = 0; i < n; i++) {
         const char* current;
@@ -144,7 +144,6 @@ void atx_restore_settings(const AtxGucC* gucs, int n, bool caller_is_superuser)
         // With the right it was set with in the caller's session (ALTER ROLE ... SET by a
         // superuser), never more.
         context = (caller_is_superuser || gucs[i].privileged) ? PGC_SUSET : PGC_USERSET;
-        (void)set_config_option(gucs[i].name, gucs[i].value, context, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
-                                false);
+        (void)set_config_option(gucs[i].name, gucs[i].value, context, PGC_S_SESSION, action, true, 0, false);
     }
 }

@@ -411,3 +411,16 @@ GRANT EXECUTE ON FUNCTION atx.retry_dead_letter(bigint) TO atx_applier;
 GRANT SELECT ON atx.applied, atx.apply_horizon TO atx_applier;
 -- The applier creates the slot of a database if it is missing (it needs REPLICATION too).
 GRANT EXECUTE ON FUNCTION atx.ensure_slot() TO atx_applier;
+
+-- Messages that cannot run inside a transaction block run as a top-level statement of a
+-- background worker connected as their caller (ext/nonatomic.cc): started, then applied or
+-- dead-lettered, never run twice (a started one is in doubt: 40003).
+CREATE PROCEDURE atx.run_nonatomic(lsn pg_lsn, attempts int, first_failed timestamptz, timeout_ms int,
+    INOUT status text DEFAULT NULL, INOUT sqlstate text DEFAULT NULL, INOUT error text DEFAULT NULL,
+    INOUT command text DEFAULT NULL)
+AS 'MODULE_PATHNAME', 'atx_run_nonatomic'
+LANGUAGE C;
+COMMENT ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) IS
+    'run the pg_atx message at lsn as a top-level statement of a session of its caller (CALL it at top level)';
+REVOKE ALL ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) TO atx_applier;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fault 4: connection loss. (a) pg_terminate_backend of the walsender ('atx-applier') and of the
-# apply session ('atx-applier apply'), alternately, 10 times during a burst. (b) the applier talks
+# apply sessions ('atx-applier apply'), alternately, 10 times during a burst. (b) the applier talks
 # to the server over TCP through tests/lib/tcp_proxy.py, which drops every connection (RST) and
 # stalls (forwards nothing) several times during a burst; one stall outlasts wal_sender_timeout.
 # Counts must be exact after each part.
@@ -29,8 +29,8 @@ terminate() { # terminate APPLICATION_NAME -> number of backends terminated
 callers_start $CALLERS 1 600 0.5
 TERM_WS=0; TERM_APPLY=0
 for k in $(seq 1 10); do
-    wait_for 5 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM pg_stat_activity WHERE application_name IN ('atx-applier', 'atx-applier apply')\") = 2 ]" ||
-        note "terminate $k: applier not connected with both sessions"
+    wait_for 5 bash -c "[ \$(psql -qAtX -c \"SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name IN ('atx-applier', 'atx-applier apply')\") = 2 ]" ||
+        note "terminate $k: applier not connected with its walsender and apply sessions"
     sleep "0.$((RANDOM % 9 + 1))"
     if [ $((k % 2)) = 1 ]; then
         TERM_WS=$((TERM_WS + $(terminate 'atx-applier')))
@@ -39,13 +39,13 @@ for k in $(seq 1 10); do
     fi
 done
 callers_wait; check "callers finished" test $? = 0
-note "terminated: walsender $TERM_WS times, apply session $TERM_APPLY times"
+note "terminated: walsender $TERM_WS times, apply sessions $TERM_APPLY times"
 check_eq "walsender terminated 5 times" 5 "$TERM_WS"
-check_eq "apply session terminated 5 times" 5 "$TERM_APPLY"
+check "apply sessions terminated 5 times (every session each time: $TERM_APPLY backends)" test "$TERM_APPLY" -ge 5
 if verify_exact "pg_terminate_backend"; then r=pass; else r=FAIL; fi
-[ "$TERM_WS$TERM_APPLY" = 55 ] || r=FAIL
+[ "$TERM_WS" = 5 ] && [ "$TERM_APPLY" -ge 5 ] || r=FAIL
 reliability "connection loss: pg_terminate_backend (seed $SEED)" \
-    "$CALLERS callers x 600 messages; walsender ('atx-applier') terminated $TERM_WS times and apply session ('atx-applier apply') $TERM_APPLY times during the burst" \
+    "$CALLERS callers x 600 messages; walsender ('atx-applier') terminated $TERM_WS times and the apply sessions ('atx-applier apply', $TERM_APPLY backends) 5 times during the burst" \
     "cumulative: $VERIFY_SUMMARY" "$r"
 applier_stop
 
@@ -58,8 +58,8 @@ trap 'kill $PROXY_PID 2>/dev/null; _testlib_cleanup' EXIT
 wait_for 10 bash -c "grep -qs listening '$TEST_DIR/proxy.log'" || not_ok "proxy started"
 conninfo() { echo "host=127.0.0.1 port=$PROXY_PORT user=postgres"; }
 applier_start "${ARGS[@]}"
-# The walsender and the apply session (the monitor connection may be there too).
-wait_for 15 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM pg_stat_activity WHERE application_name IN ('atx-applier', 'atx-applier apply') AND client_addr IS NOT NULL\") = 2 ]"
+# The walsender and the apply sessions (the control and monitor connections are there too).
+wait_for 15 bash -c "[ \$(psql -qAtX -c \"SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name IN ('atx-applier', 'atx-applier apply') AND client_addr IS NOT NULL\") = 2 ]"
 check "applier connected through the proxy (TCP)" test $? = 0
 callers_start $CALLERS 1001 1700 0.15
 DROPS=0; STALLS=0

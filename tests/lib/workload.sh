@@ -1,7 +1,7 @@
 # The workload of the fault tests (tests/integration/fault_*.sh), sourced after testlib.sh.
 #
 # Callers emit numbered messages n = caller*100000 + i through CALL emit(): i % 7 = 0 goes to a
-# missing table (must be dead-lettered, 42P01), i % 5 = 0 is emitted twice with the same
+# missing table (emitted with atx.validate off; must be dead-lettered, 42P01), i % 5 = 0 is emitted twice with the same
 # idempotency key (the second as -n: must never land), every third transaction rolls back.
 # Each caller prints "attempt n" before and "confirmed n" after atx_log returned (NOTICEs are
 # flushed to the client at once), so a caller that dies mid-call knows which numbers are certain.
@@ -15,6 +15,8 @@ BEGIN
         n := caller * 100000 + i;
         RAISE NOTICE 'attempt %', n;
         IF i % 7 = 0 THEN
+            -- Never validated at the call: it must reach the applier and be dead-lettered.
+            PERFORM set_config('atx.validate', 'off', true);
             PERFORM atx_log('INSERT INTO missing_table(n) VALUES ($1)', n);
         ELSIF i % 5 = 0 THEN
             PERFORM atx_log_keyed('key-' || n, 'INSERT INTO numbers(n) VALUES ($1)', n);

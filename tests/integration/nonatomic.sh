@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Messages that cannot run inside a transaction block (issue 14): a CALL whose procedure commits
+# or rolls back (Oracle batch procedures that COMMIT every N rows; EDB's procedure that ends in
+# ROLLBACK), VACUUM, CREATE INDEX CONCURRENTLY. They run as a top-level statement of a session
+# of their caller, are never run twice, and one interrupted half way is in doubt (40003).
+. "$(dirname "$0")/../lib/testlib.sh"
+
+atx_test_cluster "shared_preload_libraries = 'pg_atx'" || { not_ok "cluster start"; done_testing; }
+q <<'SQL' >/dev/null
+CREATE ROLE batcher LOGIN;
+CREATE ROLE nologin_role NOLOGIN;
+CREATE TABLE loaded(n int, by_user name, by_session name);
+CREATE TABLE big(v int);
+INSERT INTO big SELECT g FROM generate_series(1, 20000) g;
+GRANT ALL ON loaded, big TO batcher, nologin_role;
+GRANT CREATE ON SCHEMA public TO batcher;
+ALTER TABLE big OWNER TO batcher;
+-- An Oracle-style batch: commits every 10 rows.
+CREATE PROCEDURE batch_load(total int) LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1..total LOOP
+        INSERT INTO loaded VALUES (i, current_user, session_user);
+        IF i % 10 = 0 THEN COMMIT; END IF;
+    END LOOP;
+END $$;
+-- EDB scenario 2b: does its work, then ROLLBACK.
+CREATE PROCEDURE undo_all() LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO loaded VALUES (-1, current_user, session_user);
+    ROLLBACK;
+END $$;
+-- Commits some, then fails.
+CREATE PROCEDURE half_then_fail() LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO loaded VALUES (-2, current_user, session_user);
+    COMMIT;
+    RAISE EXCEPTION 'after the commit' USING ERRCODE = 'P0001';
+END $$;
+-- Commits, then sleeps (to be interrupted).
+CREATE PROCEDURE commit_then_sleep() LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO loaded VALUES (-3, current_user, session_user);
+    COMMIT;
+    PERFORM pg_sleep(30);
+    INSERT INTO loaded VALUES (-4, current_user, session_user);
+END $$;
+-- Tries to leave its caller's identity after a COMMIT.
+CREATE PROCEDURE escape() LANGUAGE plpgsql AS $$
+BEGIN
+    COMMIT;
+    RESET SESSION AUTHORIZATION;
+    SET ROLE postgres;
+    INSERT INTO loaded VALUES (-5, current_user, session_user);
+END $$;
+GRANT EXECUTE ON ALL PROCEDURES IN SCHEMA public TO batcher, nologin_role;
+SQL
+applier_start --statement-timeout-ms 20000
+wait_for_slot || not_ok "applier created the slot"
+B() { PGUSER=batcher q "$@"; }
+
+# 1. A batch procedure that commits every 10 rows, from a caller that rolls back.
+id=$(B -c "BEGIN" -c "SELECT atx_log('CALL batch_load(\$1)', 95)" -c "ROLLBACK")
+wait_for 20 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM loaded WHERE n > 0') = 95 ]"
+check_eq "CALL with COMMIT inside: every row, once" "95|95" "$(q -c "SELECT count(*), count(DISTINCT n) FROM loaded WHERE n > 0")"
+check_eq "... run as its caller (current_user and session_user)" "batcher|batcher" \
+    "$(q -c "SELECT DISTINCT by_user || '|' || by_session FROM loaded WHERE n > 0")"
+check "... through the top-level path" grep -q "event=top_level_run" "$TEST_DIR/applier.log"
+check_eq "... recorded as applied" applied "$(q -c "SELECT status FROM atx.applied WHERE message_id = '$id'")"
+
+# 2. A procedure that ends with ROLLBACK: nothing of it stays; the message is applied.
+B -c "SELECT atx_log('CALL undo_all()')" >/dev/null
+B -c "SELECT atx_log('INSERT INTO loaded VALUES (100, current_user, session_user)')" >/dev/null   # marker after it
+wait_for 20 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM loaded WHERE n = 100') = 1 ]"
+check_eq "CALL ending in ROLLBACK: its insert is gone" 0 "$(q -c "SELECT count(*) FROM loaded WHERE n = -1")"
+check_eq "... and it is no dead letter" 0 "$(q -c "SELECT count(*) FROM atx.dead_letter WHERE statement = 'CALL undo_all()'")"
+
+# 3. VACUUM and CREATE INDEX CONCURRENTLY, from inside a transaction.
+B -c "BEGIN" -c "SELECT atx_log('VACUUM (ANALYZE) big')" -c "SELECT atx_log('CREATE INDEX CONCURRENTLY big_v ON big (v)')" -c "COMMIT" >/dev/null
+wait_for 30 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM pg_index WHERE indexrelid = 'big_v'::regclass AND indisvalid\" 2>/dev/null) = 1 ]"
+check_eq "VACUUM ran" t "$(q -c "SELECT last_vacuum IS NOT NULL AND last_analyze IS NOT NULL FROM pg_stat_user_tables WHERE relname = 'big'")"
+check_eq "CREATE INDEX CONCURRENTLY built a valid index" t "$(q -c "SELECT indisvalid FROM pg_index WHERE indexrelid = 'big_v'::regclass")"
+
+# 4. Commits, then fails: the committed part stays (as for a client's CALL), the message is
+#    dead-lettered with its error and never run again.
+B -c "SELECT atx_log('CALL half_then_fail()')" >/dev/null
+wait_for 20 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM atx.dead_letter WHERE statement = 'CALL half_then_fail()'\") = 1 ]"
+check_eq "failure after a COMMIT: dead-lettered with its own error" "P0001|after the commit" \
+    "$(q -c "SELECT sqlstate, error FROM atx.dead_letter WHERE statement = 'CALL half_then_fail()'")"
+check_eq "... the committed row stays, once" 1 "$(q -c "SELECT count(*) FROM loaded WHERE n = -2")"
+
+# 5. Interrupted half way (its session terminated): in doubt, dead-lettered with 40003, not
+#    run again; what it committed stays.
+B -c "SELECT atx_log('CALL commit_then_sleep()')" >/dev/null
+wait_for 20 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM loaded WHERE n = -3\") = 1 ]"
+q -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'pg_atx non-atomic message'" >/dev/null
+wait_for 20 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM atx.dead_letter WHERE statement = 'CALL commit_then_sleep()'\") = 1 ]"
+check_eq "interrupted: dead-lettered as in doubt (40003)" 40003 \
+    "$(q -c "SELECT sqlstate FROM atx.dead_letter WHERE statement = 'CALL commit_then_sleep()'")"
+sleep 2
+check_eq "... the part it committed stays, the rest never ran, nothing ran twice" "1|0" \
+    "$(q -c "SELECT count(*) FILTER (WHERE n = -3), count(*) FILTER (WHERE n = -4) FROM loaded")"
+
+# 6. The caller's identity holds across its own COMMIT: no way back to another role.
+B -c "SELECT atx_log('CALL escape()')" >/dev/null
+wait_for 20 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM atx.dead_letter WHERE statement = 'CALL escape()'\") = 1 ]"
+check_eq "SET ROLE postgres after a COMMIT: refused (42501)" 42501 \
+    "$(q -c "SELECT sqlstate FROM atx.dead_letter WHERE statement = 'CALL escape()'")"
+check_eq "... nothing written as another role" 0 "$(q -c "SELECT count(*) FROM loaded WHERE n = -5")"
+check_eq "batcher is still no superuser" f "$(q -c "SELECT rolsuper FROM pg_roles WHERE rolname = 'batcher'")"
+
+# 7. atx_exec waits for a top-level run too.
+check_eq "atx_exec of a CALL with COMMIT inside" "applied|CALL" \
+    "$(B -c "SELECT r->>'status', r->>'command' FROM atx_exec('CALL batch_load(5)') r")"
+
+# 8. A role without LOGIN cannot have a session of its own before PostgreSQL 17: dead-lettered
+#    with a reason (on 17 and later it runs).
+PGUSER=postgres q -c "SET ROLE nologin_role" -c "SELECT atx_log('CALL batch_load(13)')" >/dev/null   # commits at 10
+if [ "$(q -c "SHOW server_version_num")" -lt 170000 ]; then
+    wait_for 20 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM atx.dead_letter WHERE caller_role = 'nologin_role'\") = 1 ]"
+    check_eq "NOLOGIN caller before PostgreSQL 17: dead-lettered (28000)" 28000 \
+        "$(q -c "SELECT sqlstate FROM atx.dead_letter WHERE caller_role = 'nologin_role'")"
+else
+    wait_for 20 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM loaded WHERE by_user = 'nologin_role'\") = 13 ]"
+    check_eq "NOLOGIN caller on PostgreSQL 17+: applied" 13 "$(q -c "SELECT count(*) FROM loaded WHERE by_user = 'nologin_role'")"
+fi
+
+# 9. Applier SIGKILLed while a top-level run goes on: the run finishes, the message is not run
+#    again after the restart.
+B -c "TRUNCATE loaded" -c "SELECT atx_log('CALL batch_load(40)')" >/dev/null
+sleep 0.3
+applier_kill
+applier_start --statement-timeout-ms 20000
+B -c "SELECT atx_log('INSERT INTO loaded VALUES (1000, current_user, session_user)')" >/dev/null
+wait_for 20 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM loaded WHERE n = 1000') = 1 ]"
+sleep 1
+check_eq "applier killed during a top-level run: no row twice" 0 \
+    "$(q -c "SELECT count(*) FROM (SELECT n FROM loaded WHERE n BETWEEN 1 AND 40 GROUP BY n HAVING count(*) > 1) d")"
+note "rows of the interrupted batch: $(q -c "SELECT count(*) FROM loaded WHERE n BETWEEN 1 AND 40"); dead letters: $(q -c "SELECT string_agg(sqlstate, ',') FROM atx.dead_letter WHERE statement = 'CALL batch_load(\$1)'")"
+applier_stop
+done_testing
