@@ -55,15 +55,33 @@ void ApplyWorker::join()
         thread_.join();
 }
 
+// The delivery history is what the failover check reads (database_worker.cc): a handled message
+// must be recorded before it may be confirmed. A write that fails (a full disk) is retried, and
+// meanwhile this worker reports nothing, so nothing past it is confirmed; the other workers stop
+// at their next write too.
 void ApplyWorker::record(const std::vector<DeliveryRecord>& records, bool sync)
 {
     if (records.empty())
         return;
-    try {
-        ctx_.store.record(ctx_.scope, records, sync);
-    } catch (const StateError& e) {
-        // The server is authoritative for what was applied; the local history is best effort.
-        spdlog::error("{} event=state_write_failed error={}", ctx_.log, logq(e.what()));
+    auto last_log = std::chrono::steady_clock::time_point{};
+    bool broken = false;
+    while (!stop_) {
+        try {
+            ctx_.store.record(ctx_.scope, records, sync);
+            if (broken)
+                spdlog::warn("{} event=state_recovered worker={} action=\"confirming and applying again\"", ctx_.log,
+                             number_);
+            return;
+        } catch (const StateError& e) {
+            broken = true;
+            if (std::chrono::steady_clock::now() - last_log >= std::chrono::seconds(5)) {
+                spdlog::critical("{} event=state_write_failed worker={} error={} action=\"not confirming and not "
+                                 "applying until the RocksDB write succeeds; retrying\"",
+                                 ctx_.log, number_, logq(e.what()));
+                last_log = std::chrono::steady_clock::now();
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(500));
+        }
     }
 }
 
@@ -201,17 +219,18 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             // Needs a top-level run (COMMIT inside, VACUUM, CREATE INDEX CONCURRENTLY); the
             // messages before it are handled, the ones after it wait for it.
             Lsn top_commit = 0;
-            if (!run_top_level(p, r, &top_commit)) {
-                ctx_.on_handled(handled, durable_commit);
+            if (!run_top_level(p, r, &top_commit, &rec)) {
                 record(records, sync);
+                ctx_.on_handled(handled, durable_commit);
                 ctx_.dispatcher.release_after(b, handled.size(), std::chrono::steady_clock::now() + kBatchErrorBackoff);
                 return;
             }
+            records.push_back(rec);
+            record(records, true);
+            records.clear();
             ctx_.on_handled(handled, durable_commit);
             handled.clear();
             ctx_.on_handled({p}, ctx_.settings.synchronous_commit ? 0 : top_commit);
-            record(records, sync);
-            records.clear();
             ctx_.dispatcher.done(b, i + 1);
             return;
         } else if (r.status == "skipped") {
@@ -220,8 +239,8 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             spdlog::critical("{} event=message_rejected lsn={} sqlstate={} error={} action=\"the server refused what "
                              "the applier named as a message; starting over\"",
                              ctx_.log, lsn(p.start), r.sqlstate, logq(r.error));
-            ctx_.on_handled(handled, durable_commit);
             record(records, sync);
+            ctx_.on_handled(handled, durable_commit);
             ctx_.dispatcher.release_after(b, handled.size(), std::chrono::steady_clock::now() + std::chrono::seconds(5));
             ctx_.on_fatal("the server rejected the message at " + lsn(p.start) + ": " + r.error);
             return;
@@ -229,9 +248,9 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             throw PgError("atx.apply_batch returned unknown status '" + r.status + "'", "", false);
         }
     }
-    ctx_.on_handled(handled, durable_commit);
     record(records, sync);
     ATX_FAULT_POINT("after_state_write");
+    ctx_.on_handled(handled, durable_commit);
     if (!retry)
         ctx_.dispatcher.done(b, handled.size());
 }
@@ -247,7 +266,7 @@ void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
                            : "its messages become suspects and run alone, one at a time");
 }
 
-bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn)
+bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn, DeliveryRecord* rec)
 {
     spdlog::info("{} event=top_level_run message_id={} lsn={} role={} reason={}", ctx_.log, id_text(p), lsn(p.start),
                  logq(p.role_name), logq(bounded(r.error)));
@@ -270,6 +289,9 @@ bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, Lsn* com
         spdlog::warn("{} event=top_level_run_deferred message_id={} error={}", ctx_.log, id_text(p), logq(t.error));
         return false;
     }
+    rec->status = t.status == "dead" ? DeliveryStatus::Dead : DeliveryStatus::Applied;
+    rec->last_sqlstate = t.sqlstate;
+    rec->last_error = bounded(t.error);
     if (t.status == "dead") {
         ++ctx_.metrics.dead_lettered;
         spdlog::warn("{} event=dead_lettered message_id={} lsn={} role={} sqlstate={} class=top-level error={}",

@@ -57,7 +57,7 @@ private:
     void handle_results(const Batch& b, const std::vector<ApplyResult>& results, Lsn commit_lsn);
     void handle_loss(const Batch& b, const PgError& e);
     // Runs a message that needs a top-level statement; false when the session broke.
-    bool run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn);
+    bool run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn, DeliveryRecord* rec);
     // Dead-letters b's single message without running it; false when the session broke.
     bool condemn(const Batch& b, const std::string& sqlstate, const std::string& why);
     void record(const std::vector<DeliveryRecord>& records, bool sync);

@@ -389,7 +389,14 @@ WorkerResult DatabaseWorker::session()
 
     open_control();
     stream_.connect(cfg_.conninfo, dbname_);
-    check_failover();
+    try {
+        check_failover();
+    } catch (const PgError& e) {
+        if (e.connection_lost)
+            throw;
+        // A check that cannot run must not keep the database from being applied.
+        spdlog::error("{} event=failover_check_failed error={}", log_, logq(e.what()));
+    }
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
         progress_.reset(slot_confirmed_);

@@ -678,7 +678,7 @@ static Datum unapplied_body(FunctionCallInfo fcinfo)
     v[0] = PG_GETARG_DATUM(0);
     if (SPI_execute_plan(plan, v, NULL, true, 0) != SPI_OK_SELECT)
         elog(ERROR, "could not read atx.applied");
-    InitMaterializedSRF(fcinfo, 0);
+    InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
     for (uint64 r = 0; r < SPI_processed; r++) {
         bool isnull;
         Datum d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);

@@ -163,7 +163,7 @@ check_eq "... each level once" "0-16|17" "$(q -c "SELECT min(depth) || '-' || ma
 out=$(q -c "SELECT state || '|' || ms || '|' || msg FROM try_exec('SELECT nest(17)')")
 check "17 levels: 54001 (too deep)" grep -Eq "^(54001)\|" <<<"$out"
 check_eq "atx_log inside an atx_exec statement is fine" 1 \
-    "$(q -c "SELECT atx_exec('SELECT atx_log(''INSERT INTO t(v) VALUES (nested log)'')')->>'rows'")"
+    "$(q -c "SELECT atx_exec('SELECT atx_log(''INSERT INTO t(v) VALUES (''''nested log'''')'')')->>'rows'")"
 check "... and applied" wait_for 10 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM t WHERE v = 'nested log'\") = 1 ]"
 
 # 7b. Concurrent waiters: each gets its own outcome (4 sessions x 50 calls, results checked).
