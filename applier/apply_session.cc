@@ -33,10 +33,13 @@ std::string iso_utc(int64_t unix_us)
 }
 
 // Server notices (a user statement's RAISE NOTICE, a WARNING) in our log: escaped, bounded.
-void on_notice(void*, const PGresult* r)
+void on_notice(void* arg, const PGresult* r)
 {
     const char* sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
     const char* msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    if (state)
+        static_cast<ApplySession*>(arg)->note_shutdown_sqlstate(state);
     std::string text = msg ? msg : "";
     if (text.size() > 512)
         text = text.substr(0, 512) + "...";
@@ -91,20 +94,30 @@ std::string pg_array_literal(const std::vector<std::optional<std::string>>& item
     return s + "}";
 }
 
-void ApplySession::connect(const std::string& base_conninfo, const std::string& dbname, const SessionSettings& s)
+void ApplySession::connect(const std::string& base_conninfo, const std::string& dbname, const SessionSettings& s,
+                           const std::string& name)
 {
     close();
     settings_ = s;
-    conn_.connect(base_conninfo, {{"dbname", dbname}, {"application_name", "atx-applier apply"}});
-    PQsetNoticeReceiver(conn_.get(), on_notice, nullptr);
+    conn_.connect(base_conninfo, {{"dbname", dbname}, {"application_name", "atx-applier apply " + name}});
+    told_shutdown_ = false;
+    PQsetNoticeReceiver(conn_.get(), on_notice, this);
     // statement_timeout 0: apply_batch limits each message itself (a batch may hold many).
-    conn_.exec("SELECT pg_catalog.set_config('synchronous_commit', $1, false), "
-               "pg_catalog.set_config('lock_timeout', $2, false), "
-               "pg_catalog.set_config('statement_timeout', '0', false), "
-               "pg_catalog.set_config('client_min_messages', 'warning', false)",
-               {std::string(s.synchronous_commit ? "on" : "off"), std::to_string(s.lock_timeout_ms)});
+    PgResult r = conn_.exec("SELECT pg_catalog.set_config('synchronous_commit', $1, false), "
+                            "pg_catalog.set_config('lock_timeout', $2, false), "
+                            "pg_catalog.set_config('statement_timeout', '0', false), "
+                            "pg_catalog.set_config('client_min_messages', 'warning', false), " +
+                                std::string(kServerGenerationSql),
+                            {std::string(s.synchronous_commit ? "on" : "off"), std::to_string(s.lock_timeout_ms)});
+    server_start_ = field(r.get(), 0, 4).value_or("");
     std::lock_guard<std::mutex> lock(cancel_mu_);
     cancel_ = PQgetCancel(conn_.get());
+}
+
+void ApplySession::note_shutdown_sqlstate(const std::string& sqlstate)
+{
+    if (sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03")
+        told_shutdown_ = true;
 }
 
 void ApplySession::close()

@@ -40,10 +40,18 @@ struct SessionSettings {
     bool wake_at_commit = true;  // atx_exec callers are woken by the commit itself
 };
 
+// Changes when the server restarts, also by crash recovery (the postmaster keeps its start
+// time then, but recovery discards the statistics, which resets pg_stat_wal.stats_reset).
+inline constexpr const char* kServerGenerationSql =
+    "pg_catalog.pg_postmaster_start_time()::pg_catalog.text OPERATOR(pg_catalog.||) ' ' OPERATOR(pg_catalog.||) "
+    "COALESCE((SELECT stats_reset::pg_catalog.text FROM pg_catalog.pg_stat_wal), '')";
+
 class ApplySession {
 public:
-    // Connects with application_name 'atx-applier apply' and applies the settings.
-    void connect(const std::string& base_conninfo, const std::string& dbname, const SessionSettings& s);
+    // Connects with application_name 'atx-applier apply <name>' (operators and tests find a
+    // session's backend by it) and applies the settings.
+    void connect(const std::string& base_conninfo, const std::string& dbname, const SessionSettings& s,
+                 const std::string& name);
     void close();
     bool connected() const { return conn_.connected(); }
     PgConn& conn() { return conn_; }
@@ -64,9 +72,21 @@ public:
     // Thread-safe: cancels the statement in progress (shutdown after a grace period).
     void request_cancel();
 
+    // Why a connection went: did the server say it was shutting this session down (57P01
+    // pg_terminate_backend or a shutdown, 57P02 another process crashed, 57P03) before it
+    // closed? Set by the notice or error that said so; cleared by connect().
+    bool told_shutdown() const { return told_shutdown_; }
+    void note_shutdown_sqlstate(const std::string& sqlstate);
+    // The server's generation when this session connected (kServerGenerationSql): a different
+    // one after a reconnect means the server restarted (a backend that dies abruptly makes the
+    // postmaster restart every process and run crash recovery).
+    const std::string& server_start() const { return server_start_; }
+
 private:
     PgConn conn_;
     SessionSettings settings_;
+    bool told_shutdown_ = false;
+    std::string server_start_;
     std::mutex cancel_mu_;
     PGcancel* cancel_ = nullptr;
 };

@@ -92,10 +92,12 @@ void ApplyWorker::run()
     while (!stop_) {
         if (!session_.connected()) {
             try {
-                session_.connect(ctx_.cfg.conninfo, ctx_.dbname, ctx_.settings);
+                session_.connect(ctx_.cfg.conninfo, ctx_.dbname, ctx_.settings,
+                                 (kind_ == WorkerKind::Nested ? "nested-" : "") + std::to_string(number_));
                 backoff = kReconnectMin;
                 spdlog::debug("{} event=apply_session_connected worker={}{}", ctx_.log,
                               kind_ == WorkerKind::Nested ? "nested-" : "", number_);
+                ctx_.dispatcher.settle(session_.server_start());
             } catch (const PgError& e) {
                 spdlog::warn("{} event=apply_session_connect_failed worker={} error={} retry_in_ms={}", ctx_.log,
                              number_, logq(e.what()), backoff.count());
@@ -257,13 +259,25 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
 
 void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
 {
+    session_.note_shutdown_sqlstate(e.sqlstate);
+    const bool told = session_.told_shutdown();
+    const std::string server_start = session_.server_start();
     session_.close();
     ++ctx_.metrics.backend_losses;
-    ctx_.dispatcher.lost(b);
-    spdlog::warn("{} event=apply_session_lost worker={} messages={} suspect_run={} error={} action=\"{}\"", ctx_.log,
-                 number_, b.items.size(), b.suspect, logq(bounded(e.what())),
-                 b.suspect ? "counted against the message that ran alone"
+    if (told) {
+        // pg_terminate_backend, a shutdown, or another process's crash: not this batch's doing.
+        spdlog::warn("{} event=apply_session_lost worker={} messages={} cause=shutdown error={} "
+                     "action=\"back to their lanes\"",
+                     ctx_.log, number_, b.items.size(), logq(bounded(e.what())));
+        ctx_.dispatcher.release(b, std::chrono::steady_clock::now());
+        return;
+    }
+    spdlog::warn("{} event=apply_session_lost worker={} messages={} suspect_run={} cause=unexplained error={} "
+                 "action=\"back to their lanes; if a reconnect finds the server restarted, {}\"",
+                 ctx_.log, number_, b.items.size(), b.suspect, logq(bounded(e.what())),
+                 b.suspect ? "it counts against the message that ran alone"
                            : "its messages become suspects and run alone, one at a time");
+    ctx_.dispatcher.lost_unexplained(b, server_start);
 }
 
 bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn, DeliveryRecord* rec)

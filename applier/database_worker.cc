@@ -173,6 +173,9 @@ void DatabaseWorker::open_control()
     control_.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier control"}});
     if (control_.scalar("SELECT pg_catalog.pg_is_in_recovery()::text").value_or("") == "true")
         throw PgError("the server is a standby (in recovery): waiting for a primary", "25006", true);
+    // Apply connections that went without a word before the stream starts again: did the
+    // server restart meanwhile (a backend died)?
+    dispatcher_.settle(control_.scalar(std::string("SELECT ") + kServerGenerationSql).value_or(""));
     const auto oid = control_.scalar("SELECT oid::text FROM pg_catalog.pg_database "
                                      "WHERE datname OPERATOR(pg_catalog.=) pg_catalog.current_database()");
     if (!oid)

@@ -188,17 +188,56 @@ void Dispatcher::release_after(const Batch& b, size_t n, Clock::time_point when)
     give_back(b, std::min(n, b.items.size()), when);
 }
 
+// Caller holds the lock.
+void Dispatcher::suspect_locked(const std::vector<Id>& ids, bool alone, uint32_t losses)
+{
+    if (alone && !ids.empty()) {
+        uint32_t& n = suspicion_[ids[0]].losses;
+        n = std::max(n, losses) + 1;
+    } else {
+        for (const auto& id : ids)
+            suspicion_.emplace(id, Suspicion{});
+    }
+}
+
+static std::vector<Id> ids_of(const Batch& b)
+{
+    std::vector<Id> ids;
+    ids.reserve(b.items.size());
+    for (const auto& p : b.items)
+        ids.push_back(p.id);
+    return ids;
+}
+
 void Dispatcher::lost(const Batch& b)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    if (b.suspect && !b.items.empty()) {
-        uint32_t& losses = suspicion_[b.items[0].id].losses;
-        losses = std::max(losses, b.items[0].losses) + 1;
-    } else {
-        for (const auto& p : b.items)
-            suspicion_.emplace(p.id, Suspicion{});
-    }
+    suspect_locked(ids_of(b), b.suspect, b.items.empty() ? 0 : b.items[0].losses);
     give_back(b, 0, Clock::time_point{});  // picks the suspicion up again
+}
+
+void Dispatcher::lost_unexplained(const Batch& b, const std::string& server_start)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    unexplained_.push_back(
+        Unexplained{ids_of(b), b.suspect, b.items.empty() ? 0 : b.items[0].losses, server_start});
+    give_back(b, 0, Clock::time_point{});
+}
+
+void Dispatcher::settle(const std::string& server_start)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& u : unexplained_)
+        if (u.server_start != server_start)
+            suspect_locked(u.ids, u.suspect, u.losses);
+    unexplained_.clear();
+    // Messages already back in their lanes learn it now.
+    for (auto& [id, l] : lanes_)
+        for (auto& p : l.q)
+            if (auto s = suspicion_.find(p.id); s != suspicion_.end()) {
+                p.suspect = true;
+                p.losses = s->second.losses;
+            }
 }
 
 void Dispatcher::clear()

@@ -14,6 +14,7 @@
 // runs, every message of that batch becomes a suspect. Suspects run alone, one at a time per
 // database; a loss while a suspect runs alone counts against it, and the caller dead-letters it
 // once it reaches the limit. Suspicion survives clear() (a server crash ends the stream too).
+// A connection that simply went is only counted once a reconnect shows the server restarted.
 #pragma once
 
 #include <chrono>
@@ -94,6 +95,13 @@ public:
     // worker dead-letters it instead of running it once it has enough); the messages of any
     // other batch become suspects. Everything goes back to its lane.
     void lost(const Batch& b);
+    // b's connection went without the server saying why (see ApplySession::told_shutdown): a
+    // backend that died (killed, crashed, out of memory) restarts the server, a network drop
+    // does not. b goes back to its lane now; which of the two it was is settled later.
+    void lost_unexplained(const Batch& b, const std::string& server_start);
+    // A session connected to the server that started at server_start: an unexplained loss
+    // under another start counts as lost(); the others are forgotten.
+    void settle(const std::string& server_start);
 
     // A new stream: drop every lane (suspicion is kept).
     void clear();
@@ -118,6 +126,13 @@ private:
     struct Suspicion {
         uint32_t losses = 0;
     };
+    struct Unexplained {
+        std::vector<Id> ids;
+        bool suspect = false;  // ids[0] ran alone
+        uint32_t losses = 0;   // of ids[0] before this one
+        std::string server_start;
+    };
+    void suspect_locked(const std::vector<Id>& ids, bool alone, uint32_t losses);
 
     bool eligible(const Lane& l, WorkerKind kind) const;
     void requeue(const Id& lane_id, Lane& l);
@@ -132,6 +147,7 @@ private:
     std::multimap<Clock::time_point, Id> delayed_;  // lanes waiting for a retry time
     std::map<uint32_t, size_t> role_busy_;          // regular workers per role
     std::unordered_map<Id, Suspicion, IdHash> suspicion_;
+    std::vector<Unexplained> unexplained_;
     bool suspect_running_ = false;
     size_t in_flight_ = 0;
     bool stopped_ = false;

@@ -29,11 +29,34 @@ static Datum uuid_datum(const uint8 id[16])
     return UUIDPGetDatum(u);
 }
 
+// s made valid in the database encoding: a byte that starts no valid character becomes '?'.
+// (Error texts may quote bytes of a payload that did not authenticate.)
+static const char* valid_text(const char* s, int len)
+{
+    int enc = GetDatabaseEncoding();
+    StringInfoData out;
+    if (pg_verifymbstr(s, len, true))
+        return s;
+    initStringInfo(&out);
+    for (int i = 0; i < len;) {
+        int l = pg_encoding_verifymbchar(enc, s + i, len - i);
+        if (l <= 0) {
+            appendStringInfoChar(&out, '?');
+            i++;
+        } else {
+            appendBinaryStringInfo(&out, s + i, l);
+            i += l;
+        }
+    }
+    return out.data;
+}
+
 const char* atx_bounded_text(const char* s, int max)
 {
     int len;
     if (s == NULL)
         return NULL;
+    s = valid_text(s, (int)strlen(s));
     len = (int)strlen(s);
     if (len <= max)
         return s;
@@ -93,10 +116,10 @@ void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome)
     }
 }
 
-void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
-                        const char** outcomes)
+static void record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses, const char** outcomes,
+                   bool replace)
 {
-    static SPIPlanPtr plan = NULL;
+    static SPIPlanPtr insert_plan = NULL, upsert_plan = NULL;
     Oid types[4] = {UUIDARRAYOID, PG_LSNARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
     Datum values[4];
     Datum* l;
@@ -105,16 +128,25 @@ void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const c
     bool* ocnull;
     int dims[1] = {n};
     int lbs[1] = {1};
+    SPIPlanPtr plan;
 
+#define ATX_RECORD_INSERT                                                                                      \
+    "INSERT INTO atx.applied (message_id, lsn, status, outcome) "                                              \
+    "SELECT i, l, s, o::pg_catalog.jsonb FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "       \
+    "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(i, l, s, o) "
     if (n == 0)
         return;
-    keep(&plan,
-         "INSERT INTO atx.applied (message_id, lsn, status, outcome) "
-         "SELECT i, l, s, o::pg_catalog.jsonb FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "
-         "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(i, l, s, o) "
-         "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, "
-         "handled_at = excluded.handled_at",
-         4, types);
+    if (replace) {
+        keep(&upsert_plan,
+             ATX_RECORD_INSERT "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, "
+                               "outcome = excluded.outcome, handled_at = excluded.handled_at",
+             4, types);
+        plan = upsert_plan;
+    } else {
+        keep(&insert_plan, ATX_RECORD_INSERT, 4, types);
+        plan = insert_plan;
+    }
+#undef ATX_RECORD_INSERT
     l = (Datum*)palloc(sizeof(Datum) * n);
     st = (Datum*)palloc(sizeof(Datum) * n);
     oc = (Datum*)palloc(sizeof(Datum) * n);
@@ -131,6 +163,18 @@ void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const c
     values[3] = PointerGetDatum(construct_md_array(oc, ocnull, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
     if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
         elog(ERROR, "could not record handled messages in atx.applied");
+}
+
+void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
+                        const char** outcomes)
+{
+    record(n, ids, lsns, statuses, outcomes, false);
+}
+
+void atx_applied_update(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
+                        const char** outcomes)
+{
+    record(n, ids, lsns, statuses, outcomes, true);
 }
 
 void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* payload, size_t len, int sqlerrcode,

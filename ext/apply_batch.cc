@@ -20,6 +20,7 @@
 #include "hmac_key.h"
 #include "message.h"
 #include "message_json.h"
+#include "name_id.h"
 #include "pg_guard.h"
 #include "slot_check.h"
 #include "wal_message.h"
@@ -54,23 +55,41 @@ static void check_caller(void)
 }
 
 // Our own queries resolve names in pg_catalog only (they are qualified as well).
-static int enter(void)
-{
+// SPI_connect makes the SPI procedure context current and SPI_finish deletes it: whatever the
+// function returns (a tuple, a bytea, tuplestore rows) is made in the caller's context or copied
+// into a tuplestore before leave().
+struct Entry {
     int nest;
+    MemoryContext caller;
+};
+
+static Entry enter(void)
+{
+    Entry e;
     check_caller();
-    nest = NewGUCNestLevel();
+    e.caller = CurrentMemoryContext;
+    e.nest = NewGUCNestLevel();
     (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
                             0, false);
     if (SPI_connect() != SPI_OK_CONNECT)
         elog(ERROR, "SPI_connect failed");
-    return nest;
+    return e;
 }
 
-static void leave(int nest)
+static void leave(const Entry& e)
 {
     if (SPI_finish() != SPI_OK_FINISH)
         elog(ERROR, "SPI_finish failed");
-    AtEOXact_GUC(true, nest);
+    AtEOXact_GUC(true, e.nest);
+}
+
+// A row of the caller's result type, made in the caller's context (survives leave()).
+static Datum result_row(const Entry& e, TupleDesc tupdesc, Datum* v, bool* nulls)
+{
+    MemoryContext old = MemoryContextSwitchTo(e.caller);
+    Datum d = HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), v, nulls));
+    MemoryContextSwitchTo(old);
+    return d;
 }
 
 static Datum uuid_datum(const uint8 id[16])
@@ -103,7 +122,7 @@ struct BatchItem {
     char* payload;
     size_t len;
     AtxMessageC m;
-    bool decoded;
+    bool authenticated;  // decoded and its HMAC verified: its fields may be trusted and shown
 };
 
 static void item_done(BatchItem* it, const char* status)
@@ -123,6 +142,17 @@ static void item_failed(BatchItem* it, const char* status, int code, const char*
 // Reads, decodes and authenticates the message at it->lsn. A record that is not an atx_log
 // message is "rejected" (there is nothing to dead-letter); a message of ours that cannot run
 // (malformed, bad MAC, role gone) is dead-lettered.
+// A payload that does not authenticate is recorded (and dead-lettered) under an id of its
+// position, never under the id it claims: that id may be a genuine message's.
+static void unauthenticated_id(BatchItem* it)
+{
+    uint8 lsn[8];
+    for (int i = 0; i < 8; i++)
+        lsn[i] = (uint8)(it->lsn >> (56 - 8 * i));
+    atx_name_id("pg_atx unauthenticated", lsn, sizeof lsn, it->id);
+    it->have_id = true;
+}
+
 static void load(BatchItem* it, int* dead_code, const char** dead_error)
 {
     char* why = NULL;
@@ -145,17 +175,20 @@ static void load(BatchItem* it, int* dead_code, const char** dead_error)
             item_failed(it, "rejected", err.sqlerrcode, pstrdup(err.message), "permanent");
             return;
         }
+        unauthenticated_id(it);
         *dead_code = err.sqlerrcode;
         *dead_error = pstrdup(err.message);
         return;
     }
-    it->decoded = true;
     atx_hmac_sha256(it->m.body, it->m.body_len, mac);
     if (!atx_mac_equal(mac, (const uint8*)it->m.mac)) {
+        unauthenticated_id(it);
+        memcpy(it->m.id, it->id, 16);
         *dead_code = ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
         *dead_error = "pg_atx message authentication failed: HMAC mismatch (the key file was replaced?)";
         return;
     }
+    it->authenticated = true;
     // A dropped role is an error, never a fallback to another role.
     if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(it->m.role_oid))) {
         *dead_code = ERRCODE_UNDEFINED_OBJECT;
@@ -165,11 +198,13 @@ static void load(BatchItem* it, int* dead_code, const char** dead_error)
     }
 }
 
-// A minimal message for the dead letter of a payload that did not decode.
+// What the dead letter shows of a message: all of it when it authenticated; otherwise only its
+// id of position (its text fields may be anything, not even valid in the database encoding;
+// the raw payload is kept, for atx.decode()).
 static const AtxMessageC* dead_letter_view(BatchItem* it)
 {
     static AtxMessageC empty;
-    if (it->decoded)
+    if (it->authenticated)
         return &it->m;
     memset(&empty, 0, sizeof empty);
     memcpy(empty.id, it->id, 16);
@@ -315,6 +350,17 @@ static bool apply_items(const BatchArgs* a, BatchItem* items)
             memcpy(ids[i], it->id, 16);
     }
     atx_applied_lookup(a->n, ids, found, stored);
+    // The same id twice in one batch (a payload written again at another position): the
+    // first one decides, the others are handled before.
+    for (int i = 1; i < a->n; i++) {
+        if (!items[i].have_id || found[i])
+            continue;
+        for (int j = 0; j < i; j++)
+            if (items[j].have_id && memcmp(ids[j], ids[i], 16) == 0) {
+                found[i] = (char*)"applied";
+                break;
+            }
+    }
 
     // Pass 2: in order. A message that must be retried, or run at top level, ends the batch:
     // the messages after it are of the same caller and must wait for it.
@@ -336,8 +382,9 @@ static bool apply_items(const BatchArgs* a, BatchItem* items)
         }
         if (it->have_id && found[i] && strcmp(found[i], "started") == 0) {
             // A non-atomic run began and never finished: it may have committed part of its work.
-            atx_dead_letter_write(&it->m, it->lsn, it->payload, it->len, ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN,
-                                  kInDoubt, NULL, kInDoubtHint, it->attempts, it->first_failed);
+            atx_dead_letter_write(dead_letter_view(it), it->lsn, it->payload, it->len,
+                                  ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN, kInDoubt, NULL, kInDoubtHint, it->attempts,
+                                  it->first_failed);
             item_failed(it, "dead", ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN, kInDoubt, "in doubt");
             memcpy(rec_id[nrec], it->id, 16);
             rec_lsn[nrec] = it->lsn;
@@ -419,17 +466,14 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
     ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
     BatchArgs a;
     BatchItem* items;
-    int nest;
     bool waiters;
 
-    nest = enter();
+    InitMaterializedSRF(fcinfo, 0);
+    Entry e = enter();
     atx_exec_note_apply_backend();
     read_args(fcinfo, &a);
     items = (BatchItem*)palloc0(sizeof(BatchItem) * (a.n + 1));
     waiters = apply_items(&a, items);
-    leave(nest);
-
-    InitMaterializedSRF(fcinfo, 0);
     for (int i = 0; i < a.n; i++) {
         BatchItem* it = &items[i];
         Datum v[8];
@@ -460,6 +504,7 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
         }
         tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
     }
+    leave(e);
     // Whoever waits is woken only once this commit is durable (on this server and, when
     // configured, on the synchronous standbys): the commit of this transaction is synchronous.
     if (waiters)
@@ -475,10 +520,11 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
 static Datum apply_one_body(FunctionCallInfo fcinfo)
 {
     BatchItem it;
-    int nest, dead_code;
+    int dead_code;
     const char* dead_error;
     AtxOutcome r;
     TupleDesc tupdesc;
+    Datum row;
     Datum v[4];
     bool nulls[4];
     char* found = NULL;
@@ -490,7 +536,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("lsn must not be NULL")));
     if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
-    nest = enter();
+    Entry e = enter();
     memset(&it, 0, sizeof it);
     it.lsn = PG_GETARG_LSN(0);
     horizon = atx_applied_horizon();
@@ -520,7 +566,6 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
         const char* status = r.status;
         atx_applied_record(1, ids, &it.lsn, &status, (const char**)&stored);
     }
-    leave(nest);
 
     memset(nulls, true, sizeof nulls);
     v[0] = uuid_datum(it.id);
@@ -532,7 +577,9 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
         v[3] = Int64GetDatum(r.rows);
         nulls[2] = nulls[3] = false;
     }
-    PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), v, nulls)));
+    row = result_row(e, tupdesc, v, nulls);
+    leave(e);
+    PG_RETURN_DATUM(row);
 }
 
 // --- atx.dead_letter_message: the applier's own verdicts -------------------------------------------
@@ -543,7 +590,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
 static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
 {
     BatchItem it;
-    int nest, dead_code;
+    int dead_code;
     const char* dead_error;
     char* found = NULL;
     char* stored = NULL;
@@ -562,7 +609,7 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
     if (strlen(sqlstate) != 5)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("invalid SQLSTATE \"%s\"", sqlstate)));
     code = MAKE_SQLSTATE(sqlstate[0], sqlstate[1], sqlstate[2], sqlstate[3], sqlstate[4]);
-    nest = enter();
+    Entry e = enter();
     memset(&it, 0, sizeof it);
     it.lsn = PG_GETARG_LSN(0);
     load(&it, &dead_code, &dead_error);
@@ -571,13 +618,13 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
     memcpy(ids[0], it.id, 16);
     atx_applied_lookup(1, ids, &found, &stored);
     if (found && strcmp(found, "started") != 0) {  // handled; a started one is in doubt: dead-lettered
-        leave(nest);
+        leave(e);
         PG_RETURN_NULL();
     }
     atx_dead_letter_write(dead_letter_view(&it), it.lsn, it.payload, it.len, code,
                           text_to_cstring(PG_GETARG_TEXT_PP(2)), NULL, NULL, PG_GETARG_INT32(3),
                           PG_GETARG_TIMESTAMPTZ(4));
-    if (it.decoded && it.m.waited) {
+    if (it.authenticated && it.m.waited) {
         memset(&r, 0, sizeof r);
         r.status = "failed";
         r.sqlerrcode = code;
@@ -586,9 +633,12 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
         outcome = atx_exec_outcome_json(&eo);
         atx_exec_queue_outcome(&eo);
     }
-    atx_applied_record(1, ids, &it.lsn, &status, &outcome);
-    leave(nest);
-    PG_RETURN_DATUM(uuid_datum(it.id));
+    if (found)  // 'started'
+        atx_applied_update(1, ids, &it.lsn, &status, &outcome);
+    else
+        atx_applied_record(1, ids, &it.lsn, &status, &outcome);
+    leave(e);
+    PG_RETURN_DATUM(uuid_datum(it.id));  // it.id is on the stack
 }
 
 // --- atx.wake: publish outcomes whose commits the applier now knows to be durable -------------
@@ -598,12 +648,12 @@ static Datum wake_body(FunctionCallInfo fcinfo)
     ArrayType* arr = PG_GETARG_ARRAYTYPE_P(0);
     Datum* d;
     bool* nulls;
-    int n, nest, woken = 0;
+    int n, woken = 0;
     uint8(*ids)[16];
     char** found;
     char** stored;
 
-    nest = enter();
+    Entry e = enter();
     deconstruct_array(arr, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR, &d, &nulls, &n);
     ids = (uint8(*)[16])palloc0(16 * (n + 1));
     found = (char**)palloc0(sizeof(char*) * (n + 1));
@@ -617,7 +667,7 @@ static Datum wake_body(FunctionCallInfo fcinfo)
             publish_stored(ids[i], stored[i]);
             woken++;
         }
-    leave(nest);
+    leave(e);
     PG_RETURN_INT32(woken);
 }
 
@@ -632,10 +682,10 @@ static Datum prune_body(FunctionCallInfo fcinfo)
     Oid types[1] = {PG_LSNOID};
     Datum v[1];
     XLogRecPtr confirmed;
-    int nest = enter();
+    Entry e = enter();
 
     if (!atx_slot_confirmed_flush(MyDatabaseId, &confirmed) || confirmed == InvalidXLogRecPtr) {
-        leave(nest);
+        leave(e);
         PG_RETURN_NULL();
     }
     if (plan == NULL) {
@@ -650,7 +700,7 @@ static Datum prune_body(FunctionCallInfo fcinfo)
     v[0] = LSNGetDatum(confirmed);
     if (SPI_execute_plan(plan, v, NULL, false, 0) < 0)
         elog(ERROR, "could not prune atx.applied");
-    leave(nest);
+    leave(e);
     PG_RETURN_LSN(confirmed);
 }
 
@@ -661,10 +711,10 @@ static Datum unapplied_body(FunctionCallInfo fcinfo)
     static SPIPlanPtr plan = NULL;
     Oid types[1] = {PG_LSNARRAYOID};
     Datum v[1];
-    int nest;
     ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
 
-    nest = enter();
+    InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+    Entry e = enter();
     if (plan == NULL) {
         SPIPlanPtr p = SPI_prepare(
             "SELECT l FROM pg_catalog.unnest($1) l "
@@ -678,13 +728,12 @@ static Datum unapplied_body(FunctionCallInfo fcinfo)
     v[0] = PG_GETARG_DATUM(0);
     if (SPI_execute_plan(plan, v, NULL, true, 0) != SPI_OK_SELECT)
         elog(ERROR, "could not read atx.applied");
-    InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
     for (uint64 r = 0; r < SPI_processed; r++) {
         bool isnull;
         Datum d = SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull);
         tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
     }
-    leave(nest);
+    leave(e);
     return (Datum)0;
 }
 
@@ -695,14 +744,14 @@ static Datum message_at_body(FunctionCallInfo fcinfo)
     char *payload, *why;
     size_t len;
     bytea* out;
-    int nest = enter();
+    Entry e = enter();
 
     if (!atx_read_wal_message(PG_GETARG_LSN(0), &payload, &len, &why))
         ereport(ERROR, (errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION), errmsg("%s", why)));
-    leave(nest);
-    out = (bytea*)palloc(VARHDRSZ + len);
+    out = (bytea*)MemoryContextAlloc(e.caller, VARHDRSZ + len);
     SET_VARSIZE(out, VARHDRSZ + len);
     memcpy(VARDATA(out), payload, len);
+    leave(e);
     PG_RETURN_BYTEA_P(out);
 }
 
@@ -748,7 +797,7 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
     Oid t1[1] = {INT8OID};
     Oid t3[3] = {INT8OID, TEXTOID, TEXTOID};
     Datum v[3];
-    int nest;
+    Datum row;
     bytea* payload;
     XLogRecPtr lsn;
     bool isnull;
@@ -764,7 +813,7 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
 
     if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
-    nest = enter();
+    Entry e = enter();
     if (sel == NULL) {
         SPIPlanPtr p = SPI_prepare("SELECT payload, source_lsn FROM atx.dead_letter "
                                    "WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
@@ -782,7 +831,7 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
     }
     v[0] = PG_GETARG_DATUM(0);
     if (SPI_execute_plan(sel, v, NULL, false, 1) != SPI_OK_SELECT || SPI_processed == 0) {
-        leave(nest);
+        leave(e);
         out[1] = CStringGetTextDatum("gone");
         PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), out, onulls)));
     }
@@ -818,10 +867,12 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
         const char* no_outcome = NULL;
         memcpy(ids[0], m.id, 16);
         status = r.status;
-        atx_applied_record(1, ids, &lsn, &status, &no_outcome);
+        atx_applied_update(1, ids, &lsn, &status, &no_outcome);  // it said 'dead'
+
     }
-    leave(nest);
-    PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), out, onulls)));
+    row = result_row(e, tupdesc, out, onulls);
+    leave(e);
+    PG_RETURN_DATUM(row);
 }
 
 ATX_ENTRY(atx_apply_batch, apply_batch_body)

@@ -4,6 +4,7 @@
 // Plain C style (no C++ objects with destructors) because nearly every line calls
 // PostgreSQL; the codec runs behind the noexcept bridge (codec_bridge.h).
 #include "emit.h"
+#include "name_id.h"
 
 #include "codec_bridge.h"
 #include "current_message.h"
@@ -15,7 +16,6 @@
 #include "validate.h"
 
 extern "C" {
-#include "common/cryptohash.h"
 #include "replication/syncrep.h"
 #include "replication/walsender.h"
 #include "replication/walsender_private.h"
@@ -124,18 +124,11 @@ static void session_lane(uint8 lane[16])
 // (a retry, a re-delivery after a crash), so that atx.applied lets it through only once.
 static void derived_id(const uint8 parent[16], uint32 n, uint8 out[16])
 {
-    pg_cryptohash_ctx* ctx = pg_cryptohash_create(PG_SHA256);
-    uint8 digest[32];
-    uint8 nb[4] = {(uint8)(n >> 24), (uint8)(n >> 16), (uint8)(n >> 8), (uint8)n};
-
-    if (ctx == NULL || pg_cryptohash_init(ctx) < 0 || pg_cryptohash_update(ctx, (const uint8*)"pg_atx nested", 13) < 0 ||
-        pg_cryptohash_update(ctx, parent, 16) < 0 || pg_cryptohash_update(ctx, nb, 4) < 0 ||
-        pg_cryptohash_final(ctx, digest, sizeof digest) < 0)
-        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not derive a nested message id")));
-    pg_cryptohash_free(ctx);
-    memcpy(out, digest, 16);
-    out[6] = (out[6] & 0x0f) | 0x50;  // UUID version 5 (name-based, SHA)
-    out[8] = (out[8] & 0x3f) | 0x80;  // RFC 4122 variant
+    uint8 name[20];
+    memcpy(name, parent, 16);
+    for (int i = 0; i < 4; i++)
+        name[16 + i] = (uint8)(n >> (24 - 8 * i));
+    atx_name_id("pg_atx nested", name, sizeof name, out);
 }
 
 void atx_build_message(FunctionCallInfo fcinfo, int stmt_arg, bool keyed, bool waited, const char* fname,

@@ -142,12 +142,104 @@ const char* atx_failure_name(AtxFailure f)
 
 // --- session hygiene ----------------------------------------------------------------------------
 
+// The cursors (portals) that were open before the first message of this transaction: not the
+// messages' business, never dropped. In the applier there are none (apply_batch runs as a
+// top-level query, whose portal is invisible); an operator's atx.apply() or a test may run
+// inside a cursor loop or next to open cursors.
+static bool portals_known = false;
+static List* portals_before = NIL;  // names, in TopTransactionContext
+
+static void forget_portals(XactEvent event, void*)
+{
+    if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_COMMIT ||
+        event == XACT_EVENT_PARALLEL_ABORT || event == XACT_EVENT_PREPARE) {
+        portals_known = false;
+        portals_before = NIL;
+    }
+}
+
+// Names of the visible portals (pg_cursors lists every cursor: DECLARE, SPI, PL/pgSQL).
+static List* portal_names(MemoryContext into)
+{
+    List* names = NIL;
+    if (SPI_connect() != SPI_OK_CONNECT)
+        elog(ERROR, "SPI_connect failed");
+    if (SPI_execute("SELECT name FROM pg_catalog.pg_cursors", true, 0) != SPI_OK_SELECT)
+        elog(ERROR, "could not list the open cursors");
+    for (uint64 i = 0; i < SPI_processed; i++) {
+        char* name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+        MemoryContext old = MemoryContextSwitchTo(into);
+        names = lappend(names, pstrdup(name));
+        MemoryContextSwitchTo(old);
+    }
+    SPI_finish();
+    return names;
+}
+
+static void note_portals_before(void)
+{
+    static bool registered = false;
+    if (portals_known)
+        return;
+    if (!registered) {
+        RegisterXactCallback(forget_portals, NULL);
+        registered = true;
+    }
+    // The active portal (the query running us; PQexecParams' unnamed portal is visible) is
+    // never dropped anyway: only the others make this the careful case.
+    {
+        List* all = portal_names(TopTransactionContext);
+        ListCell* lc;
+        portals_before = NIL;
+        foreach (lc, all) {
+            Portal p = GetPortalByName((const char*)lfirst(lc));
+            if (PortalIsValid(p) && p->status != PORTAL_ACTIVE) {
+                MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+                portals_before = lappend(portals_before, lfirst(lc));
+                MemoryContextSwitchTo(old);
+            }
+        }
+    }
+    portals_known = true;
+}
+
+static bool listed(List* names, const char* name)
+{
+    ListCell* lc;
+    foreach (lc, names)
+        if (strcmp((const char*)lfirst(lc), name) == 0)
+            return true;
+    return false;
+}
+
+// Drops the cursors a message left open, also WITH HOLD ones (never the active portal).
+static void drop_new_portals(void)
+{
+    ListCell* lc;
+    List* now;
+
+    if (portals_before == NIL) {
+        PortalHashTableDeleteAll();
+        return;
+    }
+    now = portal_names(CurrentMemoryContext);
+    foreach (lc, now) {
+        const char* name = (const char*)lfirst(lc);
+        Portal p;
+        if (listed(portals_before, name))
+            continue;
+        p = GetPortalByName(name);
+        if (PortalIsValid(p) && p->status != PORTAL_ACTIVE && !p->portalPinned)
+            PortalDrop(p, false);
+    }
+}
+
 static void reset_session_state(bool unrestricted)
 {
     float8 seed;
     uint32 r;
 
-    PortalHashTableDeleteAll();           // cursors, also WITH HOLD (never the active portal)
+    drop_new_portals();
     LockReleaseSession(USER_LOCKMETHOD);  // pg_advisory_lock(): pg_advisory_unlock_all()
     ResetSequenceCaches();                // lastval(), currval(), cached values
     if (pg_strong_random(&r, sizeof r)) { // setseed() of one message must not steer another's random()
@@ -311,6 +403,7 @@ void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
 
     memset(out, 0, sizeof *out);
     GetUserIdAndSecContext(&save_userid, &save_sec_context);
+    note_portals_before();
 
     for (;;) {
         AtxCurrentMessage saved = atx_current_message_push(m, false);

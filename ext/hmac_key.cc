@@ -119,18 +119,31 @@ const uint8* atx_hmac_key(void)
 
 void atx_hmac_sha256(const char* data, size_t len, uint8 out[32])
 {
+    // pg_hmac registers its OpenSSL context with the current resource owner, and a walsender
+    // decodes outside any transaction, where there is none: then a long-lived one of our own.
+    static ResourceOwner own_owner = NULL;
+    ResourceOwner saved = CurrentResourceOwner;
     const uint8* key = atx_hmac_key();
-    pg_hmac_ctx* ctx = pg_hmac_create(PG_SHA256);
+    const char* why = NULL;
+    pg_hmac_ctx* ctx;
 
-    if (ctx == NULL)
-        ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
-    if (pg_hmac_init(ctx, key, ATX_KEY_LEN) < 0 || pg_hmac_update(ctx, (const uint8*)data, len) < 0 ||
-        pg_hmac_final(ctx, out, 32) < 0) {
-        const char* why = pstrdup(pg_hmac_error(ctx));
-        pg_hmac_free(ctx);
-        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not compute HMAC-SHA256: %s", why)));
+    if (saved == NULL) {
+        if (own_owner == NULL)
+            own_owner = ResourceOwnerCreate(NULL, "pg_atx hmac");
+        CurrentResourceOwner = own_owner;
     }
+    ctx = pg_hmac_create(PG_SHA256);
+    if (ctx == NULL) {
+        CurrentResourceOwner = saved;
+        ereport(ERROR, (errcode(ERRCODE_OUT_OF_MEMORY), errmsg("out of memory")));
+    }
+    if (pg_hmac_init(ctx, key, ATX_KEY_LEN) < 0 || pg_hmac_update(ctx, (const uint8*)data, len) < 0 ||
+        pg_hmac_final(ctx, out, 32) < 0)
+        why = pstrdup(pg_hmac_error(ctx));
     pg_hmac_free(ctx);
+    CurrentResourceOwner = saved;
+    if (why != NULL)
+        ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not compute HMAC-SHA256: %s", why)));
 }
 
 bool atx_mac_equal(const uint8* a, const uint8* b)

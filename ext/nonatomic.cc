@@ -119,7 +119,8 @@ static void record_final(const AtxMessageC* m, XLogRecPtr lsn, const char* statu
     uint8 ids[1][16];
     const char* outcome = NULL;
     memcpy(ids[0], m->id, 16);
-    atx_applied_record(1, ids, &lsn, &status, &outcome);
+    atx_applied_update(1, ids, &lsn, &status, &outcome);  // it says 'started'
+
 }
 
 // One statement of the message as a top-level statement, the way the server runs a client's
@@ -335,6 +336,8 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
     bool nulls[4] = {false, true, true, true};
     const char* status;
     Oid applier = get_role_oid("atx_applier", true);
+    MemoryContext caller = CurrentMemoryContext;  // SPI_finish below deletes the SPI context
+    HeapTuple row;
 
     for (int i = 0; i < 4; i++)
         if (PG_ARGISNULL(i) && i != 2)
@@ -456,6 +459,7 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
         status = "in doubt";
         break;
     }
+    MemoryContextSwitchTo(caller);
     v[0] = CStringGetTextDatum(status);
     if (sh->sqlerrcode != 0 || sh->state == NA_IN_DOUBT) {
         v[1] = CStringGetTextDatum(unpack_sql_state(sh->sqlerrcode ? sh->sqlerrcode
@@ -467,9 +471,10 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
         v[3] = CStringGetTextDatum(sh->command);
         nulls[3] = false;
     }
+    row = heap_form_tuple(BlessTupleDesc(tupdesc), v, nulls);
     dsm_detach(seg);
     SPI_finish();
-    PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), v, nulls)));
+    PG_RETURN_DATUM(HeapTupleGetDatum(row));
 }
 
 ATX_ENTRY(atx_run_nonatomic, run_nonatomic_body)

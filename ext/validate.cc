@@ -15,6 +15,7 @@
 
 extern "C" {
 #include "catalog/namespace.h"
+#include "catalog/pg_proc.h"
 #include "storage/proc.h"
 #include "common/hashfn.h"
 #include "executor/executor.h"

@@ -120,10 +120,13 @@ ROLLBACK;   -- no orders; three log entries
 --   * a statement that fails as a whole is rolled back alone and dead-lettered in
 --     atx.dead_letter with its SQLSTATE. The caller never sees that error: it may already have
 --     committed or rolled back, and its own work is untouched either way.
--- COMMIT / ROLLBACK statements themselves are not allowed in a message (2D000).
+--   * a statement that cannot work at all (a missing table or function, a type mismatch, a
+--     missing privilege) is refused at the call, where the caller can still handle it.
+-- COMMIT and ROLLBACK inside a message make it run as a top-level statement of its own
+-- (docs/usage.md), like a CALL from a client.
 -------------------------------------------------------------------------------
 CREATE TABLE ex_oracle.stock (item text PRIMARY KEY, qty int NOT NULL);
-CREATE TABLE ex_oracle.reservation (item text, qty int);
+CREATE TABLE ex_oracle.reservation (item text NOT NULL, qty int);
 INSERT INTO ex_oracle.stock VALUES ('widget', 10);
 
 -- The autonomous work (unchanged logic; runs in the applier's subtransaction, as the caller).
@@ -160,8 +163,19 @@ BEGIN;
 INSERT INTO ex_oracle.orders VALUES (4, 'widget', 4);
 CALL ex_oracle.reserve_stock('widget', 4);    -- applied: stock 6, one reservation
 CALL ex_oracle.reserve_stock('widget', 50);   -- its own work rolled back, refusal logged
--- An autonomous statement that fails as a whole: dead-lettered, the caller goes on.
-SELECT atx_log('CALL ex_oracle.reserve_stock_work($1, $2)', 'widget', 'many'::text);
+-- An autonomous statement that fails as a whole when it runs (reservation.item is NOT NULL):
+-- dead-lettered with 23502, the caller goes on.
+CALL ex_oracle.reserve_stock(NULL, 1);
+-- One that cannot work at all is refused at the call already (atx.validate, on by default):
+-- no procedure takes a text quantity.
+DO $$
+BEGIN
+    PERFORM atx_log('CALL ex_oracle.reserve_stock_work($1, $2)', 'widget', 'many'::text);
+    RAISE EXCEPTION 'not refused at the call';
+EXCEPTION WHEN undefined_function THEN
+    RAISE NOTICE 'refused at the call: %', SQLERRM;
+END
+$$;
 INSERT INTO ex_oracle.orders VALUES (5, 'widget', 1);
 COMMIT;
 
@@ -195,8 +209,8 @@ BEGIN
     ASSERT (SELECT string_agg(id::text, ',' ORDER BY id) FROM ex_oracle.orders) = '4,5', 'orders 4 and 5 committed';
     ASSERT (SELECT qty FROM ex_oracle.stock WHERE item = 'widget') = 6, 'stock: only the first reservation';
     ASSERT (SELECT count(*) FROM ex_oracle.reservation) = 1, 'one reservation';
-    ASSERT (SELECT string_agg(sqlstate, ',') FROM ex_oracle.dead_letters) = '42883',
-        'the failing autonomous statement is dead-lettered (no procedure with a text quantity)';
+    ASSERT (SELECT string_agg(sqlstate, ',') FROM ex_oracle.dead_letters) = '23502',
+        'the failing autonomous statement is dead-lettered (NULL item)';
     ASSERT (SELECT bool_and(who = current_user) FROM ex_oracle.app_log), 'logged as the caller';
 END
 $$;

@@ -21,7 +21,7 @@ check_eq "procedure log survives the caller's ROLLBACK" 1 \
     "$(q -c "SELECT count(*) FROM ex_oracle.app_log WHERE action = 'order placed'")"
 check_eq "autonomous block: its own rollback undid only its work" "6|1|reservation refused" \
     "$(q -c "SELECT (SELECT qty FROM ex_oracle.stock), (SELECT count(*) FROM ex_oracle.reservation), (SELECT action FROM ex_oracle.app_log WHERE detail = 'widget')")"
-check_eq "failing autonomous statement dead-lettered, not raised in the caller" "42883|4,5" \
+check_eq "failing autonomous statement dead-lettered, not raised in the caller" "23502|4,5" \
     "$(q -c "SELECT (SELECT string_agg(sqlstate, ',') FROM ex_oracle.dead_letters), (SELECT string_agg(id::text, ',' ORDER BY id) FROM ex_oracle.orders)")"
 
 # (b) pg_background job status: watched from a second session while the batch runs.

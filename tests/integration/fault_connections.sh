@@ -24,18 +24,22 @@ wait_for_slot || not_ok "applier created the slot"
 
 # (a) pg_terminate_backend, alternating walsender / apply session.
 terminate() { # terminate APPLICATION_NAME -> number of backends terminated
-    q -c "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = '$1'"
+    q -c "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE '$1'"
+}
+# The walsender and at least one apply session ('atx-applier apply N') connected.
+both_connected() {
+    q -c "SELECT count(DISTINCT split_part(application_name, ' ', 2)) FROM pg_stat_activity WHERE (application_name = 'atx-applier' OR application_name LIKE 'atx-applier apply %') $1" | grep -qx 2
 }
 callers_start $CALLERS 1 600 0.5
 TERM_WS=0; TERM_APPLY=0
 for k in $(seq 1 10); do
-    wait_for 5 bash -c "[ \$(psql -qAtX -c \"SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name IN ('atx-applier', 'atx-applier apply')\") = 2 ]" ||
+    wait_for 5 both_connected "" ||
         note "terminate $k: applier not connected with its walsender and apply sessions"
     sleep "0.$((RANDOM % 9 + 1))"
     if [ $((k % 2)) = 1 ]; then
         TERM_WS=$((TERM_WS + $(terminate 'atx-applier')))
     else
-        TERM_APPLY=$((TERM_APPLY + $(terminate 'atx-applier apply')))
+        TERM_APPLY=$((TERM_APPLY + $(terminate 'atx-applier apply %')))
     fi
 done
 callers_wait; check "callers finished" test $? = 0
@@ -59,7 +63,7 @@ wait_for 10 bash -c "grep -qs listening '$TEST_DIR/proxy.log'" || not_ok "proxy 
 conninfo() { echo "host=127.0.0.1 port=$PROXY_PORT user=postgres"; }
 applier_start "${ARGS[@]}"
 # The walsender and the apply sessions (the control and monitor connections are there too).
-wait_for 15 bash -c "[ \$(psql -qAtX -c \"SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name IN ('atx-applier', 'atx-applier apply') AND client_addr IS NOT NULL\") = 2 ]"
+wait_for 15 both_connected "AND client_addr IS NOT NULL"
 check "applier connected through the proxy (TCP)" test $? = 0
 callers_start $CALLERS 1001 1700 0.15
 DROPS=0; STALLS=0

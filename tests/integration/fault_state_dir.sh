@@ -87,13 +87,13 @@ wait_for_slot || not_ok "applier running"
 exp_load; wait_drained 60 || note "not drained before the deletion"
 applier_stop
 rm -rf "$STATE"
-q -c "SELECT atx_log_keyed('key-100005', 'INSERT INTO numbers(n) VALUES (\$1)', -1)" >/dev/null   # key applied before the deletion
+dup_id=$(q -c "SELECT atx_log_keyed('key-100005', 'INSERT INTO numbers(n) VALUES (\$1)', -1)")   # key applied before the deletion
 callers_start $CALLERS 401 500 0
 callers_wait || not_ok "callers (after deletion)"
 applier_start "${ARGS[@]}"
 if verify_exact "state dir deleted (clean stop)"; then r=pass; else r=FAIL; fi
 check_eq "re-used key after the deletion applied once (duplicate)" 0 "$(q -c 'SELECT count(*) FROM numbers WHERE n = -1')"
-check "duplicate logged" grep -q "event=duplicate.*key-100005" "$TEST_DIR/applier.log"
+check "duplicate logged" grep -q "event=duplicate message_id=$dup_id" "$TEST_DIR/applier.log"
 check "state dir re-created" test -d "$STATE"
 reliability "state dir deleted while stopped (clean stop)" \
     "applier stopped, RocksDB dir rm -rf; a message re-using an applied key and $CALLERS x 100 new messages emitted; restart" \

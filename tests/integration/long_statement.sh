@@ -15,7 +15,7 @@ locker=$!
 sleep 0.5
 q -c "SELECT atx_log('INSERT INTO locked VALUES (1)')" >/dev/null
 check "apply backend is waiting on the lock" wait_for 5 bash -c \
-    "psql -qAtX -c \"SELECT 1 FROM pg_stat_activity WHERE application_name = 'atx-applier apply' AND wait_event_type = 'Lock'\" | grep -q 1"
+    "psql -qAtX -c \"SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'atx-applier apply%' AND wait_event_type = 'Lock'\" | grep -q 1"
 wait "$locker"
 wait_for 10 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM locked') = 1 ]"
 check_eq "applied once after the lock was released" 1 "$(q -c 'SELECT count(*) FROM locked')"

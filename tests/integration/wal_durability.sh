@@ -12,6 +12,7 @@ peek_text() {
 
 id=$(q <<'SQL' | tail -n 1
 CREATE TABLE employees(id int PRIMARY KEY, name text);
+CREATE TABLE audit_log(msg text, who name);
 BEGIN;
 INSERT INTO employees VALUES (999, 'Test');
 SELECT atx_log('INSERT INTO audit_log(msg, who) VALUES ($1, current_user)', 'tried to add 999'::text);

@@ -75,9 +75,11 @@ atx_test_cluster() {
 
 conninfo() { atx_cluster_conninfo "$TEST_DIR"; }
 
+# The metrics listener picks a free port (the default one may be taken by another applier);
+# a test's own --http-listen comes later and wins.
 applier_start() {
     (trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
-        --state-dir "$TEST_DIR/state" --log-level "${APPLIER_LOG_LEVEL:-info}" "$@" \
+        --state-dir "$TEST_DIR/state" --log-level "${APPLIER_LOG_LEVEL:-info}" --http-listen 127.0.0.1:0 "$@" \
         >>"$TEST_DIR/applier.log" 2>&1) &
     APPLIER_PID=$!
 }

@@ -190,6 +190,38 @@ TEST_CASE("suspicion survives a new stream (the server crashed)", "[dispatcher]"
     CHECK(b->suspect);
 }
 
+TEST_CASE("a connection that simply went counts only if the server restarted", "[dispatcher]")
+{
+    Dispatcher d({10, 4});
+    d.add(msg(1, 1));
+    auto a = d.take(WorkerKind::Regular, milliseconds(0));
+    REQUIRE(a);
+    // A network drop: reconnected to the same server, nothing is counted.
+    d.lost_unexplained(*a, "start-1");
+    CHECK(d.suspects() == 0);
+    d.settle("start-1");
+    auto b = d.take(WorkerKind::Regular, milliseconds(0));
+    REQUIRE(b);
+    CHECK_FALSE(b->suspect);
+    // A dead backend: the server restarted; the message, already back in its lane, is a
+    // suspect, and so is it when the new stream sends it again.
+    d.lost_unexplained(*b, "start-1");
+    d.settle("start-2");
+    CHECK(d.suspects() == 1);
+    auto c = d.take(WorkerKind::Regular, milliseconds(0));
+    REQUIRE(c);
+    CHECK(c->suspect);
+    // Lost while it ran alone, then a new stream: one loss against it.
+    d.lost_unexplained(*c, "start-2");
+    d.clear();
+    d.settle("start-3");
+    d.add(msg(1, 1));
+    auto e = d.take(WorkerKind::Regular, milliseconds(0));
+    REQUIRE(e);
+    CHECK(e->suspect);
+    CHECK(e->items[0].losses == 1);
+}
+
 TEST_CASE("nested atx_exec messages may go to the nested pool, outside the role budget", "[dispatcher]")
 {
     Dispatcher d({10, 1});

@@ -1,6 +1,6 @@
 // The applier's replication stream and message decoding against a real server: a message written
 // by atx_log in a transaction that rolls back arrives over START_REPLICATION as one 'w' frame
-// whose payload decodes to what the caller passed. Needs the extension installed (tools/atx test
+// ('M', the record's start LSN, the payload) whose payload decodes to what the caller passed. Needs the extension installed (tools/atx test
 // installs it before running the unit tests).
 #include <catch2/catch.hpp>
 
@@ -24,6 +24,8 @@ TEST_CASE("a rolled-back atx_log message streams and decodes", "[live]")
     sql.exec("CREATE EXTENSION pg_atx", {}, PGRES_COMMAND_OK);
     const std::string slot = sql.scalar("SELECT atx.ensure_slot()").value();
     sql.exec("CREATE ROLE live_caller", {}, PGRES_COMMAND_OK);
+    sql.exec("CREATE TABLE public.t(n int, s text)", {}, PGRES_COMMAND_OK);  // atx_log checks the statement
+    sql.exec("GRANT INSERT ON public.t TO live_caller", {}, PGRES_COMMAND_OK);
     sql.exec("SET search_path = pg_catalog, public", {}, PGRES_COMMAND_OK);
     sql.exec("BEGIN", {}, PGRES_COMMAND_OK);
     sql.exec("SET LOCAL ROLE live_caller", {}, PGRES_COMMAND_OK);
@@ -49,10 +51,13 @@ TEST_CASE("a rolled-back atx_log message streams and decodes", "[live]")
             frame = *x;
     }
     REQUIRE(frame);
-    REQUIRE(frame->payload.size() > 1);
+    REQUIRE(frame->payload.size() > 9);
     CHECK(frame->payload[0] == 'M');
+    const AtxFrame f = parse_atx_frame(frame->payload);
+    CHECK(f.start > 0);
+    CHECK(f.start < frame->data_start);  // data_start: the end of the record
 
-    DecodedPayload d = decode_payload(frame->payload.substr(1));
+    DecodedPayload d = decode_payload(std::string(f.payload));
     CHECK(uuid_to_string(d.message.id) == id);
     CHECK(std::to_string(d.message.database_oid) == db_oid);
     CHECK(d.message.role_name == "live_caller");
