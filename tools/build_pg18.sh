@@ -30,7 +30,9 @@ if [ -z "$tarball" ]; then
         [ -f "$t" ] && { tarball=$t; break; }
     done
 fi
-[ -n "$tarball" ] && [ -f "$tarball" ] || die "no postgresql-$VERSION.tar.gz (set ATX_PG18_TARBALL)"
+if [ -z "$tarball" ] || [ ! -f "$tarball" ]; then
+    die "no postgresql-$VERSION.tar.gz (set ATX_PG18_TARBALL)"
+fi
 
 if [ "$(id -u)" = 0 ]; then
     cache=${ATX_CACHE_DIR:-/var/cache/pg_atx}

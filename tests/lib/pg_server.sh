@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Which PostgreSQL server pg_atx is built for, installed into and tested against.
 #
 # Sourced by cluster.sh. The choice: PG_CONFIG if set; else ATX_PG_BINDIR/pg_config if that is set;
