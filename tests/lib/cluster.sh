@@ -8,8 +8,12 @@
 #
 # initdb refuses root, so as root the server runs as the `postgres` OS user (created by the
 # postgresql-15 package) and DIR is made owned by it, wherever the clone lives.
+#
+# The server binaries are those of the pg_config that pg_server.sh chooses (PG_CONFIG, else the
+# first server pg_config on PATH, else Debian's 15): ATX_PG_BINDIR.
 
-ATX_PG_BINDIR=${ATX_PG_BINDIR:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
+# shellcheck source=pg_server.sh
+. "$(dirname "${BASH_SOURCE[0]}")/pg_server.sh"
 
 atx_server_user() {
     if [ "$(id -u)" = 0 ]; then echo postgres; else id -un; fi

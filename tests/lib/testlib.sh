@@ -9,10 +9,11 @@ set -uo pipefail
 
 TESTLIB_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ATX_ROOT=$(cd "$TESTLIB_DIR/../.." && pwd)
-ATX_BUILD_DIR=${ATX_BUILD_DIR:-$ATX_ROOT/build}
-APPLIER_BIN=${APPLIER_BIN:-$ATX_BUILD_DIR/applier/atx-applier}
 # shellcheck source=cluster.sh
 . "$TESTLIB_DIR/cluster.sh"
+# tools/atx builds each major into build/pg<major> (and passes ATX_BUILD_DIR to tests).
+ATX_BUILD_DIR=${ATX_BUILD_DIR:-$ATX_ROOT/build/pg$ATX_PG_MAJOR}
+APPLIER_BIN=${APPLIER_BIN:-$ATX_BUILD_DIR/applier/atx-applier}
 
 T_NUM=0
 T_FAILED=0
