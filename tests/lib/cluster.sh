@@ -9,7 +9,9 @@
 # initdb refuses root, so as root the server runs as the `postgres` OS user (created by the
 # postgresql-15 package) and DIR is made owned by it, wherever the clone lives.
 
-ATX_PG_BINDIR=${ATX_PG_BINDIR:-$(pg_config --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
+# The server binaries: ATX_PG_BINDIR, else those of PG_CONFIG (the pg_config the build used), else
+# of the pg_config on PATH.
+ATX_PG_BINDIR=${ATX_PG_BINDIR:-$("${PG_CONFIG:-pg_config}" --bindir 2>/dev/null || echo /usr/lib/postgresql/15/bin)}
 
 atx_server_user() {
     if [ "$(id -u)" = 0 ]; then echo postgres; else id -un; fi
