@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -70,6 +71,8 @@ def log(msg):
 
 
 def main():
+    # SIGTERM ends the run like Ctrl-C: through the finally blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     a = parse_args()
     q = a.quick
     steps = set(a.steps.split(","))
