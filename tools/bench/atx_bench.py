@@ -2,452 +2,397 @@
 """pg_atx benchmarks: pg_atx against plain INSERT, dblink and pg_background, in one run.
 
 Started by `tools/atx bench [--quick]`. Starts its own throwaway cluster (tests/lib/cluster.sh,
-synchronous_commit and fsync at their defaults), interleaves the contenders in rounds so machine
-drift hits all alike, prints a table of figures and ratios, and writes the same as JSON.
-Standard library only.
+synchronous_commit and fsync at their defaults) from the PostgreSQL that --pg-config / PG_CONFIG /
+ATX_PG_BINDIR names, sweeps the load (1..32 clients) for every contender with the applier stopped
+and running, measures the applier (drain, end-to-end, walsender overhead), the row-trigger pattern
+and the figures of coming features when they exist. A contender that fails under load is a result:
+its error and what succeeded before it go into the table, the JSON and the pictures, and the run
+goes on. Prints where the JSON, the Markdown tables and the pictures went.
 """
 import argparse
 import json
 import os
 import platform
-import random
 import shutil
-import statistics
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CLUSTER_SH = os.path.join(ROOT, "tests", "lib", "cluster.sh")
+import bench_env
+import bench_pending
+import bench_report
+import bench_steps
+import bench_sweep
+import bench_triggers
 
-
-def sh(script, **kw):
-    """Runs bash with cluster.sh sourced; returns stdout."""
-    return subprocess.run(["bash", "-c", f". '{CLUSTER_SH}'; {script}"], check=True,
-                          capture_output=True, text=True, **kw).stdout.strip()
-
-
-class Cluster:
-    def __init__(self, conf):
-        self.dir = sh("atx_cluster_mkdir bench")
-        sh(f"atx_cluster_init '{self.dir}' " + " ".join(f"'{c}'" for c in conf))
-        sh(f"atx_cluster_start '{self.dir}'")
-        self.port = open(os.path.join(self.dir, "port")).read().strip()
-        self.env = dict(os.environ, PGHOST=self.dir, PGPORT=self.port, PGUSER="postgres",
-                        PGDATABASE="postgres")
-
-    def conninfo(self):
-        return f"host={self.dir} port={self.port} user=postgres"
-
-    def psql(self, sql, db="postgres"):
-        out = subprocess.run(["psql", "-qAtX", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql],
-                             env=self.env, check=True, capture_output=True, text=True)
-        return out.stdout.strip()
-
-    def stop(self):
-        sh(f"atx_cluster_stop '{self.dir}' fast")
-        shutil.rmtree(self.dir, ignore_errors=True)
+ROOT = bench_env.ROOT
+DEFAULT_MWP = 8     # PostgreSQL's default max_worker_processes
+STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb")
 
 
-class Applier:
-    def __init__(self, binary, cluster, state_dir, args=()):
-        self.binary, self.cluster, self.state_dir, self.args = binary, cluster, state_dir, list(args)
-        self.proc = None
-        self.log = open(os.path.join(cluster.dir, "applier.log"), "a")
-
-    def start(self):
-        self.proc = subprocess.Popen(
-            [self.binary, "--conninfo", self.cluster.conninfo(), "--dbname", "postgres",
-             "--state-dir", self.state_dir, "--log-level", "warn"] + self.args,
-            stdout=self.log, stderr=self.log)
-        return self
-
-    def peak_rss_kb(self):
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
-        except OSError:
-            pass
-        return None
-
-    def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+def parse_args():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="short runs, under 3 minutes")
+    ap.add_argument("--pg-config", help="pg_config of the PostgreSQL to run (default: PG_CONFIG, "
+                                        "ATX_PG_BINDIR/pg_config, pg_config on PATH)")
+    ap.add_argument("--applier", default=os.path.join(ROOT, "build", "applier", "atx-applier"))
+    ap.add_argument("--json", default=os.path.join(ROOT, "build", "bench", "results.json"))
+    ap.add_argument("--pictures", help="directory for the SVG pictures (default: docs/bench for a full "
+                                       "run, the JSON's directory for --quick)")
+    ap.add_argument("--bgw-max-workers", type=int, default=128,
+                    help="max_worker_processes for the fair pg_background configuration (default 128, "
+                         "the top of pg_background's own recommendation; also measured at 8)")
+    ap.add_argument("--clients", help="comma list of client counts (default 1,2,4,8,16,32)")
+    ap.add_argument("--seconds", type=float, help="seconds per sweep point")
+    ap.add_argument("--steps", default=",".join(STEPS), help=f"comma list out of {','.join(STEPS)}")
+    ap.add_argument("--note", help="a remark on the run (say, 'shared, busy machine'): into the JSON and "
+                                   "the pictures' subtitle")
+    ap.add_argument("--run-pending", action="store_true",
+                    help="run the figures of undetected features anyway where they can run (today's behaviour)")
+    return ap.parse_args()
 
 
-def pgbench(cluster, script, clients, seconds=None, transactions=None, rate=None, log_dir=None,
-            extra=()):
-    """Runs pgbench with a custom script; returns (tps, latencies in ms or None)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as f:
-        f.write(script)
-        path = f.name
-    cmd = ["pgbench", "-n", "-f", path, "-c", str(clients), "-j", str(min(clients, 2))]
-    if seconds:
-        cmd += ["-T", str(seconds)]
-    if transactions:
-        cmd += ["-t", str(transactions)]
-    if rate:
-        cmd += ["--rate", str(rate)]
-    if log_dir:
-        cmd += ["-l", "--log-prefix", os.path.join(log_dir, "pgbench_log")]
-    cmd += list(extra)
-    out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True)
-    os.unlink(path)
-    if out.returncode != 0:
-        raise RuntimeError(f"pgbench failed: {out.stderr[-2000:]}")
-    tps = None
-    for line in out.stdout.splitlines():
-        if line.startswith("tps =") and tps is None:
-            tps = float(line.split()[2])
-    lat = None
-    if log_dir:
-        lat = []
-        for name in os.listdir(log_dir):
-            if name.startswith("pgbench_log"):
-                with open(os.path.join(log_dir, name)) as f:
-                    for line in f:
-                        parts = line.split()
-                        if len(parts) >= 3:
-                            lat.append(int(parts[2]) / 1000.0)  # microseconds -> ms
-                os.unlink(os.path.join(log_dir, name))
-    return tps, lat
+def git_commit():
+    try:
+        c = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
+                           text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return c + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
 
 
-def pct(values, p):
-    if not values:
-        return None
-    s = sorted(values)
-    k = min(len(s) - 1, max(0, int(round(p / 100.0 * (len(s) - 1)))))
-    return s[k]
-
-
-def caller_cost(cluster, contenders, clients, seconds, rounds, log):
-    """Interleaved rounds; per contender: median/p99 latency and throughput."""
-    res = {name: {"lat": [], "tps": []} for name in contenders}
-    for r in range(rounds):
-        order = list(contenders)
-        random.shuffle(order)
-        for name in order:
-            with tempfile.TemporaryDirectory() as d:
-                os.chmod(d, 0o777)
-                tps, lat = pgbench(cluster, contenders[name], clients, seconds=seconds, log_dir=d)
-            res[name]["tps"].append(tps)
-            res[name]["lat"].extend(lat)
-            log(f"  round {r + 1}/{rounds} {clients} client(s) {name:<22} {tps:9.1f} calls/s")
-    out = {}
-    for name, v in res.items():
-        out[name] = {"median_ms": statistics.median(v["lat"]), "p99_ms": pct(v["lat"], 99),
-                     "calls_per_s": statistics.mean(v["tps"]), "calls": len(v["lat"])}
-    return out
-
-
-def audit_bulk(cluster, n, log):
-    """A bulk UPDATE audited by atx.enable_audit (statement level) against the classic PL/pgSQL
-    row trigger writing to a plain table; both rolled back, both timed on the caller's side."""
-    cluster.psql(f"""
-        CREATE TABLE bulk_atx(id int PRIMARY KEY, v int, pad text);
-        INSERT INTO bulk_atx SELECT g, 0, repeat('x', 40) FROM generate_series(1, {n}) g;
-        CREATE TABLE bulk_plain(LIKE bulk_atx INCLUDING ALL);
-        INSERT INTO bulk_plain SELECT * FROM bulk_atx;
-        CREATE TABLE plain_audit(id bigserial, table_name text, operation text, old_row jsonb,
-                                 new_row jsonb, caller_role name, caller_xid xid8);
-        CREATE FUNCTION plain_audit_row() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN
-            INSERT INTO plain_audit(table_name, operation, old_row, new_row, caller_role, caller_xid)
-            VALUES (TG_TABLE_NAME, TG_OP, to_jsonb(OLD), to_jsonb(NEW), current_user, pg_current_xact_id());
-            RETURN NULL;
-        END $$;
-        CREATE TRIGGER plain_audit AFTER UPDATE ON bulk_plain FOR EACH ROW EXECUTE FUNCTION plain_audit_row();
-        SELECT atx.enable_audit('bulk_atx');
-        CHECKPOINT;""")
-    before = int(cluster.psql("SELECT count(*) FROM atx.audit_log"))
-    t0 = time.time()
-    cluster.psql("BEGIN; UPDATE bulk_atx SET v = v + 1; ROLLBACK;")
-    atx_s = time.time() - t0
-    wait_count(cluster, "atx.audit_log", before + n, 600)
-    applied_s = time.time() - t0
-    msgs = int(cluster.psql(f"SELECT count(DISTINCT message_id) FROM (SELECT message_id FROM atx.audit_log "
-                            f"ORDER BY id DESC LIMIT {n}) s"))
-    t0 = time.time()
-    cluster.psql("BEGIN; UPDATE bulk_plain SET v = v + 1; ROLLBACK;")
-    plain_s = time.time() - t0
-    r = {"rows": n, "messages": msgs, "atx_statement_rows_per_s": n / atx_s,
-         "atx_applied_rows_per_s": n / applied_s, "plain_trigger_rows_per_s": n / plain_s}
-    log(f"  {n} rows: atx audit {n / atx_s:.0f} rows/s in the statement ({msgs} messages), "
-        f"{n / applied_s:.0f} rows/s until applied; plain-table trigger {n / plain_s:.0f} rows/s")
-    return r
-
-
-def drop_slot(cluster, slot, timeout=30):
-    """Drops the slot once its walsender has let go of it; nothing to do if it is gone already."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        state = cluster.psql(f"SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'")
-        if state == "":
-            return
-        if state == "f":
-            cluster.psql(f"SELECT pg_drop_replication_slot('{slot}')")
-            return
-        time.sleep(0.1)
-    raise RuntimeError(f"slot {slot} still active after {timeout}s")
-
-
-def wait_streaming(cluster, timeout=60):
-    """Waits until the applier streams the pg_atx slot."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cluster.psql("SELECT count(*) FROM pg_replication_slots WHERE plugin = 'pg_atx' AND active") == "1":
-            return
-        time.sleep(0.05)
-    raise RuntimeError("the applier did not start streaming")
-
-
-def wait_count(cluster, table, n, timeout):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        c = int(cluster.psql(f"SELECT count(*) FROM {table}"))
-        if c >= n:
-            return c
-        time.sleep(0.05)
-    raise RuntimeError(f"{table}: only {c} of {n} rows after {timeout}s")
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="short runs, under 3 minutes")
-    ap.add_argument("--applier", default=os.path.join(ROOT, "build", "applier", "atx-applier"))
-    ap.add_argument("--json", default=os.path.join(ROOT, "build", "bench", "results.json"))
-    a = ap.parse_args()
-
+    # SIGTERM ends the run like Ctrl-C: through the finally blocks that stop the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    a = parse_args()
     q = a.quick
-    seconds = 4 if q else 10
-    rounds = 2 if q else 3
-    drain_n = 50000 if q else 200000
-    e2e_seconds = 5 if q else 20
-    tpcb_seconds = 6 if q else 20
+    steps = set(a.steps.split(","))
+    pg = bench_env.PgInstall(a.pg_config)
+    clients = [int(x) for x in a.clients.split(",")] if a.clients else [1, 2, 4, 8, 16, 32]
+    seconds = a.seconds or (1 if q else 3)
+    cfg = {"clients": clients, "seconds_per_point": seconds, "trigger_rows": 500 if q else 10000,
+           "client_program": "pgbench -n -f script -c N -j min(N,2) -T seconds -l (per-transaction log)",
+           "max_worker_processes": {"default": DEFAULT_MWP, "raised": a.bgw_max_workers},
+           "pg_config": pg.pg_config, "applier": a.applier}
+    results = {"mode": "quick" if q else "full", "config": cfg, "sweep": {}, "pending": {}, "ratios": {},
+               "durations_s": {}, "step_errors": {}}
+    t_start = time.time()
+    help_text = bench_env.applier_help(a.applier)
+    if not help_text:
+        raise SystemExit(f"bench: cannot run the applier {a.applier}")
 
-    def log(msg):
-        print(msg, file=sys.stderr, flush=True)
-
-    cluster = Cluster(["shared_preload_libraries = 'pg_atx'"])  # atx_exec needs the waiter registry
+    cluster = bench_env.Cluster(pg, ["shared_preload_libraries = 'pg_atx'",  # atx_exec's waiter registry
+                                     f"max_worker_processes = {DEFAULT_MWP}"])
     state = tempfile.mkdtemp(prefix="atx-bench-state.")
-    applier = Applier(a.applier, cluster, state)
-    results = {"mode": "quick" if q else "full", "machine": {}, "caller": {}, "ratios": {}}
+    new_applier = lambda extra=(): bench_env.Applier(a.applier, cluster, state, extra)
+    applier = new_applier()
+
+    completed = False
+
+    def step(name, fn):
+        t0 = time.time()
+        try:
+            fn()
+        except Exception as e:  # a broken step is reported, the others still run
+            results["step_errors"][name] = f"{type(e).__name__}: {e}"
+            log(f"  STEP FAILED: {name}: {e}\n{traceback.format_exc()}")
+        results["durations_s"][name] = round(time.time() - t0, 1)
+        log(f"  ({name}: {time.time() - t0:.0f} s)")
+
     try:
-        results["machine"] = {
-            "cpus": os.cpu_count(), "kernel": platform.release(),
-            "server": cluster.psql("SHOW server_version"),
-            "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        }
+        results["machine"] = {"cpus": os.cpu_count(), "kernel": platform.release(),
+                              "server": "PostgreSQL " + cluster.psql("SHOW server_version"),
+                              "date": time.strftime("%Y-%m-%d %H:%M %Z"), "commit": git_commit(),
+                              "note": a.note or ""}
         cluster.psql("CREATE EXTENSION pg_atx; CREATE EXTENSION dblink;")
-        has_bgw = cluster.psql("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_background'") == "1"
+        has_bgw = pg.has_extension("pg_background")
         if has_bgw:
             cluster.psql("CREATE EXTENSION pg_background")
-        for t in ("bench_plain", "bench_atx", "bench_dblink", "bench_bgw"):
-            cluster.psql(f"CREATE TABLE {t}(id bigserial PRIMARY KEY, v int)")
-        cluster.psql("CREATE TABLE bench_drain(id bigserial PRIMARY KEY, v int, "
-                     "applied_at timestamptz DEFAULT clock_timestamp())")
-        cluster.psql("CREATE TABLE bench_e2e(id bigserial PRIMARY KEY, emitted_at timestamptz, "
-                     "applied_at timestamptz DEFAULT clock_timestamp())")
-        applier.start()
-        for _ in range(300):
-            if cluster.psql("SELECT count(*) FROM pg_replication_slots WHERE plugin = 'pg_atx'") == "1":
-                break
-            time.sleep(0.1)
-
+            bgw_version = cluster.psql("SELECT extversion FROM pg_extension WHERE extname = 'pg_background'")
+            cfg["pg_background"] = (f"{bgw_version}, measured at max_worker_processes {DEFAULT_MWP} (default) "
+                                    f"and {a.bgw_max_workers} (raised by {a.bgw_max_workers - DEFAULT_MWP})")
+        else:
+            cfg["pg_background"] = f"not installed in {pg.sharedir}: not measured"
+        bench_sweep.create_tables(cluster)
+        trigger_kinds = ["plain", "atx_log", "dblink"] + (["pg_background result", "pg_background detach"]
+                                                          if has_bgw else [])
+        bench_triggers.setup(cluster, trigger_kinds)
+        applier.start()  # creates the slot (atx_log refuses without one), then steps decide
+        bench_env.wait_slot(cluster)
+        applier.stop()
         ci = cluster.conninfo() + " dbname=postgres"
-        contenders = {
-            "plain INSERT": "\\set i random(1, 1000000)\nINSERT INTO bench_plain(v) VALUES (:i);\n",
-            # One round trip each, like the plain INSERT: "\;" makes pgbench send one query string.
-            "atx_log, commit": "\\set i random(1, 1000000)\nBEGIN \\; "
-                               "SELECT atx_log('INSERT INTO bench_atx(v) VALUES ($1)', :i) \\; COMMIT;\n",
-            "atx_log, rollback": "\\set i random(1, 1000000)\nBEGIN \\; "
-                                 "SELECT atx_log('INSERT INTO bench_atx(v) VALUES ($1)', :i) \\; ROLLBACK;\n",
-            "dblink": "\\set i random(1, 1000000)\n"
-                      f"SELECT dblink_exec('{ci}', 'INSERT INTO bench_dblink(v) VALUES (' || :i || ')');\n",
-        }
+        sweep_to = clients if "sweep" in steps else []
+        results["sweep"] = {"stopped": {}, "running": {}}
+        results["row_trigger"] = {}
+        mwp8, mwp_hi = f", max_worker_processes={DEFAULT_MWP}", f", max_worker_processes={a.bgw_max_workers}"
+
+        if has_bgw and (sweep_to or "triggers" in steps):
+            log(f"0. pg_background at max_worker_processes = {DEFAULT_MWP} (the default), applier stopped")
+
+            def bgw_default():
+                if sweep_to:
+                    results["sweep"]["stopped"].update(bench_sweep.sweep(
+                        cluster, bench_sweep.bgw_scripts(mwp8), sweep_to, seconds, log, "stopped", q))
+                if "triggers" in steps:  # result keeps one worker busy at a time: only detach can run out
+                    kind = "pg_background detach"
+                    results["row_trigger"][kind + mwp8] = bench_triggers.run_one(
+                        cluster, kind, cfg["trigger_rows"], "on", 900, log, kind + mwp8)
+            step("pg_background at the default max_worker_processes", bgw_default)
+        cluster.psql(f"ALTER SYSTEM SET max_worker_processes = {a.bgw_max_workers}")
+        cluster.restart()
+        contenders = bench_sweep.scripts(ci, False)
         if has_bgw:
-            contenders["pg_background result"] = (
-                "\\set i random(1, 1000000)\nSELECT * FROM pg_background_result(pg_background_launch("
-                "'INSERT INTO bench_bgw(v) VALUES (' || :i || ')')) AS (r text);\n")
-            contenders["pg_background detach"] = (
-                "\\set i random(1, 1000000)\nSELECT pg_background_detach(pg_background_launch("
-                "'INSERT INTO bench_bgw(v) VALUES (' || :i || ')'));\n")
+            contenders.update(bench_sweep.bgw_scripts(mwp_hi))
+        stopped = {k: v for k, v in contenders.items() if k != "atx_exec"}  # atx_exec waits for the applier
+        backlog = [0]
 
-        # Caller cost is what the calling session pays: measured with the applier stopped, so that
-        # its work (and the walsender's) does not share the CPUs with the callers. Messages wait
-        # in the slot and are drained before step 2.
-        log("1. caller cost (applier stopped)")
-        applier.stop()
-        for clients in (1, 8):
-            results["caller"][str(clients)] = caller_cost(cluster, contenders, clients, seconds, rounds, log)
+        def sweep_stopped():
+            log("1. load sweep, applier stopped")
+            results["sweep"]["stopped"].update(bench_sweep.sweep(cluster, stopped, sweep_to, seconds, log,
+                                                                 "stopped", q))
+            backlog[0] = bench_sweep.atx_calls(results["sweep"]["stopped"])
+        if sweep_to:
+            step("sweep, applier stopped", sweep_stopped)
 
-        log("2. applier drain rate")
-        applier = Applier(a.applier, cluster, state, ["--once"]).start()
-        applier.proc.wait(timeout=1800)  # drains the caller-cost backlog, then exits
-        cluster.psql("TRUNCATE bench_drain")
-        t0 = time.time()
-        emit_tps, _ = pgbench(cluster, "SELECT atx_log('INSERT INTO bench_drain(v) VALUES ($1)', 1);\n",
-                              8, transactions=drain_n // 8)
-        log(f"  emitted {drain_n} with 8 clients in {time.time() - t0:.1f}s ({emit_tps:.0f}/s)")
-        applier = Applier(a.applier, cluster, state)
-        t0 = time.time()
-        applier.start()
-        n = drain_n // 8 * 8
-        wait_count(cluster, "bench_drain", n, 1800)
-        drain_s = time.time() - t0
-        # Steady rate from the rows' own apply times: excludes connecting, slot and origin setup.
-        apply_s = float(cluster.psql("SELECT extract(epoch FROM max(applied_at) - min(applied_at)) FROM bench_drain"))
-        results["drain"] = {"messages": n, "seconds_incl_startup": drain_s, "apply_seconds": apply_s,
-                            "messages_per_s": n / apply_s, "messages_per_s_incl_startup": n / drain_s,
-                            "emit_8_clients_per_s": emit_tps, "applier_peak_rss_kb": applier.peak_rss_kb()}
-        log(f"  drained in {drain_s:.1f}s incl. startup, {apply_s:.2f}s applying: {n / apply_s:.0f}/s")
-        applier.stop()
-
-        log("3. end-to-end latency")
-        applier = Applier(a.applier, cluster, state).start()
-        wait_streaming(cluster)
-        time.sleep(1)  # let the first status exchange settle before offering load
-        results["e2e"] = {}
-        for rate in (1000, 5000):
-            cluster.psql("TRUNCATE bench_e2e")
-            tps, _ = pgbench(cluster, "SELECT atx_log('INSERT INTO bench_e2e(emitted_at) VALUES ($1)', "
-                                      "clock_timestamp());\n", 4, seconds=e2e_seconds, rate=rate)
-            time.sleep(2)
-            rows = cluster.psql("SELECT count(*), percentile_cont(0.5) WITHIN GROUP (ORDER BY ms), "
-                                "percentile_cont(0.99) WITHIN GROUP (ORDER BY ms), max(ms) FROM "
-                                "(SELECT extract(epoch FROM applied_at - emitted_at) * 1000 AS ms "
-                                "FROM bench_e2e) s").split("|")
-            results["e2e"][str(rate)] = {"offered_per_s": rate, "achieved_per_s": tps, "messages": int(rows[0]),
-                                         "median_ms": float(rows[1]), "p99_ms": float(rows[2]),
-                                         "max_ms": float(rows[3])}
-            log(f"  {rate}/s: median {float(rows[1]):.2f} ms, p99 {float(rows[2]):.2f} ms, max {float(rows[3]):.2f} ms")
-        results["e2e"]["applier_peak_rss_kb"] = applier.peak_rss_kb()
-
-        log("3b. atx_exec latency (1 client), next to dblink")
-        cluster.psql("CREATE TABLE bench_exec(id bigserial PRIMARY KEY, v int)")
-        results["exec"] = caller_cost(cluster, {
-            "atx_exec": "\\set i random(1, 1000000)\n"
-                        "SELECT atx_exec('INSERT INTO bench_exec(v) VALUES ($1) RETURNING id', :i);\n",
-            "dblink": contenders["dblink"],
-        }, 1, seconds, rounds, log)
-
-        log("4. walsender overhead (pgbench TPC-B)")
-        subprocess.run(["pgbench", "-i", "-q", "-s", "10"], env=cluster.env, check=True, capture_output=True)
-        tpcb = {"no slot": [], "slot, idle": [], "slot, 1000 msg/s": []}
-        side_script = os.path.join(cluster.dir, "side.sql")
-        with open(side_script, "w") as f:
-            f.write("SELECT atx_log('INSERT INTO bench_drain(v) VALUES (2)');\n")
-        slot = cluster.psql("SELECT slot_name FROM pg_replication_slots WHERE plugin = 'pg_atx'")
-        for r in range(rounds):
-            order = list(tpcb)
-            random.shuffle(order)
-            for name in order:
-                applier.stop()
-                if name == "no slot":
-                    drop_slot(cluster, slot)
-                else:
-                    applier = Applier(a.applier, cluster, state).start()
-                    wait_streaming(cluster)
-                side = None
-                if name == "slot, 1000 msg/s":
-                    side = subprocess.Popen(
-                        ["pgbench", "-n", "-c", "1", "-T", str(tpcb_seconds), "--rate", "1000", "-f", side_script],
-                        env=cluster.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                out = subprocess.run(["pgbench", "-n", "-c", "8", "-j", "2", "-T", str(tpcb_seconds)],
-                                     env=cluster.env, check=True, capture_output=True, text=True).stdout
-                tps = float([l for l in out.splitlines() if l.startswith("tps =")][0].split()[2])
-                if side:
-                    side.wait()
-                tpcb[name].append(tps)
-                log(f"  round {r + 1}/{rounds} {name:<18} {tps:8.1f} tps")
+        def drain():
+            nonlocal applier
+            log("2. applier drain (the stopped sweep's backlog)")
+            if backlog[0] == 0:  # no sweep ran: make a backlog of our own
+                n = 30000 if q else 200000
+                bench_pgbench_emit(cluster, n)
+                backlog[0] = n
+            applier, results["drain"] = bench_steps.drain_backlog(cluster, new_applier, backlog[0], log)
+        if "drain" in steps or sweep_to:
+            step("drain", drain)
         if applier.proc is None:
-            applier = Applier(a.applier, cluster, state).start()
-        time.sleep(3)
-        spill = cluster.psql("SELECT coalesce(sum(spill_bytes), 0) FROM pg_stat_replication_slots")
-        retained = cluster.psql("SELECT coalesce(max(pg_current_wal_lsn() - restart_lsn), 0) "
-                                "FROM pg_replication_slots WHERE plugin = 'pg_atx'")
-        results["tpcb"] = {k: statistics.mean(v) for k, v in tpcb.items()}
-        results["tpcb"]["spill_bytes"] = int(spill)
-        results["tpcb"]["wal_retained_bytes"] = int(float(retained))
+            applier = new_applier().start()
+        bench_env.wait_streaming(cluster)
 
-        log("5. audit trigger, bulk UPDATE")
-        results["audit"] = audit_bulk(cluster, 20000 if q else 100000, log)
+        def sweep_running():
+            log("3. load sweep, applier running")
+            # --quick: only atx_exec, which cannot run without the applier, to stay under 3 minutes
+            running = {"atx_exec": contenders["atx_exec"]} if q else contenders
+            results["sweep"]["running"] = bench_sweep.sweep(cluster, running, sweep_to, seconds, log, "running", q)
+            at_end = int(cluster.psql("SELECT count(*) FROM bench_atx"))
+            total = backlog[0] + bench_sweep.atx_calls(results["sweep"]["running"])
+            got = bench_env.wait_count(cluster, "bench_atx", total, 900)
+            results["sweep_applied"] = {"atx_log_calls_returned": total, "rows_applied": got}
+            log(f"  every atx_log call of the sweep applied: {got} rows for {total} calls "
+                f"({at_end} when the sweep ended)")
+        if sweep_to:
+            step("sweep, applier running", sweep_running)
 
-        c1, c8 = results["caller"]["1"], results["caller"]["8"]
-        ratios = results["ratios"]
-        ratios["atx_log / plain INSERT, median latency, 1 client"] = c1["atx_log, commit"]["median_ms"] / c1["plain INSERT"]["median_ms"]
-        ratios["dblink / atx_log, median latency, 1 client"] = c1["dblink"]["median_ms"] / c1["atx_log, commit"]["median_ms"]
-        ratios["atx_log / dblink, throughput, 8 clients"] = c8["atx_log, commit"]["calls_per_s"] / c8["dblink"]["calls_per_s"]
-        if has_bgw:
-            ratios["pg_background result / atx_log, median latency, 1 client"] = c1["pg_background result"]["median_ms"] / c1["atx_log, commit"]["median_ms"]
-            ratios["atx_log / pg_background result, throughput, 8 clients"] = c8["atx_log, commit"]["calls_per_s"] / c8["pg_background result"]["calls_per_s"]
-        # Against the fastest 8-client emit rate seen in this run (the strictest denominator).
-        emit8 = max(c8["atx_log, commit"]["calls_per_s"], c8["atx_log, rollback"]["calls_per_s"],
-                    results["drain"]["emit_8_clients_per_s"])
-        ratios["drain / 8-client emit"] = results["drain"]["messages_per_s"] / emit8
-        ratios["dblink / atx_exec, median latency, 1 client"] = (
-            results["exec"]["dblink"]["median_ms"] / results["exec"]["atx_exec"]["median_ms"])
-        ratios["audit trigger (atx) / plain-table trigger, rows/s"] = (
-            results["audit"]["atx_statement_rows_per_s"] / results["audit"]["plain_trigger_rows_per_s"])
-        ratios["TPC-B with slot, idle / without"] = results["tpcb"]["slot, idle"] / results["tpcb"]["no slot"]
-        ratios["TPC-B with slot, 1000 msg/s / without"] = results["tpcb"]["slot, 1000 msg/s"] / results["tpcb"]["no slot"]
+        if "e2e" in steps:
+            def e2e():
+                log("4. end-to-end latency")
+                results["e2e"] = bench_steps.end_to_end(cluster, applier, 3 if q else 20, (1000, 5000), log)
+            step("e2e", e2e)
+        if "triggers" in steps:
+            def triggers():
+                log(f"5. row trigger, {cfg['trigger_rows']} rows (max_worker_processes {a.bgw_max_workers})")
+                rt = bench_triggers.run_all(cluster, trigger_kinds, cfg["trigger_rows"], 900, log)
+                for k, v in rt.items():
+                    results["row_trigger"][k + (mwp_hi if k.startswith("pg_background") else "")] = v
+            step("triggers", triggers)
+        if "audit" in steps:
+            def audit():
+                log("6. audit trigger, bulk UPDATE")
+                results["audit"] = bench_steps.audit_bulk(cluster, 20000 if q else 100000, log)
+            step("audit", audit)
+        if "pending" in steps:
+            log("7. figures of coming features")
+            applier = pending(a, q, cluster, applier, new_applier, help_text, results, step)
+        if "tpcb" in steps:
+            def tpcb():
+                nonlocal applier
+                log("8. walsender overhead (pgbench TPC-B)")
+                applier, results["tpcb"] = bench_steps.tpcb(cluster, new_applier, applier, 1 if q else 2,
+                                                            3 if q else 15, log)
+            step("tpcb", tpcb)
+        results["ratios"] = ratios(results, mwp_hi)
+        completed = True
     finally:
         applier.stop()
-        cluster.stop()
+        keep = bool(results["step_errors"]) or not completed  # its server and applier logs tell why
+        cluster.stop(keep=keep)
+        if keep:
+            print(f"cluster directory kept for inspection: {cluster.dir}")
         shutil.rmtree(state, ignore_errors=True)
 
-    print_table(results, has_bgw)
-    os.makedirs(os.path.dirname(a.json), exist_ok=True)
+    results["durations_s"]["total"] = round(time.time() - t_start, 1)
+    bench_report.print_all(results)
+    outdir = os.path.dirname(os.path.abspath(a.json))
+    os.makedirs(outdir, exist_ok=True)
     with open(a.json, "w") as f:
         json.dump(results, f, indent=2)
-    print(f"\nJSON: {a.json}")
+    md = os.path.join(outdir, "results.md")
+    with open(md, "w") as f:
+        f.write(bench_report.markdown(results))
+    pictures = a.pictures or (outdir if q else os.path.join(ROOT, "docs", "bench"))
+    pic_line = pictures_for(results, a.json, pictures)
+    for name, err in results["step_errors"].items():
+        print(f"step failed: {name}: {err}")
+    print(f"\nTotal {results['durations_s']['total']:.0f} s")
+    print(f"JSON: {a.json}\nTables (Markdown): {md}\nPictures: {pic_line}")
+    return 1 if results["step_errors"] else 0
 
 
-def print_table(r, has_bgw):
-    m = r["machine"]
-    print(f"\npg_atx benchmark ({r['mode']}), PostgreSQL {m['server']}, {m['cpus']} CPUs, {m['date']}\n")
-    print("Caller cost                   1 client: median   p99    calls/s | 8 clients: median   p99    calls/s")
-    for name in r["caller"]["1"]:
-        a, b = r["caller"]["1"][name], r["caller"]["8"][name]
-        print(f"  {name:<26} {a['median_ms']:8.3f} {a['p99_ms']:7.3f} {a['calls_per_s']:9.1f} |"
-              f"          {b['median_ms']:7.3f} {b['p99_ms']:7.3f} {b['calls_per_s']:9.1f}   (ms)")
-    d = r["drain"]
-    print(f"\nApplier drain: {d['messages']} messages applied in {d['apply_seconds']:.2f} s = "
-          f"{d['messages_per_s']:.0f}/s ({d['messages_per_s_incl_startup']:.0f}/s counting applier startup; "
-          f"8-client emit {d['emit_8_clients_per_s']:.0f}/s; peak RSS {d['applier_peak_rss_kb']} kB)")
-    for rate in ("1000", "5000"):
-        e = r["e2e"][rate]
-        print(f"End-to-end at {rate}/s offered ({e['achieved_per_s']:.0f}/s achieved): median {e['median_ms']:.2f} ms, "
-              f"p99 {e['p99_ms']:.2f} ms, max {e['max_ms']:.2f} ms")
-    print(f"Applier peak RSS during end-to-end: {r['e2e']['applier_peak_rss_kb']} kB")
-    ex = r["exec"]
-    print(f"atx_exec, 1 client: median {ex['atx_exec']['median_ms']:.3f} ms, p99 {ex['atx_exec']['p99_ms']:.3f} ms "
-          f"({ex['atx_exec']['calls_per_s']:.0f}/s); dblink in the same rounds: median "
-          f"{ex['dblink']['median_ms']:.3f} ms, p99 {ex['dblink']['p99_ms']:.3f} ms")
-    t = r["tpcb"]
-    print(f"TPC-B tps: no slot {t['no slot']:.0f}, slot idle {t['slot, idle']:.0f}, slot + 1000 msg/s "
-          f"{t['slot, 1000 msg/s']:.0f}; spill bytes {t['spill_bytes']}, WAL retained {t['wal_retained_bytes']} B")
-    au = r["audit"]
-    print(f"Audit trigger, bulk UPDATE of {au['rows']} rows (rolled back): atx statement-level "
-          f"{au['atx_statement_rows_per_s']:.0f} rows/s in {au['messages']} messages "
-          f"({au['atx_applied_rows_per_s']:.0f} rows/s until applied); plain-table row trigger "
-          f"{au['plain_trigger_rows_per_s']:.0f} rows/s (its rows are lost with the ROLLBACK)")
-    if not has_bgw:
-        print("pg_background: not installed on this server, not measured")
-    print("\nRatios")
-    for k, v in r["ratios"].items():
-        print(f"  {k:<58} {v:8.2f}x")
+def pictures_for(results, json_path, outdir):
+    """Renders the pictures here, or with Debian's python3 when this interpreter (a pyenv or venv
+    one, say) lacks matplotlib; returns a line saying where they went."""
+    if not results["sweep"].get("stopped"):
+        return "none (no sweep in this run)"
+    try:
+        import bench_plots
+        return ", ".join(bench_plots.render(results, outdir))
+    except ImportError:
+        pass
+    system = "/usr/bin/python3"
+    if os.path.exists(system) and os.path.realpath(system) != os.path.realpath(sys.executable):
+        out = subprocess.run([system, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_plots.py"),
+                              json_path, outdir], capture_output=True, text=True)
+        if out.returncode == 0:
+            return ", ".join(out.stdout.split())
+    return "not made: python3-matplotlib is not installed (apt-get install python3-matplotlib)"
+
+
+def bench_pgbench_emit(cluster, n):
+    import bench_pgbench
+    bench_pgbench.run(cluster, "\\set i random(1, 1000000)\n"
+                               "SELECT atx_log('INSERT INTO bench_atx(v) VALUES ($1)', :i);\n",
+                      8, transactions=n // 8, log_latencies=False, timeout=1200)
+
+
+def pending(a, q, cluster, applier, new_applier, help_text, results, step):
+    """The extension points; returns the applier (running)."""
+    p, force = results["pending"], a.run_pending
+    state = {"applier": applier}
+
+    def drain_sessions():
+        name = "drain by apply sessions"
+        if not bench_pending.has_apply_sessions(help_text):
+            p[name] = bench_pending.skipped(log, name, "atx-applier --apply-sessions N (issue 11)")
+            return
+        state["applier"].stop()
+        try:
+            p[name] = bench_pending.drain_by_sessions(cluster, new_applier, 20000 if q else 100000, (1, 2, 4), log)
+        finally:
+            state["applier"] = new_applier().start()
+            bench_env.wait_streaming(cluster)
+    step("pending: drain by apply sessions", drain_sessions)
+
+    def blocked():
+        name = "end-to-end with a blocked message"
+        if not (bench_pending.has_apply_sessions(help_text) or force):
+            p[name] = bench_pending.skipped(log, name, "concurrent apply, atx-applier --apply-sessions (issue 11)")
+            return
+        p[name] = bench_pending.e2e_blocked(cluster, 3 if q else 20, 1000, log)
+    step("pending: end-to-end with a blocked message", blocked)
+
+    def sync_levels():
+        name = "atx_log at each synchronous_commit level"
+        waits = bench_pending.atx_log_waits_for_sync_standby(cluster, log)
+        if not (waits or force):
+            p[name] = bench_pending.skipped(
+                log, name, "atx_log to wait for synchronous standbys (issue 13; the probe's atx_log "
+                           "returned at once with an unreachable synchronous standby)")
+            return
+        p[name] = bench_pending.sync_levels(cluster, 1 if q else 2, log, q)
+        p[name]["atx_log_waits_for_sync_standby"] = waits
+    step("pending: synchronous_commit levels", sync_levels)
+
+    def validate():
+        name = "atx.validate on/off"
+        if not bench_pending.has_validate(cluster):
+            p[name] = bench_pending.skipped(log, name, "the atx.validate setting")
+            return
+        p[name] = bench_pending.validate_cost(cluster, 1 if q else 3, log)
+    step("pending: atx.validate", validate)
+
+    def state_size():
+        name = "applier state size after 1M messages"
+        if q:
+            p[name] = bench_pending.skipped(log, name, "a full run (not --quick)")
+            return
+        state["applier"].stop()  # its walsender would decode the other database's WAL too
+        try:
+            p[name] = bench_pending.state_size(cluster, a.applier, 1000000, log)
+        finally:
+            state["applier"] = new_applier().start()
+            bench_env.wait_streaming(cluster)
+    step("pending: state size", state_size)
+    return state["applier"]
+
+
+def ratios(r, mwp_hi):
+    """Headline ratios from the sweep (applier stopped unless said) and the other steps."""
+    out = {}
+
+    def point(state, name, clients):
+        p = r["sweep"].get(state, {}).get(name, {}).get(str(clients))
+        return p
+
+    def ratio(key, a, b, field):
+        if a is None or b is None:
+            return
+        if not a["ok"] or not b["ok"]:
+            who = a if not a["ok"] else b
+            out[key] = f"n/a: failed at {who['clients']} clients: {who['error']}"
+            return
+        out[key] = a[field] / b[field]
+
+    s = "stopped"
+    ratio("atx_log / plain INSERT, median latency, 1 client", point(s, "atx_log, commit", 1),
+          point(s, "plain INSERT", 1), "median_ms")
+    ratio("dblink / atx_log, median latency, 1 client", point(s, "dblink", 1), point(s, "atx_log, commit", 1),
+          "median_ms")
+    ratio("atx_log / dblink, throughput, 8 clients", point(s, "atx_log, commit", 8), point(s, "dblink", 8),
+          "calls_per_s")
+    bgw = "pg_background result" + mwp_hi
+    ratio("pg_background result / atx_log, median latency, 1 client", point(s, bgw, 1),
+          point(s, "atx_log, commit", 1), "median_ms")
+    ratio("atx_log / pg_background result, throughput, 8 clients", point(s, "atx_log, commit", 8),
+          point(s, bgw, 8), "calls_per_s")
+    ratio("dblink / atx_exec, median latency, 1 client (applier running)", point("running", "dblink", 1),
+          point("running", "atx_exec", 1), "median_ms")
+    emit8 = [p["calls_per_s"] for p in (point(s, "atx_log, commit", 8), point(s, "atx_log, rollback", 8))
+             if p and p["ok"]]
+    if r.get("drain") and emit8 and r["drain"].get("messages_per_s"):
+        out["drain / 8-client emit (fastest 8-client atx_log rate)"] = r["drain"]["messages_per_s"] / max(emit8)
+    if r.get("e2e", {}).get("1000"):
+        out["end-to-end p99 at 1,000 messages/s, ms"] = r["e2e"]["1000"]["p99_ms"]
+    rt = r.get("row_trigger", {})
+    for sync in ("off", "on"):
+        a, b = rt.get(f"atx_log, synchronous_commit={sync}"), rt.get(f"plain, synchronous_commit={sync}")
+        if a and b and a["ok"] and b["ok"]:
+            out[f"row trigger atx_log / plain-table trigger, synchronous_commit={sync}"] = a["seconds"] / b["seconds"]
+    if r.get("audit"):
+        au = r["audit"]
+        out["audit trigger (atx) / plain-table trigger, rows/s"] = (au["atx_statement_rows_per_s"]
+                                                                    / au["plain_trigger_rows_per_s"])
+    pend = r.get("pending", {})
+    for k, d in pend.get("drain by apply sessions", {}).items():
+        if isinstance(d, dict) and d.get("messages_per_s") and d.get("emit_8_clients_per_s"):
+            out[f"drain with {k} apply session(s) / 8-client emit (issue 11: at least 1.5x)"] = (
+                d["messages_per_s"] / d["emit_8_clients_per_s"])
+    blocked = pend.get("end-to-end with a blocked message", {}).get("with a blocked message")
+    if blocked:
+        out["end-to-end p99 with a blocked message, ms"] = blocked["p99_ms"]
+    if r.get("tpcb"):
+        t = r["tpcb"]
+        out["TPC-B with slot, idle / without"] = t["slot, idle"] / t["no slot"]
+        out["TPC-B with slot, 1000 msg/s / without"] = t["slot, 1000 msg/s"] / t["no slot"]
+    return out
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
