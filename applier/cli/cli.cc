@@ -114,8 +114,11 @@ int run_cli(int argc, char** argv)
         std::cout << app->help();
         return kOk;
     } catch (const CLI::ParseError& e) {
-        std::fprintf(stderr, "atx-applier %s: %s\nTry 'atx-applier %s --help'.\n", cmd->name,
-                     printable(e.what()).c_str(), cmd->name);
+        std::string msg = e.what();
+        if (dynamic_cast<const CLI::ConfigError*>(&e) != nullptr && app->get_config_ptr()->count())
+            msg = "config file " + app->get_config_ptr()->as<std::string>() + ": " + msg;
+        std::fprintf(stderr, "atx-applier %s: %s\nTry 'atx-applier %s --help'.\n", cmd->name, printable(msg).c_str(),
+                     cmd->name);
         return kUsage;
     }
     // Library logging (RocksDB's, through the state store) goes to stderr, warnings only: stdout
