@@ -7,11 +7,16 @@
 
 #include <cstdio>
 #include <fstream>
+#include <algorithm>
 #include <functional>
+#include <map>
+#include <set>
 #include <iostream>
 #include <sstream>
 #include <string>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "cli.h"
 #include "config.h"
@@ -327,4 +332,64 @@ TEST_CASE("operator commands: --help each, usage errors exit 1", "[config][cli]"
     TempFile f("dbname = a\nbogus = 1\n");
     CHECK(run_cli_capture({"status", "--config", f.path}, &out) == 1);  // the daemon's names only
     CHECK(run_cli_capture({"status", "--config", "/nonexistent/atx.conf"}, &out) == 1);
+}
+
+TEST_CASE("docs/operations.md lists every option with its default and range", "[config][docs]")
+{
+    std::ifstream in(std::string(ATX_SOURCE_DIR) + "/docs/operations.md");
+    REQUIRE(in);
+    std::map<std::string, std::vector<std::string>> rows;  // option -> cells of its table row
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("| `", 0) != 0)
+            continue;
+        std::vector<std::string> cells;
+        std::stringstream ss(line.substr(1));
+        for (std::string cell; std::getline(ss, cell, '|');) {
+            const size_t b = cell.find_first_not_of(' '), e = cell.find_last_not_of(' ');
+            cells.push_back(b == std::string::npos ? "" : cell.substr(b, e - b + 1));
+        }
+        if (cells.size() >= 3 && cells[0].size() > 2)
+            rows.emplace(cells[0].substr(1, cells[0].size() - 2), cells);
+    }
+    Config c;
+    CLI::App app;
+    define_daemon_options(app, c);
+    for (const CLI::Option* o : app.get_options()) {
+        if (o->get_lnames().empty() || o == app.get_help_ptr())
+            continue;
+        const std::string name = o->get_lnames().front();
+        INFO(name);
+        REQUIRE(rows.count(name) == 1);
+        const auto& cells = rows[name];
+        std::string doc_default = cells[1];
+        doc_default.erase(std::remove(doc_default.begin(), doc_default.end(), '`'), doc_default.end());
+        if (!o->get_default_str().empty() && o->get_items_expected_max() == 1)
+            CHECK(doc_default == o->get_default_str());
+        // The range in --help is (min..max) at the end of the description.
+        const std::string& desc = o->get_description();
+        if (const size_t open = desc.rfind(" ("); open != std::string::npos && desc.find("..", open) != std::string::npos)
+            CHECK(desc.substr(open + 2, desc.size() - open - 3) == cells[2]);
+    }
+}
+
+TEST_CASE("packaging/atx-applier.conf.example parses, with every commented setting enabled too", "[config][docs]")
+{
+    std::ifstream in(std::string(ATX_SOURCE_DIR) + "/packaging/atx-applier.conf.example");
+    REQUIRE(in);
+    std::string as_is, enabled;
+    std::set<std::string> dbnames;
+    for (std::string line; std::getline(in, line);) {
+        as_is += line + "\n";
+        // "#name = value" lines are settings to enable; "# text" lines are prose.
+        if (line.size() > 1 && line[0] == '#' && line[1] != ' ' && line.find(" = ") != std::string::npos)
+            line = line.substr(1);
+        enabled += line + "\n";
+    }
+    TempFile a(as_is), b(enabled);
+    const Config ca = parse_ok({"--config", a.path});
+    CHECK(ca.dbnames == std::vector<std::string>{"app"});
+    CHECK(ca.conninfo.find("user=atx_app") != std::string::npos);
+    const Config cb = parse_ok({"--config", b.path});
+    CHECK(cb.dbnames == std::vector<std::string>{"app", "billing"});
+    CHECK(cb.log_file.find("atx-applier.log") != std::string::npos);
 }
