@@ -145,6 +145,8 @@ int run_show(Context& c)
             human += "  (local state not read: " +
                      printable(c.state_why.empty() ? std::string("no --state-dir") : c.state_why) + ")\n";
     }
+    if (!found && ndb > 1)
+        human += "nothing found for " + printable(x, 200) + " in any of the databases\n";
     c.print(out, human);
     return found ? kOk : kNotFound;
 }
