@@ -1,265 +1,194 @@
-// Command line and config file parsing; see config.h.
+// The daemon's options, defined once for CLI11; see config.h and config_file.h.
 #include "config.h"
 
-#include <cxxopts.hpp>
+#include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cstring>
 #include <fstream>
-#include <map>
 #include <set>
 
+#include "cli.h"
+#include "config_file.h"
 #include "logging.h"
 
 namespace atx::applier {
 
 namespace {
 
-using FileValues = std::map<std::string, std::vector<std::string>>;
-
-std::string trim(const std::string& s)
+// A number option: the range is checked by CLI11 and shown in --help with the default.
+CLI::Option* number(CLI::App& app, const std::string& name, uint32_t& field, uint32_t min, uint32_t max,
+                    const std::string& help)
 {
-    const char* ws = " \t\r\n";
-    const size_t b = s.find_first_not_of(ws);
-    if (b == std::string::npos)
-        return "";
-    const size_t e = s.find_last_not_of(ws);
-    return s.substr(b, e - b + 1);
+    return app.add_option("--" + name, field, help + " (" + std::to_string(min) + ".." + std::to_string(max) + ")")
+        ->type_name("N")
+        ->capture_default_str()
+        ->check(CLI::Range(min, max).description(""))
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 }
 
-const std::set<std::string>& file_keys()
+CLI::Option* text(CLI::App& app, const std::string& name, std::string& field, const std::string& help,
+                  const std::string& type = "TEXT")
 {
-    static const std::set<std::string> keys = {
-        "conninfo", "dbname", "state-dir", "log-file", "log-level", "batch-size", "batch-delay-ms",
-        "statement-timeout-ms", "max-attempts", "retry-base-ms", "retry-cap-ms",
-        "status-interval-ms", "synchronous-commit", "pid-file", "once", "idle-exit-ms",
-        "http-listen", "ready-max-lag-seconds", "monitor-interval-ms", "lock-timeout-ms", "apply-sessions",
-        "max-sessions-per-role", "nested-sessions", "max-retry-seconds", "max-backend-losses",
-        "prune-interval-ms", "durability"};
-    return keys;
+    return app.add_option("--" + name, field, help)
+        ->type_name(type)
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
 }
 
-FileValues read_config_file(const std::string& path)
+// True when argv names the option itself (--name or --name=value): the config file then did not
+// provide it. Only used to pin --log-level and to say where a bad value came from.
+bool on_command_line(int argc, const char* const* argv, const std::string& name)
 {
-    std::ifstream in(path);
-    if (!in)
-        throw ConfigError("cannot read config file " + path);
-    FileValues values;
-    std::string line;
-    int lineno = 0;
-    while (std::getline(in, line)) {
-        ++lineno;
-        const std::string t = trim(line);
-        if (t.empty() || t[0] == '#')
-            continue;
-        const size_t eq = t.find('=');
-        if (eq == std::string::npos)
-            throw ConfigError(path + ":" + std::to_string(lineno) + ": expected 'name = value'");
-        std::string name = trim(t.substr(0, eq));
-        std::string value = trim(t.substr(eq + 1));
-        if (value.size() >= 2 && ((value.front() == '"' && value.back() == '"') ||
-                                  (value.front() == '\'' && value.back() == '\'')))
-            value = value.substr(1, value.size() - 2);
-        if (!file_keys().count(name))
-            throw ConfigError(path + ":" + std::to_string(lineno) + ": unknown setting '" + name + "'");
-        if (name != "dbname" && values.count(name))
-            throw ConfigError(path + ":" + std::to_string(lineno) + ": '" + name + "' set twice");
-        values[name].push_back(value);
-    }
-    return values;
+    const std::string flag = "--" + name;
+    for (int i = 1; i < argc; ++i)
+        if (argv[i] == flag || std::strncmp(argv[i], (flag + "=").c_str(), flag.size() + 1) == 0)
+            return true;
+    return false;
 }
 
-uint32_t to_u32(const std::string& name, const std::string& v, uint32_t min, uint32_t max)
+const char* const kLogLevels[] = {"trace", "debug", "info", "warning", "warn", "error", "critical", "off"};
+
+std::string footer()
 {
-    size_t pos = 0;
-    unsigned long long n;
-    try {
-        n = std::stoull(v, &pos, 10);
-    } catch (const std::exception&) {
-        throw ConfigError(name + ": '" + v + "' is not a number");
-    }
-    if (pos != v.size() || v.empty() || v[0] == '-')
-        throw ConfigError(name + ": '" + v + "' is not a number");
-    if (n < min || n > max)
-        throw ConfigError(name + ": " + v + " is out of range [" + std::to_string(min) + ", " +
-                          std::to_string(max) + "]");
-    return static_cast<uint32_t>(n);
+    return "A config file (--config) holds 'name = value' lines with the long option names; the\n"
+           "command line wins over it (docs/operations.md).\n"
+           "Exit status: 0 clean shutdown, 1 configuration error (with --once also: a database not "
+           "ready, e.g. extension missing), 3 a slot was lost (wal_status 'lost').\n"
+           "Operator commands (atx-applier <command> --help lists the options of one):" +
+           cli_command_list() +
+           "\n"
+           "Signals: SIGTERM/SIGINT finish the in-flight batch, confirm and exit; SIGHUP reopens the "
+           "log file and reloads log-level.";
 }
 
-bool to_bool(const std::string& name, const std::string& v)
+// The daemon's command line: the options, --config, --help, --version.
+std::unique_ptr<CLI::App> make_app(Config& c)
 {
-    if (v == "true" || v == "on" || v == "1" || v == "yes")
-        return true;
-    if (v == "false" || v == "off" || v == "0" || v == "no")
-        return false;
-    throw ConfigError(name + ": '" + v + "' is not a boolean");
-}
-
-cxxopts::Options make_options()
-{
-    cxxopts::Options o("atx-applier",
-                       "Applies pg_atx autonomous statements, exactly once, from each database's "
-                       "pg_atx logical slot.");
-    o.custom_help("[OPTIONS]");
-    // No cxxopts defaults: "not given" must stay visible so that the config file can fill it.
-    o.add_options()
-        ("conninfo", "base libpq conninfo (dbname is added per database) (default: \"\", libpq "
-                     "environment)", cxxopts::value<std::string>())
-        ("dbname", "database to serve; repeat for several (required)",
-         cxxopts::value<std::vector<std::string>>())
-        ("state-dir", "RocksDB state directory (required)", cxxopts::value<std::string>())
-        ("config", "config file of 'name = value' lines (long flag names)", cxxopts::value<std::string>())
-        ("log-file", "log file, reopened on SIGHUP (default: stderr)", cxxopts::value<std::string>())
-        ("log-level", "trace|debug|info|warning|error|critical|off (default: info)",
-         cxxopts::value<std::string>())
-        ("batch-size", "messages per apply transaction at most (default: 500)",
-         cxxopts::value<std::string>())
-        ("batch-delay-ms", "how long to wait for more messages when the stream is idle before "
-                           "applying a partial batch; 0 applies what has arrived, and batches still form under load (default: 0)", cxxopts::value<std::string>())
-        ("statement-timeout-ms", "longest run of one message; a message that runs longer is "
-                                 "dead-lettered (default: 60000)", cxxopts::value<std::string>())
-        ("lock-timeout-ms", "lock_timeout of the apply sessions: a longer lock wait is retried later, "
-                            "freeing the session (default: 10000)", cxxopts::value<std::string>())
-        ("apply-sessions", "apply sessions per database (default: 4)", cxxopts::value<std::string>())
-        ("max-sessions-per-role", "apply sessions one role's messages may occupy at once (default: "
-                                  "half of --apply-sessions, at least 1)", cxxopts::value<std::string>())
-        ("nested-sessions", "extra sessions that serve nested atx_exec calls (default: 16)",
-         cxxopts::value<std::string>())
-        ("max-retry-seconds", "a message failing transiently for longer is dead-lettered (default: 300)",
-         cxxopts::value<std::string>())
-        ("max-backend-losses", "a message running alone when its apply backend is lost this often is "
-                               "dead-lettered (default: 2)", cxxopts::value<std::string>())
-        ("prune-interval-ms", "how often the server forgets handled messages the slot confirmed "
-                              "(default: 5000)", cxxopts::value<std::string>())
-        ("durability", "what must hold before the slot is confirmed past a message: auto (sync when "
-                       "synchronous_standby_names is set, else local), local (flushed here), sync "
-                       "(synchronous apply commits), standby-flush (flushed by every streaming "
-                       "standby) (default: auto)", cxxopts::value<std::string>())
-        ("max-attempts", "attempts for a transiently failing message before it is dead-lettered "
-                         "(default: 8)", cxxopts::value<std::string>())
-        ("retry-base-ms", "first retry backoff (default: 100)", cxxopts::value<std::string>())
-        ("retry-cap-ms", "largest retry backoff (default: 30000)", cxxopts::value<std::string>())
-        ("status-interval-ms", "standby status update interval (default: 1000)",
-         cxxopts::value<std::string>())
-        ("synchronous-commit", "same as --durability sync",
-         cxxopts::value<bool>()->implicit_value("true"))
-        ("pid-file", "write the process id here (default: none)", cxxopts::value<std::string>())
-        ("once", "exit 0 when every stream has been idle for --idle-exit-ms and everything is "
-                 "confirmed", cxxopts::value<bool>()->implicit_value("true"))
-        ("idle-exit-ms", "idle time before --once exits (default: 2000)", cxxopts::value<std::string>())
-        ("http-listen", "host:port of the /metrics, /healthz, /readyz listener, or 'off' (default: "
-                        "127.0.0.1:9478; port 0 picks a free one)", cxxopts::value<std::string>())
-        ("ready-max-lag-seconds", "/readyz answers 503 when a database lags more (default: 60)",
-         cxxopts::value<std::string>())
-        ("monitor-interval-ms", "how often the server is asked for slot status, lag in bytes and "
-                                "dead letters (default: 5000)", cxxopts::value<std::string>())
-        ("version", "print the version and exit")
-        ("h,help", "print this help and exit");
-    return o;
+    auto app = std::make_unique<CLI::App>(
+        "Applies pg_atx autonomous statements, exactly once, from each database's pg_atx logical slot.",
+        "atx-applier");
+    app->set_help_flag("-h,--help", "print this help and exit");
+    app->set_version_flag("--version", std::string("atx-applier ") + kApplierVersion, "print the version and exit");
+    app->get_formatter()->column_width(36);
+    define_daemon_options(*app, c);
+    app->set_config("--config", "", "config file of 'name = value' lines (long option names)")->type_name("FILE");
+    app->config_formatter(std::make_shared<ConfigFileFormat>(configurable_names(*app)));
+    app->allow_config_extras(CLI::config_extras_mode::error);
+    app->footer(footer());
+    return app;
 }
 
 }  // namespace
 
+void define_daemon_options(CLI::App& app, Config& c)
+{
+    text(app, "conninfo", c.conninfo,
+         "base libpq conninfo; dbname is added per database (default: the libpq environment)", "CONNINFO");
+    app.add_option("--dbname", c.dbnames, "database to serve; repeat for several (required)")
+        ->type_name("NAME")
+        ->allow_extra_args(false);
+    text(app, "state-dir", c.state_dir, "RocksDB state directory (required)", "DIR");
+    text(app, "log-file", c.log_file, "log file, reopened on SIGHUP (default: stderr)", "FILE");
+    app.add_option_function<std::string>(
+           "--log-level", [&c](const std::string& v) { c.log_level = parse_log_level(v); },
+           "trace|debug|info|warning|error|critical|off")
+        ->type_name("LEVEL")
+        ->default_str("info")
+        ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels)))
+                    .description(""))
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+    number(app, "batch-size", c.batch_size, 1, 100000, "messages per apply transaction at most");
+    number(app, "batch-delay-ms", c.batch_delay_ms, 0, 60000,
+           "how long to wait for more messages when the stream is idle before applying a partial batch; 0 "
+           "applies what has arrived, and batches still form under load");
+    number(app, "statement-timeout-ms", c.statement_timeout_ms, 0, INT32_MAX,
+           "longest run of one message; a message that runs longer is dead-lettered");
+    number(app, "lock-timeout-ms", c.lock_timeout_ms, 0, INT32_MAX,
+           "lock_timeout of the apply sessions: a longer lock wait is retried later, freeing the session");
+    number(app, "apply-sessions", c.apply_sessions, 1, 64, "apply sessions per database");
+    number(app, "max-sessions-per-role", c.max_sessions_per_role, 0, 64,
+           "apply sessions one role's messages may occupy at once; 0: half of --apply-sessions, at least 1");
+    number(app, "nested-sessions", c.nested_sessions, 0, 64, "extra sessions that serve nested atx_exec calls");
+    number(app, "max-retry-seconds", c.max_retry_seconds, 1, 86400 * 30,
+           "a message failing transiently for longer is dead-lettered");
+    number(app, "max-backend-losses", c.max_backend_losses, 1, 100,
+           "a message running alone when its apply backend is lost this often is dead-lettered");
+    number(app, "prune-interval-ms", c.prune_interval_ms, 100, 3600000,
+           "how often the server forgets handled messages the slot confirmed (atx.prune)");
+    text(app, "durability", c.durability,
+         "what must hold before the slot is confirmed past a message: auto (sync when "
+         "synchronous_standby_names is set, else local), local (flushed here), sync (synchronous apply "
+         "commits), standby-flush (flushed by every streaming standby)",
+         "MODE")
+        ->capture_default_str()
+        ->check(CLI::IsMember({"auto", "local", "sync", "standby-flush"}).description(""));
+    number(app, "max-attempts", c.max_attempts, 1, 1000000,
+           "attempts for a transiently failing message before it is dead-lettered");
+    number(app, "retry-base-ms", c.retry_base_ms, 0, INT32_MAX, "first retry backoff");
+    number(app, "retry-cap-ms", c.retry_cap_ms, 0, INT32_MAX, "largest retry backoff");
+    number(app, "status-interval-ms", c.status_interval_ms, 10, 3600000, "standby status update interval");
+    app.add_flag("--synchronous-commit", c.synchronous_commit, "same as --durability sync");
+    text(app, "pid-file", c.pid_file, "write the process id here (default: none)", "FILE");
+    app.add_flag("--once", c.once,
+                 "exit 0 when every stream has been idle for --idle-exit-ms and everything is confirmed");
+    number(app, "idle-exit-ms", c.idle_exit_ms, 0, INT32_MAX, "idle time before --once exits");
+    text(app, "http-listen", c.http_listen,
+         "host:port of the /metrics, /healthz, /readyz listener, or 'off'; port 0 picks a free one", "ADDR")
+        ->capture_default_str();
+    number(app, "ready-max-lag-seconds", c.ready_max_lag_seconds, 0, 86400 * 365,
+           "/readyz answers 503 when a database lags more");
+    number(app, "monitor-interval-ms", c.monitor_interval_ms, 100, 3600000,
+           "how often the server is asked for slot status, lag in bytes and dead letters");
+}
+
+std::map<std::string, bool> config_file_names()
+{
+    Config scratch;
+    return configurable_names(*make_app(scratch));
+}
+
 ParseOutcome parse_config(int argc, const char* const* argv)
 {
-    cxxopts::Options options = make_options();
-    cxxopts::ParseResult cli;
+    ParseOutcome out;
+    Config& c = out.config;
+    auto app = make_app(c);
     try {
-        cli = options.parse(argc, argv);
-    } catch (const cxxopts::exceptions::exception& e) {
+        app->parse(argc, argv);
+    } catch (const CLI::CallForHelp&) {
+        out.action = ParseOutcome::Action::Help;
+        out.text = app->help();
+        return out;
+    } catch (const CLI::CallForVersion& e) {
+        out.action = ParseOutcome::Action::Version;
+        out.text = std::string(e.what()) + "\n";
+        return out;
+    } catch (const CLI::ParseError& e) {
+        std::string msg = e.what();
+        const CLI::Option* file = app->get_config_ptr();
+        const std::string path = file->count() ? file->as<std::string>() : "";
+        if (!path.empty()) {
+            // Say where a bad value came from when it was not on the command line.
+            if (dynamic_cast<const CLI::ConfigError*>(&e) != nullptr) {
+                msg = "config file " + path + ": " + msg;
+            } else if (const size_t dash = msg.find("--"); dash != std::string::npos) {
+                const size_t end = msg.find_first_not_of("abcdefghijklmnopqrstuvwxyz-", dash + 2);
+                const std::string name = msg.substr(dash + 2, end == std::string::npos ? end : end - dash - 2);
+                if (!name.empty() && !on_command_line(argc, argv, name))
+                    msg = "config file " + path + ": " + msg;
+            }
+        }
+        throw ConfigError(msg);
+    } catch (const std::invalid_argument& e) {  // parse_log_level, after the check: not expected
         throw ConfigError(e.what());
     }
-    ParseOutcome out;
-    if (cli.count("help")) {
-        out.action = ParseOutcome::Action::Help;
-        out.text = options.help() +
-                   "\nExit status: 0 clean shutdown, 1 configuration error (with --once also: a database not "
-                   "ready, e.g. extension missing), 3 a slot was lost "
-                   "(wal_status 'lost').\nOperator commands: atx-applier status|show|dead-letters|retry|discard|check "
-                   "[options] (atx-applier status --help).\nSignals: SIGTERM/SIGINT finish the in-flight batch, "
-                   "confirm and exit; SIGHUP reopens the log file and reloads log-level.\n";
-        return out;
-    }
-    if (cli.count("version")) {
-        out.action = ParseOutcome::Action::Version;
-        out.text = std::string("atx-applier ") + kApplierVersion + "\n";
-        return out;
-    }
-    if (!cli.unmatched().empty())
-        throw ConfigError("unexpected argument '" + cli.unmatched().front() + "'");
-
-    Config& c = out.config;
-    FileValues file;
-    if (cli.count("config")) {
-        c.config_file = cli["config"].as<std::string>();
-        file = read_config_file(c.config_file);
-    }
-    auto str = [&](const std::string& name) -> std::optional<std::string> {
-        if (cli.count(name))
-            return cli[name].as<std::string>();
-        auto it = file.find(name);
-        if (it != file.end())
-            return it->second.front();
-        return std::nullopt;
-    };
-    auto u32 = [&](const std::string& name, uint32_t& field, uint32_t min, uint32_t max) {
-        if (auto v = str(name))
-            field = to_u32(name, *v, min, max);
-    };
-    auto boolean = [&](const std::string& name, bool& field) {
-        if (cli.count(name))
-            field = cli[name].as<bool>();
-        else if (auto it = file.find(name); it != file.end())
-            field = to_bool(name, it->second.front());
-    };
-
-    if (auto v = str("conninfo")) c.conninfo = *v;
-    if (cli.count("dbname"))
-        c.dbnames = cli["dbname"].as<std::vector<std::string>>();
-    else if (auto it = file.find("dbname"); it != file.end())
-        c.dbnames = it->second;
-    if (auto v = str("state-dir")) c.state_dir = *v;
-    if (auto v = str("log-file")) c.log_file = *v;
-    if (auto v = str("log-level")) {
-        try {
-            c.log_level = parse_log_level(*v);
-        } catch (const std::invalid_argument& e) {
-            throw ConfigError(e.what());
-        }
-    }
-    c.log_level_from_cli = cli.count("log-level") > 0;
-    u32("batch-size", c.batch_size, 1, 100000);
-    u32("batch-delay-ms", c.batch_delay_ms, 0, 60000);
-    u32("statement-timeout-ms", c.statement_timeout_ms, 0, INT32_MAX);
-    u32("max-attempts", c.max_attempts, 1, 1000000);
-    u32("lock-timeout-ms", c.lock_timeout_ms, 0, INT32_MAX);
-    u32("apply-sessions", c.apply_sessions, 1, 64);
-    u32("max-sessions-per-role", c.max_sessions_per_role, 0, 64);
-    u32("nested-sessions", c.nested_sessions, 0, 64);
-    u32("max-retry-seconds", c.max_retry_seconds, 1, 86400 * 30);
-    u32("max-backend-losses", c.max_backend_losses, 1, 100);
-    u32("prune-interval-ms", c.prune_interval_ms, 100, 3600000);
-    if (auto v = str("durability")) {
-        if (*v != "auto" && *v != "local" && *v != "sync" && *v != "standby-flush")
-            throw ConfigError("durability: '" + *v + "' is not auto, local, sync or standby-flush");
-        c.durability = *v;
-    }
-    u32("retry-base-ms", c.retry_base_ms, 0, INT32_MAX);
-    u32("retry-cap-ms", c.retry_cap_ms, 0, INT32_MAX);
-    u32("status-interval-ms", c.status_interval_ms, 10, 3600000);
-    u32("idle-exit-ms", c.idle_exit_ms, 0, INT32_MAX);
-    boolean("synchronous-commit", c.synchronous_commit);
+    if (const CLI::Option* file = app->get_config_ptr(); file->count())
+        c.config_file = file->as<std::string>();
+    c.log_level_from_cli = on_command_line(argc, argv, "log-level");
+    c.http_listen_explicit = app->get_option("--http-listen")->count() > 0;
     if (c.synchronous_commit)
         c.durability = "sync";
     if (c.max_sessions_per_role == 0)
         c.max_sessions_per_role = std::max<uint32_t>(1, c.apply_sessions / 2);
-    boolean("once", c.once);
-    if (auto v = str("pid-file")) c.pid_file = *v;
-    if (auto v = str("http-listen")) {
-        c.http_listen = *v;
-        c.http_listen_explicit = true;
-    }
-    u32("ready-max-lag-seconds", c.ready_max_lag_seconds, 0, 86400 * 365);
-    u32("monitor-interval-ms", c.monitor_interval_ms, 100, 3600000);
 
     if (c.dbnames.empty())
         throw ConfigError("no database: give --dbname (repeatable) or 'dbname = ...' in the config file");
@@ -277,24 +206,23 @@ ParseOutcome parse_config(int argc, const char* const* argv)
     return out;
 }
 
-std::map<std::string, std::vector<std::string>> read_config_values(const std::string& path)
-{
-    return read_config_file(path);
-}
-
 std::optional<spdlog::level::level_enum> reload_log_level(const Config& current)
 {
     if (current.config_file.empty() || current.log_level_from_cli)
         return std::nullopt;
-    FileValues file = read_config_file(current.config_file);
-    auto it = file.find("log-level");
-    if (it == file.end())
-        return std::nullopt;
+    std::ifstream in(current.config_file);
+    if (!in)
+        throw ConfigError("cannot read config file " + current.config_file);
     try {
-        return parse_log_level(it->second.front());
+        for (const auto& e : parse_config_text(in, config_file_names()))
+            if (e.name == "log-level")
+                return parse_log_level(e.values.front());
+    } catch (const CLI::ConfigError& e) {
+        throw ConfigError("config file " + current.config_file + ": " + e.what());
     } catch (const std::invalid_argument& e) {
         throw ConfigError(e.what());
     }
+    return std::nullopt;
 }
 
 }  // namespace atx::applier

@@ -1,8 +1,9 @@
-// atx-applier settings: command-line flags (cxxopts) and an optional config file.
+// atx-applier settings: every daemon option is defined once, in define_daemon_options()
+// (config.cc: name, help, default, range or choices), for CLI11; the command line, the config
+// file (config_file.h) and --help all come from that definition.
 //
-// The config file (--config) holds `name = value` lines using the long flag names without "--"
-// (`dbname` may appear several times; booleans take true/false/on/off/1/0/yes/no). '#' starts a
-// comment line. A flag given on the command line overrides the file (for dbname: the whole list).
+// The config file (--config) holds `name = value` lines using the long option names without
+// "--". An option given on the command line wins over the file (for dbname: the whole list).
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,10 @@
 #include <vector>
 
 #include <spdlog/spdlog.h>
+
+namespace CLI {
+class App;
+}
 
 namespace atx::applier {
 
@@ -63,7 +68,7 @@ struct ParseOutcome {
     std::string text;  // --help / --version output
 };
 
-// Throws ConfigError for unknown flags, bad values, an unreadable or invalid config file, or a
+// Throws ConfigError for unknown options, bad values, an unreadable or invalid config file, or a
 // missing required setting.
 ParseOutcome parse_config(int argc, const char* const* argv);
 
@@ -71,9 +76,14 @@ ParseOutcome parse_config(int argc, const char* const* argv);
 // file has no log-level line, or --log-level fixed it. Throws ConfigError on bad input.
 std::optional<spdlog::level::level_enum> reload_log_level(const Config& current);
 
-// The `name = value` lines of a config file (dbname may repeat). Throws ConfigError. Names are
-// checked against the daemon's settings.
-std::map<std::string, std::vector<std::string>> read_config_values(const std::string& path);
+// Adds every daemon option to `app`, bound to the fields of `c` (which hold the defaults).
+// Checks that need several options (dbname given, retry-cap >= retry-base, ...) are in
+// parse_config. A new option is one more line here and, if it has a default, a field in Config.
+void define_daemon_options(CLI::App& app, Config& c);
+
+// The names a config file may set (the daemon's options; the operator commands read the same
+// file): name -> whether it may have several values.
+std::map<std::string, bool> config_file_names();
 
 inline constexpr const char* kApplierVersion = "0.1.0";
 

@@ -1,5 +1,5 @@
-// Read-only RocksDB access for the CLI; see cli_state.h.
-#include "cli_state.h"
+// Read-only RocksDB access for the CLI; see state_reader.h.
+#include "state_reader.h"
 
 #include <cstring>
 

@@ -1,0 +1,312 @@
+// check: is the server set up for the applier, and is the applier's role no more than it needs?
+//
+// Run it with the daemon's config file: it connects as the applier's login role and checks that
+// role. "fail" is a setup that does not work or a role that can do more than it must (exit 2);
+// "warn" is something that works but deserves a look.
+#include <CLI/CLI.hpp>
+
+#include "commands.h"
+
+namespace atx::applier::cli {
+
+void define_check(CLI::App&, Options&) {}
+
+namespace {
+
+// The pg_atx version this applier speaks (sql/pg_atx.control default_version).
+constexpr const char* kExtensionVersion = "0.2";
+
+// Functions the applier calls, each needing EXECUTE.
+const char* const kNeededFunctions[] = {
+    "atx.apply_batch(pg_catalog.pg_lsn[], integer[], timestamp with time zone[], integer, integer, boolean)",
+    "atx.dead_letter_message(pg_catalog.pg_lsn, text, text, integer, timestamp with time zone)",
+    "atx.unapplied(pg_catalog.pg_lsn[])",
+    "atx.prune()",
+    "atx.wake(uuid[])",
+    "atx.ensure_slot()",
+};
+
+struct Checks {
+    json list = json::array();
+    std::string human;
+    bool bad = false;
+
+    void add(const std::string& what, const std::string& level, const std::string& detail)
+    {
+        list.push_back({{"check", what}, {"result", level}, {"detail", detail}});
+        if (level == "fail")
+            bad = true;
+        human += "  " + std::string(level == "ok" ? "ok  " : level == "warn" ? "WARN" : "FAIL") + "  " +
+                 printable(what, 200) + ": " + printable(detail, 1000) + "\n";
+    }
+};
+
+bool is_true(const std::optional<std::string>& v) { return v && (*v == "t" || *v == "true"); }
+
+void check_server(PgConn& conn, Checks& ck)
+{
+    const std::string wal_level = conn.scalar("SELECT pg_catalog.current_setting('wal_level')").value_or("");
+    ck.add("wal_level", wal_level == "logical" ? "ok" : "fail",
+           wal_level + (wal_level == "logical" ? "" : " (needs logical: ALTER SYSTEM SET wal_level = logical; restart)"));
+    const auto slots = conn.scalar("SELECT pg_catalog.current_setting('max_replication_slots')").value_or("0");
+    const auto senders = conn.scalar("SELECT pg_catalog.current_setting('max_wal_senders')").value_or("0");
+    ck.add("max_replication_slots / max_wal_senders", slots != "0" && senders != "0" ? "ok" : "fail",
+           slots + " / " + senders);
+}
+
+// A superuser-only parameter (output_plugin_libraries, shared_preload_libraries): nullopt with
+// *hidden set when this role may not read it (it needs pg_read_all_settings), nullopt alone when
+// the server does not have it.
+std::optional<std::string> setting(PgConn& conn, const std::string& name, bool* hidden)
+{
+    *hidden = false;
+    try {
+        return conn.scalar("SELECT pg_catalog.current_setting($1, true)", {name});
+    } catch (const PgError& e) {
+        if (e.connection_lost || e.sqlstate != "42501")
+            throw;
+        *hidden = true;
+        return std::nullopt;
+    }
+}
+
+// After the library was loaded in this session (check_slot): a library loaded late defines no
+// atx.exec_max_result_bytes, a preloaded one does, so the probe needs no privilege.
+void check_libraries(Db& d, Checks& ck, bool loaded)
+{
+    PgConn& conn = *d.conn;
+    bool hidden = false;
+    const auto opl = setting(conn, "output_plugin_libraries", &hidden);
+    if (hidden) {
+        const auto slot = d.slot();
+        const bool streams = slot && is_true(try_scalar(conn,
+            "SELECT s.active::pg_catalog.text FROM pg_catalog.pg_replication_slots s "
+            "WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name", {*slot}));
+        ck.add("output_plugin_libraries", streams ? "ok" : "warn",
+               std::string("not readable by this role (pg_read_all_settings); ") +
+                   (streams ? "the slot streams, so pg_atx loads as an output plugin"
+                            : "run check as a superuser to see whether it lists pg_atx"));
+    } else if (opl) {
+        const bool has = opl->find("pg_atx") != std::string::npos;
+        ck.add("output_plugin_libraries", has ? "ok" : "fail",
+               "'" + *opl + "'" + (has ? "" : " (add pg_atx: ALTER SYSTEM SET output_plugin_libraries = ..., pg_atx)"));
+    } else {
+        ck.add("output_plugin_libraries", "ok", "parameter does not exist on this server (before 15.19): nothing to do");
+    }
+    auto spl = setting(conn, "shared_preload_libraries", &hidden);
+    bool preloaded;
+    std::string shown_value;
+    if (hidden && !loaded) {
+        ck.add("shared_preload_libraries", "warn", "not readable by this role (pg_read_all_settings), and without "
+                                                   "the extension there is nothing else to tell");
+        return;
+    }
+    if (hidden) {
+        preloaded = try_scalar(conn, "SELECT pg_catalog.current_setting('atx.exec_max_result_bytes', true)").has_value();
+        shown_value = "pg_atx " + std::string(preloaded ? "is" : "is not") + " preloaded";
+    } else {
+        preloaded = spl.value_or("").find("pg_atx") != std::string::npos;
+        shown_value = "'" + spl.value_or("") + "'";
+    }
+    ck.add("shared_preload_libraries", preloaded ? "ok" : "warn",
+           shown_value + (preloaded ? "" : " (without pg_atx there, atx_exec refuses with 55000; atx_log works. "
+                                           "ALTER SYSTEM SET shared_preload_libraries = ..., pg_atx; restart)"));
+}
+
+// The login role: enough to apply, nothing more (docs/security.md).
+void check_role(PgConn& conn, Checks& ck, bool have_extension)
+{
+    PgResult role = conn.exec(
+        "SELECT r.rolsuper::pg_catalog.text, r.rolreplication::pg_catalog.text, "
+        "(SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname OPERATOR(pg_catalog.=) 'atx_applier') IS NOT NULL "
+        "AND pg_catalog.pg_has_role(CURRENT_USER, 'atx_applier', 'MEMBER'), r.rolname::pg_catalog.text "
+        "FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER");
+    const bool super = is_true(field(role.get(), 0, 0));
+    const bool repl = is_true(field(role.get(), 0, 1));
+    const bool member = is_true(field(role.get(), 0, 2));
+    const std::string me = field(role.get(), 0, 3).value_or("?");
+    ck.add("role REPLICATION", repl || super ? "ok" : "fail",
+           super ? "superuser" : repl ? "yes" : "missing (ALTER ROLE " + me + " REPLICATION)");
+    ck.add("role in atx_applier", member || super ? "ok" : "fail",
+           super ? "superuser" : member ? "member" : "not a member (GRANT atx_applier TO " + me + ")");
+    if (super) {
+        ck.add("least privilege", "warn",
+               "the applier's role " + me + " is a superuser: it can write atx.applied and atx.dead_letter and "
+               "set up replication origins; a REPLICATION role in atx_applier is enough");
+    } else {
+        // What the role must not be able to do: tag WAL records as pg_atx's, or forge the records
+        // the server trusts (what was applied, what is dead).
+        const bool origin = is_true(try_scalar(
+            conn, "SELECT pg_catalog.has_function_privilege("
+                  "'pg_catalog.pg_replication_origin_session_setup(text)', 'EXECUTE')::pg_catalog.text"));
+        ck.add("no replication origin setup", origin ? "fail" : "ok",
+               origin ? me + " can execute pg_replication_origin_session_setup (REVOKE EXECUTE ON FUNCTION "
+                             "pg_catalog.pg_replication_origin_session_setup(text) FROM " + me +
+                             ", and from atx_applier)"
+                      : "cannot execute pg_replication_origin_session_setup");
+        if (have_extension) {
+            for (const char* table : {"atx.applied", "atx.dead_letter", "atx.idempotency_key", "atx.apply_horizon"}) {
+                const bool writes = is_true(try_scalar(
+                    conn, "SELECT pg_catalog.has_table_privilege($1::pg_catalog.text, 'INSERT, UPDATE, DELETE, TRUNCATE')::pg_catalog.text",
+                    {std::string(table)}));
+                ck.add(std::string("no writes to ") + table, writes ? "fail" : "ok",
+                       writes ? me + " may write it (REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON " + table + " FROM " +
+                                    me + "): only the extension's functions write it"
+                              : "read-only");
+            }
+            std::string missing;
+            for (const char* f : kNeededFunctions)
+                if (!is_true(try_scalar(
+                        conn, "SELECT pg_catalog.has_function_privilege($1::pg_catalog.text, 'EXECUTE')::pg_catalog.text", {std::string(f)})))
+                    missing += (missing.empty() ? "" : ", ") + std::string(f).substr(0, std::string(f).find('('));
+            ck.add("apply functions", missing.empty() ? "ok" : "fail",
+                   missing.empty() ? "may execute atx.apply_batch and the others"
+                                   : "may not execute " + missing + " (GRANT atx_applier TO " + me + ")");
+        }
+    }
+    // Settings of the login role (ALTER ROLE ... SET) are in every apply session before each
+    // message's own settings are applied: whatever a message does not set itself, it inherits.
+    const auto settings = try_scalar(
+        conn, "SELECT pg_catalog.array_to_string(pg_catalog.array_agg(u.c), ', ') "
+              "FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) u(c) "
+              "WHERE s.setrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r "
+              "  WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) "
+              "AND s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0::pg_catalog.oid, (SELECT d.oid "
+              "  FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())])");
+    ck.add("settings of the login role", settings ? "warn" : "ok",
+           settings ? "ALTER ROLE ... SET " + *settings +
+                          ": apply sessions start with these, and a message that does not set a parameter itself "
+                          "runs with them (ALTER ROLE ... RESET)"
+                    : "none (ALTER ROLE ... SET would leak into messages)");
+}
+
+// The HMAC key: empty atx.key_file means pg_atx.key in the data directory, which every base
+// backup and every reader of the data directory copies.
+void check_key(PgConn& conn, Checks& ck)
+{
+    const auto key_file = try_scalar(conn, "SELECT pg_catalog.current_setting('atx.key_file', true)");
+    if (!key_file) {
+        ck.add("key file", "warn", "atx.key_file is not visible (the extension's library is not loaded here)");
+        return;
+    }
+    if (key_file->empty()) {
+        ck.add("key file", "warn",
+               "pg_atx.key in the data directory: base backups and replicas carry it; set atx.key_file to a path "
+               "outside the data directory (the same key on every node that applies)");
+        return;
+    }
+    if ((*key_file)[0] != '/') {
+        ck.add("key file", "fail", "atx.key_file '" + *key_file + "' is not an absolute path");
+        return;
+    }
+    // pg_stat_file needs superuser or an explicit grant; without it the file is not looked at.
+    std::optional<std::string> size;
+    bool looked = false;
+    try {
+        size = conn.scalar("SELECT (pg_catalog.pg_stat_file($1, true)).size::pg_catalog.text", {*key_file});
+        looked = true;
+    } catch (const PgError& e) {
+        if (e.connection_lost)
+            throw;
+    }
+    if (!looked)
+        ck.add("key file", "ok", "atx.key_file = '" + *key_file + "' (not inspected: this role may not stat files)");
+    else if (!size)
+        ck.add("key file", "warn", "atx.key_file = '" + *key_file +
+                                       "' does not exist yet: it is created on first use; copy the same key to "
+                                       "every node that may apply messages");
+    else if (*size != "32")
+        ck.add("key file", "fail", "atx.key_file = '" + *key_file + "' is " + *size + " bytes long, not 32");
+    else
+        ck.add("key file", "ok", "atx.key_file = '" + *key_file + "' (32 bytes)");
+}
+
+void check_slot(Db& d, Checks& ck)
+{
+    const auto slot = d.slot();
+    if (!slot)
+        return;
+    PgResult s = d.conn->exec("SELECT s.plugin::pg_catalog.text, s.wal_status, s.active::pg_catalog.text "
+                              "FROM pg_catalog.pg_replication_slots s "
+                              "WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+                              {*slot});
+    if (PQntuples(s.get()) == 0) {
+        ck.add("slot " + *slot, "warn", "missing (atx-applier creates it on start; atx_log refuses until it exists)");
+        return;
+    }
+    const std::string plugin = field(s.get(), 0, 0).value_or("");
+    const std::string ws = field(s.get(), 0, 1).value_or("");
+    const bool active = field(s.get(), 0, 2).value_or("") == "true";
+    ck.add("slot " + *slot + " plugin", plugin == "pg_atx" ? "ok" : "fail", plugin);
+    ck.add("slot " + *slot + " wal_status", ws == "lost" ? "fail" : ws == "unreserved" ? "warn" : "ok",
+           ws + (ws == "lost" ? " (invalidated: its messages are gone; drop the slot to resume)" : ""));
+    ck.add("slot " + *slot + " active", active ? "ok" : "warn",
+           active ? "a walsender streams it" : "no applier is streaming it");
+}
+
+}  // namespace
+
+int run_check(Context& c)
+{
+    json out = json::array();
+    std::string human;
+    bool bad = false;
+    for (const auto& name : c.db_names()) {
+        Checks ck;
+        json j;
+        j["database"] = name.empty() ? json(nullptr) : json(name);
+        std::unique_ptr<Db> d;
+        try {
+            d = std::make_unique<Db>(c.connect(name));
+            j["database"] = d->name;
+            ck.human += "database " + printable(d->name) + ":\n";
+            ck.add("connection", "ok",
+                   "connected as " + d->conn->scalar("SELECT CURRENT_USER::pg_catalog.text").value_or("?") + ", server " +
+                       d->conn->scalar("SELECT pg_catalog.current_setting('server_version')").value_or("?"));
+        } catch (const PgError& e) {
+            ck.human += "database " + (name.empty() ? std::string("(default)") : printable(name)) + ":\n";
+            ck.add("connection", "fail", e.what());
+        }
+        if (d) {
+            PgConn& conn = *d->conn;
+            try {
+                check_server(conn, ck);
+                const auto ext = conn.scalar("SELECT e.extversion FROM pg_catalog.pg_extension e "
+                                             "WHERE e.extname OPERATOR(pg_catalog.=) 'pg_atx'");
+                if (!ext)
+                    ck.add("extension pg_atx", "fail", "not installed (CREATE EXTENSION pg_atx)");
+                else
+                    ck.add("extension pg_atx", *ext == kExtensionVersion ? "ok" : "fail",
+                           "version " + *ext +
+                               (*ext == kExtensionVersion ? ""
+                                                          : std::string(" (this applier needs ") + kExtensionVersion +
+                                                                ": ALTER EXTENSION pg_atx UPDATE)"));
+                check_role(conn, ck, ext.has_value());
+                if (ext)
+                    check_slot(*d, ck);  // loads the library: its parameters are defined from here on
+                check_libraries(*d, ck, ext.has_value());
+                if (ext)
+                    check_key(conn, ck);
+            } catch (const PgError& e) {
+                if (e.connection_lost)
+                    throw;
+                ck.add("checks", "fail", std::string("a query failed, the remaining checks were skipped: ") + e.what());
+            }
+        }
+        human += ck.human;
+        bad = bad || ck.bad;
+        j["checks"] = ck.list;
+        out.push_back(j);
+    }
+    if (!c.opt.state_dir.empty()) {
+        human += "state directory " + printable(c.opt.state_dir) + ":\n";
+        const bool okdir = c.state != nullptr;
+        human += std::string("  ") + (okdir ? "ok  " : "WARN") + "  RocksDB: " +
+                 (okdir ? "readable" : printable(c.state_why)) + "\n";
+    }
+    json result{{"ok", !bad}, {"databases", out}};
+    c.print(result, human + (bad ? "problems found\n" : "all checks passed\n"));
+    return bad ? kProblem : kOk;
+}
+
+}  // namespace atx::applier::cli
