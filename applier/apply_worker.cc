@@ -141,8 +141,11 @@ void ApplyWorker::run_batch(const Batch& b)
     try {
         Lsn commit_lsn = 0;
         std::vector<ApplyResult> results = session_.apply(batch.items, &commit_lsn);
-        ctx_.metrics.apply_seconds.observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+        const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        ctx_.metrics.apply_seconds.observe(seconds);
         ++ctx_.metrics.batches;
+        spdlog::debug("{} event=batch_applied worker={} messages={} first_lsn={} commit_lsn={} ms={:.1f}", ctx_.log,
+                      number_, batch.items.size(), lsn(batch.items.front().start), lsn(commit_lsn), seconds * 1000);
         handle_results(batch, results, commit_lsn);
     } catch (const PgError& e) {
         if (e.connection_lost || !session_.connected() || PQstatus(session_.conn().get()) != CONNECTION_OK) {
@@ -194,6 +197,8 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             handled.push_back(p);
         } else if (r.status == "dead") {
             ++ctx_.metrics.dead_lettered;
+            if (r.failure == "unauthenticated")
+                ++ctx_.metrics.rejected;
             rec.status = DeliveryStatus::Dead;
             rec.last_sqlstate = r.sqlstate;
             rec.last_error = bounded(r.error);

@@ -199,7 +199,7 @@ std::string Metrics::render() const
                    "Messages not executed because their idempotency key or id was applied before.",
                    &DbMetrics::duplicate);
     per_db_counter("atx_messages_rejected_total",
-                   "Dead letters for malformed (22P03), forged (28000) or unknown-format (0A000) messages.",
+                   "Dead letters of payloads that did not decode or authenticate (malformed or forged).",
                    &DbMetrics::rejected);
     per_db_counter("atx_reconnects_total", "Sessions that ended in an error and were restarted.",
                    &DbMetrics::reconnects);

@@ -61,7 +61,7 @@ struct DbMetrics {
     std::atomic<uint64_t> retried{0};        // failed attempts that were retried (transient)
     std::atomic<uint64_t> dead_lettered{0};  // written to atx.dead_letter
     std::atomic<uint64_t> duplicate{0};      // not executed: key applied before / id seen applied
-    std::atomic<uint64_t> rejected{0};       // dead letters for 22P03 / 28000 / 0A000 (forged, malformed)
+    std::atomic<uint64_t> rejected{0};       // dead letters of payloads that did not decode or authenticate
     std::atomic<uint64_t> reconnects{0};     // sessions that ended in an error and were restarted
     std::atomic<uint64_t> batches{0};        // apply transactions committed
     std::atomic<uint64_t> backend_losses{0}; // apply sessions lost while a batch ran

@@ -344,7 +344,8 @@ static bool apply_items(const BatchArgs* a, BatchItem* items)
             // Dead-lettered below, in order, unless handled before.
             it->sqlerrcode = dead_code;
             it->error = dead_error;
-            it->failure = "permanent";
+            // A payload that did not decode or authenticate: nothing of it may be trusted.
+            it->failure = it->authenticated ? "permanent" : "unauthenticated";
         }
         if (it->have_id)
             memcpy(ids[i], it->id, 16);

@@ -109,30 +109,31 @@ slot_active() { [ "$(qp -c "SELECT active FROM pg_replication_slots WHERE slot_n
 
 # --- the assertion the lead adapts -----------------------------------------------------------
 # slot_not_ahead_of_applied NODE: the slot must never be confirmed past a message the applier has
-# not durably applied: such a message is skipped for good when streaming resumes there. Today the
-# applier's durable progress is the replication origin's (pg_replication_origin_progress(origin,
-# true)); a slot ahead of it is harmless only when no pg_atx message lies in between, which
-# pg_walinspect reads from the node's WAL. (The lead replaces origin progress by a per-message
-# applied record in the server: this is the one function to change.) Sets SLOT_STATE.
+# not durably applied: such a message is skipped for good when streaming resumes there. The
+# server records every handled message in atx.applied (by its WAL start LSN) until atx.prune moves
+# atx.apply_horizon past it; so every pg_atx message record (read with pg_walinspect from the
+# node's WAL) between the horizon and the slot's confirmed position must have its record there.
+# Sets SLOT_STATE.
 SLOT_STATE=""
 slot_not_ahead_of_applied() {
-    local node=$1 r c p n
+    local node=$1 r c h n
     r=$(ha_psql "$node" -d "$DB" -v ON_ERROR_STOP=1 -F ' ' <<SQL 2>&1
 WITH s AS (SELECT confirmed_flush_lsn AS c, restart_lsn FROM pg_replication_slots WHERE slot_name = '$SLOT'),
-     o AS (SELECT pg_replication_origin_progress('$ORIGIN', true) AS p)
-SELECT s.c, coalesce(o.p::text, 'none'),
-       CASE WHEN s.c <= coalesce(o.p, '0/0') THEN 0
-            ELSE (SELECT count(*) FROM pg_get_wal_records_info(coalesce(o.p, s.restart_lsn), s.c)
-                   WHERE resource_manager = 'LogicalMessage' AND description LIKE '%prefix "pg_atx"%') END
-  FROM s, o
+     h AS (SELECT coalesce((SELECT lsn FROM atx.apply_horizon), '0/0'::pg_lsn) AS h)
+SELECT s.c, h.h,
+       CASE WHEN s.c <= greatest(h.h, s.restart_lsn) THEN 0
+            ELSE (SELECT count(*) FROM pg_get_wal_records_info(greatest(h.h, s.restart_lsn), s.c) w
+                   WHERE w.resource_manager = 'LogicalMessage' AND w.description LIKE '%prefix "pg_atx"%'
+                     AND NOT EXISTS (SELECT 1 FROM atx.applied a WHERE a.lsn = w.start_lsn)) END
+  FROM s, h
 SQL
     )
-    read -r c p n <<<"$r"
+    read -r c h n <<<"$r"
     if ! [[ "$n" =~ ^[0-9]+$ ]]; then
         SLOT_STATE="slot $SLOT unreadable on $node: $(echo "$r" | head -n 2 | tr '\n' ' ')"
         return 1
     fi
-    SLOT_STATE="slot confirmed $c, durable origin progress $p, unapplied pg_atx messages behind the slot $n"
+    SLOT_STATE="slot confirmed $c, horizon $h, pg_atx messages behind the slot without a record in atx.applied: $n"
     [ "$n" = 0 ]
 }
 
@@ -244,7 +245,6 @@ END $$;
 SQL
 OID=$(qp -c "SELECT oid FROM pg_database WHERE datname = current_database()")
 SLOT=pg_atx_$OID
-ORIGIN=pg_atx_apply_$OID
 # Before the applier runs: Patroni drops a logical slot it was not told about, and creates a
 # missing permanent one at the current position.
 ha_add_logical_slot "$SLOT" "$DB" pg_atx || { cat "$HA_DIR/edit-config.log" >&2; not_ok "patronictl edit-config"; }
