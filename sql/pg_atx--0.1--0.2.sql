@@ -317,51 +317,63 @@ BEGIN
 END
 $$;
 
+-- The apply entry points below are SECURITY DEFINER: they read the WAL, write atx.applied,
+-- atx.dead_letter and atx.idempotency_key, none of which their callers (atx_applier members) may
+-- touch themselves, and they run each message as its caller's role. Each pins its search_path
+-- (SET clause, and again inside, in ext/apply_batch.cc); what a message runs gets the caller's
+-- own settings back in a nested GUC level.
 CREATE FUNCTION atx.apply_batch(lsns pg_lsn[], attempts int[], first_failed timestamptz[],
     max_attempts int, timeout_ms int, wake_at_commit boolean,
     OUT lsn pg_lsn, OUT message_id uuid, OUT status text, OUT sqlstate text, OUT error text,
     OUT failure text, OUT command text, OUT rows bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'atx_apply_batch'
-LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean) IS
     'apply the pg_atx messages starting at these LSNs, in order, each once (what atx-applier calls)';
 
 CREATE FUNCTION atx.apply(lsn pg_lsn, OUT message_id uuid, OUT status text, OUT command text, OUT rows bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'atx_apply_one'
-LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.apply(pg_lsn) IS 'apply one pg_atx message by hand; raises its error';
 
 CREATE FUNCTION atx.dead_letter_message(lsn pg_lsn, sqlstate text, error text, attempts int, first_failed timestamptz)
 RETURNS uuid
 AS 'MODULE_PATHNAME', 'atx_dead_letter_message'
-LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.dead_letter_message(pg_lsn, text, text, int, timestamptz) IS
     'dead-letter the pg_atx message at lsn without running it (NULL: it was handled before)';
 
 CREATE FUNCTION atx.wake(ids uuid[])
 RETURNS int
 AS 'MODULE_PATHNAME', 'atx_wake'
-LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.wake(uuid[]) IS 'hand waiting atx_exec callers the stored outcomes of these messages';
 
 CREATE FUNCTION atx.prune()
 RETURNS pg_lsn
 AS 'MODULE_PATHNAME', 'atx_prune'
-LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.prune() IS 'move atx.apply_horizon to the slot''s confirmed position and forget older records';
 
 CREATE FUNCTION atx.unapplied(lsns pg_lsn[])
 RETURNS SETOF pg_lsn
 AS 'MODULE_PATHNAME', 'atx_unapplied'
-LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.unapplied(pg_lsn[]) IS 'the LSNs among these of which this server has no handled record';
 
 CREATE FUNCTION atx.message_at(lsn pg_lsn)
 RETURNS bytea
 AS 'MODULE_PATHNAME', 'atx_message_at'
-LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.message_at(pg_lsn) IS 'the payload of the pg_atx message at lsn, read from the WAL';
 
 CREATE FUNCTION atx.verify_payload(payload bytea)
@@ -374,7 +386,8 @@ CREATE FUNCTION atx.retry_dead_letter(id bigint, OUT message_id uuid, OUT status
     OUT error text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'atx_retry_dead_letter'
-LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE;
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.retry_dead_letter(bigint) IS
     'run a dead letter''s message again: applied (the dead letter goes) or failed (it stays, one more attempt)';
 
