@@ -205,7 +205,7 @@ std::string Metrics::render() const
                    &DbMetrics::reconnects);
     per_db_counter("atx_apply_transactions_total", "Apply transactions committed.", &DbMetrics::batches);
     per_db_counter("atx_apply_session_losses_total",
-                   "Apply sessions lost (backend killed, crashed, out of memory) while a batch ran.",
+                   "Apply session connections lost while a batch ran (terminated, dropped, or the backend died).",
                    &DbMetrics::backend_losses);
     per_db_counter("atx_messages_behind_slot_total",
                    "Handled messages of which a new primary had no record while its slot stood past them.",

@@ -8,9 +8,9 @@
 // transaction as its effect, and a message below the horizon (atx.prune) was handled before.
 //
 // These functions are SECURITY DEFINER (the extension owner writes atx.applied and
-// atx.dead_letter, which the applier role may only read) without a SET clause: search_path is
-// set in C around the work, so that synchronous_commit can be raised for the enclosing
-// transaction at the end (a SET clause would revert it on return).
+// atx.dead_letter, which the applier role may only read) with SET search_path, and pin it again
+// around their work (enter()). A setting made LOCAL on the way out (synchronous_commit, when an
+// atx_exec caller waits) outlives the SET clause: it is another variable.
 //
 // Plain C style (see pg_guard.h).
 #include "applied_log.h"

@@ -183,7 +183,7 @@ static void wait_for_outcome(AtxExecSlot* s, const uint8 id[16], const char* fna
                                 id_text),
                          errdetail_internal("%s", fate_detail(seen, fname, id_text)),
                          have_applier ? errhint("Raise atx.exec_timeout, or look for what holds up the apply sessions "
-                                                "(application_name 'atx-applier apply' in pg_stat_activity).")
+                                                "(application_name 'atx-applier apply <n>' in pg_stat_activity).")
                                       : errhint("No atx-applier apply session has connected to this database since "
                                                 "the server started: is atx-applier running?")));
             }
