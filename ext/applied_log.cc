@@ -3,6 +3,7 @@
 #include "applied_log.h"
 
 #include "message_json.h"
+#include "spi_util.h"
 
 extern "C" {
 #include "utils/pg_lsn.h"
@@ -11,23 +12,6 @@ extern "C" {
 #define MAX_ERROR_TEXT 8000
 #define MAX_DETAIL_TEXT 2000
 
-static SPIPlanPtr keep(SPIPlanPtr* slot, const char* sql, int n, Oid* types)
-{
-    if (*slot == NULL) {
-        SPIPlanPtr p = SPI_prepare(sql, n, types);
-        if (p == NULL || SPI_keepplan(p) != 0)
-            elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
-        *slot = p;
-    }
-    return *slot;
-}
-
-static Datum uuid_datum(const uint8 id[16])
-{
-    pg_uuid_t* u = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
-    memcpy(u->data, id, UUID_LEN);
-    return UUIDPGetDatum(u);
-}
 
 // s made valid in the database encoding: a byte that starts no valid character becomes '?'.
 // (Error texts may quote bytes of a payload that did not authenticate.)
@@ -69,7 +53,7 @@ XLogRecPtr atx_applied_horizon(void)
     bool isnull;
     Datum d;
 
-    keep(&plan, "SELECT lsn FROM atx.apply_horizon", 0, NULL);
+    atx_keep_plan(&plan, "SELECT lsn FROM atx.apply_horizon", 0, NULL);
     if (SPI_execute_plan(plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed == 0)
         return InvalidXLogRecPtr;
     d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -80,7 +64,7 @@ static ArrayType* uuid_array(int n, uint8 (*ids)[16])
 {
     Datum* d = (Datum*)palloc(sizeof(Datum) * (n ? n : 1));
     for (int i = 0; i < n; i++)
-        d[i] = uuid_datum(ids[i]);
+        d[i] = atx_uuid_datum(ids[i]);
     return construct_array(d, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
 }
 
@@ -96,7 +80,7 @@ void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome)
     }
     if (n == 0)
         return;
-    keep(&plan,
+    atx_keep_plan(&plan,
          "SELECT message_id, outcome::text, status FROM atx.applied "
          "WHERE message_id OPERATOR(pg_catalog.=) ANY ($1)",
          1, types);
@@ -137,13 +121,13 @@ static void record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char**
     if (n == 0)
         return;
     if (replace) {
-        keep(&upsert_plan,
+        atx_keep_plan(&upsert_plan,
              ATX_RECORD_INSERT "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, "
                                "outcome = excluded.outcome, handled_at = excluded.handled_at",
              4, types);
         plan = upsert_plan;
     } else {
-        keep(&insert_plan, ATX_RECORD_INSERT, 4, types);
+        atx_keep_plan(&insert_plan, ATX_RECORD_INSERT, 4, types);
         plan = insert_plan;
     }
 #undef ATX_RECORD_INSERT
@@ -189,7 +173,7 @@ void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* pay
     bytea* p = (bytea*)palloc(VARHDRSZ + len);
     const char* session_user = m->session_role_name && m->session_role_name[0] ? m->session_role_name : NULL;
 
-    keep(&plan,
+    atx_keep_plan(&plan,
          "WITH d AS (INSERT INTO atx.dead_letter (message_id, source_lsn, caller_role, caller_role_oid, "
          "caller_session_user, caller_xid, emitted_at, statement, params, idempotency_key, payload, sqlstate, "
          "error, detail, hint, attempts, first_failed_at) "
@@ -200,7 +184,7 @@ void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* pay
     memset(nulls, ' ', sizeof nulls);
     SET_VARSIZE(p, VARHDRSZ + len);
     memcpy(VARDATA(p), payload, len);
-    v[0] = uuid_datum(m->id);
+    v[0] = atx_uuid_datum(m->id);
     v[1] = LSNGetDatum(lsn);
     v[2] = DirectFunctionCall1(namein, CStringGetDatum(m->role_name));
     v[3] = ObjectIdGetDatum(m->role_oid);

@@ -23,6 +23,7 @@
 #include "name_id.h"
 #include "pg_guard.h"
 #include "slot_check.h"
+#include "spi_util.h"
 #include "wal_message.h"
 
 extern "C" {
@@ -92,12 +93,6 @@ static Datum result_row(const Entry& e, TupleDesc tupdesc, Datum* v, bool* nulls
     return d;
 }
 
-static Datum uuid_datum(const uint8 id[16])
-{
-    pg_uuid_t* u = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
-    memcpy(u->data, id, UUID_LEN);
-    return UUIDPGetDatum(u);
-}
 
 // --- one message ------------------------------------------------------------------------------
 
@@ -240,15 +235,11 @@ static void publish_stored(const uint8 id[16], const char* outcome)
 
     if (outcome == NULL || !atx_exec_is_waited(id))
         return;
-    if (plan == NULL) {
-        SPIPlanPtr p = SPI_prepare("SELECT $1 OPERATOR(pg_catalog.->>) 'status', $1 OPERATOR(pg_catalog.->>) 'sqlstate', "
-                                   "$1 OPERATOR(pg_catalog.->>) 'error', $1 OPERATOR(pg_catalog.->>) 'detail', "
-                                   "$1 OPERATOR(pg_catalog.->>) 'hint'",
-                                   1, types);
-        if (p == NULL || SPI_keepplan(p) != 0)
-            elog(ERROR, "could not prepare the outcome query");
-        plan = p;
-    }
+    atx_keep_plan(&plan,
+                  "SELECT $1 OPERATOR(pg_catalog.->>) 'status', $1 OPERATOR(pg_catalog.->>) 'sqlstate', "
+                  "$1 OPERATOR(pg_catalog.->>) 'error', $1 OPERATOR(pg_catalog.->>) 'detail', "
+                  "$1 OPERATOR(pg_catalog.->>) 'hint'",
+                  1, types);
     v[0] = DirectFunctionCall1(jsonb_in, CStringGetDatum(outcome));
     if (SPI_execute_plan(plan, v, NULL, true, 1) != SPI_OK_SELECT || SPI_processed != 1)
         return;
@@ -484,7 +475,7 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
         v[0] = LSNGetDatum(it->lsn);
         nulls[0] = false;
         if (it->have_id) {
-            v[1] = uuid_datum(it->id);
+            v[1] = atx_uuid_datum(it->id);
             nulls[1] = false;
         }
         v[2] = CStringGetTextDatum(it->status);
@@ -569,7 +560,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
     }
 
     memset(nulls, true, sizeof nulls);
-    v[0] = uuid_datum(it.id);
+    v[0] = atx_uuid_datum(it.id);
     nulls[0] = false;
     v[1] = CStringGetTextDatum(r.status);
     nulls[1] = false;
@@ -639,7 +630,7 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
     else
         atx_applied_record(1, ids, &it.lsn, &status, &outcome);
     leave(e);
-    PG_RETURN_DATUM(uuid_datum(it.id));  // it.id is on the stack
+    PG_RETURN_DATUM(atx_uuid_datum(it.id));  // it.id is on the stack
 }
 
 // --- atx.wake: publish outcomes whose commits the applier now knows to be durable -------------
@@ -689,15 +680,11 @@ static Datum prune_body(FunctionCallInfo fcinfo)
         leave(e);
         PG_RETURN_NULL();
     }
-    if (plan == NULL) {
-        SPIPlanPtr p = SPI_prepare("WITH h AS (UPDATE atx.apply_horizon SET lsn = $1, updated_at = pg_catalog.now() "
-                                   "          WHERE lsn OPERATOR(pg_catalog.<) $1 RETURNING lsn) "
-                                   "DELETE FROM atx.applied WHERE lsn OPERATOR(pg_catalog.<) (SELECT lsn FROM h)",
-                                   1, types);
-        if (p == NULL || SPI_keepplan(p) != 0)
-            elog(ERROR, "could not prepare the prune statement");
-        plan = p;
-    }
+    atx_keep_plan(&plan,
+                  "WITH h AS (UPDATE atx.apply_horizon SET lsn = $1, updated_at = pg_catalog.now() "
+                  "          WHERE lsn OPERATOR(pg_catalog.<) $1 RETURNING lsn) "
+                  "DELETE FROM atx.applied WHERE lsn OPERATOR(pg_catalog.<) (SELECT lsn FROM h)",
+                  1, types);
     v[0] = LSNGetDatum(confirmed);
     if (SPI_execute_plan(plan, v, NULL, false, 0) < 0)
         elog(ERROR, "could not prune atx.applied");
@@ -716,16 +703,11 @@ static Datum unapplied_body(FunctionCallInfo fcinfo)
 
     InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
     Entry e = enter();
-    if (plan == NULL) {
-        SPIPlanPtr p = SPI_prepare(
-            "SELECT l FROM pg_catalog.unnest($1) l "
-            " WHERE l OPERATOR(pg_catalog.>=) COALESCE((SELECT lsn FROM atx.apply_horizon), '0/0'::pg_catalog.pg_lsn)"
-            "   AND NOT EXISTS (SELECT 1 FROM atx.applied a WHERE a.lsn OPERATOR(pg_catalog.=) l)",
-            1, types);
-        if (p == NULL || SPI_keepplan(p) != 0)
-            elog(ERROR, "could not prepare the unapplied query");
-        plan = p;
-    }
+    atx_keep_plan(&plan,
+                  "SELECT l FROM pg_catalog.unnest($1) l WHERE l OPERATOR(pg_catalog.>=) "
+                  "COALESCE((SELECT lsn FROM atx.apply_horizon), '0/0'::pg_catalog.pg_lsn) "
+                  "AND NOT EXISTS (SELECT 1 FROM atx.applied a WHERE a.lsn OPERATOR(pg_catalog.=) l)",
+                  1, types);
     v[0] = PG_GETARG_DATUM(0);
     if (SPI_execute_plan(plan, v, NULL, true, 0) != SPI_OK_SELECT)
         elog(ERROR, "could not read atx.applied");
@@ -815,21 +797,14 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
     if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
     Entry e = enter();
-    if (sel == NULL) {
-        SPIPlanPtr p = SPI_prepare("SELECT payload, source_lsn FROM atx.dead_letter "
-                                   "WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
-                                   1, t1);
-        SPIPlanPtr q = SPI_prepare("DELETE FROM atx.dead_letter WHERE id OPERATOR(pg_catalog.=) $1", 1, t1);
-        SPIPlanPtr u = SPI_prepare("UPDATE atx.dead_letter SET sqlstate = $2, error = $3, "
-                                   "attempts = attempts OPERATOR(pg_catalog.+) 1, dead_at = pg_catalog.now() "
-                                   "WHERE id OPERATOR(pg_catalog.=) $1",
-                                   3, t3);
-        if (p == NULL || q == NULL || u == NULL || SPI_keepplan(p) || SPI_keepplan(q) || SPI_keepplan(u))
-            elog(ERROR, "could not prepare the retry statements");
-        sel = p;
-        del = q;
-        upd = u;
-    }
+    atx_keep_plan(&sel,
+                  "SELECT payload, source_lsn FROM atx.dead_letter WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", 1,
+                  t1);
+    atx_keep_plan(&del, "DELETE FROM atx.dead_letter WHERE id OPERATOR(pg_catalog.=) $1", 1, t1);
+    atx_keep_plan(&upd,
+                  "UPDATE atx.dead_letter SET sqlstate = $2, error = $3, attempts = attempts OPERATOR(pg_catalog.+) 1, "
+                  "dead_at = pg_catalog.now() WHERE id OPERATOR(pg_catalog.=) $1",
+                  3, t3);
     v[0] = PG_GETARG_DATUM(0);
     if (SPI_execute_plan(sel, v, NULL, false, 1) != SPI_OK_SELECT || SPI_processed == 0) {
         leave(e);
@@ -851,7 +826,7 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
                         errmsg("role with OID %u (\"%s\") of the pg_atx message does not exist", m.role_oid,
                                m.role_name)));
     atx_execute_message(&m, 0, &r);
-    out[0] = uuid_datum(m.id);
+    out[0] = atx_uuid_datum(m.id);
     onulls[0] = false;
     out[1] = CStringGetTextDatum(r.status);
     if (strcmp(r.status, "failed") == 0) {

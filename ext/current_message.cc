@@ -3,6 +3,8 @@
 // current_message.h. Plain C style (see pg_guard.h).
 #include "current_message.h"
 
+#include "spi_util.h"
+
 #include "pg_guard.h"
 
 static AtxCurrentMessage current;
@@ -44,12 +46,6 @@ void atx_current_message_pop(const AtxCurrentMessage* saved) { current = *saved;
 
 AtxCurrentMessage* atx_current_message(void) { return current.m != NULL ? &current : NULL; }
 
-static Datum uuid_datum(const uint8 id[16])
-{
-    pg_uuid_t* u = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
-    memcpy(u->data, id, UUID_LEN);
-    return UUIDPGetDatum(u);
-}
 
 // atx.current_message(OUT id uuid, OUT caller_role name, OUT caller_role_oid oid,
 //     OUT caller_xid xid8, OUT emitted_at timestamptz, OUT idempotency_key text,
@@ -69,7 +65,7 @@ static Datum current_message_body(FunctionCallInfo fcinfo)
         elog(ERROR, "return type must be a row type");
 
     memset(nulls, false, sizeof nulls);
-    values[0] = uuid_datum(m->id);
+    values[0] = atx_uuid_datum(m->id);
     values[1] = DirectFunctionCall1(namein, CStringGetDatum(m->role_name ? m->role_name : ""));
     values[2] = ObjectIdGetDatum(m->role_oid);
     // xid8 is a 64-bit FullTransactionId passed by value.
@@ -88,7 +84,7 @@ static Datum current_message_body(FunctionCallInfo fcinfo)
     values[7] = Int32GetDatum(m->depth);
     // A nested message's lane is its parent's id.
     if (m->depth > 0)
-        values[8] = uuid_datum(m->lane);
+        values[8] = atx_uuid_datum(m->lane);
     else
         nulls[8] = true;
     PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls)));

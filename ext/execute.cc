@@ -23,6 +23,7 @@
 #include "pg_guard.h"
 #include "plan_cache.h"
 #include "result_receiver.h"
+#include "spi_util.h"
 
 extern "C" {
 #include "catalog/namespace.h"
@@ -300,18 +301,14 @@ static bool claim_key(const AtxMessageC* m)
     pg_uuid_t* uuid = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
     int rc;
 
-    if (plan == NULL) {
-        SPIPlanPtr p = SPI_prepare("INSERT INTO atx.idempotency_key (role_oid, key, message_id, applied_at) "
-                                   "SELECT $1, $2, $3, pg_catalog.now() WHERE NOT EXISTS ("
-                                   "  SELECT 1 FROM atx.idempotency_key k"
-                                   "   WHERE k.role_oid OPERATOR(pg_catalog.=) 0"
-                                   "     AND k.key OPERATOR(pg_catalog.=) $2) "
-                                   "ON CONFLICT (role_oid, key) DO NOTHING",
-                                   3, types);
-        if (p == NULL || SPI_keepplan(p) != 0)
-            elog(ERROR, "could not prepare the idempotency key insert: %s", SPI_result_code_string(SPI_result));
-        plan = p;
-    }
+    atx_keep_plan(&plan,
+                  "INSERT INTO atx.idempotency_key (role_oid, key, message_id, applied_at) "
+                  "SELECT $1, $2, $3, pg_catalog.now() WHERE NOT EXISTS ("
+                  "  SELECT 1 FROM atx.idempotency_key k"
+                  "   WHERE k.role_oid OPERATOR(pg_catalog.=) 0"
+                  "     AND k.key OPERATOR(pg_catalog.=) $2) "
+                  "ON CONFLICT (role_oid, key) DO NOTHING",
+                  3, types);
     memcpy(uuid->data, m->id, UUID_LEN);
     values[0] = ObjectIdGetDatum(m->role_oid);
     values[1] = CStringGetTextDatum(m->key);
