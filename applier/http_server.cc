@@ -3,6 +3,8 @@
 
 #include <stdexcept>
 
+#include <sys/socket.h>
+
 #include <httplib.h>
 
 #include "metrics.h"
@@ -65,6 +67,14 @@ void HttpServer::start()
         res.status = metrics().ready(ready_max_lag_s_, &why) ? 200 : 503;
         res.set_content(why + "\n", "text/plain; charset=utf-8");
     });
+    // Bind exclusively. httplib's default sets SO_REUSEPORT, which lets a second applier on this
+    // host bind the same address and the kernel then spreads scrapes between the two. SO_REUSEADDR
+    // alone still lets a restart bind while old connections are in TIME_WAIT, but never a second
+    // listener.
+    svr.set_socket_options([](socket_t sock) {
+        int yes = 1;
+        (void)::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     svr.Get("/", [](const httplib::Request&, httplib::Response& res) {
         res.set_content("atx-applier: /metrics /healthz /readyz\n", "text/plain; charset=utf-8");
     });
@@ -75,10 +85,16 @@ void HttpServer::start()
     } else {
         if (!svr.bind_to_port(addr_.host, addr_.port))
             throw std::runtime_error("cannot bind the HTTP listener to " + addr_.host + ":" +
-                                     std::to_string(addr_.port) + " (in use? --http-listen off disables it)");
+                                     std::to_string(addr_.port) + " (in use by another process? --http-listen off disables it)");
         bound_port_ = addr_.port;
     }
     thread_ = std::thread([this] { impl_->svr.listen_after_bind(); });
+}
+
+std::string HttpServer::address() const
+{
+    const bool v6 = addr_.host.find(':') != std::string::npos;
+    return (v6 ? "[" + addr_.host + "]" : addr_.host) + ":" + std::to_string(bound_port_);
 }
 
 void HttpServer::stop()

@@ -137,8 +137,8 @@ int main(int argc, char** argv)
                                                 static_cast<double>(cfg.ready_max_lag_seconds),
                                                 kStaleAfterSeconds);
             http->start();
-            spdlog::info("event=http_listening address={} port={} endpoints=/metrics,/healthz,/readyz",
-                         logq(cfg.http_listen), http->port());
+            spdlog::info("event=http_listening address={} port={} url={}", logq(http->address()), http->port(),
+                         logq("http://" + http->address() + "/metrics"));
         } catch (const std::exception& e) {
             http.reset();
             if (!cfg.http_listen_explicit) {
