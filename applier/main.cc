@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <thread>
@@ -124,6 +125,13 @@ int main(int argc, char** argv)
                  "synchronous_commit={} once={}",
                  kApplierVersion, ::getpid(), cfg.dbnames.size(), logq(cfg.state_dir), cfg.batch_size,
                  cfg.synchronous_commit, cfg.once);
+#ifdef ATX_FAULT_INJECTION
+    // atx-applier-faults (tests only): say so, and which fault point is armed.
+    const char* fault = std::getenv("ATX_FAULT");
+    spdlog::warn("event=fault_points_compiled armed={} warning=\"test-only binary: ATX_FAULT makes it SIGKILL "
+                 "itself; run the installed atx-applier in production\"",
+                 logq(fault && *fault ? fault : "none"));
+#endif
 
     for (const auto& db : cfg.dbnames)
         metrics().db(db);  // fixed set of entries before any thread reads them
