@@ -34,6 +34,7 @@
 #include "logging.h"
 #include "metrics.h"
 #include "sd_notify.h"
+#include "server_monitor.h"
 #include "state_store.h"
 
 using namespace atx::applier;
