@@ -34,7 +34,8 @@ const std::set<std::string>& file_keys()
         "status-interval-ms", "synchronous-commit", "pid-file", "once", "idle-exit-ms",
         "http-listen", "ready-max-lag-seconds", "monitor-interval-ms", "lock-timeout-ms", "apply-sessions",
         "max-sessions-per-role", "nested-sessions", "max-retry-seconds", "max-backend-losses",
-        "prune-interval-ms", "durability"};
+        "prune-interval-ms", "durability", "state-retention-days", "state-retention-records",
+        "state-retention-interval-ms"};
     return keys;
 }
 
@@ -152,6 +153,12 @@ cxxopts::Options make_options()
          cxxopts::value<std::string>())
         ("monitor-interval-ms", "how often the server is asked for slot status, lag in bytes and "
                                 "dead letters (default: 5000)", cxxopts::value<std::string>())
+        ("state-retention-days", "delivery history in the state directory older than this is deleted; "
+                                 "0 keeps it by age (default: 7)", cxxopts::value<std::string>())
+        ("state-retention-records", "at most this many delivery records are kept per database, the newest; "
+                                    "0 sets no limit (default: 1000000)", cxxopts::value<std::string>())
+        ("state-retention-interval-ms", "how often the retention sweep runs (default: 60000)",
+         cxxopts::value<std::string>())
         ("version", "print the version and exit")
         ("h,help", "print this help and exit");
     return o;
@@ -260,6 +267,9 @@ ParseOutcome parse_config(int argc, const char* const* argv)
     }
     u32("ready-max-lag-seconds", c.ready_max_lag_seconds, 0, 86400 * 365);
     u32("monitor-interval-ms", c.monitor_interval_ms, 100, 3600000);
+    u32("state-retention-days", c.state_retention_days, 0, 36500);
+    u32("state-retention-records", c.state_retention_records, 0, 4000000000U);
+    u32("state-retention-interval-ms", c.state_retention_interval_ms, 1000, 86400000);
 
     if (c.dbnames.empty())
         throw ConfigError("no database: give --dbname (repeatable) or 'dbname = ...' in the config file");

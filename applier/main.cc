@@ -139,6 +139,15 @@ int main(int argc, char** argv)
     metrics().main_tick_us = wall_now_us();
     StateStore* store_ptr = store.get();
     metrics().state_size = [store_ptr] { return store_ptr->approximate_size(); };
+    metrics().state_records = [store_ptr] { return store_ptr->record_count(); };
+    metrics().state_swept = [store_ptr] { return store_ptr->swept_count(); };
+    RetentionPolicy retention;
+    retention.max_age_days = cfg.state_retention_days;
+    retention.max_records = cfg.state_retention_records;
+    store->start_retention(retention, std::chrono::milliseconds(cfg.state_retention_interval_ms));
+    spdlog::info("event=state_retention records={} max_age_days={} max_records_per_database={} interval_ms={}{}",
+                 store->record_count(), retention.max_age_days, retention.max_records,
+                 cfg.state_retention_interval_ms, retention.enabled() ? "" : " warning=\"off: the history grows forever\"");
     std::unique_ptr<HttpServer> http;
     if (cfg.http_listen != "off") {
         try {
@@ -271,6 +280,8 @@ int main(int argc, char** argv)
     if (http)
         http->stop();
     metrics().state_size = nullptr;
+    metrics().state_records = nullptr;
+    metrics().state_swept = nullptr;
     store.reset();  // flushes and closes RocksDB
     spdlog::info("event=exit status={}", code);
     shutdown_logging();

@@ -276,6 +276,10 @@ std::string Metrics::render() const
 
     header("atx_state_store_bytes", "gauge", "Approximate size of the RocksDB state (SST files + memtables).");
     out += "atx_state_store_bytes " + std::to_string(state_size ? state_size() : 0) + "\n";
+    header("atx_state_store_records", "gauge", "Delivery records in the RocksDB state (all databases).");
+    out += "atx_state_store_records " + std::to_string(state_records ? state_records() : 0) + "\n";
+    header("atx_state_store_swept_total", "counter", "Delivery records deleted by the retention sweep.");
+    out += "atx_state_store_swept_total " + std::to_string(state_swept ? state_swept() : 0) + "\n";
     header("atx_start_time_seconds", "gauge", "Unix time the process started.");
     out += "atx_start_time_seconds " + fmt_time(started_at_us.load()) + "\n";
     return out;

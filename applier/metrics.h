@@ -116,6 +116,8 @@ public:
     std::atomic<int64_t> main_tick_us{0};
     std::atomic<int64_t> started_at_us{wall_now_us()};
     std::function<uint64_t()> state_size;  // RocksDB approximate size, set by main
+    std::function<uint64_t()> state_records;  // delivery records held in RocksDB, set by main
+    std::function<uint64_t()> state_swept;    // records deleted by the retention sweep, set by main
 
     std::string render() const;  // Prometheus text format 0.0.4
 
