@@ -90,6 +90,26 @@ applier_stop
 check_eq "SIGTERM exits 0" 0 "$?"
 check "listener closed" bash -c "! curl -s -m 2 $URL/healthz"
 
+# Retention of the state store, wired from the options to the metrics: at most 50 records kept
+# (a fresh state directory, swept every second), 200 messages applied.
+: >"$TEST_DIR/applier.log"
+(trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres --state-dir "$TEST_DIR/state-retention" \
+    --http-listen 127.0.0.1:0 --state-retention-records 50 --state-retention-interval-ms 1000 \
+    >>"$TEST_DIR/applier.log" 2>&1) &
+APPLIER_PID=$!
+wait_for 10 grep -q event=http_listening "$TEST_DIR/applier.log"
+URL=http://127.0.0.1:$(port_of_log)
+check "retention settings logged" grep -q "event=state_retention records=0 max_age_days=7 max_records_per_database=50 interval_ms=1000" "$TEST_DIR/applier.log"
+before=$(q -c "SELECT count(*) FROM t")
+q -c "SELECT count(atx_log('INSERT INTO t VALUES (\$1)', g)) FROM generate_series(1, 200) g" >/dev/null
+wait_for 30 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM t') -ge $((before + 200)) ]"
+check_eq "200 more rows" "$((before + 200))" "$(q -c 'SELECT count(*) FROM t')"
+wait_for 10 bash -c "[ \$(curl -s $URL/metrics | awk '/^atx_state_store_swept_total/{print \$2}') -ge 150 ]"
+check "the sweep deleted the oldest 150 or more ($(metric atx_state_store_swept_total))" test "$(metric atx_state_store_swept_total)" -ge 150
+check "at most 50 records kept ($(metric atx_state_store_records))" test "$(metric atx_state_store_records)" -le 50
+applier_stop
+check_eq "SIGTERM exits 0" 0 "$?"
+
 # --http-listen off: no listener.
 applier_start --http-listen off
 wait_for 10 bash -c "grep -c event=streaming '$TEST_DIR/applier.log' | grep -q 3"
