@@ -115,6 +115,12 @@ void define_daemon_options(CLI::App& app, Config& c)
            "a message running alone when its apply backend is lost this often is dead-lettered");
     number(app, "prune-interval-ms", c.prune_interval_ms, 100, 3600000,
            "how often the server forgets handled messages the slot confirmed (atx.prune)");
+    number(app, "state-retention-days", c.state_retention_days, 0, 36500,
+           "delivery history in the state directory older than this is deleted; 0 keeps it by age");
+    number(app, "state-retention-records", c.state_retention_records, 0, 4000000000U,
+           "at most this many delivery records are kept per database, the newest; 0 sets no limit");
+    number(app, "state-retention-interval-ms", c.state_retention_interval_ms, 1000, 86400000,
+           "how often the retention sweep runs");
     text(app, "durability", c.durability,
          "what must hold before the slot is confirmed past a message: auto (sync when "
          "synchronous_standby_names is set, else local), local (flushed here), sync (synchronous apply "

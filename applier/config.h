@@ -53,6 +53,9 @@ struct Config {
                                                  // port that cannot be bound is then fatal
     uint32_t ready_max_lag_seconds = 60;         // /readyz fails above this lag
     uint32_t monitor_interval_ms = 5000;         // how often the server is asked for slot/lag/dead letters
+    uint32_t state_retention_days = 7;           // delivery history older than this is deleted; 0: no age limit
+    uint32_t state_retention_records = 1000000;  // newest records kept per database; 0: no count limit
+    uint32_t state_retention_interval_ms = 60000;  // how often the retention sweep runs
 };
 
 inline constexpr const char* kDefaultHttpListen = "127.0.0.1:9478";

@@ -1,4 +1,5 @@
-// Test-only fault points (compiled only with ATX_FAULT_INJECTION).
+// Test-only fault points, compiled only into atx-applier-faults (ATX_FAULT_INJECTION), a binary
+// that is never installed; the installed atx-applier has none and ignores ATX_FAULT.
 //
 // ATX_FAULT=<point>[:<n>] makes the process SIGKILL itself the n-th time (default: the first) it
 // reaches <point>. Points:
@@ -7,7 +8,14 @@
 //   after_state_write   the RocksDB write returned, the next slot confirmation not yet sent
 //   before_confirm      a status update that advances the flush position is about to be sent
 // Without ATX_FAULT_INJECTION, ATX_FAULT_POINT() compiles to nothing.
+// A file that uses ATX_FAULT_POINT must include this header itself (the build keys on it).
 #pragma once
+
+// applier/CMakeLists.txt compiles the files that include this header once per binary and every
+// other file once for both; a file that gained the include since cmake last ran lands here.
+#ifdef ATX_FAULT_SHARED_OBJECT
+#error "this file includes fault.h but is compiled once for both binaries: re-run cmake"
+#endif
 
 namespace atx::applier {
 

@@ -1,7 +1,12 @@
 // HTTP listener for /metrics, /healthz, /readyz; see http_server.h.
 #include "http_server.h"
 
+#include <atomic>
+#include <chrono>
 #include <stdexcept>
+#include <thread>
+
+#include <sys/socket.h>
 
 #include <httplib.h>
 
@@ -21,20 +26,16 @@ ListenAddress parse_listen(const std::string& s)
     if (a.host.empty())
         a.host = "0.0.0.0";
     const std::string p = s.substr(colon + 1);
-    size_t pos = 0;
-    int port = -1;
-    try {
-        port = std::stoi(p, &pos);
-    } catch (const std::exception&) {
-    }
-    if (p.empty() || pos != p.size() || port < 0 || port > 65535)
+    // Digits only: std::stoi alone would take " 80" or "+80".
+    if (p.empty() || p.size() > 5 || p.find_first_not_of("0123456789") != std::string::npos || std::stoi(p) > 65535)
         throw std::invalid_argument("http-listen: bad port in '" + s + "'");
-    a.port = port;
+    a.port = std::stoi(p);
     return a;
 }
 
 struct HttpServer::Impl {
     httplib::Server svr;
+    std::atomic<bool> done{false};  // listen_after_bind returned
 };
 
 HttpServer::HttpServer(ListenAddress addr, double ready_max_lag_s, double stale_after_s)
@@ -65,6 +66,14 @@ void HttpServer::start()
         res.status = metrics().ready(ready_max_lag_s_, &why) ? 200 : 503;
         res.set_content(why + "\n", "text/plain; charset=utf-8");
     });
+    // Bind exclusively. httplib's default sets SO_REUSEPORT, which lets a second applier on this
+    // host bind the same address and the kernel then spreads scrapes between the two. SO_REUSEADDR
+    // alone still lets a restart bind while old connections are in TIME_WAIT, but never a second
+    // listener.
+    svr.set_socket_options([](socket_t sock) {
+        int yes = 1;
+        (void)::setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+    });
     svr.Get("/", [](const httplib::Request&, httplib::Response& res) {
         res.set_content("atx-applier: /metrics /healthz /readyz\n", "text/plain; charset=utf-8");
     });
@@ -75,10 +84,23 @@ void HttpServer::start()
     } else {
         if (!svr.bind_to_port(addr_.host, addr_.port))
             throw std::runtime_error("cannot bind the HTTP listener to " + addr_.host + ":" +
-                                     std::to_string(addr_.port) + " (in use? --http-listen off disables it)");
+                                     std::to_string(addr_.port) + " (in use by another process? --http-listen off disables it)");
         bound_port_ = addr_.port;
     }
-    thread_ = std::thread([this] { impl_->svr.listen_after_bind(); });
+    thread_ = std::thread([this] {
+        impl_->svr.listen_after_bind();
+        impl_->done = true;
+    });
+    // httplib's stop() does nothing until the listening thread has started accepting, and that
+    // thread would then accept forever: a stop() right after start() (a quick exit) must not hang.
+    for (int i = 0; i < 5000 && !impl_->svr.is_running() && !impl_->done; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+}
+
+std::string HttpServer::address() const
+{
+    const bool v6 = addr_.host.find(':') != std::string::npos;
+    return (v6 ? "[" + addr_.host + "]" : addr_.host) + ":" + std::to_string(bound_port_);
 }
 
 void HttpServer::stop()

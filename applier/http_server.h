@@ -25,10 +25,12 @@ class HttpServer {
 public:
     HttpServer(ListenAddress addr, double ready_max_lag_s, double stale_after_s);
     ~HttpServer();
-    // Binds and starts serving in a thread. Throws std::runtime_error when the port cannot be bound.
+    // Binds (exclusively: no other process can listen on the same address) and starts serving in
+    // a thread. Throws std::runtime_error when the address cannot be bound.
     void start();
     void stop();
     int port() const { return bound_port_; }
+    std::string address() const;  // host:port as bound ([v6]:port), the port resolved when 0 was asked
 
 private:
     struct Impl;

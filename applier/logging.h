@@ -22,7 +22,9 @@ void reopen_log();
 void set_log_level(spdlog::level::level_enum level);
 void shutdown_logging();
 
-// Quotes a value for a logfmt field when it needs it (spaces, quotes, '=' or empty).
+// Quotes a value for a logfmt field when it needs it (empty, or a space, quote, '=', backslash or
+// control byte in it). Inside quotes: \" \\ \n \r \t, other control bytes (and DEL) as \xNN; bytes
+// >= 0x80 (UTF-8) stay as they are. So a value can neither end its line nor start a field.
 std::string logq(std::string_view v);
 
 }  // namespace atx::applier

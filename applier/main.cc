@@ -19,6 +19,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <memory>
 #include <thread>
@@ -33,6 +34,7 @@
 #include "logging.h"
 #include "metrics.h"
 #include "sd_notify.h"
+#include "server_monitor.h"
 #include "state_store.h"
 
 using namespace atx::applier;
@@ -124,12 +126,28 @@ int main(int argc, char** argv)
                  "synchronous_commit={} once={}",
                  kApplierVersion, ::getpid(), cfg.dbnames.size(), logq(cfg.state_dir), cfg.batch_size,
                  cfg.synchronous_commit, cfg.once);
+#ifdef ATX_FAULT_INJECTION
+    // atx-applier-faults (tests only): say so, and which fault point is armed.
+    const char* fault = std::getenv("ATX_FAULT");
+    spdlog::warn("event=fault_points_compiled armed={} warning=\"test-only binary: ATX_FAULT makes it SIGKILL "
+                 "itself; run the installed atx-applier in production\"",
+                 logq(fault && *fault ? fault : "none"));
+#endif
 
     for (const auto& db : cfg.dbnames)
         metrics().db(db);  // fixed set of entries before any thread reads them
     metrics().main_tick_us = wall_now_us();
     StateStore* store_ptr = store.get();
     metrics().state_size = [store_ptr] { return store_ptr->approximate_size(); };
+    metrics().state_records = [store_ptr] { return store_ptr->record_count(); };
+    metrics().state_swept = [store_ptr] { return store_ptr->swept_count(); };
+    RetentionPolicy retention;
+    retention.max_age_days = cfg.state_retention_days;
+    retention.max_records = cfg.state_retention_records;
+    store->start_retention(retention, std::chrono::milliseconds(cfg.state_retention_interval_ms));
+    spdlog::info("event=state_retention records={} max_age_days={} max_records_per_database={} interval_ms={}{}",
+                 store->record_count(), retention.max_age_days, retention.max_records,
+                 cfg.state_retention_interval_ms, retention.enabled() ? "" : " warning=\"off: the history grows forever\"");
     std::unique_ptr<HttpServer> http;
     if (cfg.http_listen != "off") {
         try {
@@ -137,8 +155,8 @@ int main(int argc, char** argv)
                                                 static_cast<double>(cfg.ready_max_lag_seconds),
                                                 kStaleAfterSeconds);
             http->start();
-            spdlog::info("event=http_listening address={} port={} endpoints=/metrics,/healthz,/readyz",
-                         logq(cfg.http_listen), http->port());
+            spdlog::info("event=http_listening address={} port={} url={}", logq(http->address()), http->port(),
+                         logq("http://" + http->address() + "/metrics"));
         } catch (const std::exception& e) {
             http.reset();
             if (!cfg.http_listen_explicit) {
@@ -262,6 +280,8 @@ int main(int argc, char** argv)
     if (http)
         http->stop();
     metrics().state_size = nullptr;
+    metrics().state_records = nullptr;
+    metrics().state_swept = nullptr;
     store.reset();  // flushes and closes RocksDB
     spdlog::info("event=exit status={}", code);
     shutdown_logging();

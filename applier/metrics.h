@@ -2,22 +2,17 @@
 // the liveness / readiness rules of /healthz and /readyz (docs/operations.md lists every metric).
 //
 // Everything a DatabaseWorker updates is an atomic in its DbMetrics (metrics().db(name)); no lock
-// on the hot path. A ServerMonitor thread asks the server, per database, for what the stream does
-// not tell: the slot's wal_status and activity, lag in bytes (pg_current_wal_flush_lsn() minus the
-// slot's confirmed_flush_lsn) and the number of rows in atx.dead_letter.
+// on the hot path. The ServerMonitor (server_monitor.h) fills in what the stream does not tell.
 #pragma once
 
 #include <array>
-#include <chrono>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
 namespace atx::applier {
@@ -121,6 +116,8 @@ public:
     std::atomic<int64_t> main_tick_us{0};
     std::atomic<int64_t> started_at_us{wall_now_us()};
     std::function<uint64_t()> state_size;  // RocksDB approximate size, set by main
+    std::function<uint64_t()> state_records;  // delivery records held in RocksDB, set by main
+    std::function<uint64_t()> state_swept;    // records deleted by the retention sweep, set by main
 
     std::string render() const;  // Prometheus text format 0.0.4
 
@@ -135,29 +132,6 @@ private:
 };
 
 Metrics& metrics();
-
-// Asks the server about each database's slot every `interval_ms`.
-class ServerMonitor {
-public:
-    ServerMonitor(std::string conninfo, std::vector<std::string> dbnames, uint32_t interval_ms);
-    ~ServerMonitor();
-    void start();
-    void stop();
-    // Stops and joins unless the thread is stuck in a query longer than `limit` (then false: the
-    // object must be leaked, the thread still uses it).
-    bool stop_within(std::chrono::milliseconds limit);
-
-private:
-    void run();
-    std::string conninfo_;
-    std::vector<std::string> dbnames_;
-    uint32_t interval_ms_;
-    std::thread thread_;
-    std::mutex mu_;
-    std::condition_variable cv_;
-    bool stop_ = false;
-    bool finished_ = false;
-};
 
 // Quotes a Prometheus label value.
 std::string prom_label(const std::string& v);

@@ -19,6 +19,12 @@
 //    and the next write or SyncWAL then aborts in the same assertion). Reads take a shared lock,
 //    the reopen an exclusive one.
 //
+// Retention (docs/applier-state.md, "Retention"): sweep() walks a scope's by_lsn index from the
+// oldest LSN and deletes records the policy no longer keeps, in chunks under the write lock, so
+// the hot path (record()) waits for one chunk at most. The number of records per scope is counted
+// once at open (a walk over by_lsn, keys only) and then kept by every write, so that the count
+// limit needs no walk.
+//
 // Keys (all column families): scope + '\0' + rest. A scope never contains '\0', so the prefix
 // scope + '\0' selects exactly one scope ("db1" does not match "db10").
 //   deliveries  scope \0 message_id            -> DeliveryRecord (encode_record)
@@ -27,13 +33,17 @@
 //   meta        scope \0 name                  -> value
 #include "state_store.h"
 
+#include <algorithm>
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <shared_mutex>
+#include <thread>
 #include <unordered_map>
 
 #include <sys/stat.h>
@@ -107,6 +117,15 @@ std::string lsn_key(const std::string& prefix, uint64_t lsn, const std::string& 
 {
     return prefix + be64(lsn) + message_id;
 }
+
+int64_t unix_now_us()
+{
+    return std::chrono::duration_cast<std::chrono::microseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+constexpr size_t kSweepChunk = 1000;  // by_lsn entries looked at per write-lock hold
 
 bool starts_with(const rocksdb::Slice& s, const std::string& prefix)
 {
@@ -235,6 +254,18 @@ struct StateStore::Impl {
     std::atomic<bool> failed{false};
     bool read_only = false;  // opened read-only after a failed reopen (only while failed)
     std::string last_error;  // of the failed write, for the StateError while still failing
+
+    // by_lsn entries (= records) per scope prefix; guarded by write_mutex. total mirrors the sum
+    // for readers that take no lock (metrics).
+    std::map<std::string, uint64_t> counts;
+    std::atomic<uint64_t> total{0};
+    std::atomic<uint64_t> swept{0};
+
+    // The retention thread (start_retention).
+    std::thread sweeper;
+    std::mutex sweeper_mu;
+    std::condition_variable sweeper_cv;
+    std::atomic<bool> stopping{false};
 
     rocksdb::ColumnFamilyHandle* cf(ColumnFamilyID id) const { return handles[static_cast<size_t>(id)]; }
 
@@ -383,6 +414,116 @@ struct StateStore::Impl {
         return decode_record(v, message_id);
     }
 
+    // Counts by_lsn entries per scope. At open, before any other thread can write.
+    void count_records()
+    {
+        counts.clear();
+        uint64_t n = 0;
+        rocksdb::ReadOptions ro;
+        ro.fill_cache = false;
+        std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(ro, cf(ColumnFamilyID::ByLsn)));
+        std::string prefix;
+        uint64_t* slot = nullptr;
+        for (it->SeekToFirst(); it->Valid(); it->Next()) {
+            const rocksdb::Slice k = it->key();
+            if (!slot || !starts_with(k, prefix)) {
+                const void* nul = std::memchr(k.data(), '\0', k.size());
+                if (!nul)
+                    continue;  // not written by record()
+                prefix.assign(k.data(), static_cast<size_t>(static_cast<const char*>(nul) - k.data()) + 1);
+                slot = &counts[prefix];
+            }
+            ++*slot;
+            ++n;
+        }
+        check("open (count records)", it->status());
+        total = n;
+    }
+
+    // Call with write_mutex held, after a write that changed a scope's by_lsn entries.
+    void adjust_count(const std::string& prefix, int64_t delta)
+    {
+        uint64_t& c = counts[prefix];
+        const uint64_t before = c;
+        c = delta < 0 ? c - std::min<uint64_t>(c, static_cast<uint64_t>(-delta)) : c + static_cast<uint64_t>(delta);
+        total += c - before;  // unsigned wrap-around adds a negative difference correctly
+    }
+
+    // One scope's sweep; see StateStore::sweep.
+    size_t sweep_scope(const std::string& prefix, const RetentionPolicy& policy, int64_t now_us)
+    {
+        const int64_t cutoff = policy.max_age_days != 0
+                                   ? now_us - static_cast<int64_t>(policy.max_age_days) * 86400 * 1000000
+                                   : INT64_MIN;
+        std::string resume = prefix;  // the next chunk looks at by_lsn keys >= resume
+        size_t deleted = 0;
+        for (bool done = false; !done && !stopping;) {
+            std::unique_lock<std::mutex> lock(write_mutex);
+            recover();
+            const uint64_t count = counts[prefix];
+            uint64_t excess = policy.max_records != 0 && count > policy.max_records ? count - policy.max_records : 0;
+            rocksdb::WriteBatch batch;
+            int64_t index_removed = 0;
+            size_t records_removed = 0;
+            {
+                std::shared_lock<std::shared_mutex> read_lock(rw);
+                require_open("sweep");
+                std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cf(ColumnFamilyID::ByLsn)));
+                size_t visited = 0;
+                for (it->Seek(resume);; it->Next()) {
+                    if (!it->Valid() || !starts_with(it->key(), prefix)) {
+                        done = true;
+                        break;
+                    }
+                    if (visited++ == kSweepChunk)
+                        break;
+                    const rocksdb::Slice k = it->key();
+                    resume.assign(k.data(), k.size());
+                    resume.push_back('\0');  // the smallest key after this one
+                    if (k.size() < prefix.size() + 8)
+                        continue;
+                    ByteReader lsn_reader(std::string_view(k.data() + prefix.size(), 8));
+                    const uint64_t lsn = lsn_reader.u64();
+                    const std::string message_id(k.data() + prefix.size() + 8, k.size() - prefix.size() - 8);
+                    auto rec = get_record(prefix, message_id, "sweep (read)");
+                    if (!rec || rec->source_lsn != lsn) {  // stale index entry
+                        check("sweep (batch)", batch.Delete(cf(ColumnFamilyID::ByLsn), k));
+                        ++index_removed;
+                        continue;
+                    }
+                    if (rec->status == DeliveryStatus::Retrying)
+                        continue;  // always kept: it carries the retry budget
+                    if (excess == 0 && rec->updated_at_us >= cutoff) {
+                        done = true;  // LSN order is (nearly) time order: the rest is newer
+                        break;
+                    }
+                    check("sweep (batch)", batch.Delete(cf(ColumnFamilyID::Deliveries), prefix + message_id));
+                    check("sweep (batch)", batch.Delete(cf(ColumnFamilyID::ByLsn), k));
+                    if (!rec->key.empty()) {
+                        std::string owner;
+                        if (get(ColumnFamilyID::Keys, prefix + rec->key, &owner, "sweep (read key)") &&
+                            owner == message_id)
+                            check("sweep (batch)", batch.Delete(cf(ColumnFamilyID::Keys), prefix + rec->key));
+                    }
+                    ++index_removed;
+                    ++records_removed;
+                    if (excess > 0)
+                        --excess;
+                }
+                check("sweep (iterate)", it->status());
+            }
+            // Unsynced: a deletion lost in a crash is simply made again by the next sweep.
+            write(batch, Durability::Buffered, "sweep");
+            adjust_count(prefix, -index_removed);
+            swept += records_removed;
+            deleted += records_removed;
+            lock.unlock();
+            if (!done)  // let a waiting record() take the lock between two chunks
+                std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        }
+        return deleted;
+    }
+
     // Call with rw held exclusively (or from the destructor).
     void close_db(bool sync_wal) noexcept
     {
@@ -414,12 +555,22 @@ std::unique_ptr<StateStore> StateStore::open(const std::string& dir)
     rocksdb::Status st = impl->open_db();
     if (!st.ok())
         throw StateError("state store: open " + dir + " failed: " + st.ToString());
+    impl->count_records();
     return std::unique_ptr<StateStore>(new StateStore(std::move(impl)));
 }
 
 StateStore::StateStore(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
-StateStore::~StateStore() = default;
+StateStore::~StateStore()
+{
+    {
+        std::lock_guard<std::mutex> lock(impl_->sweeper_mu);
+        impl_->stopping = true;
+    }
+    impl_->sweeper_cv.notify_all();
+    if (impl_->sweeper.joinable())
+        impl_->sweeper.join();
+}
 
 void StateStore::record(const std::string& scope, const std::vector<DeliveryRecord>& records, bool sync)
 {
@@ -427,11 +578,13 @@ void StateStore::record(const std::string& scope, const std::vector<DeliveryReco
     std::lock_guard<std::mutex> lock(impl_->write_mutex);
     impl_->recover();  // before the reads below: they must see the reopened DB
     rocksdb::WriteBatch batch;
+    int64_t added = 0;  // by_lsn entries this batch adds (messages not recorded before)
     {
         std::shared_lock<std::shared_mutex> read_lock(impl_->rw);
         // LSN of each message as this batch leaves it, so a message recorded twice in one batch at
         // different LSNs leaves exactly one by_lsn entry.
         std::unordered_map<std::string, uint64_t> lsn_in_batch;
+
         for (const auto& r : records) {
             if (r.message_id.empty())
                 throw StateError("state store: record without message id");
@@ -446,6 +599,8 @@ void StateStore::record(const std::string& scope, const std::vector<DeliveryReco
             if (old_lsn && *old_lsn != r.source_lsn)
                 check("record (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn),
                                                      lsn_key(prefix, *old_lsn, r.message_id)));
+            if (!old_lsn)
+                ++added;
 
             std::string value;
             try {
@@ -462,6 +617,7 @@ void StateStore::record(const std::string& scope, const std::vector<DeliveryReco
         }
     }
     impl_->write(batch, sync ? Impl::Durability::Synced : Impl::Durability::Buffered, "record");
+    impl_->adjust_count(prefix, added);
 }
 
 std::optional<DeliveryRecord> StateStore::find_message(const std::string& scope,
@@ -494,6 +650,7 @@ size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
 
     rocksdb::WriteBatch batch;
     size_t dropped = 0;
+    int64_t index_removed = 0;
     {
         std::shared_lock<std::shared_mutex> read_lock(impl_->rw);
         impl_->require_open("reconcile");
@@ -512,6 +669,7 @@ size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
             if (!rec || rec->source_lsn != lsn) {
                 // Orphaned or stale index entry: drop it, leave the record (if any) alone.
                 check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
+                ++index_removed;
                 continue;
             }
             if (rec->status != DeliveryStatus::Applied && rec->status != DeliveryStatus::Duplicate)
@@ -526,6 +684,7 @@ size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
                           batch.Delete(impl_->cf(ColumnFamilyID::Keys), prefix + rec->key));
             }
             check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
+            ++index_removed;
             ++dropped;
         }
         check("reconcile (iterate)", it->status());
@@ -533,6 +692,7 @@ size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
     }
     // Synced: after reconcile returns, the dropped entries must stay dropped across a crash.
     impl_->write(batch, Impl::Durability::Synced, "reconcile");
+    impl_->adjust_count(prefix, -index_removed);
     return dropped;
 }
 
@@ -619,5 +779,59 @@ uint64_t StateStore::approximate_size() const
     }
     return total;
 }
+
+size_t StateStore::sweep(const RetentionPolicy& policy, int64_t now_us)
+{
+    if (!policy.enabled())
+        return 0;
+    std::vector<std::string> prefixes;
+    {
+        std::lock_guard<std::mutex> lock(impl_->write_mutex);
+        for (const auto& [prefix, n] : impl_->counts)
+            if (n > 0)
+                prefixes.push_back(prefix);
+    }
+    size_t deleted = 0;
+    for (const auto& prefix : prefixes)
+        deleted += impl_->sweep_scope(prefix, policy, now_us);
+    return deleted;
+}
+
+void StateStore::start_retention(const RetentionPolicy& policy, std::chrono::milliseconds interval)
+{
+    if (!policy.enabled() || impl_->sweeper.joinable())
+        return;
+    impl_->sweeper = std::thread([this, policy, interval] {
+        std::unique_lock<std::mutex> lock(impl_->sweeper_mu);
+        while (!impl_->sweeper_cv.wait_for(lock, interval, [this] { return impl_->stopping.load(); })) {
+            lock.unlock();
+            try {
+                const auto started = std::chrono::steady_clock::now();
+                const size_t n = sweep(policy, unix_now_us());
+                if (n > 0)
+                    spdlog::debug("event=state_swept deleted={} records={} ms={}", n, record_count(),
+                                  std::chrono::duration_cast<std::chrono::milliseconds>(
+                                      std::chrono::steady_clock::now() - started)
+                                      .count());
+            } catch (const std::exception& e) {
+                spdlog::warn("event=state_sweep_failed error={} action=\"trying again in {} ms\"", logq(e.what()),
+                             interval.count());
+            }
+            lock.lock();
+        }
+    });
+}
+
+uint64_t StateStore::record_count() const { return impl_->total; }
+
+uint64_t StateStore::record_count(const std::string& scope) const
+{
+    const std::string prefix = scope_prefix(scope);
+    std::lock_guard<std::mutex> lock(impl_->write_mutex);
+    auto it = impl_->counts.find(prefix);
+    return it == impl_->counts.end() ? 0 : it->second;
+}
+
+uint64_t StateStore::swept_count() const { return impl_->swept; }
 
 }  // namespace atx::applier

@@ -12,6 +12,7 @@
 // the server's durable origin progress. It runs on every (re)connect.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <stdexcept>
 #include <memory>
@@ -46,13 +47,24 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// How much delivery history the store keeps (docs/applier-state.md, "Retention"). A record goes
+// when it is older than max_age_days (by updated_at_us) or is not among the newest max_records of
+// its scope (by source LSN), whichever removes more; Retrying records always stay (they carry a
+// retry budget). 0 switches a limit off; both 0 keep everything.
+struct RetentionPolicy {
+    uint32_t max_age_days = 7;
+    uint64_t max_records = 1000000;  // per scope (database)
+    bool enabled() const { return max_age_days != 0 || max_records != 0; }
+};
+
 class StateStore {
 public:
     // Opens (creating if missing) the RocksDB at dir. Column families, in fixed order:
     // default, deliveries (scope/message_id -> record), keys (scope/key -> message_id),
     // by_lsn (scope/be64 lsn/message_id -> ""), meta (scope/name -> value).
     static std::unique_ptr<StateStore> open(const std::string& dir);
-    ~StateStore();  // flushes the WAL (not after a failed write), cancels background work, closes handles
+    ~StateStore();  // stops the retention thread, flushes the WAL (not after a failed write), cancels
+                    // background work, closes handles
 
     // scope = one database's namespace, e.g. "db16384" (database oid).
     // Writes all records in one WriteBatch; sync=true fsyncs RocksDB's WAL before returning.
@@ -79,6 +91,20 @@ public:
 
     // Approximate live size in bytes.
     uint64_t approximate_size() const;
+
+    // Deletes what the policy no longer keeps, oldest first, with the records' key and LSN index
+    // entries; returns how many records went. Works in chunks, each holding the write lock only
+    // for its own reads and one unsynced write, so a record() waits for one chunk at most.
+    // now_us: unix microseconds.
+    size_t sweep(const RetentionPolicy& policy, int64_t now_us);
+    // Runs sweep() every `interval` on a thread of its own until the store is destroyed (which
+    // interrupts a sweep between two chunks). No-op for a disabled policy or a second call.
+    void start_retention(const RetentionPolicy& policy, std::chrono::milliseconds interval);
+    // Records held (all scopes, or one), counted at open and kept by every write.
+    uint64_t record_count() const;
+    uint64_t record_count(const std::string& scope) const;
+    // Records deleted by sweep() since open.
+    uint64_t swept_count() const;
 
 private:
     struct Impl;

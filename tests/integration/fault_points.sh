@@ -7,6 +7,7 @@
 . "$(dirname "$0")/../lib/testlib.sh"
 
 use_seed
+use_fault_points
 # The shared workload: numbered callers, rollbacks, keys, messages built to fail.
 . "$(dirname "$0")/../lib/workload.sh"
 

@@ -103,6 +103,7 @@ reliability "state dir deleted while stopped (clean stop)" \
 applier_stop
 callers_start $CALLERS 501 700 0
 callers_wait || not_ok "callers (backlog)"
+use_fault_points  # atx-applier-faults from here on (the rest of the file ran the shipped binary)
 ATX_FAULT=after_apply_commit:3 applier_start "${ARGS[@]}"
 pid=$APPLIER_PID
 wait_for 30 bash -c "! kill -0 $pid 2>/dev/null"

@@ -90,11 +90,47 @@ applier_stop
 check_eq "SIGTERM exits 0" 0 "$?"
 check "listener closed" bash -c "! curl -s -m 2 $URL/healthz"
 
-# --http-listen off: no listener; a taken port: exit 1 with a clear message.
+# Retention of the state store, wired from the options to the metrics: at most 50 records kept
+# (a fresh state directory, swept every second), 200 messages applied.
+: >"$TEST_DIR/applier.log"
+(trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres --state-dir "$TEST_DIR/state-retention" \
+    --http-listen 127.0.0.1:0 --state-retention-records 50 --state-retention-interval-ms 1000 \
+    >>"$TEST_DIR/applier.log" 2>&1) &
+APPLIER_PID=$!
+wait_for 10 grep -q event=http_listening "$TEST_DIR/applier.log"
+URL=http://127.0.0.1:$(port_of_log)
+check "retention settings logged" grep -q "event=state_retention records=0 max_age_days=7 max_records_per_database=50 interval_ms=1000" "$TEST_DIR/applier.log"
+before=$(q -c "SELECT count(*) FROM t")
+q -c "SELECT count(atx_log('INSERT INTO t VALUES (\$1)', g)) FROM generate_series(1, 200) g" >/dev/null
+wait_for 30 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM t') -ge $((before + 200)) ]"
+check_eq "200 more rows" "$((before + 200))" "$(q -c 'SELECT count(*) FROM t')"
+wait_for 10 bash -c "[ \$(curl -s $URL/metrics | awk '/^atx_state_store_swept_total/{print \$2}') -ge 150 ]"
+check "the sweep deleted the oldest 150 or more ($(metric atx_state_store_swept_total))" test "$(metric atx_state_store_swept_total)" -ge 150
+check "at most 50 records kept ($(metric atx_state_store_records))" test "$(metric atx_state_store_records)" -le 50
+applier_stop
+check_eq "SIGTERM exits 0" 0 "$?"
+
+# --http-listen off: no listener.
 applier_start --http-listen off
 wait_for 10 bash -c "grep -c event=streaming '$TEST_DIR/applier.log' | grep -q 3"
 check "no listener with --http-listen off" bash -c "[ \$(grep -c event=http_listening '$TEST_DIR/applier.log') = 1 ]"
 applier_stop
+
+# The listener binds exclusively. A second applier given the address the first one listens on must
+# not share it (with SO_REUSEPORT both would listen and the kernel would spread scrapes between
+# them): exit 1 with a clear message. Its own state directory: RocksDB's lock is not what stops it.
+applier_start --http-listen 127.0.0.1:0
+wait_for 10 bash -c "[ \$(grep -c event=http_listening '$TEST_DIR/applier.log') = 2 ]"
+PORT=$(port_of_log)
+rc=0
+timeout 10 "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres --state-dir "$TEST_DIR/state2" \
+    --http-listen "127.0.0.1:$PORT" >"$TEST_DIR/second.log" 2>&1 || rc=$?
+check_eq "a second applier on the address the first listens on exits 1" 1 "$rc"
+check "and says it cannot bind" grep -q "cannot bind the HTTP listener to 127.0.0.1:$PORT" "$TEST_DIR/second.log"
+check_eq "the first one still answers" 200 "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/healthz")"
+applier_stop
+
+# A port held by another program: the same.
 python3 -c 'import socket,time,sys; s=socket.socket(); s.bind(("127.0.0.1",0)); s.listen(); print(s.getsockname()[1], flush=True); time.sleep(20)' >"$TEST_DIR/busy" &
 busy=$!
 wait_for 5 test -s "$TEST_DIR/busy"
@@ -105,21 +141,51 @@ kill "$busy" 2>/dev/null
 check_eq "a port in use is a startup error (exit 1)" 1 "$rc"
 check "and says so" grep -q "cannot bind the HTTP listener" "$TEST_DIR/busy.log"
 
-# The *default* address taken (another applier or test on this host): run without the listener.
-python3 -c 'import socket,time; s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try: s.bind(("127.0.0.1",9478)); s.listen()
-except OSError: pass
-print("bound", flush=True); time.sleep(20)' >"$TEST_DIR/busy2" &
-busy=$!
-wait_for 5 test -s "$TEST_DIR/busy2"
-: >"$TEST_DIR/applier.log"
-(trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres --state-dir "$TEST_DIR/state" \
-    >>"$TEST_DIR/applier.log" 2>&1) &
-APPLIER_PID=$!
+# The *default* address (127.0.0.1:9478). These run in a network namespace of their own (the
+# cluster is reached over its Unix socket), so that nothing else on this host, such as the
+# applier of a developer's `tools/atx up`, decides the outcome: there 9478 is free until the
+# holder below takes it. Without namespaces (a container that forbids them) they run here; the
+# holder then finds 9478 free or held by someone else, and both mean busy for the applier.
+if [ "$(id -u)" = 0 ]; then NETNS=(unshare --net); else NETNS=(unshare --map-root-user --net); fi
+if ! "${NETNS[@]}" true 2>/dev/null; then
+    note "no network namespace available: the default-address tests use this host's 127.0.0.1:9478"
+    NETNS=()
+fi
+# default_start [--hold]: the applier without --http-listen, in the namespace, optionally with a
+# process holding 127.0.0.1:9478 first. APPLIER_PID is the applier (or the holder, which passes
+# SIGTERM on and exits with the applier's status).
+default_start() {
+    local hold=${1:-}
+    : >"$TEST_DIR/applier.log"
+    (trap - EXIT; exec ${NETNS[@]+"${NETNS[@]}"} python3 -c '
+import signal, socket, subprocess, sys
+if sys.argv[1] == "--hold":
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", 9478)); s.listen()
+        print("# holder: listening on 127.0.0.1:9478", flush=True)
+    except OSError as e:
+        print("# holder: 127.0.0.1:9478 already taken (%s)" % e, flush=True)
+p = subprocess.Popen(sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda *_: p.terminate())
+sys.exit(p.wait())' "${hold:-none}" "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres \
+        --state-dir "$TEST_DIR/state" >>"$TEST_DIR/applier.log" 2>&1) &
+    APPLIER_PID=$!
+}
+if [ ${#NETNS[@]} -gt 0 ]; then
+    default_start
+    wait_for 10 grep -q event=streaming "$TEST_DIR/applier.log"
+    check "default address free: listens on 127.0.0.1:9478" \
+        grep -q "event=http_listening address=127.0.0.1:9478 port=9478 url=http://127.0.0.1:9478/metrics" "$TEST_DIR/applier.log"
+    applier_stop
+fi
+default_start --hold
 wait_for 10 grep -q event=streaming "$TEST_DIR/applier.log"
+note "$(grep '# holder' "$TEST_DIR/applier.log")"
 check "default address busy: still streams" grep -q event=streaming "$TEST_DIR/applier.log"
 check "and logs event=http_disabled" grep -q event=http_disabled "$TEST_DIR/applier.log"
+check "and no listener" bash -c "! grep -q event=http_listening '$TEST_DIR/applier.log'"
 applier_stop
-kill "$busy" 2>/dev/null
+check_eq "SIGTERM exits 0 without the listener too" 0 "$?"
 
 done_testing

@@ -3,6 +3,7 @@
 #   . "$(dirname "$0")/../lib/testlib.sh"
 #   atx_test_cluster             # fresh cluster with pg_atx installed in database postgres
 #   applier_start [args]; applier_stop; applier_kill
+#   use_fault_points             # this test arms ATX_FAULT: run atx-applier-faults from now on
 #   ok "description" / not_ok "description" / check "description" test-command...
 #   done_testing                 # exits non-zero if anything failed
 set -uo pipefail
@@ -14,6 +15,8 @@ ATX_ROOT=$(cd "$TESTLIB_DIR/../.." && pwd)
 # tools/atx builds each major into build/pg<major> (and passes ATX_BUILD_DIR to tests).
 ATX_BUILD_DIR=${ATX_BUILD_DIR:-$ATX_ROOT/build/pg$ATX_PG_MAJOR}
 APPLIER_BIN=${APPLIER_BIN:-$ATX_BUILD_DIR/applier/atx-applier}
+# The same daemon with the test-only fault points (ATX_FAULT); built beside it, never installed.
+APPLIER_FAULTS_BIN=${APPLIER_FAULTS_BIN:-$(dirname "$APPLIER_BIN")/atx-applier-faults}
 
 T_NUM=0
 T_FAILED=0
@@ -76,9 +79,25 @@ atx_test_cluster() {
 
 conninfo() { atx_cluster_conninfo "$TEST_DIR"; }
 
+# has_fault_points BINARY: the binary was built with the fault points (the installed one is not).
+has_fault_points() { grep -q 'event=fault_injected' "$1" 2>/dev/null; }
+
+use_fault_points() {
+    if ! has_fault_points "$APPLIER_FAULTS_BIN"; then
+        not_ok "fault points: $APPLIER_FAULTS_BIN is missing or has none (configure with -DATX_FAULT_INJECTION=ON)"
+        done_testing
+    fi
+    APPLIER_BIN=$APPLIER_FAULTS_BIN
+}
+
 # The metrics listener picks a free port (the default one may be taken by another applier);
 # a test's own --http-listen comes later and wins.
 applier_start() {
+    # An armed fault in a binary without fault points would silently test nothing.
+    if [ -n "${ATX_FAULT:-}" ] && ! has_fault_points "$APPLIER_BIN"; then
+        not_ok "ATX_FAULT=$ATX_FAULT set, but $APPLIER_BIN has no fault points (call use_fault_points)"
+        done_testing
+    fi
     (trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
         --state-dir "$TEST_DIR/state" --log-level "${APPLIER_LOG_LEVEL:-info}" --http-listen 127.0.0.1:0 "$@" \
         >>"$TEST_DIR/applier.log" 2>&1) &

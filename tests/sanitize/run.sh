@@ -5,7 +5,8 @@
 #
 # Builds the top-level project without the extension into ${ATX_BUILD_DIR:-build}/asan and prints
 # one TAP line per check. The instrumented atx-applier stays at
-# ${ATX_BUILD_DIR:-build}/asan/applier/atx-applier (point APPLIER_BIN at it for integration tests).
+# ${ATX_BUILD_DIR:-build}/asan/applier/atx-applier (point APPLIER_BIN at it for integration tests;
+# the tests that arm ATX_FAULT also need `cmake --build ... --target atx-applier-faults` there).
 # Exit status: 0 when every line is "ok".
 set -uo pipefail
 
