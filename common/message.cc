@@ -1,32 +1,48 @@
 #include "message.h"
 
 #include <cstring>
+#include <stdexcept>
 
 namespace atx {
 
 std::string encode_body(const Message& m)
 {
+    // Version 1 (what pg_atx 0.1 wrote) has no place for the newer fields: a message that uses
+    // them cannot be written in it.
+    const bool v1 = m.version == 1;
+    if (m.version < kOldestFormatVersion || m.version > kFormatVersion)
+        throw std::invalid_argument("cannot encode pg_atx message format version " + std::to_string(m.version));
+    if (v1 && (m.waited || m.depth != 0 || m.lane != Uuid{} || m.session_role_oid != 0 ||
+               !m.session_role_name.empty()))
+        throw std::invalid_argument("format version 1 has no waited flag, lane, depth or session user");
     ByteWriter w;
     w.bytes(std::string_view(kMagic, sizeof kMagic));
-    w.u8(kFormatVersion);
+    w.u8(m.version);
     w.u8((m.key ? kFlagHasKey : 0) | (m.waited ? kFlagWaited : 0));
     w.bytes(std::string_view(reinterpret_cast<const char*>(m.id.data()), m.id.size()));
-    w.bytes(std::string_view(reinterpret_cast<const char*>(m.lane.data()), m.lane.size()));
-    w.u8(m.depth);
+    if (!v1) {
+        w.bytes(std::string_view(reinterpret_cast<const char*>(m.lane.data()), m.lane.size()));
+        w.u8(m.depth);
+    }
     w.u32(m.database_oid);
     w.u32(m.role_oid);
     w.str16(m.role_name);
-    w.u32(m.session_role_oid);
-    w.str16(m.session_role_name);
+    if (!v1) {
+        w.u32(m.session_role_oid);
+        w.str16(m.session_role_name);
+    }
     w.u64(m.caller_xid);
     w.i64(m.emit_time);
     if (m.gucs.size() > UINT16_MAX)
         throw std::length_error("too many GUC settings");
     w.u16(static_cast<uint16_t>(m.gucs.size()));
     for (const auto& g : m.gucs) {
+        if (v1 && g.privileged)
+            throw std::invalid_argument("format version 1 has no privileged settings");
         w.str16(g.name);
         w.str32(g.value);
-        w.u8(g.privileged ? kGucPrivileged : 0);
+        if (!v1)
+            w.u8(g.privileged ? kGucPrivileged : 0);
     }
     w.str32(m.statement);
     if (m.params.size() > UINT16_MAX)

@@ -86,7 +86,7 @@ struct Param {
 };
 
 struct Message {
-    uint8_t version = kFormatVersion;  // as decoded; encode_body always writes kFormatVersion
+    uint8_t version = kFormatVersion;  // as decoded; encode_body writes this version
     Uuid id{};
     Uuid lane{};         // zero for version 1
     uint8_t depth = 0;   // 0: emitted by a client session
@@ -104,8 +104,9 @@ struct Message {
     std::optional<std::string> key;
 };
 
-// Serialises everything but the MAC. Throws std::length_error when a field
-// does not fit its length prefix (e.g. more than 65535 parameters).
+// Serialises everything but the MAC, in m.version's format. Throws std::length_error when a field
+// does not fit its length prefix (e.g. more than 65535 parameters), std::invalid_argument when
+// m uses what its version cannot carry.
 std::string encode_body(const Message& m);
 
 // A payload split into its parts, without verifying the MAC (only the server

@@ -150,6 +150,11 @@ static const char* fate_detail(int state_seen, const char* fname, const char* id
         return psprintf("pg_atx message %s is durable and will still be applied (or dead-lettered) by atx-applier "
                         "(atx.exec_on_abandon = apply); only the wait ended.",
                         id_text);
+    if (state_seen == ATX_EXEC_RUNNING)
+        return psprintf("pg_atx message %s was already running as a top-level statement (it needs one: a "
+                        "transaction control statement or a command such as CREATE INDEX CONCURRENTLY inside) and "
+                        "cannot be cancelled: it goes on, and is applied or dead-lettered.",
+                        id_text);
     return psprintf("%s stopped waiting while pg_atx message %s was being committed: it is applied.", fname, id_text);
 }
 
@@ -171,9 +176,10 @@ static void wait_for_outcome(AtxExecSlot* s, const uint8 id[16], const char* fna
         if (state == ATX_EXEC_DONE)
             break;
         elapsed = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
-        if (state == ATX_EXEC_WAITING && atx_exec_timeout > 0 && elapsed >= atx_exec_timeout) {
+        if ((state == ATX_EXEC_WAITING || state == ATX_EXEC_RUNNING) && atx_exec_timeout > 0 &&
+            elapsed >= atx_exec_timeout) {
             int seen = atx_exec_give_up(id, ATX_GAVE_UP_TIMEOUT, false);
-            if (seen == ATX_EXEC_WAITING) {
+            if (seen == ATX_EXEC_WAITING || seen == ATX_EXEC_RUNNING) {
                 bool have_applier = apply_pids(pids, lengthof(pids)) > 0;
                 registered = false;
                 ConditionVariableCancelSleep();
@@ -189,13 +195,13 @@ static void wait_for_outcome(AtxExecSlot* s, const uint8 id[16], const char* fna
             }
             continue;  // being committed: the outcome is moments away
         }
-        if (state == ATX_EXEC_WAITING && elapsed >= next_check) {
+        if ((state == ATX_EXEC_WAITING || state == ATX_EXEC_RUNNING) && elapsed >= next_check) {
             int n = apply_pids(pids, lengthof(pids));
             for (int i = 0; i < n; i++) {
                 if (!blocked_by_me(pids[i]))
                     continue;
                 int seen = atx_exec_give_up(id, ATX_GAVE_UP_DEADLOCK, false);
-                if (seen != ATX_EXEC_WAITING)
+                if (seen != ATX_EXEC_WAITING && seen != ATX_EXEC_RUNNING)
                     break;
                 registered = false;
                 ConditionVariableCancelSleep();

@@ -360,6 +360,24 @@ bool atx_exec_begin_commit(const uint8 id[16], int* reason)
     return abandoned;
 }
 
+bool atx_exec_begin_running(const uint8 id[16], int* reason)
+{
+    AtxExecSlot* s;
+    bool abandoned;
+
+    if (shared == NULL)
+        return false;
+    LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+    abandoned = find_abandoned(id, reason);
+    if (!abandoned) {
+        s = atx_exec_find_slot(id);
+        if (s != NULL && s->state == ATX_EXEC_WAITING)
+            s->state = ATX_EXEC_RUNNING;
+    }
+    LWLockRelease(shared->lock);
+    return abandoned;
+}
+
 static char* dup_or_null(const char* s) { return s ? pstrdup(s) : NULL; }
 
 void atx_exec_queue_outcome(const AtxExecOutcome* o)
@@ -397,7 +415,7 @@ int atx_exec_give_up(const uint8 id[16], int reason, bool force)
     s = atx_exec_find_slot(id);
     if (s != NULL && s->waiter_pid == MyProcPid) {
         state = s->state;
-        if (!force && state != ATX_EXEC_WAITING) {
+        if (!force && state != ATX_EXEC_WAITING && state != ATX_EXEC_RUNNING) {
             LWLockRelease(shared->lock);
             return state;
         }

@@ -17,6 +17,9 @@
 #define ATX_EXEC_WAITING 1
 #define ATX_EXEC_COMMITTING 2
 #define ATX_EXEC_DONE 3
+// A non-atomic message began running as a top-level statement: it cannot be cancelled any more
+// (it may commit part of its work at any moment), and its caller may stop waiting for it.
+#define ATX_EXEC_RUNNING 4
 
 #define ATX_EXEC_MAX_APPLY_PIDS 256
 #define ATX_EXEC_ABANDONED 256
@@ -112,6 +115,9 @@ bool atx_exec_abandoned(const uint8 id[16], int* reason);
 // when its waiter gave up and asked for cancellation (*reason: ATX_GAVE_UP_*); otherwise the
 // slot is marked COMMITTING (reverted if this transaction aborts).
 bool atx_exec_begin_commit(const uint8 id[16], int* reason);
+// A non-atomic worker is about to run waited message id: true when its waiter gave up and asked
+// for cancellation (*reason); otherwise the slot is marked RUNNING.
+bool atx_exec_begin_running(const uint8 id[16], int* reason);
 // Queues an outcome for publication when the current transaction commits (discarded at abort,
 // or at the abort of the subtransaction that queued it).
 void atx_exec_queue_outcome(const AtxExecOutcome* o);
@@ -124,5 +130,6 @@ void atx_exec_publish_now(const uint8 id[16], const char* status, int sqlerrcode
 // Gives up on message id. A message already being committed (COMMITTING) or done is not given
 // up unless force (an error is unwinding the waiter): the state is returned and the slot kept,
 // and the waiter waits for the outcome. Otherwise the slot is freed and, with
-// atx.exec_on_abandon = cancel and the message still WAITING, it is recorded as abandoned.
+// atx.exec_on_abandon = cancel and the message still WAITING, it is recorded as abandoned (a
+// RUNNING one cannot be cancelled any more: it goes on without its waiter).
 int atx_exec_give_up(const uint8 id[16], int reason, bool force);

@@ -114,10 +114,30 @@ static const char* claim(const AtxMessageC* m, XLogRecPtr lsn)
     return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 }
 
-static void record_final(const AtxMessageC* m, XLogRecPtr lsn, const char* status)
+// The outcome an atx_exec caller gets, as stored in atx.applied (NULL when nobody waits): a
+// waiter that finds the message handled before (a nested wait emitted again by a retried
+// parent) is handed this.
+static char* outcome_json(const AtxMessageC* m, const char* status, int sqlerrcode, const char* error,
+                          const char* detail, const char* hint, const char* command, int64 rows)
+{
+    AtxExecOutcome o;
+    if (!m->waited)
+        return NULL;
+    memset(&o, 0, sizeof o);
+    memcpy(o.id, m->id, 16);
+    o.status = status;
+    o.sqlerrcode = sqlerrcode;
+    o.error = error;
+    o.detail = detail;
+    o.hint = hint;
+    o.command = command;
+    o.rows = rows;
+    return atx_exec_outcome_json(&o);
+}
+
+static void record_final(const AtxMessageC* m, XLogRecPtr lsn, const char* status, const char* outcome)
 {
     uint8 ids[1][16];
-    const char* outcome = NULL;
     memcpy(ids[0], m->id, 16);
     atx_applied_update(1, ids, &lsn, &status, &outcome);  // it says 'started'
 
@@ -196,6 +216,7 @@ void atx_nonatomic_main(Datum arg)
     int save_sec;
     const char* status;
     MemoryContext work;
+    int reason = 0;
 
     memset(&m, 0, sizeof m);
     pqsignal(SIGTERM, die);
@@ -211,6 +232,7 @@ void atx_nonatomic_main(Datum arg)
     BackgroundWorkerInitializeConnectionByOid(sh->dboid, sh->roleid, 0);
 #endif
     pgstat_report_appname("atx-applier nonatomic");
+    atx_exec_note_apply_backend();  // a caller it waits for is a deadlock atx_exec can see
     work = AllocSetContextCreate(TopMemoryContext, "pg_atx nonatomic", ALLOCSET_DEFAULT_SIZES);
     MemoryContextSwitchTo(work);
 
@@ -233,10 +255,22 @@ void atx_nonatomic_main(Datum arg)
                                   "committed part of its work, so it is not run again",
                                   NULL, "Check what it did; retry it by hand (atx-applier retry) if it did nothing.",
                                   sh->attempts, sh->first_failed);
-            record_final(&m, sh->lsn, "dead");
+            record_final(&m, sh->lsn, "dead", NULL);
             sh->state = NA_IN_DOUBT;
         } else if (strcmp(status, "claimed") != 0) {
             sh->state = NA_ALREADY;
+        } else if (m.waited && atx_exec_begin_running(m.id, &reason)) {
+            // Its atx_exec caller gave up before it began (atx.exec_on_abandon = cancel).
+            const char* why = psprintf("cancelled: the atx_exec call waiting for this message gave up (%s)",
+                                       reason == ATX_GAVE_UP_DEADLOCK  ? "deadlock with its caller"
+                                       : reason == ATX_GAVE_UP_TIMEOUT ? "atx.exec_timeout"
+                                                                       : "cancelled by its caller");
+            atx_dead_letter_write(&m, sh->lsn, sh->payload, sh->payload_len, ERRCODE_QUERY_CANCELED, why, NULL, NULL,
+                                  sh->attempts, sh->first_failed);
+            record_final(&m, sh->lsn, "dead", NULL);
+            sh->sqlerrcode = ERRCODE_QUERY_CANCELED;
+            copy_text(sh->error, sizeof sh->error, why);
+            sh->state = NA_FAILED;
         }
         bookkeeping_end(save_user, save_sec);
         if (sh->state == NA_LAUNCHED) {
@@ -266,7 +300,8 @@ void atx_nonatomic_main(Datum arg)
             sh->rows = (int64)qc.nprocessed;
 
             bookkeeping_begin(&save_user, &save_sec);
-            record_final(&m, sh->lsn, "applied");
+            record_final(&m, sh->lsn, "applied",
+                         outcome_json(&m, "applied", 0, NULL, NULL, NULL, sh->command, sh->rows));
             bookkeeping_end(save_user, save_sec);
             sh->state = NA_APPLIED;
         }
@@ -287,7 +322,9 @@ void atx_nonatomic_main(Datum arg)
             bookkeeping_begin(&save_user, &save_sec);
             atx_dead_letter_write(&m, sh->lsn, sh->payload, sh->payload_len, edata->sqlerrcode, edata->message,
                                   edata->detail, edata->hint, sh->attempts, sh->first_failed);
-            record_final(&m, sh->lsn, "dead");
+            record_final(&m, sh->lsn, "dead",
+                         outcome_json(&m, "failed", edata->sqlerrcode, edata->message, edata->detail, edata->hint,
+                                      NULL, 0));
             bookkeeping_end(save_user, save_sec);
         }
         sh->state = NA_FAILED;

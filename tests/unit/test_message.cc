@@ -347,6 +347,18 @@ TEST_CASE("a version 1 payload decodes with a zero lane and no session user", "[
     std::string bad = payload;
     bad[4] = static_cast<char>(kFlagHasKey | kFlagWaited);
     CHECK_THROWS_AS(decode_payload(bad), DecodeError);
+    // It re-encodes byte for byte in its own version (one encoding per message and version) ...
+    CHECK(encode_body(m) + kMac == payload);
+    // ... and a message using what version 1 cannot carry is refused, not silently cut.
+    Message newer = m;
+    newer.depth = 1;
+    CHECK_THROWS_AS(encode_body(newer), std::invalid_argument);
+    newer = m;
+    newer.gucs[0].privileged = true;
+    CHECK_THROWS_AS(encode_body(newer), std::invalid_argument);
+    newer = m;
+    newer.version = 3;
+    CHECK_THROWS_AS(encode_body(newer), std::invalid_argument);
 }
 
 TEST_CASE("an unknown flag on a carried setting is rejected", "[message]")
