@@ -45,7 +45,7 @@ CREATE TABLE ex_dblink.error_log (
 -- With pg_atx: the _atx function stays as it is. The wrapper emits a call of it with the
 -- arguments as bound parameters: no connection string, no password, no quoting, no dblink
 -- extension. It runs as the wrapper's current_user (so drop SECURITY DEFINER unless the owner is
--- meant to do the work), with the caller's search_path.
+-- meant to do the work), with the caller's settings.
 -------------------------------------------------------------------------------
 CREATE FUNCTION ex_dblink.log_error_atx(p_code text, p_message text)
 RETURNS void

@@ -31,7 +31,7 @@ CREATE TABLE ex_oracle.app_log (
 --   END;
 --
 -- With pg_atx: the INSERT becomes the statement of a message. atx_log returns once the message is
--- flushed to the WAL; atx-applier runs it (as the same current_user, with the caller's search_path)
+-- flushed to the WAL; atx-applier runs it (as the same current_user, with the caller's settings)
 -- exactly once, also when the caller rolls back. No COMMIT: the applier commits it.
 -- The time is the moment of the call (the message's emit time), not the moment of the apply.
 -------------------------------------------------------------------------------
@@ -122,8 +122,9 @@ ROLLBACK;   -- no orders; three log entries
 --     committed or rolled back, and its own work is untouched either way.
 --   * a statement that cannot work at all (a missing table or function, a type mismatch, a
 --     missing privilege) is refused at the call, where the caller can still handle it.
--- COMMIT and ROLLBACK inside a message make it run as a top-level statement of its own
--- (docs/usage.md), like a CALL from a client.
+-- COMMIT and ROLLBACK inside a message make it run non-atomically, as a top-level statement of a
+-- session of the caller, like a CALL from a client (docs/migrations.md, "Atomic and non-atomic
+-- messages"): an Oracle ROLLBACK can then stay as it is.
 -------------------------------------------------------------------------------
 CREATE TABLE ex_oracle.stock (item text PRIMARY KEY, qty int NOT NULL);
 CREATE TABLE ex_oracle.reservation (item text NOT NULL, qty int);
@@ -182,7 +183,7 @@ COMMIT;
 -------------------------------------------------------------------------------
 -- Checks (wait for atx-applier, then assert).
 -------------------------------------------------------------------------------
--- This run's dead letters (atx.dead_letter is readable by superusers and atx_applier members).
+-- This run's dead letters (each role reads its own rows of atx.dead_letter).
 CREATE VIEW ex_oracle.dead_letters AS
 SELECT d.* FROM atx.dead_letter d
  WHERE d.statement LIKE 'CALL ex_oracle.reserve_stock_work%'

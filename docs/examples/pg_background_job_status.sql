@@ -1,7 +1,13 @@
--- pg_background style job status, rewritten with atx_log.
+-- pg_background style job status, rewritten with atx_log (and atx_exec for a waiting update).
 --
 -- A long batch reports its progress in a status row that other sessions can read while the
 -- batch runs, and the last status stays when the batch finally rolls back.
+-- Part 2: a batch that waits for its status update (atx_exec) while it holds the status row's
+-- lock itself: a deadlock with its own autonomous change. Oracle raises ORA-00060 there and the
+-- autonomous change never happens; pg_background hangs. atx_exec raises 40P01 in the caller
+-- within about 100 ms and, by default (atx.exec_on_abandon = cancel), cancels the change.
+--
+-- Part 2 needs shared_preload_libraries = 'pg_atx' (atx_exec).
 --
 -- Run with psql against a database with pg_atx installed and atx-applier running:
 --   psql -v ON_ERROR_STOP=1 -f docs/examples/pg_background_job_status.sql
@@ -44,9 +50,9 @@ CREATE TABLE ex_jobs.batch_output (job text, step int, payload text);
 -- rolls back or the server crashes right after the call. It is not applied *before* the call
 -- returns: other sessions see the status a few milliseconds later, when atx-applier has run it.
 --
--- updated_at is the emit time of the message and the upsert keeps the newest one: messages are
--- applied in the order they were written, but the guard makes that explicit and harmless to
--- rely on.
+-- updated_at is the emit time of the message and the upsert keeps the newest one: the messages of
+-- one session are applied in the order it wrote them (those of other sessions may be applied in
+-- parallel), and the guard makes that explicit and harmless to rely on.
 -------------------------------------------------------------------------------
 CREATE PROCEDURE ex_jobs.set_status(p_job text, p_state text, p_step int, p_of int)
 LANGUAGE plpgsql
@@ -89,13 +95,83 @@ ROLLBACK;
 DO $$
 BEGIN
     FOR i IN 1..100 LOOP
-        EXIT WHEN EXISTS (SELECT 1 FROM ex_jobs.job_status WHERE state = 'rolled back');
+        EXIT WHEN EXISTS (SELECT 1 FROM ex_jobs.job_status WHERE job = 'nightly' AND state = 'rolled back');
         PERFORM pg_sleep(0.1);
     END LOOP;
     ASSERT (SELECT state || ' ' || step || '/' || of_steps FROM ex_jobs.job_status WHERE job = 'nightly')
            = 'rolled back 6/6', 'final status kept after the ROLLBACK';
-    ASSERT (SELECT updated_by FROM ex_jobs.job_status) = current_user, 'written as the caller';
+    ASSERT (SELECT updated_by FROM ex_jobs.job_status WHERE job = 'nightly') = current_user, 'written as the caller';
     ASSERT (SELECT count(*) FROM ex_jobs.batch_output) = 0, 'the batch''s own work is rolled back';
+END
+$$;
+
+-------------------------------------------------------------------------------
+-- 2. A deadlock with the caller's own lock.
+--
+-- This batch reads its status row FOR UPDATE (to check for a stop request) and later reports
+-- 'done' through atx_exec, waiting for the update: the applier waits for the batch's row lock,
+-- the batch waits for the applier. atx_exec notices (it watches the apply sessions' lock waits),
+-- raises 40P01 in the batch, and cancels the update: it is never applied, not even after the
+-- batch has ended, and its dead letter (SQLSTATE 57014) says why, readable by the batch's role.
+-- atx.exec_on_abandon = apply keeps the older behaviour: the update is applied once the batch's
+-- locks are gone.
+-------------------------------------------------------------------------------
+CREATE PROCEDURE ex_jobs.finish_waiting(p_job text, p_state text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM atx_exec('UPDATE ex_jobs.job_status SET state = $2, updated_at = (atx.current_message()).emitted_at'
+                     ' WHERE job = $1', p_job, p_state);
+END
+$$;
+INSERT INTO ex_jobs.job_status VALUES ('locked', 'running', 1, 2, clock_timestamp(), current_user),
+                                      ('locked, apply later', 'running', 1, 2, clock_timestamp(), current_user);
+SET atx.exec_timeout = '10s';
+
+BEGIN;
+SELECT state FROM ex_jobs.job_status WHERE job = 'locked' FOR UPDATE;
+DO $$
+BEGIN
+    CALL ex_jobs.finish_waiting('locked', 'done');
+    RAISE EXCEPTION 'no deadlock reported';
+EXCEPTION WHEN deadlock_detected THEN
+    RAISE NOTICE 'the batch got 40P01: %', SQLERRM;
+END
+$$;
+ROLLBACK;
+
+BEGIN;
+SET LOCAL atx.exec_on_abandon = apply;
+SELECT state FROM ex_jobs.job_status WHERE job = 'locked, apply later' FOR UPDATE;
+DO $$
+BEGIN
+    CALL ex_jobs.finish_waiting('locked, apply later', 'done');
+    RAISE EXCEPTION 'no deadlock reported';
+EXCEPTION WHEN deadlock_detected THEN
+    RAISE NOTICE 'the batch got 40P01: %', SQLERRM;
+END
+$$;
+ROLLBACK;
+
+-- The dead letters of this part (each role reads its own; this run's are newer than its rows).
+CREATE VIEW ex_jobs.part2_dead_letters AS
+SELECT d.* FROM atx.dead_letter d
+ WHERE d.statement LIKE 'UPDATE ex_jobs.job_status%'
+   AND d.emitted_at >= (SELECT min(updated_at) FROM ex_jobs.job_status WHERE job LIKE 'locked%');
+
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP   -- wait up to 10 s for the applied-later update and the dead letter
+        EXIT WHEN EXISTS (SELECT 1 FROM ex_jobs.job_status WHERE job = 'locked, apply later' AND state = 'done')
+              AND EXISTS (SELECT 1 FROM ex_jobs.part2_dead_letters);
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+    ASSERT (SELECT state FROM ex_jobs.job_status WHERE job = 'locked') = 'running',
+           'exec_on_abandon = cancel: the update is never applied';
+    ASSERT (SELECT string_agg(sqlstate || ' ' || error, '; ') FROM ex_jobs.part2_dead_letters)
+           LIKE '57014 cancelled: %deadlock with its caller%', 'one dead letter, saying why';
+    ASSERT (SELECT state FROM ex_jobs.job_status WHERE job = 'locked, apply later') = 'done',
+           'exec_on_abandon = apply: applied after the batch ended';
 END
 $$;
 SELECT 'pg_background_job_status: ok' AS result;

@@ -1,18 +1,38 @@
 #!/usr/bin/env bash
-# Runs every worked migration in docs/examples/ against a cluster with atx-applier. Each example
-# waits for the applier and asserts its own outcome (a failed ASSERT stops psql with an error);
-# this script checks that each finished with its "ok" line, plus what only a second session can
-# see: the pg_background-style job status while the batch is still running.
+# Runs every worked migration in docs/examples/ against a cluster with atx-applier (pg_atx
+# preloaded, for atx_exec). Each example waits for the applier and asserts its own outcome (a
+# failed ASSERT stops psql with an error); this script checks that each finished with its "ok"
+# line(s), plus what only another session can see: the pg_background-style job status while the
+# batch is still running, a tenant's view of the audit log, the dead-letter notification.
+#
+# A check marked "# TODO <reason>" is a known product failure that the example keeps (TAP: an
+# expected failure, not counted). When it passes, it says so: then drop the mark.
 . "$(dirname "$0")/../lib/testlib.sh"
 
 EXAMPLES=$ATX_ROOT/docs/examples
-atx_test_cluster || { not_ok "cluster start"; done_testing; }
+atx_test_cluster "shared_preload_libraries = 'pg_atx'" || { not_ok "cluster start"; done_testing; }
 applier_start
 wait_for_slot || not_ok "applier created the slot"
 
+# run_example NAME: its stdout; its stderr goes to $TEST_DIR/NAME.err.
 run_example() {
-    psql -qAtX -v ON_ERROR_STOP=1 -f "$EXAMPLES/$1.sql" 2>>"$TEST_DIR/examples.err"
+    psql -qAtX -v ON_ERROR_STOP=1 -f "$EXAMPLES/$1.sql" 2>"$TEST_DIR/$1.err"
 }
+# has_line TEXT OUTPUT: OUTPUT has a line that is exactly TEXT.
+has_line() { grep -qxF -- "$1" <<<"$2"; }
+# last_error NAME: the example's last ERROR line (for the report of a failure).
+last_error() { grep -h 'ERROR:' "$TEST_DIR/$1.err" 2>/dev/null | tail -n 1 | sed 's/^psql:[^ ]* //'; }
+# todo_eq DESCRIPTION EXPECTED ACTUAL REASON: a known failure, reported but not counted.
+todo_eq() {
+    if [ "$2" = "$3" ]; then
+        ok "$1 # TODO passes now: remove the TODO mark ($4)"
+    else
+        T_NUM=$((T_NUM + 1))
+        echo "not ok $T_NUM - $1 (expected '$2', got '$3') # TODO $4"
+    fi
+}
+# The product bug behind EDB scenario 2c (reported to the lead).
+BUG_2C="known bug: a nested atx_exec whose message ran non-atomically has no stored outcome, so the re-run of its non-atomic parent waits for it until atx.exec_timeout"
 
 # (a) Oracle / EDB PRAGMA AUTONOMOUS_TRANSACTION.
 out=$(run_example oracle_pragma_autonomous)
@@ -43,7 +63,10 @@ note "status seen by another session during the batch:$(tr ' ' '\n' <<<"$seen" |
 check_eq "pg_background_job_status.sql runs and its assertions hold" "0 pg_background_job_status: ok" "$rc $(tail -n 1 "$TEST_DIR/job.out")"
 check "another session saw 'running' with progress during the batch" grep -Eq 'running [1-9]' <<<"$seen"
 check_eq "final status after the batch rolled back" "rolled back|6|0" \
-    "$(q -c "SELECT state, step, (SELECT count(*) FROM ex_jobs.batch_output) FROM ex_jobs.job_status")"
+    "$(q -c "SELECT state, step, (SELECT count(*) FROM ex_jobs.batch_output) FROM ex_jobs.job_status WHERE job = 'nightly'")"
+check_eq "deadlock with the caller: update cancelled (default), or applied later (exec_on_abandon = apply)" \
+    "locked=running|locked, apply later=done" \
+    "$(q -c "SELECT string_agg(job || '=' || state, '|' ORDER BY job) FROM ex_jobs.job_status WHERE job LIKE 'locked%'")"
 
 # (c) dblink _atx wrapper.
 out=$(run_example dblink_atx_wrapper)
@@ -51,12 +74,78 @@ check_eq "dblink_atx_wrapper.sql runs and its assertions hold" "dblink_atx_wrapp
 check_eq "error logged though every payment rolled back" "1|0" \
     "$(q -c "SELECT (SELECT count(*) FROM ex_dblink.error_log), (SELECT count(*) FROM ex_dblink.payments)")"
 
+# (d) EDB scenarios 1a-2c, nesting, settings.
+out=$(run_example edb_autonomous_dept)
+while IFS='|' read -r line what; do
+    check "EDB $what" has_line "$line: ok" "$out"
+done <<'EOF'
+1a|1a (no autonomous transaction, final COMMIT): dept as EDB documents
+1b|1b (final ROLLBACK): dept as EDB documents
+1c refused|1c: the ROLLBACK inside the DO block is refused with 2D000
+1c|1c (ROLLBACK in the block): dept as EDB documents
+2a, inside the caller before its ROLLBACK|2a: the caller sees the autonomous block's rows at once
+2a|2a (autonomous block with COMMIT, caller rolls back): dept as EDB documents
+2b|2b (procedure ending in ROLLBACK inside the autonomous block): dept as EDB documents
+settings|the caller's settings are in the autonomous block, its SETs do not come back
+nesting|16 nested atx_exec levels served, the 17th refused with 54001
+EOF
+todo_eq "EDB 2c (nested autonomous procedure ending in ROLLBACK): dept as EDB documents" \
+    "2c: ok" "$(grep -xF '2c: ok' <<<"$out" || last_error edb_autonomous_dept)" "$BUG_2C"
+todo_eq "edb_autonomous_dept.sql runs to its end" "edb_autonomous_dept: ok" "$(tail -n 1 <<<"$out")" "$BUG_2C"
+
+# (e) EDB autonomous trigger.
+out=$(run_example edb_autonomous_trigger)
+check_eq "edb_autonomous_trigger.sql runs and its assertions hold" "edb_autonomous_trigger: ok" "$(tail -n 1 <<<"$out")"
+check_eq "trigger: no employee, two audit rows" "0|2" \
+    "$(q -c "SELECT (SELECT count(*) FROM ex_edb_trigger.emp), (SELECT count(*) FROM ex_edb_trigger.empauditlog)")"
+
+# (f) EDB object type method.
+out=$(run_example edb_object_method)
+check_eq "edb_object_method.sql runs and its assertions hold" "edb_object_method: ok" "$(tail -n 1 <<<"$out")"
+check_eq "object method: 60 stays, 50 rolled back" "10,20,30,40,60" \
+    "$(q -c "SELECT string_agg(deptno::text, ',' ORDER BY deptno) FROM ex_edb_method.dept")"
+
+# (g) ora2pg log_action.
+out=$(run_example ora2pg_log_action)
+check_eq "ora2pg_log_action.sql runs and its assertions hold" "ora2pg_log_action: ok" "$(tail -n 1 <<<"$out")"
+for s in "log_action without a result" "log_action with a result" "log_action launched now, read later"; do
+    check "ora2pg: $s" has_line "$s: ok" "$out"
+done
+
+# (h) pg_durable audit with row-level security on app.tenant.
+out=$(run_example pg_durable_tenant_audit)
+check_eq "pg_durable_tenant_audit.sql runs and its assertions hold" "pg_durable_tenant_audit: ok" "$(tail -n 1 <<<"$out")"
+check_eq "another session of tenant acme sees acme's audit row only" "acme|invoice created" \
+    "$(q -c "SET ROLE ex_tenant_app" -c "SET app.tenant = 'acme'" -c "SELECT tenant, action FROM ex_tenant.audit_log")"
+
+# (i) Own dead letters and LISTEN atx_dead_letter.
+out=$(run_example own_dead_letters)
+check_eq "own_dead_letters.sql runs and its assertions hold" "own_dead_letters: ok" "$(tail -n 1 <<<"$out")"
+clerk_id=$(sed -n 's/^clerk message: //p' <<<"$out")
+check "LISTEN atx_dead_letter: the notification carries the message id" \
+    grep -qF "Asynchronous notification \"atx_dead_letter\" with payload \"${clerk_id:-none}\"" <<<"$out"
+
+# (j) CREATE INDEX CONCURRENTLY and VACUUM from inside a transaction.
+out=$(run_example pg_background_maintenance)
+check_eq "pg_background_maintenance.sql runs and its assertions hold" "pg_background_maintenance: ok" "$(tail -n 1 <<<"$out")"
+check_eq "the index is valid, seen from another session" t \
+    "$(q -c "SELECT indisvalid FROM pg_index WHERE indexrelid = 'ex_maint.events_kind'::regclass")"
+
 # Every example is idempotent: a second run is green too.
-for e in oracle_pragma_autonomous dblink_atx_wrapper; do
+for e in oracle_pragma_autonomous dblink_atx_wrapper edb_autonomous_trigger edb_object_method ora2pg_log_action \
+    pg_durable_tenant_audit own_dead_letters pg_background_maintenance; do
     out=$(run_example $e)
     check_eq "$e.sql runs again" "$e: ok" "$(tail -n 1 <<<"$out")"
 done
+out=$(run_example edb_autonomous_dept)
+todo_eq "edb_autonomous_dept.sql runs again" "edb_autonomous_dept: ok" "$(tail -n 1 <<<"$out")" "$BUG_2C"
 
-[ "$T_FAILED" = 0 ] || { note "stderr of the examples:"; sed 's/^/#   /' "$TEST_DIR/examples.err"; }
+if [ "$T_FAILED" != 0 ]; then
+    for f in "$TEST_DIR"/*.err; do
+        [ -s "$f" ] || continue
+        note "stderr of $(basename "$f" .err):"
+        grep -v 'NOTICE:\|drop cascades\|^DETAIL:  drop' "$f" | sed 's/^/#   /'
+    done
+fi
 applier_stop
 done_testing
