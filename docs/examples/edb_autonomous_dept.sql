@@ -276,10 +276,9 @@ SELECT 'nesting: ok' AS result;
 -- ROLLBACK makes it run non-atomically), and insert_dept_70 runs it through atx_exec. Called from
 -- the autonomous block, that is a nested atx_exec, served by another apply session.
 --
--- Fails today (docs/migrations.md, known failures): the block's COMMIT sends it to the
--- non-atomic path after its atomic attempt already ran the nested call, and the non-atomic re-run
--- waits for that nested message's outcome, which was not recorded, until atx.exec_timeout.
--- Without the block's COMMIT (the applier commits it anyway) the same scenario gives EDB's rows.
+-- The block's COMMIT sends it to the non-atomic path after its atomic attempt already ran the
+-- nested call; the non-atomic re-run emits the same nested message again (same derived id), finds
+-- it handled, and gets its stored outcome: it runs once.
 -------------------------------------------------------------------------------
 DROP PROCEDURE insert_dept_70();
 CREATE PROCEDURE insert_dept_70_atx()

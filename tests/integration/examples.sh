@@ -4,9 +4,6 @@
 # failed ASSERT stops psql with an error); this script checks that each finished with its "ok"
 # line(s), plus what only another session can see: the pg_background-style job status while the
 # batch is still running, a tenant's view of the audit log, the dead-letter notification.
-#
-# A check marked "# TODO <reason>" is a known product failure that the example keeps (TAP: an
-# expected failure, not counted). When it passes, it says so: then drop the mark.
 . "$(dirname "$0")/../lib/testlib.sh"
 
 EXAMPLES=$ATX_ROOT/docs/examples
@@ -22,18 +19,6 @@ run_example() {
 has_line() { grep -qxF -- "$1" <<<"$2"; }
 # last_error NAME: the example's last ERROR line (for the report of a failure).
 last_error() { grep -h 'ERROR:' "$TEST_DIR/$1.err" 2>/dev/null | tail -n 1 | sed 's/^psql:[^ ]* //'; }
-# todo_eq DESCRIPTION EXPECTED ACTUAL REASON: a known failure, reported but not counted.
-todo_eq() {
-    if [ "$2" = "$3" ]; then
-        ok "$1 # TODO passes now: remove the TODO mark ($4)"
-    else
-        T_NUM=$((T_NUM + 1))
-        echo "not ok $T_NUM - $1 (expected '$2', got '$3') # TODO $4"
-    fi
-}
-# The product bug behind EDB scenario 2c (reported to the lead).
-BUG_2C="known bug: a nested atx_exec whose message ran non-atomically has no stored outcome, so the re-run of its non-atomic parent waits for it until atx.exec_timeout"
-
 # (a) Oracle / EDB PRAGMA AUTONOMOUS_TRANSACTION.
 out=$(run_example oracle_pragma_autonomous)
 check_eq "oracle_pragma_autonomous.sql runs and its assertions hold" "oracle_pragma_autonomous: ok" "$(tail -n 1 <<<"$out")"
@@ -89,9 +74,9 @@ done <<'EOF'
 settings|the caller's settings are in the autonomous block, its SETs do not come back
 nesting|16 nested atx_exec levels served, the 17th refused with 54001
 EOF
-todo_eq "EDB 2c (nested autonomous procedure ending in ROLLBACK): dept as EDB documents" \
-    "2c: ok" "$(grep -xF '2c: ok' <<<"$out" || last_error edb_autonomous_dept)" "$BUG_2C"
-todo_eq "edb_autonomous_dept.sql runs to its end" "edb_autonomous_dept: ok" "$(tail -n 1 <<<"$out")" "$BUG_2C"
+check_eq "EDB 2c (nested autonomous procedure ending in ROLLBACK): dept as EDB documents" \
+    "2c: ok" "$(grep -xF '2c: ok' <<<"$out" || last_error edb_autonomous_dept)"
+check_eq "edb_autonomous_dept.sql runs to its end" "edb_autonomous_dept: ok" "$(tail -n 1 <<<"$out")"
 
 # (e) EDB autonomous trigger.
 out=$(run_example edb_autonomous_trigger)
@@ -138,7 +123,7 @@ for e in oracle_pragma_autonomous dblink_atx_wrapper edb_autonomous_trigger edb_
     check_eq "$e.sql runs again" "$e: ok" "$(tail -n 1 <<<"$out")"
 done
 out=$(run_example edb_autonomous_dept)
-todo_eq "edb_autonomous_dept.sql runs again" "edb_autonomous_dept: ok" "$(tail -n 1 <<<"$out")" "$BUG_2C"
+check_eq "edb_autonomous_dept.sql runs again" "edb_autonomous_dept: ok" "$(tail -n 1 <<<"$out")"
 
 if [ "$T_FAILED" != 0 ]; then
     for f in "$TEST_DIR"/*.err; do

@@ -124,7 +124,18 @@ else
     check_eq "NOLOGIN caller on PostgreSQL 17+: applied" 13 "$(q -c "SELECT count(*) FROM loaded WHERE by_user = 'nologin_role'")"
 fi
 
-# 9. Applier SIGKILLed while a top-level run goes on: the run finishes, the message is not run
+# 9. atx_exec of a non-atomic statement that waits for its own caller (CREATE INDEX
+#    CONCURRENTLY waits for the caller's snapshot): a deadlock the caller is told about at once;
+#    the statement already runs and cannot be cancelled, so it finishes after the caller's end.
+out=$(B -v VERBOSITY=verbose -c "BEGIN ISOLATION LEVEL REPEATABLE READ" -c "SELECT count(*) FROM big" \
+        -c "SELECT atx_exec('CREATE INDEX CONCURRENTLY big_v_cic ON big(v)')" 2>&1)
+check "CIC waiting for its atx_exec caller: 40P01" grep -q "ERROR:  40P01" <<<"$out"
+check "... and the caller is told it runs on (not that it is cancelled)" grep -q "cannot be cancelled: it goes on" <<<"$out"
+wait_for 30 bash -c "[ \"\$(psql -qAtX -c \"SELECT indisvalid FROM pg_index WHERE indexrelid = 'big_v_cic'::regclass\" 2>/dev/null)\" = t ]"
+check_eq "... and the index is built once the caller ended" t \
+    "$(q -c "SELECT indisvalid FROM pg_index WHERE indexrelid = 'big_v_cic'::regclass")"
+
+# 10. Applier SIGKILLed while a top-level run goes on: the run finishes, the message is not run
 #    again after the restart.
 B -c "TRUNCATE loaded" -c "SELECT atx_log('CALL batch_load(40)')" >/dev/null
 sleep 0.3
