@@ -149,6 +149,19 @@ static void record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char**
         elog(ERROR, "could not record handled messages in atx.applied");
 }
 
+bool atx_applied_at_lsn(XLogRecPtr lsn)
+{
+    static SPIPlanPtr plan = NULL;
+    Oid types[1] = {PG_LSNOID};
+    Datum v[1];
+
+    atx_keep_plan(&plan, "SELECT 1 FROM atx.applied WHERE lsn OPERATOR(pg_catalog.=) $1 LIMIT 1", 1, types);
+    v[0] = LSNGetDatum(lsn);
+    if (SPI_execute_plan(plan, v, NULL, true, 1) != SPI_OK_SELECT)
+        elog(ERROR, "could not read atx.applied");
+    return SPI_processed > 0;
+}
+
 void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
                         const char** outcomes)
 {

@@ -13,6 +13,8 @@ XLogRecPtr atx_applied_horizon(void);
 // For each of n ids: its record (status[i]: "applied", "duplicate", "dead", "started"; NULL when
 // there is none), and the outcome stored for a waited message (outcome[i], jsonb text, or NULL).
 void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome);
+// Is any message recorded at this start LSN? (For a payload whose id cannot be trusted.)
+bool atx_applied_at_lsn(XLogRecPtr lsn);
 
 // Records n handled messages (status "applied", "duplicate", "dead"; outcome jsonb text or NULL).
 // A message some other transaction recorded meanwhile makes this raise 23505 (after waiting for

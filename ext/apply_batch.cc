@@ -331,6 +331,12 @@ static bool apply_items(const BatchArgs* a, BatchItem* items)
         load(it, &dead_code, &dead_error);
         if (it->state == ITEM_DONE)
             continue;
+        if (dead_code != 0 && !it->authenticated && atx_applied_at_lsn(it->lsn)) {
+            // Handled before under the id it carries: it authenticated then, not now (the key
+            // changed). Its record is by that id, which cannot be trusted now, so by position.
+            item_done(it, "already");
+            continue;
+        }
         if (dead_code != 0) {
             // Dead-lettered below, in order, unless handled before.
             it->sqlerrcode = dead_code;
@@ -793,6 +799,8 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
     bool onulls[4] = {true, false, true, true};
     uint8 ids[1][16];
     const char* status;
+    char* found = NULL;
+    char* stored = NULL;
 
     if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
@@ -825,6 +833,20 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
                         errmsg("role with OID %u (\"%s\") of the pg_atx message does not exist", m.role_oid,
                                m.role_name)));
+    // Applied before under its own id (a dead letter of a payload that did not authenticate at
+    // the time, e.g. while another key was in use): never run twice.
+    memcpy(ids[0], m.id, 16);
+    atx_applied_lookup(1, ids, &found, &stored);
+    if (found && (strcmp(found, "applied") == 0 || strcmp(found, "duplicate") == 0)) {
+        if (SPI_execute_plan(del, v, NULL, false, 0) < 0)
+            elog(ERROR, "could not delete the dead letter");
+        out[0] = atx_uuid_datum(m.id);
+        onulls[0] = false;
+        out[1] = CStringGetTextDatum("already");
+        row = result_row(e, tupdesc, out, onulls);
+        leave(e);
+        PG_RETURN_DATUM(row);
+    }
     atx_execute_message(&m, 0, &r);
     out[0] = atx_uuid_datum(m.id);
     onulls[0] = false;
@@ -841,7 +863,6 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
         if (SPI_execute_plan(del, v, NULL, false, 0) < 0)
             elog(ERROR, "could not delete the dead letter");
         const char* no_outcome = NULL;
-        memcpy(ids[0], m.id, 16);
         status = r.status;
         atx_applied_update(1, ids, &lsn, &status, &no_outcome);  // it said 'dead'
 

@@ -1,10 +1,15 @@
 // The per-cluster HMAC key: $PGDATA/pg_atx.key, 32 random bytes, mode 0600.
 //
 // Never a GUC: members of pg_read_all_settings can read even superuser-only
-// GUCs. Created on first use by whichever backend gets there first: each
-// writes a private temp file, fsyncs it, and link()s it into place; link()
-// fails with EEXIST for all but one, and everybody then reads the winner's file.
+// GUCs. Created by CREATE EXTENSION (atx._ensure_key) when missing, by whichever
+// backend gets there first: each writes a private temp file, fsyncs it, and
+// link()s it into place; link() fails with EEXIST for all but one, and everybody
+// then reads the winner's file. Never created anywhere else.
 #include "hmac_key.h"
+
+extern "C" {
+#include "commands/extension.h"
+}
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -107,6 +112,18 @@ const uint8* atx_hmac_key(void)
         char* path = (atx_key_file && atx_key_file[0]) ? pstrdup(atx_key_file)
                                                         : psprintf("%s/%s", DataDir, ATX_KEY_FILE);
         if (!read_key_file(path)) {
+            // Only CREATE EXTENSION makes a key. A backend that finds none elsewhere must not
+            // make its own: its messages would not authenticate anywhere else (a standby set up
+            // without the key, or atx.key_file lost to a session's connection option).
+            if (!creating_extension)
+                ereport(ERROR,
+                        (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                         errmsg("pg_atx key file \"%s\" does not exist", path),
+                         errdetail("CREATE EXTENSION pg_atx creates it; every server that writes or applies "
+                                   "messages needs the same key."),
+                         errhint("Copy the primary's key file here (mode 0600), or, if atx.key_file names "
+                                 "another file, check that this session sees that setting (preload pg_atx with "
+                                 "shared_preload_libraries).")));
             create_key_file(path);
             if (!read_key_file(path))
                 ereport(ERROR, (errcode_for_file_access(), errmsg("could not read file \"%s\": %m", path)));
@@ -146,6 +163,12 @@ void atx_hmac_sha256(const char* data, size_t len, uint8 out[32])
         ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not compute HMAC-SHA256: %s", why)));
 }
 
+static Datum ensure_key_body(FunctionCallInfo fcinfo)
+{
+    (void)atx_hmac_key();
+    PG_RETURN_VOID();
+}
+
 bool atx_mac_equal(const uint8* a, const uint8* b)
 {
     // No early exit: the time taken does not depend on where the MACs differ.
@@ -154,3 +177,6 @@ bool atx_mac_equal(const uint8* a, const uint8* b)
         diff |= a[i] ^ b[i];
     return diff == 0;
 }
+
+#include "pg_guard.h"
+ATX_ENTRY(atx_ensure_key, ensure_key_body)

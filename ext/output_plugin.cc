@@ -116,7 +116,7 @@ static void shutdown_cb(LogicalDecodingContext* ctx) {}
 
 // true = drop. Records without an origin (all ordinary DML) are dropped at once; the cached id
 // of "pg_atx" is trusted for a while; any other id is looked up by name, at most every
-// ORIGIN_RECHECK_MS per id.
+// ORIGIN_RECHECK_MS per id for records other than logical messages.
 static bool filter_by_origin_body(LogicalDecodingContext* ctx, RepOriginId origin_id)
 {
     AtxDecodingState* st = (AtxDecodingState*)ctx->output_plugin_private;
@@ -130,7 +130,11 @@ static bool filter_by_origin_body(LogicalDecodingContext* ctx, RepOriginId origi
         return false;
     for (int i = 0; i < OTHER_ORIGINS; i++)
         if (st->other[i] == origin_id) {
-            if (!TimestampDifferenceExceeds(st->other_checked[i], now, ORIGIN_RECHECK_MS))
+            // A logical message is looked up again whatever the cache says: "pg_atx" may have been
+            // re-created under an id that named another origin a moment ago, and a message of ours
+            // dropped here would be lost. (The reader is on the record being filtered.)
+            if (!TimestampDifferenceExceeds(st->other_checked[i], now, ORIGIN_RECHECK_MS) &&
+                XLogRecGetRmid(ctx->reader) != RM_LOGICALMSG_ID)
                 return true;
             slot = i;
         }

@@ -1,5 +1,5 @@
-// Is there somewhere for a message to go? A message emitted while no pg_atx
-// slot exists for the database is never decoded (a slot only sees WAL written
+// Is there somewhere for a message to go? A message emitted while the database's
+// pg_atx slot (atx.slot_name()) does not exist is never decoded (a slot only sees WAL written
 // after it became consistent), so atx_log refuses instead of losing it.
 // Scanning the slot array in shared memory is cheap: max_replication_slots
 // entries under a shared lock.
@@ -10,9 +10,13 @@
 bool atx_have_slot_for_database(Oid dboid)
 {
     bool found = false;
+    char name[NAMEDATALEN];
 
     if (ReplicationSlotCtl == NULL || max_replication_slots <= 0)
         return false;
+    // The applier's slot, by name: another pg_atx slot (a copy a REPLICATION role made for itself)
+    // would accept messages the applier never sees.
+    atx_slot_name(dboid, name);
 
     LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
     for (int i = 0; i < max_replication_slots && !found; i++) {
@@ -23,8 +27,8 @@ bool atx_have_slot_for_database(Oid dboid)
             continue;
         // Fields are read under the slot's spinlock, as pg_get_replication_slots does.
         SpinLockAcquire(&s->mutex);
-        ok = s->data.database == dboid && strcmp(NameStr(s->data.plugin), "pg_atx") == 0 &&
-             s->data.persistency != RS_EPHEMERAL;
+        ok = s->data.database == dboid && strcmp(NameStr(s->data.name), name) == 0 &&
+             strcmp(NameStr(s->data.plugin), "pg_atx") == 0 && s->data.persistency != RS_EPHEMERAL;
 #if PG_VERSION_NUM >= 160000
         if (s->data.invalidated != RS_INVAL_NONE)
             ok = false;

@@ -284,6 +284,15 @@ BEGIN
 END
 $$;
 
+-- The HMAC key (docs/security.md) is made here, by CREATE EXTENSION, if the cluster has none yet
+-- (in the data directory, or where atx.key_file says); no backend makes one later by itself.
+CREATE FUNCTION atx._ensure_key() RETURNS void
+AS 'MODULE_PATHNAME', 'atx_ensure_key'
+LANGUAGE C VOLATILE;
+REVOKE ALL ON FUNCTION atx._ensure_key() FROM PUBLIC;
+COMMENT ON FUNCTION atx._ensure_key() IS 'internal: read the HMAC key; CREATE EXTENSION creates it if missing';
+SELECT atx._ensure_key();
+
 CREATE FUNCTION atx.slot_name()
 RETURNS name
 AS 'MODULE_PATHNAME', 'atx_slot_name_sql'
@@ -389,7 +398,7 @@ AS 'MODULE_PATHNAME', 'atx_retry_dead_letter'
 LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.retry_dead_letter(bigint) IS
-    'run a dead letter''s message again: applied (the dead letter goes) or failed (it stays, one more attempt)';
+    'run a dead letter''s message again: applied (the dead letter goes), already (it was applied before: not run, the dead letter goes) or failed (it stays, one more attempt)';
 
 -- atx.current_message() gains the session user, the nesting depth and the parent.
 DROP FUNCTION atx.current_message();

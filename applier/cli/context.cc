@@ -1,6 +1,8 @@
 // See context.h.
 #include "context.h"
 
+#include "text.h"
+
 #include <fcntl.h>
 #include <pwd.h>
 #include <unistd.h>
@@ -21,6 +23,19 @@ std::optional<std::string> Db::slot()
     return *slot_;
 }
 
+namespace {
+
+// What a statement the server runs for us says (a retried message's NOTICE or WARNING) is user
+// text: escaped and bounded like everything else we print, never written raw.
+void on_notice(void*, const PGresult* r)
+{
+    const char* sev = PQresultErrorField(r, PG_DIAG_SEVERITY);
+    const char* msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
+    std::cerr << (sev ? sev : "NOTICE") << ": " << printable(msg ? msg : "", 500) << "\n";
+}
+
+}  // namespace
+
 Db Context::connect(const std::string& dbname) const
 {
     Db d;
@@ -32,6 +47,7 @@ Db Context::connect(const std::string& dbname) const
     if (!dbname.empty())
         over.emplace_back("dbname", dbname);
     d.conn->connect(opt.conninfo, over);
+    PQsetNoticeReceiver(d.conn->get(), on_notice, nullptr);
     PgResult r = d.conn->exec(
         "SELECT pg_catalog.current_database()::pg_catalog.text, d.oid::pg_catalog.text "
         "FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()");

@@ -36,6 +36,8 @@ json retry_one(Db& d, const std::string& id)
             res["error"] = jstr(field(r.get(), 0, 3));
         } else if (res["result"] == "gone") {
             res["detail"] = "no such dead letter (already retried or discarded)";
+        } else if (res["result"] == "already") {
+            res["detail"] = "its message was applied before: not run again; the dead letter is removed";
         }
     } catch (const PgError& e) {
         res["sqlstate"] = e.sqlstate;
@@ -69,7 +71,7 @@ int run_retry(Context& c)
         Db& d = dbs[ts[i].db];
         json r = retry_one(d, ts[i].id);
         const std::string result = r["result"];
-        if (result == "applied" || result == "duplicate")
+        if (result == "applied" || result == "duplicate" || result == "already")
             ++ok;
         else if (result == "gone")
             ++gone;  // retried or discarded by someone else meanwhile

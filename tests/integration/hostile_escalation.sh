@@ -26,9 +26,12 @@ M() { PGUSER=mallory q "$@"; }
 # reliability FAULT DONE COUNTED RESULT: a row of docs/reliability.md (tools/reliability_report.sh).
 reliability() { echo "# reliability: $1 | $2 | $3 | $4"; }
 
-# A real payload, emitted by mallory before the applier's slot exists: only copyslot has it.
+# A real payload, emitted by mallory and then skipped in the applier's slot (advanced past it by
+# hand): only copyslot still has it. (Frame: 'M', 8 bytes of start LSN, the payload.)
+q -c "SELECT atx.ensure_slot()" >/dev/null
 M -c "SELECT atx_log('INSERT INTO target VALUES (\$1)', 'copied payload'::text)" >/dev/null
-q -c "CREATE TABLE stolen AS SELECT substr(data, 2) AS p FROM pg_logical_slot_get_binary_changes('copyslot', NULL, NULL, 'format', 'binary'); GRANT SELECT ON stolen TO mallory" >/dev/null
+q -c "SELECT pg_replication_slot_advance(atx.slot_name(), pg_current_wal_insert_lsn())" >/dev/null
+q -c "CREATE TABLE stolen AS SELECT substr(data, 10) AS p FROM pg_logical_slot_get_binary_changes('copyslot', NULL, NULL, 'format', 'binary'); GRANT SELECT ON stolen TO mallory" >/dev/null
 check_eq "got a copy of the real payload" 1 "$(q -c 'SELECT count(*) FROM stolen')"
 
 applier_start --max-attempts 2 --retry-base-ms 50 --statement-timeout-ms 5000

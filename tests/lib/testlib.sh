@@ -130,7 +130,7 @@ wait_for() {
     done
 }
 
-# Waits until atx-applier created the slot of the current database.
+# Waits until atx-applier created the slot of the current database and streams it.
 wait_for_slot() {
-    wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots WHERE plugin = 'pg_atx' AND database = current_database()\" | grep -q 1"
+    wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots WHERE slot_name = atx.slot_name() AND active\" | grep -q 1"
 }
