@@ -126,6 +126,12 @@ SQL
 )
 check_eq "applier role: atx_applier holds exactly the privileges of the table in docs/security.md" \
     "$expected_privs" "$actual_privs"
+privs_doc=$(sed -n "/^## The applier role's privileges/,/^## /p" "$ATX_ROOT/docs/security.md")
+undocumented=""
+for o in $(sed -n 's/^\(function\|table\) atx\.\([a-z_]*\).*/\2/p' <<<"$actual_privs" | sort -u); do
+    grep -qF "\`atx.$o\`" <<<"$privs_doc" || undocumented="$undocumented $o"
+done
+check_eq "applier role: each of its functions and tables is a row of the privilege table in docs/security.md" "" "$undocumented"
 check_eq "applier role: atx_app is LOGIN REPLICATION, not superuser, a member of atx_applier only" "f t atx_applier" \
     "$(q -c "SELECT r.rolsuper, r.rolreplication, (SELECT string_agg(m.roleid::regrole::text, ',') FROM pg_auth_members m WHERE m.member = r.oid) FROM pg_roles r WHERE rolname = 'atx_app'" | tr '|' ' ')"
 
