@@ -3,6 +3,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "cpp_only.h"
+
 namespace atx {
 
 std::string encode_body(const Message& m)

@@ -20,8 +20,9 @@ void throw_current_pg_error(MemoryContext callerContext)
     // Copy out of palloc'd memory before any C++ allocation can throw.
     std::string msg = edata->message ? edata->message : "unknown error";
     std::string hint = edata->hint ? edata->hint : "";
+    std::string detail = edata->detail ? edata->detail : "";
     FreeErrorData(edata);
-    throw PgException(code, std::move(msg), std::move(hint));
+    throw PgException(code, std::move(msg), std::move(hint), std::move(detail));
 }
 
 static void copy_text(char* dst, size_t cap, const char* src) noexcept
@@ -37,6 +38,7 @@ void capture_exception(CaughtError& e) noexcept
         e.sqlerrcode = ex.sqlerrcode();
         copy_text(e.message, sizeof e.message, ex.what());
         copy_text(e.hint, sizeof e.hint, ex.hint().c_str());
+        copy_text(e.detail, sizeof e.detail, ex.detail().c_str());
     } catch (const UnsupportedVersion& ex) {
         e.sqlerrcode = ERRCODE_FEATURE_NOT_SUPPORTED;
         copy_text(e.message, sizeof e.message, ex.what());
@@ -61,7 +63,8 @@ void capture_exception(CaughtError& e) noexcept
 void raise_caught(const CaughtError& e)
 {
     ereport(ERROR, (errcode(e.sqlerrcode ? e.sqlerrcode : ERRCODE_INTERNAL_ERROR),
-                    errmsg("%s", e.message), e.hint[0] ? errhint("%s", e.hint) : 0));
+                    errmsg("%s", e.message), e.detail[0] ? errdetail("%s", e.detail) : 0,
+                    e.hint[0] ? errhint("%s", e.hint) : 0));
     pg_unreachable();
 }
 

@@ -35,18 +35,21 @@ namespace atx {
 // A PostgreSQL error (or one we raise from C++), carried as a C++ exception.
 class PgException : public std::exception {
 public:
-    PgException(int sqlerrcode, std::string message, std::string hint = std::string())
-        : sqlerrcode_(sqlerrcode), message_(std::move(message)), hint_(std::move(hint))
+    PgException(int sqlerrcode, std::string message, std::string hint = std::string(),
+                std::string detail = std::string())
+        : sqlerrcode_(sqlerrcode), message_(std::move(message)), hint_(std::move(hint)), detail_(std::move(detail))
     {
     }
     const char* what() const noexcept override { return message_.c_str(); }
     int sqlerrcode() const noexcept { return sqlerrcode_; }
     const std::string& hint() const noexcept { return hint_; }
+    const std::string& detail() const noexcept { return detail_; }
 
 private:
     int sqlerrcode_;
     std::string message_;
     std::string hint_;
+    std::string detail_;
 };
 
 // Reports the PostgreSQL error that is current in ErrorContext as a PgException.
@@ -56,6 +59,15 @@ private:
 // Runs f (PostgreSQL calls only, never a throw) and converts an ereport(ERROR)
 // into PgException. Only safe where no (sub)transaction state needs cleanup
 // after the error, e.g. palloc or a type output function.
+// f runs through this noexcept frame: should it throw after all, the program terminates here
+// instead of unwinding past PG_TRY, which would leave PG_exception_stack pointing into a dead
+// stack frame for the next ereport to jump to.
+template <typename F>
+void call_noexcept(F& f) noexcept
+{
+    f();
+}
+
 template <typename F>
 void pg_guard(F&& f)
 {
@@ -63,7 +75,7 @@ void pg_guard(F&& f)
     bool failed = false;
     PG_TRY();
     {
-        f();
+        call_noexcept(f);
     }
     PG_CATCH();
     {
@@ -78,6 +90,7 @@ void pg_guard(F&& f)
 struct CaughtError {
     int sqlerrcode = 0;
     char message[1024] = {0};
+    char detail[1024] = {0};
     char hint[512] = {0};
 };
 
