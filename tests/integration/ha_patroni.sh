@@ -243,6 +243,10 @@ BEGIN
     END LOOP;
 END $$;
 SQL
+# The HMAC key: CREATE EXTENSION made it on the primary, and the replica was cloned before. Every
+# node that may be promoted needs the same key (docs/ha.md, step 3).
+install -m 0600 "$HA_DIR/$PRIMARY/data/pg_atx.key" "$HA_DIR/$STANDBY/data/pg_atx.key" || not_ok "key copied to $STANDBY"
+[ "$(id -u)" = 0 ] && chown postgres: "$HA_DIR/$STANDBY/data/pg_atx.key"
 OID=$(qp -c "SELECT oid FROM pg_database WHERE datname = current_database()")
 SLOT=pg_atx_$OID
 # Before the applier runs: Patroni drops a logical slot it was not told about, and creates a
