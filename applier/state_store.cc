@@ -1,5 +1,5 @@
 // The applier's local delivery state in RocksDB. See state_store.h for what is authoritative where
-// and docs/applier-state.md for the layout and the reconcile rule.
+// and docs/applier-state.md for the layout and the retention rule.
 //
 // Shape follows apache/kvrocks src/storage/storage.cc:
 //  - one fixed, ordered list of column families, addressed by an enum class id;
@@ -244,7 +244,7 @@ struct StateStore::Impl {
     rocksdb::DB* db = nullptr;  // null only after a reopen failed (until the next one succeeds)
     std::vector<rocksdb::ColumnFamilyHandle*> handles;  // ours first, in ColumnFamilyID order,
                                                         // then any unknown ones found on disk
-    // Lock order: write_mutex, then rw. Writers (record/reconcile/put_meta) hold write_mutex for
+    // Lock order: write_mutex, then rw. Writers (record/put_meta/sweep) hold write_mutex for
     // their whole read-then-write; rw is shared for every use of db/handles and exclusive only
     // while recover() swaps them.
     std::mutex write_mutex;
@@ -638,62 +638,6 @@ std::optional<std::string> StateStore::find_key(const std::string& scope, const 
     if (!impl_->get(ColumnFamilyID::Keys, k, &v, "find_key"))
         return std::nullopt;
     return v;
-}
-
-size_t StateStore::reconcile(const std::string& scope, uint64_t durable_lsn)
-{
-    const std::string prefix = scope_prefix(scope);
-    if (durable_lsn == UINT64_MAX)
-        return 0;
-    std::lock_guard<std::mutex> lock(impl_->write_mutex);
-    impl_->recover();
-
-    rocksdb::WriteBatch batch;
-    size_t dropped = 0;
-    int64_t index_removed = 0;
-    {
-        std::shared_lock<std::shared_mutex> read_lock(impl_->rw);
-        impl_->require_open("reconcile");
-        std::unique_ptr<rocksdb::Iterator> it(
-            impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cf(ColumnFamilyID::ByLsn)));
-        const std::string start = prefix + be64(durable_lsn + 1);
-        for (it->Seek(start); it->Valid() && starts_with(it->key(), prefix); it->Next()) {
-            rocksdb::Slice k = it->key();
-            if (k.size() < prefix.size() + 8)
-                continue;  // not ours; cannot happen with keys written by record()
-            ByteReader lsn_reader(std::string_view(k.data() + prefix.size(), 8));
-            const uint64_t lsn = lsn_reader.u64();
-            const std::string message_id(k.data() + prefix.size() + 8, k.size() - prefix.size() - 8);
-
-            auto rec = impl_->get_record(prefix, message_id, "reconcile (read)");
-            if (!rec || rec->source_lsn != lsn) {
-                // Orphaned or stale index entry: drop it, leave the record (if any) alone.
-                check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
-                ++index_removed;
-                continue;
-            }
-            if (rec->status != DeliveryStatus::Applied && rec->status != DeliveryStatus::Duplicate)
-                continue;  // Retrying / Dead: history, kept
-            check("reconcile (batch)",
-                  batch.Delete(impl_->cf(ColumnFamilyID::Deliveries), prefix + message_id));
-            if (!rec->key.empty()) {
-                std::string owner;
-                if (impl_->get(ColumnFamilyID::Keys, prefix + rec->key, &owner, "reconcile (read key)") &&
-                    owner == message_id)
-                    check("reconcile (batch)",
-                          batch.Delete(impl_->cf(ColumnFamilyID::Keys), prefix + rec->key));
-            }
-            check("reconcile (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), k));
-            ++index_removed;
-            ++dropped;
-        }
-        check("reconcile (iterate)", it->status());
-        it.reset();
-    }
-    // Synced: after reconcile returns, the dropped entries must stay dropped across a crash.
-    impl_->write(batch, Impl::Durability::Synced, "reconcile");
-    impl_->adjust_count(prefix, -index_removed);
-    return dropped;
 }
 
 void StateStore::put_meta(const std::string& scope, const std::string& name, const std::string& value)

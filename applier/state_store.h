@@ -5,11 +5,11 @@
 //    keys that were applied (atx.idempotency_key) and the dead letters (atx.dead_letter). These are
 //    written in the apply transaction itself, so they can never disagree with what committed.
 //  - RocksDB: the per-message delivery history (attempts, last error, when), the retry state of a
-//    message that is being retried, and a cache of applied message ids and keys used to refuse a
-//    message seen again at another LSN (slot re-created, timeline switch).
-// An "applied" entry written for a commit that the server later lost (asynchronous commit + server
-// crash) must not suppress the re-apply: reconcile() drops every such entry whose source LSN is past
-// the server's durable origin progress. It runs on every (re)connect.
+//    message that is being retried, and which message applied an idempotency key (for
+//    `atx-applier show`).
+// The server is the judge of what was applied (atx.applied, checked in the apply transaction), so
+// an "applied" entry here that the server later lost (asynchronous commit + server crash) only
+// describes history: it never suppresses the re-apply.
 #pragma once
 
 #include <chrono>
@@ -68,7 +68,7 @@ public:
 
     // scope = one database's namespace, e.g. "db16384" (database oid).
     // Writes all records in one WriteBatch; sync=true fsyncs RocksDB's WAL before returning.
-    // After a failed write (e.g. the disk is full) every write (record/reconcile/put_meta) first
+    // After a failed write (e.g. the disk is full) every write (record/put_meta) first
     // recovers the store (DB::Resume(), then close and reopen) and throws StateError until that
     // works; reads go on meanwhile. All methods are safe to call from several threads.
     void record(const std::string& scope, const std::vector<DeliveryRecord>& records, bool sync);
@@ -76,10 +76,6 @@ public:
     std::optional<DeliveryRecord> find_message(const std::string& scope, const std::string& message_id) const;
     // Message id that applied this key, if this store has seen it applied.
     std::optional<std::string> find_key(const std::string& scope, const std::string& key) const;
-
-    // Drops Applied/Duplicate entries (and their key and lsn index entries) with source_lsn >
-    // durable_lsn; returns how many. Retrying/Dead entries are kept (they describe history).
-    size_t reconcile(const std::string& scope, uint64_t durable_lsn);
 
     void put_meta(const std::string& scope, const std::string& name, const std::string& value);
     std::optional<std::string> get_meta(const std::string& scope, const std::string& name) const;

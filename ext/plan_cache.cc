@@ -4,8 +4,9 @@
 // a handful of statements, and a miss costs a parse anyway. Plain C style (PostgreSQL calls only).
 #include "plan_cache.h"
 
+#include "statement_key.h"
+
 extern "C" {
-#include "common/hashfn.h"
 #include "nodes/params.h"
 #include "utils/plancache.h"
 }
@@ -16,10 +17,7 @@ constexpr int kEntries = 64;
 
 struct Entry {
     bool used;
-    uint32 hash;
-    char* statement;  // in TopMemoryContext
-    int nargs;
-    Oid* types;       // in TopMemoryContext
+    StatementKey key;
     SPIPlanPtr plan;  // saved (SPI_keepplan)
     uint64 last_used;
 };
@@ -69,22 +67,11 @@ const char* last_tag(SPIPlanPtr plan)
     return sources != NIL ? GetCommandTagName(((CachedPlanSource*)llast(sources))->commandTag) : "EMPTY";
 }
 
-uint32 key_hash(const char* statement, int nargs, const Oid* types)
+Entry* lookup(const StatementKey* k)
 {
-    uint32 h = hash_bytes((const unsigned char*)statement, (int)strlen(statement));
-    if (nargs > 0)
-        h = hash_combine(h, hash_bytes((const unsigned char*)types, (int)(sizeof(Oid) * nargs)));
-    return h;
-}
-
-Entry* lookup(uint32 h, const char* statement, int nargs, const Oid* types)
-{
-    for (int i = 0; i < kEntries; i++) {
-        Entry* e = &entries[i];
-        if (e->used && e->hash == h && e->nargs == nargs && strcmp(e->statement, statement) == 0 &&
-            (nargs == 0 || memcmp(e->types, types, sizeof(Oid) * nargs) == 0))
-            return e;
-    }
+    for (int i = 0; i < kEntries; i++)
+        if (entries[i].used && statement_key_equal(&entries[i].key, k))
+            return &entries[i];
     return NULL;
 }
 
@@ -99,9 +86,7 @@ Entry* victim(void)
             lru = &entries[i];
     }
     SPI_freeplan(lru->plan);
-    pfree(lru->statement);
-    if (lru->types)
-        pfree(lru->types);
+    statement_key_free(&lru->key);
     lru->used = false;
     return lru;
 }
@@ -111,7 +96,7 @@ Entry* victim(void)
 int atx_execute_cached(const char* statement, int nargs, Oid* types, Datum* values, const char* nulls,
                        DestReceiver* dest, const char** command_tag)
 {
-    uint32 h;
+    StatementKey key;
     Entry* e;
 
     if (executing > 0) {
@@ -122,25 +107,17 @@ int atx_execute_cached(const char* statement, int nargs, Oid* types, Datum* valu
         return execute_counted(plan, nargs, types, values, nulls, dest);
     }
 
-    h = key_hash(statement, nargs, types);
-    e = lookup(h, statement, nargs, types);
+    key = statement_key_probe(statement, nargs, types);
+    e = lookup(&key);
     if (e == NULL) {
         // Prepare first: a statement that does not parse is never cached.
         SPIPlanPtr plan = SPI_prepare(statement, nargs, types);
-        MemoryContext old;
         if (plan == NULL)
             return SPI_result;
         if (SPI_keepplan(plan) != 0)
             elog(ERROR, "SPI_keepplan failed");
         e = victim();
-        old = MemoryContextSwitchTo(TopMemoryContext);
-        e->statement = pstrdup(statement);
-        e->types = nargs > 0 ? (Oid*)palloc(sizeof(Oid) * nargs) : NULL;
-        if (nargs > 0)
-            memcpy(e->types, types, sizeof(Oid) * nargs);
-        MemoryContextSwitchTo(old);
-        e->nargs = nargs;
-        e->hash = h;
+        e->key = statement_key_store(&key);
         e->plan = plan;
         e->used = true;
     }

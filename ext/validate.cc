@@ -13,11 +13,12 @@
 // (relations, functions, types, schemas, roles and memberships). Plain C style.
 #include "validate.h"
 
+#include "statement_key.h"
+
 extern "C" {
 #include "catalog/namespace.h"
 #include "catalog/pg_proc.h"
 #include "storage/proc.h"
-#include "common/hashfn.h"
 #include "executor/executor.h"
 #include "parser/analyze.h"
 #include "rewrite/rewriteHandler.h"
@@ -36,12 +37,9 @@ constexpr int kEntries = 128;
 
 struct Entry {
     bool used;
-    uint32 hash;
+    StatementKey key;
     Oid role;
-    int nargs;
-    char* statement;    // TopMemoryContext
     char* search_path;  // TopMemoryContext
-    Oid* types;         // TopMemoryContext
     uint64 last_used;
 };
 
@@ -49,17 +47,18 @@ Entry entries[kEntries];
 uint64 tick = 0;
 bool callbacks_registered = false;
 
+void forget(Entry* e)
+{
+    statement_key_free(&e->key);
+    pfree(e->search_path);
+    e->used = false;
+}
+
 void clear_cache(void)
 {
-    for (int i = 0; i < kEntries; i++) {
-        if (!entries[i].used)
-            continue;
-        pfree(entries[i].statement);
-        pfree(entries[i].search_path);
-        if (entries[i].types)
-            pfree(entries[i].types);
-        entries[i].used = false;
-    }
+    for (int i = 0; i < kEntries; i++)
+        if (entries[i].used)
+            forget(&entries[i]);
 }
 
 void on_syscache(Datum arg, int cacheid, uint32 hashvalue) { clear_cache(); }
@@ -80,29 +79,19 @@ void register_callbacks(void)
 
 const char* current_search_path(void) { return namespace_search_path ? namespace_search_path : ""; }
 
-uint32 key_hash(const char* statement, int nargs, const Oid* types, Oid role)
-{
-    uint32 h = hash_bytes((const unsigned char*)statement, (int)strlen(statement));
-    if (nargs > 0)
-        h = hash_combine(h, hash_bytes((const unsigned char*)types, (int)(sizeof(Oid) * nargs)));
-    return hash_combine(h, role);
-}
-
-Entry* lookup(uint32 h, const char* statement, int nargs, const Oid* types, Oid role, const char* path)
+Entry* lookup(const StatementKey* k, Oid role, const char* path)
 {
     for (int i = 0; i < kEntries; i++) {
         Entry* e = &entries[i];
-        if (e->used && e->hash == h && e->role == role && e->nargs == nargs && strcmp(e->statement, statement) == 0 &&
-            strcmp(e->search_path, path) == 0 && (nargs == 0 || memcmp(e->types, types, sizeof(Oid) * nargs) == 0))
+        if (e->used && e->role == role && statement_key_equal(&e->key, k) && strcmp(e->search_path, path) == 0)
             return e;
     }
     return NULL;
 }
 
-void remember(uint32 h, const char* statement, int nargs, const Oid* types, Oid role, const char* path)
+void remember(const StatementKey* k, Oid role, const char* path)
 {
     Entry* e = &entries[0];
-    MemoryContext old;
 
     for (int i = 0; i < kEntries; i++) {
         if (!entries[i].used) {
@@ -112,22 +101,11 @@ void remember(uint32 h, const char* statement, int nargs, const Oid* types, Oid 
         if (entries[i].last_used < e->last_used)
             e = &entries[i];
     }
-    if (e->used) {
-        pfree(e->statement);
-        pfree(e->search_path);
-        if (e->types)
-            pfree(e->types);
-    }
-    old = MemoryContextSwitchTo(TopMemoryContext);
-    e->statement = pstrdup(statement);
-    e->search_path = pstrdup(path);
-    e->types = nargs > 0 ? (Oid*)palloc(sizeof(Oid) * nargs) : NULL;
-    if (nargs > 0)
-        memcpy(e->types, types, sizeof(Oid) * nargs);
-    MemoryContextSwitchTo(old);
-    e->hash = h;
+    if (e->used)
+        forget(e);
+    e->key = statement_key_store(k);
+    e->search_path = MemoryContextStrdup(TopMemoryContext, path);
     e->role = role;
-    e->nargs = nargs;
     e->used = true;
     e->last_used = ++tick;
 }
@@ -206,15 +184,15 @@ void atx_validate_statement(const char* statement, int nargs, const Oid* types)
 {
     const Oid role = GetUserId();
     const char* path = current_search_path();
-    uint32 h;
+    StatementKey key;
     List* raw;
     ListCell* lc;
 
     if (!atx_validate)
         return;
     register_callbacks();
-    h = key_hash(statement, nargs, types, role);
-    if (Entry* e = lookup(h, statement, nargs, types, role, path)) {
+    key = statement_key_probe(statement, nargs, types);
+    if (Entry* e = lookup(&key, role, path)) {
         e->last_used = ++tick;
         return;
     }
@@ -280,5 +258,5 @@ void atx_validate_statement(const char* statement, int nargs, const Oid* types)
             return;  // not cached: checked next time
     }
     // Only now: the analysis may have invalidated caches (and emptied this one).
-    remember(h, statement, nargs, types, role, path);
+    remember(&key, role, path);
 }

@@ -300,7 +300,7 @@ clients_stop
 ha_phase "case 1: drain"
 check "case 1: drained (a marker message applied)" drain 60
 check "case 1: applier still running" kill -0 "$APPLIER_PID"
-note "case 1: applier on reconnecting to $NEW: $(grep event=state_reconciled "$TEST_DIR/applier.log" | tail -n 1 | sed 's/.*event=//')"
+note "case 1: applier on reconnecting to $NEW: $(grep -E 'event=(connected|timeline_changed)' "$TEST_DIR/applier.log" | tail -n 2 | sed 's/.*event=/event=/' | tr '\n' ' ')"
 ha_phase "case 1: count"
 count_case 1 "case 1 (stall + crash)"
 slot_not_ahead_of_applied "$NEW"; rc=$?

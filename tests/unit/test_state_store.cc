@@ -172,60 +172,6 @@ TEST_CASE("list returns a scope's records in LSN order, with limit", "[state_sto
     }
 }
 
-TEST_CASE("reconcile drops only applied/duplicate entries past the durable LSN", "[state_store]")
-{
-    TempDir tmp;
-    auto store = StateStore::open(tmp.db());
-    store->record(kScope,
-                  {
-                      rec("a1", 100, DeliveryStatus::Applied, "ka1"),    // durable: kept
-                      rec("a2", 200, DeliveryStatus::Applied, "ka2"),    // == durable: kept
-                      rec("a3", 201, DeliveryStatus::Applied, "ka3"),    // past: dropped, key too
-                      rec("d3", 202, DeliveryStatus::Duplicate, "ka1"),  // past: dropped, key ka1 kept (not its)
-                      rec("r3", 203, DeliveryStatus::Retrying),          // past: kept
-                      rec("x3", 204, DeliveryStatus::Dead, "kx3"),       // past: kept
-                      rec("a4", 0x100000000ULL, DeliveryStatus::Applied),  // past: dropped
-                  },
-                  true);
-    store->record("db1", {rec("o1", 300, DeliveryStatus::Applied, "ka3")}, true);
-
-    CHECK(store->reconcile(kScope, 200) == 3);
-
-    CHECK(store->find_message(kScope, "a1"));
-    CHECK(store->find_message(kScope, "a2"));
-    CHECK_FALSE(store->find_message(kScope, "a3"));
-    CHECK_FALSE(store->find_message(kScope, "d3"));
-    CHECK_FALSE(store->find_message(kScope, "a4"));
-    CHECK(store->find_message(kScope, "r3"));
-    CHECK(store->find_message(kScope, "x3"));
-    CHECK(store->find_key(kScope, "ka1") == std::optional<std::string>("a1"));
-    CHECK(store->find_key(kScope, "ka2") == std::optional<std::string>("a2"));
-    CHECK_FALSE(store->find_key(kScope, "ka3"));
-    CHECK(ids(store->list(kScope)) == std::vector<std::string>{"a1", "a2", "r3", "x3"});
-    // The other scope is untouched.
-    CHECK(store->find_message("db1", "o1"));
-    CHECK(store->find_key("db1", "ka3") == std::optional<std::string>("o1"));
-
-    // Idempotent.
-    CHECK(store->reconcile(kScope, 200) == 0);
-
-    SECTION("a key re-applied by another message is not removed with the old one")
-    {
-        // m_new took over key "kb" at a durable LSN; the older record at a lost LSN still names it.
-        store->record(kScope, {rec("m_old", 500, DeliveryStatus::Applied, "kb")}, true);
-        store->record(kScope, {rec("m_new", 150, DeliveryStatus::Applied, "kb")}, true);
-        CHECK(store->reconcile(kScope, 200) == 1);
-        CHECK_FALSE(store->find_message(kScope, "m_old"));
-        CHECK(store->find_key(kScope, "kb") == std::optional<std::string>("m_new"));
-    }
-    SECTION("durable LSN 0 drops every applied entry; max LSN drops none")
-    {
-        CHECK(store->reconcile(kScope, UINT64_MAX) == 0);
-        CHECK(store->reconcile(kScope, 0) == 2);
-        CHECK(ids(store->list(kScope)) == std::vector<std::string>{"r3", "x3"});
-    }
-}
-
 TEST_CASE("data survives close and reopen", "[state_store]")
 {
     TempDir tmp;
@@ -456,7 +402,6 @@ TEST_CASE(kDiskFullCase, "[state_store]")
                 CHECK(store->find_message(kScope, "before"));
                 CHECK(store->find_key(kScope, "k3") == std::optional<std::string>("m3"));
                 CHECK(store->get_meta(kScope, "x") == std::optional<std::string>("y"));
-                CHECK(store->reconcile(kScope, 1000000) == 0);
             }
             auto again = StateStore::open(dir);
             CHECK(again->find_message(kScope, "m3"));
@@ -526,8 +471,10 @@ TEST_CASE("record counts follow every write", "[state_store][retention]")
         CHECK(store->record_count("db1") == 1);
         CHECK(store->record_count("db2") == 0);
         CHECK(store->record_count() == 4);
-        CHECK(store->reconcile(kScope, 3) == 0);  // c is Dead: kept
-        CHECK(store->reconcile(kScope, 2) == 1);  // a (applied at 3) dropped
+        RetentionPolicy keep_two;
+        keep_two.max_age_days = 0;
+        keep_two.max_records = 2;
+        CHECK(store->sweep(keep_two, 0) == 1);  // the oldest of kScope (b, at 2) goes
         CHECK(store->record_count(kScope) == 2);
         CHECK(store->record_count() == 3);
     }
