@@ -66,6 +66,28 @@ static bool changed_by_session(const struct config_generic* g)
     }
 }
 
+// One of atx_default_gucs. Compared by address: this runs for every parameter on every call (a
+// row trigger calls atx_log per row), and the built-in parameters' entries never move.
+static bool always_carried(const struct config_generic* g)
+{
+    static const struct config_generic* resolved[lengthof(atx_default_gucs)];
+    static bool done = false;
+
+    if (!done) {
+        int n;
+        struct config_generic** vars = all_gucs(&n);
+        for (int k = 0; k < n; k++)
+            for (int d = 0; d < atx_n_default_gucs; d++)
+                if (pg_strcasecmp(vars[k]->name, atx_default_gucs[d]) == 0)
+                    resolved[d] = vars[k];
+        done = true;
+    }
+    for (int d = 0; d < atx_n_default_gucs; d++)
+        if (g == resolved[d])
+            return true;
+    return false;
+}
+
 static bool listed(List* names, const char* name)
 {
     ListCell* lc;
@@ -104,11 +126,7 @@ AtxGucC* atx_capture_settings(int* count)
 
     for (int k = 0; k < n; k++) {
         const struct config_generic* g = vars[k];
-        bool always = false;
-        for (int d = 0; d < atx_n_default_gucs; d++)
-            if (pg_strcasecmp(g->name, atx_default_gucs[d]) == 0)
-                always = true;
-        if (always || changed_by_session(g))
+        if (changed_by_session(g) || always_carried(g))
             add(&out, g->name, changed_by_session(g) && g->scontext == PGC_SUSET);
     }
     if (atx_capture_gucs && atx_capture_gucs[0]) {
