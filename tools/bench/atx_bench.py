@@ -315,7 +315,12 @@ def pending(a, q, cluster, applier, new_applier, help_text, results, step):
         if not bench_pending.has_validate(cluster):
             p[name] = bench_pending.skipped(log, name, "the atx.validate setting")
             return
-        p[name] = bench_pending.validate_cost(cluster, 1 if q else 3, log)
+        state["applier"].stop()  # the caller's own cost, as in the stopped sweep
+        try:
+            p[name] = bench_pending.validate_cost(cluster, 1 if q else 3, log)
+        finally:
+            state["applier"] = new_applier().start()
+            bench_env.wait_streaming(cluster)
     step("pending: atx.validate", validate)
 
     def state_size():

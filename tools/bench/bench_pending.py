@@ -202,18 +202,21 @@ def has_validate(cluster):
 
 
 def validate_cost(cluster, seconds, log):
+    """The caller's own cost (run with the applier stopped, so that no drain of an earlier point
+    competes for the CPU), each setting twice in A-B-B-A order; the faster run of each is kept."""
     script = ("\\set i random(1, 1000000)\n"
               "BEGIN \\; SELECT atx_log('INSERT INTO bench_atx(v) VALUES ($1)', :i) \\; COMMIT;\n")
-    out = {}
-    for setting in ("off", "on"):
-        out[setting] = {}
-        for clients in (1, 8):
+    out = {"off": {}, "on": {}}
+    for clients in (1, 8):
+        for setting in ("off", "on", "on", "off"):
             p = bench_pgbench.run(cluster, script, clients, seconds=seconds,
                                   env_extra={"PGOPTIONS": f"-c atx.validate={setting} -c statement_timeout=60s"})
-            out[setting][str(clients)] = p
             log(f"  atx.validate={setting:<3} {clients} client(s): " +
                 (f"median {p['median_ms']:.3f} ms p99 {p['p99_ms']:.3f} ms {p['calls_per_s']:.0f} calls/s"
                  if p["ok"] else f"FAILED: {p['error']}"))
+            kept = out[setting].get(str(clients))
+            if kept is None or (p["ok"] and (not kept["ok"] or p["median_ms"] < kept["median_ms"])):
+                out[setting][str(clients)] = p
     return out
 
 
