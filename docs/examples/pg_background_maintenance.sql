@@ -53,7 +53,8 @@ BEGIN
         EXIT WHEN EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('ex_maint.events_kind')
                                                    AND indisvalid)
               AND EXISTS (SELECT 1 FROM pg_stat_user_tables WHERE relid = 'ex_maint.events'::regclass
-                                                              AND last_vacuum IS NOT NULL);
+                                                              AND last_vacuum IS NOT NULL
+                                                              AND last_analyze IS NOT NULL);
         COMMIT;
         PERFORM pg_sleep(0.1);
     END LOOP;
