@@ -125,6 +125,7 @@ void DatabaseWorker::run()
                 stop_workers(true);
                 stream_.close();
                 control_.close();
+                prune_.close();
                 sleep_unless(stop_, kStandbyPoll);
                 backoff = kReconnectMin;
                 continue;
@@ -141,6 +142,7 @@ void DatabaseWorker::run()
         stop_workers(true);
         stream_.close();
         control_.close();
+        prune_.close();
         if (stop_)
             break;
         m_.attempted = true;
@@ -156,6 +158,7 @@ void DatabaseWorker::run()
     stop_workers(cancelled_);
     stream_.close();
     control_.close();
+    prune_.close();
     if (res == WorkerResult::Running)
         res = WorkerResult::Stopped;
     result_ = res;
@@ -451,10 +454,13 @@ WorkerResult DatabaseWorker::session()
             poll_durability();
         if (now >= next_status_)
             send_status();
-        if (now >= next_prune_) {
-            control_.exec("SELECT atx.prune()");
+        if (now >= next_prune_ && !prune_.busy()) {
+            if (!prune_.connected())
+                prune_.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier prune"}});
+            prune_.send("SELECT atx.prune()");
             next_prune_ = now + milliseconds(cfg_.prune_interval_ms);
         }
+        prune_.poll();
         if (now >= next_slot_check_)
             check_slot(false);
         maybe_grow_nested();

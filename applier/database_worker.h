@@ -87,6 +87,7 @@ private:
 
     // Per session.
     PgConn control_;
+    PgConn prune_;  // atx.prune() runs here, asynchronously: a long DELETE must not stall the stream
     ReplicationStream stream_;
     std::unique_ptr<WorkerContext> ctx_;
     std::vector<std::unique_ptr<ApplyWorker>> workers_;

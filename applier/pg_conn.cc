@@ -55,6 +55,7 @@ void PgConn::close()
         PQfinish(conn_);
         conn_ = nullptr;
     }
+    busy_ = false;
 }
 
 PgError PgConn::error_from(const PGresult* r, const std::string& context) const
@@ -93,6 +94,40 @@ PgResult PgConn::exec(const std::string& sql, const std::vector<TextParam>& para
     if (!r || PQresultStatus(r.get()) != want)
         throw error_from(r.get(), sql.substr(0, sql.find_first_of("\n")));
     return r;
+}
+
+void PgConn::send(const std::string& sql)
+{
+    if (!conn_)
+        throw PgError("not connected", "08003", true);
+    if (busy_)
+        throw PgError("a statement is still running: " + sent_, "55000", false);
+    sent_ = sql.substr(0, sql.find_first_of("\n"));
+    if (PQsendQuery(conn_, sql.c_str()) != 1)
+        throw error_from(nullptr, sent_);
+    busy_ = true;
+}
+
+bool PgConn::poll()
+{
+    if (!busy_)
+        return true;
+    if (PQconsumeInput(conn_) != 1)
+        throw error_from(nullptr, sent_);
+    std::optional<PgError> failed;
+    while (!PQisBusy(conn_)) {
+        PgResult r(PQgetResult(conn_));
+        if (!r) {
+            busy_ = false;
+            if (failed)
+                throw *failed;
+            return true;
+        }
+        const ExecStatusType st = PQresultStatus(r.get());
+        if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK && !failed)
+            failed = error_from(r.get(), sent_);
+    }
+    return false;
 }
 
 std::optional<std::string> PgConn::scalar(const std::string& sql, const std::vector<TextParam>& params)

@@ -55,11 +55,21 @@ public:
     // Single value of a one-row result; nullopt for NULL or no row.
     std::optional<std::string> scalar(const std::string& sql, const std::vector<TextParam>& params = {});
 
+    // Asynchronous use, for work the caller's loop must not wait for: send() starts sql (simple
+    // protocol, no parameters) and returns; poll() reads what has arrived without blocking and
+    // returns true once the last result is in (throwing PgError if any result failed), false
+    // while the statement runs. One statement at a time.
+    void send(const std::string& sql);
+    bool poll();
+    bool busy() const { return busy_; }
+
     // Builds a PgError from a failed result (or the connection's message when r is null).
     PgError error_from(const PGresult* r, const std::string& context) const;
 
 private:
     PGconn* conn_ = nullptr;
+    bool busy_ = false;
+    std::string sent_;  // the statement in flight, for errors
 };
 
 // Field accessor: nullopt for NULL.

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <thread>
 
 #include "live_cluster.h"
 #include "message.h"
@@ -77,4 +78,37 @@ TEST_CASE("a rolled-back atx_log message streams and decodes", "[live]")
         }
     CHECK(has_search_path);
     stream.close();
+}
+
+TEST_CASE("PgConn::send and poll run a statement without blocking and report its error", "[live]")
+{
+    test::LiveCluster cluster;
+    PgConn conn;
+    conn.connect(cluster.conninfo(), {{"dbname", "postgres"}});
+
+    const auto t0 = std::chrono::steady_clock::now();
+    conn.send("SELECT pg_catalog.pg_sleep(0.5)");
+    CHECK(conn.busy());
+    CHECK_FALSE(conn.poll());  // returns at once while the server sleeps
+    CHECK(std::chrono::steady_clock::now() - t0 < 300ms);
+    CHECK_THROWS_AS(conn.send("SELECT 1"), PgError);  // one at a time
+    while (!conn.poll())
+        std::this_thread::sleep_for(10ms);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 500ms);
+    CHECK_FALSE(conn.busy());
+
+    conn.send("SELECT 1/0");
+    PgError failed("", "", false);
+    bool threw = false;
+    try {
+        while (!conn.poll())
+            std::this_thread::sleep_for(10ms);
+    } catch (const PgError& e) {
+        failed = e;
+        threw = true;
+    }
+    REQUIRE(threw);
+    CHECK(failed.sqlstate == "22012");
+    CHECK_FALSE(conn.busy());
+    CHECK(conn.scalar("SELECT 'usable'") == std::optional<std::string>("usable"));  // nothing left over
 }
