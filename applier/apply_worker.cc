@@ -91,6 +91,7 @@ void ApplyWorker::run()
     auto idle_since = std::chrono::steady_clock::now();
     while (!stop_) {
         if (!session_.connected()) {
+            ctx_.dispatcher.wake_others();  // what this worker gave back is not coming back to it soon
             try {
                 session_.connect(ctx_.cfg.conninfo, ctx_.dbname, ctx_.settings,
                                  (kind_ == WorkerKind::Nested ? "nested-" : "") + std::to_string(number_));
@@ -117,6 +118,7 @@ void ApplyWorker::run()
         busy_ = false;
         idle_since = std::chrono::steady_clock::now();
     }
+    ctx_.dispatcher.wake_others();
     session_.close();
     exited_ = true;
 }

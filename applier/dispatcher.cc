@@ -63,6 +63,14 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::chrono::milliseconds
 {
     std::unique_lock<std::mutex> lock(mu_);
     const auto deadline = Clock::now() + wait;
+    // What a give-back left for the others, once this worker has taken its own share.
+    auto pass_on = [this]() {
+        if (wake_pending_) {
+            wake_pending_ = false;
+            if (any_eligible_locked())
+                cv_.notify_all();
+        }
+    };
     for (;;) {
         if (stopped_)
             return std::nullopt;
@@ -98,6 +106,7 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::chrono::milliseconds
             else
                 b.role_oid = 0;  // the nested pool is outside the role budget
             in_flight_ += b.items.size();
+            pass_on();
             return b;
         }
         // Drop stale entries (lanes that vanished or emptied) so the scan stays short.
@@ -110,6 +119,7 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::chrono::milliseconds
         auto until = deadline;
         if (!delayed_.empty())
             until = std::min(until, delayed_.begin()->first);
+        pass_on();
         if (now >= deadline)
             return std::nullopt;
         cv_.wait_until(lock, until);
@@ -127,7 +137,26 @@ void Dispatcher::requeue(const Id& lane_id, Lane& l)
         delayed_.emplace(l.not_before, lane_id);
     else
         ready_.push_back(lane_id);
-    cv_.notify_all();
+    wake_pending_ = true;  // see wake_others()
+}
+
+bool Dispatcher::any_eligible_locked() const
+{
+    for (const Id& id : ready_) {
+        auto it = lanes_.find(id);
+        if (it != lanes_.end() && (eligible(it->second, WorkerKind::Regular) || eligible(it->second, WorkerKind::Nested)))
+            return true;
+    }
+    return false;
+}
+
+void Dispatcher::wake_others()
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    if (wake_pending_) {
+        wake_pending_ = false;
+        cv_.notify_all();
+    }
 }
 
 // Caller holds the lock. Puts b's items from `from` on back at the front of their lane and

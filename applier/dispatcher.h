@@ -103,6 +103,14 @@ public:
     // under another start counts as lost(); the others are forgotten.
     void settle(const std::string& server_start);
 
+    // Giving a batch back (done, retry_later, release, lost...) does not wake the waiting
+    // workers: the worker that gave it back calls take() next and takes what it freed itself;
+    // take() wakes the others only when more than it took is ready. Waking them at every
+    // give-back made an idle worker race the one that had finished for its next batch, a
+    // thread handoff per batch (on a saturated host, milliseconds each). A worker that does not
+    // come back to take() (it reconnects or exits) calls wake_others() instead.
+    void wake_others();
+
     // A new stream: drop every lane (suspicion is kept).
     void clear();
     // Wake every waiting worker; take() returns nullopt from now on until clear().
@@ -135,6 +143,7 @@ private:
     void suspect_locked(const std::vector<Id>& ids, bool alone, uint32_t losses);
 
     bool eligible(const Lane& l, WorkerKind kind) const;
+    bool any_eligible_locked() const;
     void requeue(const Id& lane_id, Lane& l);
     void promote_due(Clock::time_point now);
     void give_back(const Batch& b, size_t from, Clock::time_point when);
@@ -150,6 +159,7 @@ private:
     std::vector<Unexplained> unexplained_;
     bool suspect_running_ = false;
     size_t in_flight_ = 0;
+    bool wake_pending_ = false;  // a give-back may have made work the waiting workers can take
     bool stopped_ = false;
 };
 
