@@ -133,5 +133,8 @@ retries=$(grep 'event=retry ' "$TEST_DIR/applier.log" | grep -c 'sqlstate=55P03'
 note "lock_timeout retries logged: $retries"
 check "parents were retried after lock_timeout, emitting their nested message again ($retries retries)" test "$retries" -gt 0
 check_eq "dead-letter table empty" 0 "$(q -c 'SELECT count(*) FROM atx.dead_letter')"
+r=FAIL
+[ "$distinct" = "$TOTAL" ] && [ "$total" = "$TOTAL" ] && [ "$ndistinct" = "$PARENTS" ] && [ "$ntotal" = "$PARENTS" ] && r=pass
+echo "# reliability: applier SIGKILL and server crash with $SESSIONS apply sessions in flight | $CALLERS callers x $PER_CALLER numbered messages, every 4th emitting a nested message under lock_timeout retries; applier SIGKILLed $KILLS times, server crashed (immediate stop) $CRASHES times | numbers $distinct/$TOTAL distinct, $total rows; nested $ndistinct/$PARENTS distinct, $ntotal rows; $retries retries | $r"
 applier_stop
 done_testing
