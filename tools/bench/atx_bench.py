@@ -5,7 +5,8 @@ Started by `tools/atx bench [--quick]`. Starts its own throwaway cluster (tests/
 synchronous_commit and fsync at their defaults) from the PostgreSQL that --pg-config / PG_CONFIG /
 ATX_PG_BINDIR names, sweeps the load (1..32 clients) for every contender with the applier stopped
 and running, measures the applier (drain, end-to-end, walsender overhead), the row-trigger pattern
-and the figures of coming features when they exist. A contender that fails under load is a result:
+and the concurrency, synchronous-standby, validation and state-size figures (each skipped, with the
+reason, where the build lacks the feature). A contender that fails under load is a result:
 its error and what succeeded before it go into the table, the JSON and the pictures, and the run
 goes on. Prints where the JSON, the Markdown tables and the pictures went.
 """
@@ -209,7 +210,7 @@ def main():
                 results["audit"] = bench_steps.audit_bulk(cluster, 20000 if q else 100000, log)
             step("audit", audit)
         if "pending" in steps:
-            log("7. figures of coming features")
+            log("7. concurrency, synchronous standbys, validation, state size")
             applier = pending(a, q, cluster, applier, new_applier, help_text, results, step)
         if "tpcb" in steps:
             def tpcb():

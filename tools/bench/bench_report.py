@@ -105,7 +105,7 @@ def print_all(r):
             else:
                 print(f"  {name:<54} failed: {t['error']} ({t['autonomous_rows']:,} autonomous rows written "
                       f"before the statement failed)")
-    print("\nFigures of coming features")
+    print("\nConcurrency, synchronous standbys, validation, state size")
     for name, v in r.get("pending", {}).items():
         print(f"  {name}: " + (v["skipped"] if "skipped" in v else ""))
         if "skipped" not in v:
