@@ -47,8 +47,10 @@ def parse_args():
                     help="max_worker_processes for the fair pg_background configuration (default 128, "
                          "the top of pg_background's own recommendation; also measured at 8)")
     ap.add_argument("--clients", help="comma list of client counts (default 1,2,4,8,16,32)")
-    ap.add_argument("--seconds", type=float, help="seconds per sweep point")
-    ap.add_argument("--steps", default=",".join(STEPS), help=f"comma list out of {','.join(STEPS)}")
+    ap.add_argument("--seconds", type=int, help="seconds per sweep point (whole seconds: pgbench -T)")
+    ap.add_argument("--steps", default=",".join(STEPS),
+                    help=f"comma list out of {','.join(STEPS)}; pending:WORD runs only the parts of step 7 "
+                         "whose name contains WORD (e.g. pending:blocked)")
     ap.add_argument("--note", help="a remark on the run (say, 'shared, busy machine'): into the JSON and "
                                    "the pictures' subtitle")
     ap.add_argument("--run-pending", action="store_true",
@@ -209,9 +211,15 @@ def main():
                 log("6. audit trigger, bulk UPDATE")
                 results["audit"] = bench_steps.audit_bulk(cluster, 20000 if q else 100000, log)
             step("audit", audit)
-        if "pending" in steps:
+        # "pending" runs all of step 7; "pending:WORD" only its parts whose name contains WORD.
+        only = {s.split(":", 1)[1] for s in steps if s.startswith("pending:")}
+        if "pending" in steps or only:
             log("7. concurrency, synchronous standbys, validation, state size")
-            applier = pending(a, q, cluster, applier, new_applier, help_text, results, step)
+
+            def sub(name, fn):
+                if "pending" in steps or any(o in name for o in only):
+                    step(name, fn)
+            applier = pending(a, q, cluster, applier, new_applier, help_text, results, sub)
         if "tpcb" in steps:
             def tpcb():
                 nonlocal applier

@@ -129,14 +129,25 @@ def applier_help(binary):
 
 
 def wait_streaming(cluster, db="postgres", timeout=60):
-    """Waits until an applier streams the database's pg_atx slot."""
+    """Waits until an applier streams the database's pg_atx slot and has caught up with the WAL."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if cluster.psql("SELECT count(*) FROM pg_replication_slots s JOIN pg_database d ON d.datname = "
                         f"s.database WHERE s.plugin = 'pg_atx' AND s.active AND d.datname = '{db}'") == "1":
-            return
+            break
         time.sleep(0.05)
-    raise RuntimeError("the applier did not start streaming")
+    else:
+        raise RuntimeError("the applier did not start streaming")
+    # And caught up: after a restart the walsender first decodes the WAL written meanwhile (other
+    # steps' databases included), and a measurement started before that would time the catch-up.
+    target = cluster.psql("SELECT pg_current_wal_lsn()")
+    while time.time() < deadline + 120:
+        if cluster.psql("SELECT count(*) FROM pg_replication_slots s JOIN pg_database d ON d.datname = "
+                        f"s.database WHERE s.plugin = 'pg_atx' AND d.datname = '{db}' "
+                        f"AND s.confirmed_flush_lsn >= '{target}'") == "1":
+            return
+        time.sleep(0.1)
+    print(f"  (the applier of {db} had not caught up with {target} after the wait; going on)", flush=True)
 
 
 def wait_slot(cluster, db="postgres", timeout=30):
