@@ -42,15 +42,14 @@ bool atx_guc_denied(const char* name)
     return false;
 }
 
+#if PG_VERSION_NUM < 160000
+// Before 16 the server's own array, cheap to walk on every call (16+: add_session_changed).
 static struct config_generic** all_gucs(int* n)
 {
-#if PG_VERSION_NUM >= 160000
-    return get_guc_variables(n);
-#else
     *n = GetNumConfigOptions();
     return get_guc_variables();
-#endif
 }
+#endif
 
 // Changed in the caller's own session (not inherited from the server or the database).
 static bool changed_by_session(const struct config_generic* g)
@@ -66,6 +65,7 @@ static bool changed_by_session(const struct config_generic* g)
     }
 }
 
+#if PG_VERSION_NUM < 160000
 // One of atx_default_gucs. Compared by address: this runs for every parameter on every call (a
 // row trigger calls atx_log per row), and the built-in parameters' entries never move.
 static bool always_carried(const struct config_generic* g)
@@ -87,6 +87,7 @@ static bool always_carried(const struct config_generic* g)
             return true;
     return false;
 }
+#endif
 
 static bool listed(List* names, const char* name)
 {
@@ -124,7 +125,7 @@ static int by_name(const ListCell* a, const ListCell* b)
 // Since PostgreSQL 16 get_guc_variables() builds and sorts a fresh array on every call (about
 // 0.1 ms, doubling atx_log's cost). What we need is on the list of parameters whose source is
 // not the default, which only SerializeGUCState walks: its output (as a parallel worker gets
-// it, guc.c serialize_variable) is read back for the names, sources and setting contexts.
+// it, guc.c serialize_variable) is read back for the names alone.
 static void add_session_changed(List** out)
 {
     Size size = EstimateGUCStateSpace();
@@ -139,25 +140,20 @@ static void add_session_changed(List** out)
     end = p + actual;
     while (p < end) {
         const char* name = p;
-        const char* file;
-        GucSource source;
-        GucContext scontext;
         struct config_generic* g;
 
         p += strlen(p) + 1;  // name
         p += strlen(p) + 1;  // value
-        file = p;
-        p += strlen(p) + 1;
-        if (file[0] != '\0')
-            p += sizeof(int);  // sourceline
-        memcpy(&source, p, sizeof source);
-        p += sizeof source;
-        memcpy(&scontext, p, sizeof scontext);
-        p += sizeof scontext;
-        p += sizeof(Oid);  // srole
+        if (*p != '\0') {
+            p += strlen(p) + 1;  // sourcefile
+            p += sizeof(int);    // sourceline
+        } else {
+            p += 1;
+        }
+        p += sizeof(GucSource) + sizeof(GucContext) + sizeof(Oid);  // source, scontext, srole
         g = find_option(name, false, true, ERROR);
-        if (g != NULL && changed_by_session(g) && !always_carried(g))
-            add(out, g->name, scontext == PGC_SUSET);
+        if (g != NULL && changed_by_session(g))
+            add(out, g->name, g->scontext == PGC_SUSET);
     }
     pfree(buf);
 }
@@ -171,18 +167,12 @@ AtxGucC* atx_capture_settings(int* count)
     int i = 0;
 
 #if PG_VERSION_NUM >= 160000
+    // Session-changed first, so that an always-carried one keeps its setting context; then the
+    // rest of the four; in name order, as the scan below, so a payload does not depend on the major.
+    add_session_changed(&out);
     for (int d = 0; d < atx_n_default_gucs; d++)
         add(&out, atx_default_gucs[d], false);
-    add_session_changed(&out);
-    // The order of the scan below (by name), so that a payload does not depend on the major.
     list_sort(out, by_name);
-    // An always-carried parameter the session changed keeps its setting context.
-    foreach (lc, out) {
-        AtxGucC* c = (AtxGucC*)lfirst(lc);
-        struct config_generic* g = find_option(c->name, false, true, ERROR);
-        if (g != NULL && always_carried(g))
-            c->privileged = changed_by_session(g) && g->scontext == PGC_SUSET;
-    }
 #else
     {
         int n;
