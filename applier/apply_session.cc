@@ -108,10 +108,19 @@ void ApplySession::connect(const std::string& base_conninfo, const std::string& 
                             "pg_catalog.set_config('statement_timeout', '0', false), "
                             "pg_catalog.set_config('client_min_messages', 'warning', false), " +
                                 std::string(kServerGenerationSql),
-                            {std::string(s.synchronous_commit ? "on" : "off"), std::to_string(s.lock_timeout_ms)});
+                            {std::string(want_sync_ ? "on" : "off"), std::to_string(s.lock_timeout_ms)});
+    sync_ = want_sync_;
     server_start_ = field(r.get(), 0, 4).value_or("");
     std::lock_guard<std::mutex> lock(cancel_mu_);
     cancel_ = PQgetCancel(conn_.get());
+}
+
+void ApplySession::set_synchronous_commit()
+{
+    if (sync_ == want_sync_)
+        return;
+    conn_.exec("SELECT pg_catalog.set_config('synchronous_commit', $1, false)", {std::string(want_sync_ ? "on" : "off")});
+    sync_ = want_sync_;
 }
 
 void ApplySession::note_shutdown_sqlstate(const std::string& sqlstate)
@@ -152,6 +161,7 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
         else
             first_failed.push_back(std::nullopt);
     }
+    set_synchronous_commit();
     const std::string a1 = pg_array_literal(lsns), a2 = pg_array_literal(attempts), a3 = pg_array_literal(first_failed);
     const std::string a4 = std::to_string(settings_.max_attempts), a5 = std::to_string(settings_.statement_timeout_ms);
     const char* vals[6] = {a1.c_str(), a2.c_str(), a3.c_str(), a4.c_str(), a5.c_str(),
@@ -226,6 +236,7 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
 
 ApplyResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
 {
+    set_synchronous_commit();
     const int64_t first = p.first_failed_us ? p.first_failed_us : unix_now_us();
     // A top-level CALL: the procedure commits before it waits, so it holds no snapshot.
     PgResult r = conn_.exec("CALL atx.run_nonatomic($1::pg_catalog.pg_lsn, $2::pg_catalog.int4, "
@@ -245,6 +256,7 @@ ApplyResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
 bool ApplySession::dead_letter(const Pending& p, const std::string& sqlstate, const std::string& error,
                                Lsn* commit_lsn)
 {
+    set_synchronous_commit();
     const int64_t first = p.first_failed_us ? p.first_failed_us : unix_now_us();
     auto id = conn_.scalar("SELECT atx.dead_letter_message($1::pg_catalog.pg_lsn, $2, $3, $4::pg_catalog.int4, "
                            "$5::pg_catalog.timestamptz)::text",

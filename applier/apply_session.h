@@ -33,7 +33,6 @@ struct ApplyResult {
 };
 
 struct SessionSettings {
-    bool synchronous_commit = false;  // commit every batch synchronously (durable on return)
     uint32_t lock_timeout_ms = 10000;
     uint32_t statement_timeout_ms = 60000;  // per message, enforced by apply_batch
     uint32_t max_attempts = 8;
@@ -55,6 +54,13 @@ public:
     void close();
     bool connected() const { return conn_.connected(); }
     PgConn& conn() { return conn_; }
+
+    // Whether the next commits are synchronous (durable, standbys included, when they return):
+    // the database worker follows synchronous_standby_names under --durability auto, so this
+    // may change between batches; it is set on the session before the next commit.
+    void want_synchronous_commit(bool on) { want_sync_ = on; }
+    // What the last commit of this session used.
+    bool synchronous_commit() const { return sync_; }
 
     // Applies the items in order. *commit_lsn: an LSN at or past the end of the commit.
     // Throws PgError when the batch failed as a whole (nothing of it committed) or the
@@ -83,8 +89,12 @@ public:
     const std::string& server_start() const { return server_start_; }
 
 private:
+    void set_synchronous_commit();
+
     PgConn conn_;
     SessionSettings settings_;
+    bool want_sync_ = false;
+    bool sync_ = false;
     bool told_shutdown_ = false;
     std::string server_start_;
     std::mutex cancel_mu_;

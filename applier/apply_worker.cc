@@ -93,6 +93,7 @@ void ApplyWorker::run()
         if (!session_.connected()) {
             ctx_.dispatcher.wake_others();  // what this worker gave back is not coming back to it soon
             try {
+                session_.want_synchronous_commit(ctx_.sync_commits.load());
                 session_.connect(ctx_.cfg.conninfo, ctx_.dbname, ctx_.settings,
                                  (kind_ == WorkerKind::Nested ? "nested-" : "") + std::to_string(number_));
                 backoff = kReconnectMin;
@@ -125,6 +126,7 @@ void ApplyWorker::run()
 
 void ApplyWorker::run_batch(const Batch& b)
 {
+    session_.want_synchronous_commit(ctx_.sync_commits.load());
     // A suspect whose apply backend was lost often enough while it ran alone never runs again.
     if (b.suspect && b.items.front().losses >= ctx_.cfg.max_backend_losses) {
         condemn(b, "08006",
@@ -171,7 +173,7 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
     const int64_t now_us = unix_now_us();
     size_t i = 0;
     bool retry = false;
-    const Lsn durable_commit = ctx_.settings.synchronous_commit ? 0 : commit_lsn;
+    const Lsn durable_commit = session_.synchronous_commit() ? 0 : commit_lsn;
 
     for (; i < results.size(); ++i) {
         const ApplyResult& r = results[i];
@@ -239,7 +241,7 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             records.clear();
             ctx_.on_handled(handled, durable_commit);
             handled.clear();
-            ctx_.on_handled({p}, ctx_.settings.synchronous_commit ? 0 : top_commit);
+            ctx_.on_handled({p}, session_.synchronous_commit() ? 0 : top_commit);
             ctx_.dispatcher.done(b, i + 1);
             return;
         } else if (r.status == "skipped") {
@@ -347,7 +349,7 @@ bool ApplyWorker::condemn(const Batch& b, const std::string& sqlstate, const std
     rec.last_error = why;
     rec.updated_at_us = unix_now_us();
     record({rec}, true);
-    ctx_.on_handled({p}, ctx_.settings.synchronous_commit ? 0 : commit_lsn);
+    ctx_.on_handled({p}, session_.synchronous_commit() ? 0 : commit_lsn);
     ctx_.dispatcher.done(b, 1);
     return true;
 }

@@ -36,6 +36,9 @@ struct WorkerContext {
     std::function<void(const std::vector<Pending>&, Lsn commit_lsn)> on_handled;
     // The server refused what the applier sent (rejected): the database must start over.
     std::function<void(const std::string&)> on_fatal;
+    // Apply commits are synchronous (durable on return): the durability rule, which the
+    // database worker may change while the workers run (--durability auto).
+    std::atomic<bool> sync_commits{false};
 };
 
 class ApplyWorker {

@@ -122,8 +122,8 @@ void define_daemon_options(CLI::App& app, Config& c)
     number(app, "state-retention-interval-ms", c.state_retention_interval_ms, 1000, 86400000,
            "how often the retention sweep runs");
     text(app, "durability", c.durability,
-         "what must hold before the slot is confirmed past a message: auto (sync when "
-         "synchronous_standby_names is set, else local), local (flushed here), sync (synchronous apply "
+         "what must hold before the slot is confirmed past a message: auto (sync while "
+         "synchronous_standby_names is set, else local; read again every status interval), local (flushed here), sync (synchronous apply "
          "commits), standby-flush (flushed by every streaming standby)",
          "MODE")
         ->capture_default_str()

@@ -195,13 +195,34 @@ void DatabaseWorker::open_control()
     slot_ = control_.scalar("SELECT atx.slot_name()::text").value_or("");
 
     // The durability rule (docs/applier.md).
-    const std::string ssn = control_.scalar("SELECT pg_catalog.current_setting('synchronous_standby_names')").value_or("");
-    sync_commits_ = cfg_.durability == "sync" || (cfg_.durability == "auto" && !ssn.empty());
+    sync_commits_ = cfg_.durability == "sync";
     standby_flush_ = cfg_.durability == "standby-flush";
+    if (cfg_.durability == "auto")
+        follow_synchronous_standbys(false);
     spdlog::info("{} event=connected oid={} slot={} extension={} durability={}{}", log_, oid_, slot_, *version,
                  sync_commits_ ? "sync" : standby_flush_ ? "standby-flush" : "local",
                  cfg_.durability == "auto" ? " (auto)" : "");
     check_slot(true);
+}
+
+// --durability auto: synchronous apply commits while synchronous_standby_names is set. Patroni
+// changes it at run time (it takes a restarting synchronous standby out and puts it back), so
+// it is read again every status interval; the apply sessions switch before their next commit.
+void DatabaseWorker::follow_synchronous_standbys(bool log_change)
+{
+    next_rule_check_ = Clock::now() + milliseconds(cfg_.status_interval_ms);
+    const auto ssn = control_.scalar("SELECT pg_catalog.current_setting('synchronous_standby_names')");
+    if (!ssn)
+        return;
+    const bool sync = !ssn->empty();
+    if (sync == sync_commits_)
+        return;
+    sync_commits_ = sync;
+    if (ctx_)
+        ctx_->sync_commits = sync;
+    if (log_change)
+        spdlog::info("{} event=durability_changed durability={} (auto) synchronous_standby_names={}", log_,
+                     sync ? "sync" : "local", logq(*ssn));
 }
 
 void DatabaseWorker::check_slot(bool initial)
@@ -312,10 +333,10 @@ void DatabaseWorker::check_failover()
 
 void DatabaseWorker::start_workers()
 {
-    ctx_ = std::make_unique<WorkerContext>(WorkerContext{
+    ctx_.reset(new WorkerContext{
         cfg_, dbname_, log_, scope_, dispatcher_, store_, m_,
         // A lock wait must end (and be retried) before the statement's own limit ends it for good.
-        SessionSettings{sync_commits_,
+        SessionSettings{
                         cfg_.statement_timeout_ms > 0 && (cfg_.lock_timeout_ms == 0 ||
                                                           cfg_.lock_timeout_ms >= cfg_.statement_timeout_ms)
                             ? std::max<uint32_t>(1, cfg_.statement_timeout_ms / 2)
@@ -328,6 +349,7 @@ void DatabaseWorker::start_workers()
             fatal_ = why;
             has_fatal_ = true;
         }});
+    ctx_->sync_commits = sync_commits_;
     for (uint32_t i = 0; i < cfg_.apply_sessions; ++i) {
         workers_.push_back(std::make_unique<ApplyWorker>(*ctx_, WorkerKind::Regular, static_cast<int>(i)));
         workers_.back()->start();
@@ -454,6 +476,8 @@ WorkerResult DatabaseWorker::session()
             poll_durability();
         if (now >= next_status_)
             send_status();
+        if (cfg_.durability == "auto" && now >= next_rule_check_)
+            follow_synchronous_standbys(true);
         if (now >= next_prune_ && !prune_.busy()) {
             if (!prune_.connected())
                 prune_.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier prune"}});

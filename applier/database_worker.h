@@ -68,6 +68,7 @@ private:
     void handle_message(Lsn start, Lsn end, std::string_view payload);
     void on_handled(const std::vector<Pending>& items, Lsn commit_lsn);
     void poll_durability();
+    void follow_synchronous_standbys(bool log_change);
     void send_status();
     bool idle_and_confirmed();
 
@@ -99,12 +100,12 @@ private:
     std::atomic<bool> has_fatal_{false};
     uint32_t oid_ = 0;
     std::string slot_, scope_;
-    bool sync_commits_ = false;     // apply commits are synchronous: durable on return
+    bool sync_commits_ = false;     // apply commits are synchronous: durable on return (auto: may change)
     bool standby_flush_ = false;    // durability = flushed by every streaming standby
     Lsn slot_confirmed_ = 0;        // the slot's confirmed_flush_lsn when the session began
     Lsn reported_flush_ = 0;
     bool streamed_ = false;
-    std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_,
+    std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_, next_rule_check_,
         last_data_, nested_wanted_since_;
 };
 

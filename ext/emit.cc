@@ -237,6 +237,17 @@ static int batch_depth = 0;
 static XLogRecPtr batch_lsn = InvalidXLogRecPtr;
 static bool batch_callback_registered = false;
 
+// The checkpointer's view of synchronous_standby_names (the field became a set of flags in the
+// 2025 minor releases of every supported major; older minors have the boolean).
+static bool sync_standbys_defined(void)
+{
+#ifdef SYNC_STANDBY_DEFINED
+    return (WalSndCtl->sync_standbys_status & SYNC_STANDBY_DEFINED) != 0;
+#else
+    return WalSndCtl->sync_standbys_defined;
+#endif
+}
+
 static int sync_rep_mode(void)
 {
     switch (synchronous_commit) {
@@ -250,6 +261,12 @@ static int sync_rep_mode(void)
 // commit); local flushes; remote_write, on and remote_apply also wait for the synchronous
 // standbys. RecordTransactionCommit never waits for an aborted or xid-less transaction, so a
 // non-transactional message must do this itself.
+//
+// Whether synchronous standbys are configured is left to SyncRepWaitForLSN, which reads it from
+// shared memory as a COMMIT does, never from this backend's copy of synchronous_standby_names:
+// a backend reloads the configuration only between commands, so a procedure or trigger that
+// started while Patroni had the standby out would go on acknowledging messages the standby
+// never got.
 static void make_durable(XLogRecPtr lsn, const uint8* id)
 {
     if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF) {
@@ -257,7 +274,7 @@ static void make_durable(XLogRecPtr lsn, const uint8* id)
         return;
     }
     XLogFlush(lsn);
-    if (!SyncRepRequested() || am_walsender || SyncRepStandbyNames == NULL || SyncRepStandbyNames[0] == '\0')
+    if (!SyncRepRequested() || am_walsender)
         return;
     // syncrep.c requires interrupts held; a cancel ends the wait with a WARNING of its own.
     HOLD_INTERRUPTS();
@@ -265,10 +282,13 @@ static void make_durable(XLogRecPtr lsn, const uint8* id)
     RESUME_INTERRUPTS();
     {
         XLogRecPtr confirmed;
+        bool defined;
         LWLockAcquire(SyncRepLock, LW_SHARED);
         confirmed = WalSndCtl->lsn[sync_rep_mode()];
+        defined = sync_standbys_defined();
         LWLockRelease(SyncRepLock);
-        if (confirmed < lsn) {
+        // Not defined any more: the wait was released as a COMMIT's would be.
+        if (defined && confirmed < lsn) {
             char idtext[37];
             if (id != NULL)
                 atx_uuid_text(id, idtext);
