@@ -6,7 +6,14 @@
 #include "spi_util.h"
 
 extern "C" {
+#include "access/genam.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "utils/fmgroids.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/pg_lsn.h"
+#include "utils/snapmgr.h"
 }
 
 #define MAX_ERROR_TEXT 8000
@@ -68,11 +75,17 @@ static ArrayType* uuid_array(int n, uint8 (*ids)[16])
     return construct_array(d, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
 }
 
+// By the primary key, one index probe per id, never through the planner: a plan prepared while
+// atx.applied was empty or small is a sequential scan, and an apply session keeps its plans, so
+// each batch then compared every id with every record (a drain of 60,000 messages spent 78% of
+// its apply backend in uuid_eq). Read with the snapshot an SPI read-only query would use.
 void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome)
 {
-    static SPIPlanPtr plan = NULL;
-    Oid types[1] = {UUIDARRAYOID};
-    Datum values[1];
+    Oid nsp, relid, indexid;
+    Relation rel;
+    AttrNumber status_att, outcome_att;
+    TupleDesc desc;
+    Snapshot snapshot;
 
     for (int i = 0; i < n; i++) {
         status[i] = NULL;
@@ -80,24 +93,41 @@ void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome)
     }
     if (n == 0)
         return;
-    atx_keep_plan(&plan,
-         "SELECT message_id, outcome::text, status FROM atx.applied "
-         "WHERE message_id OPERATOR(pg_catalog.=) ANY ($1)",
-         1, types);
-    values[0] = PointerGetDatum(uuid_array(n, ids));
-    if (SPI_execute_plan(plan, values, NULL, true, 0) != SPI_OK_SELECT)
-        elog(ERROR, "could not read atx.applied");
-    for (uint64 r = 0; r < SPI_processed; r++) {
-        bool isnull;
-        pg_uuid_t* u = DatumGetUUIDP(SPI_getbinval(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 1, &isnull));
-        char* o = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 2);
-        char* st = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, 3);
-        for (int i = 0; i < n; i++)
-            if (memcmp(u->data, ids[i], 16) == 0) {
-                status[i] = st;
-                outcome[i] = o;
-            }
+    nsp = get_namespace_oid("atx", false);
+    relid = get_relname_relid("applied", nsp);
+    indexid = get_relname_relid("applied_pkey", nsp);
+    if (!OidIsValid(relid) || !OidIsValid(indexid))
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("atx.applied or its primary key is missing"),
+                        errhint("Reinstall the extension: ALTER EXTENSION pg_atx UPDATE, or DROP and CREATE it.")));
+    status_att = get_attnum(relid, "status");
+    outcome_att = get_attnum(relid, "outcome");
+    if (status_att == InvalidAttrNumber || outcome_att == InvalidAttrNumber)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("atx.applied lacks its status or outcome column")));
+    snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+
+    rel = table_open(relid, AccessShareLock);
+    desc = RelationGetDescr(rel);
+    for (int i = 0; i < n; i++) {
+        ScanKeyData key;
+        SysScanDesc scan;
+        HeapTuple tuple;
+        pg_uuid_t* id = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
+
+        memcpy(id->data, ids[i], UUID_LEN);
+        ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(id));
+        scan = systable_beginscan(rel, indexid, true, snapshot, 1, &key);
+        if ((tuple = systable_getnext(scan)) != NULL) {
+            bool isnull;
+            Datum d = heap_getattr(tuple, status_att, desc, &isnull);
+            if (!isnull)
+                status[i] = TextDatumGetCString(d);
+            d = heap_getattr(tuple, outcome_att, desc, &isnull);
+            if (!isnull)
+                outcome[i] = DatumGetCString(DirectFunctionCall1(jsonb_out, d));
+        }
+        systable_endscan(scan);
     }
+    table_close(rel, AccessShareLock);
 }
 
 static void record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses, const char** outcomes,
