@@ -16,6 +16,7 @@
 #include "validate.h"
 
 extern "C" {
+#include "common/pg_prng.h"
 #include "replication/syncrep.h"
 #include "replication/walsender.h"
 #include "replication/walsender_private.h"
@@ -120,6 +121,34 @@ static void session_lane(uint8 lane[16])
         lane[8 + i] = (uint8)(start >> (56 - 8 * i));
 }
 
+// A fresh message id: a UUID v7 (RFC 9562), the emit time in milliseconds and then 74 bits from
+// a generator of this backend seeded once from the strong random source. The id needs to be
+// unique, not secret (nobody can choose one, and a caller sees only its own); drawing 16 strong
+// random bytes per call cost a tenth of a row trigger's atx_log (OpenSSL's generator takes
+// locks), and ids that grow with time keep the inserts into atx.applied's primary key together.
+static void fresh_id(TimestampTz emit_time, uint8 id[16])
+{
+    static pg_prng_state state;
+    static int seeded_for = 0;  // the process: pg_atx may be loaded in the postmaster, before fork
+    uint64 ms, a, b;
+
+    if (seeded_for != MyProcPid) {
+        if (!pg_prng_strong_seed(&state))
+            ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not seed the message id generator")));
+        seeded_for = MyProcPid;
+    }
+    ms = (uint64)(emit_time / 1000 + (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * (uint64)SECS_PER_DAY * 1000);
+    a = pg_prng_uint64(&state);
+    b = pg_prng_uint64(&state);
+    for (int i = 0; i < 6; i++)
+        id[i] = (uint8)(ms >> (40 - 8 * i));
+    id[6] = (uint8)(0x70 | ((a >> 8) & 0x0f));  // version 7
+    id[7] = (uint8)a;
+    for (int i = 0; i < 8; i++)
+        id[8 + i] = (uint8)(b >> (56 - 8 * i));
+    id[8] = (id[8] & 0x3f) | 0x80;  // RFC 9562 variant
+}
+
 // The id of the n-th emit of a running message: the same on every execution of the parent
 // (a retry, a re-delivery after a crash), so that atx.applied lets it through only once.
 static void derived_id(const uint8 parent[16], uint32 n, uint8 out[16])
@@ -196,10 +225,8 @@ void atx_build_message(FunctionCallInfo fcinfo, int stmt_arg, bool keyed, bool w
     } else {
         m.depth = 0;
         session_lane(m.lane);
-        if (!pg_strong_random(m.id, sizeof m.id))
-            ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR), errmsg("could not generate a random message id")));
-        m.id[6] = (m.id[6] & 0x0f) | 0x40;  // UUID version 4
-        m.id[8] = (m.id[8] & 0x3f) | 0x80;  // RFC 4122 variant
+        m.emit_time = GetCurrentTimestamp();
+        fresh_id(m.emit_time, m.id);
     }
     m.waited = waited;
     m.database_oid = MyDatabaseId;
@@ -209,7 +236,8 @@ void atx_build_message(FunctionCallInfo fcinfo, int stmt_arg, bool keyed, bool w
     m.session_role_name = GetUserNameFromId(m.session_role_oid, false);
     fxid = GetTopFullTransactionIdIfAny();
     m.caller_xid = FullTransactionIdIsValid(fxid) ? U64FromFullTransactionId(fxid) : 0;
-    m.emit_time = GetCurrentTimestamp();
+    if (m.emit_time == 0)
+        m.emit_time = GetCurrentTimestamp();
     m.gucs = atx_capture_settings(&m.nguc);
 
     if (!atx_encode_body(&m, &body, &body_len, &err))
