@@ -65,29 +65,77 @@ static bool changed_by_session(const struct config_generic* g)
     }
 }
 
-#if PG_VERSION_NUM < 160000
-// One of atx_default_gucs. Compared by address: this runs for every parameter on every call (a
-// row trigger calls atx_log per row), and the built-in parameters' entries never move.
-static bool always_carried(const struct config_generic* g)
-{
-    static const struct config_generic* resolved[lengthof(atx_default_gucs)];
-    static bool done = false;
+// The entries of the always-carried and the denied parameters, looked up once per process: a
+// row trigger calls atx_log per row, and comparing every changed parameter's name with twenty
+// others took a tenth of its time. Built-in entries never move; pg_atx's own are defined when it
+// loads, before any call. A name the server does not have (transaction_timeout before 17) stays
+// NULL.
+static const struct config_generic* carried_vars[lengthof(atx_default_gucs)];
+static const struct config_generic* denied_vars[lengthof(denied_gucs)];
 
-    if (!done) {
+static void resolve_vars(void)
+{
+    static bool done = false;
+    if (done)
+        return;
+#if PG_VERSION_NUM < 160000
+    {
         int n;
         struct config_generic** vars = all_gucs(&n);
-        for (int k = 0; k < n; k++)
-            for (int d = 0; d < atx_n_default_gucs; d++)
+        for (int k = 0; k < n; k++) {
+            for (size_t d = 0; d < lengthof(atx_default_gucs); d++)
                 if (pg_strcasecmp(vars[k]->name, atx_default_gucs[d]) == 0)
-                    resolved[d] = vars[k];
-        done = true;
+                    carried_vars[d] = vars[k];
+            for (size_t d = 0; d < lengthof(denied_gucs); d++)
+                if (pg_strcasecmp(vars[k]->name, denied_gucs[d]) == 0)
+                    denied_vars[d] = vars[k];
+        }
     }
-    for (int d = 0; d < atx_n_default_gucs; d++)
-        if (g == resolved[d])
+#else
+    for (size_t d = 0; d < lengthof(atx_default_gucs); d++)
+        carried_vars[d] = find_option(atx_default_gucs[d], false, true, ERROR);
+    for (size_t d = 0; d < lengthof(denied_gucs); d++)
+        denied_vars[d] = find_option(denied_gucs[d], false, true, ERROR);
+#endif
+    done = true;
+}
+
+static bool is_one_of(const struct config_generic* g, const struct config_generic* const* vars, size_t n)
+{
+    for (size_t d = 0; d < n; d++)
+        if (g == vars[d])
             return true;
     return false;
 }
-#endif
+
+// The value as GetConfigOption shows it, from the entry in hand (no second lookup by name).
+static char* value_text(const struct config_generic* g)
+{
+    switch (g->vartype) {
+    case PGC_BOOL:
+        return pstrdup(*((const struct config_bool*)g)->variable ? "on" : "off");
+    case PGC_INT:
+        return psprintf("%d", *((const struct config_int*)g)->variable);
+    case PGC_REAL:
+        return psprintf("%g", *((const struct config_real*)g)->variable);
+    case PGC_STRING: {
+        const char* v = *((const struct config_string*)g)->variable;
+        return pstrdup(v ? v : "");
+    }
+    case PGC_ENUM:
+        return pstrdup(config_enum_lookup_by_value((struct config_enum*)g, *((const struct config_enum*)g)->variable));
+    }
+    return NULL;
+}
+
+static void append(List** out, const char* name, char* value, bool privileged)
+{
+    AtxGucC* g = (AtxGucC*)palloc(sizeof(AtxGucC));
+    g->name = pstrdup(name);
+    g->value = value;
+    g->privileged = privileged;
+    *out = lappend(*out, g);
+}
 
 static bool listed(List* names, const char* name)
 {
@@ -98,22 +146,26 @@ static bool listed(List* names, const char* name)
     return false;
 }
 
-static void add(List** out, const char* name, bool privileged)
+// A parameter found in the server's table; dedup: whether it may be there already.
+static void add_var(List** out, const struct config_generic* g, bool privileged, bool dedup)
 {
-    AtxGucC* g;
-    const char* value;
-
-    if (atx_guc_denied(name) || listed(*out, name))
+    char* value;
+    if (is_one_of(g, denied_vars, lengthof(denied_vars)) || (dedup && listed(*out, g->name)))
         return;
     // No privilege check: the value goes into a message only this server's apply reads.
-    value = GetConfigOption(name, true, false);
-    if (value == NULL)
+    if ((value = value_text(g)) != NULL)
+        append(out, g->name, value, privileged);
+}
+
+// A parameter named in atx.capture_gucs (it may not exist).
+static void add_named(List** out, const char* name)
+{
+    const char* value;
+    if (atx_guc_denied(name) || listed(*out, name))
         return;
-    g = (AtxGucC*)palloc(sizeof(AtxGucC));
-    g->name = pstrdup(name);
-    g->value = pstrdup(value);  // GetConfigOption formats numbers into a static buffer
-    g->privileged = privileged;
-    *out = lappend(*out, g);
+    value = GetConfigOption(name, true, false);
+    if (value != NULL)
+        append(out, name, pstrdup(value), false);  // numbers come formatted in a static buffer
 }
 
 #if PG_VERSION_NUM >= 160000
@@ -153,7 +205,7 @@ static void add_session_changed(List** out)
         p += sizeof(GucSource) + sizeof(GucContext) + sizeof(Oid);  // source, scontext, srole
         g = find_option(name, false, true, ERROR);
         if (g != NULL && changed_by_session(g))
-            add(out, g->name, g->scontext == PGC_SUSET);
+            add_var(out, g, g->scontext == PGC_SUSET, false);  // each name once in the state
     }
     pfree(buf);
 }
@@ -166,12 +218,14 @@ AtxGucC* atx_capture_settings(int* count)
     ListCell* lc;
     int i = 0;
 
+    resolve_vars();
 #if PG_VERSION_NUM >= 160000
     // Session-changed first, so that an always-carried one keeps its setting context; then the
     // rest of the four; in name order, as the scan below, so a payload does not depend on the major.
     add_session_changed(&out);
-    for (int d = 0; d < atx_n_default_gucs; d++)
-        add(&out, atx_default_gucs[d], false);
+    for (size_t d = 0; d < lengthof(carried_vars); d++)
+        if (carried_vars[d] != NULL)
+            add_var(&out, carried_vars[d], false, true);
     list_sort(out, by_name);
 #else
     {
@@ -179,8 +233,9 @@ AtxGucC* atx_capture_settings(int* count)
         struct config_generic** vars = all_gucs(&n);
         for (int k = 0; k < n; k++) {
             const struct config_generic* g = vars[k];
-            if (changed_by_session(g) || always_carried(g))
-                add(&out, g->name, changed_by_session(g) && g->scontext == PGC_SUSET);
+            const bool changed = changed_by_session(g);
+            if (changed || is_one_of(g, carried_vars, lengthof(carried_vars)))
+                add_var(&out, g, changed && g->scontext == PGC_SUSET, false);  // each entry once
         }
     }
 #endif
@@ -191,7 +246,7 @@ AtxGucC* atx_capture_settings(int* count)
             ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
                             errmsg("invalid list syntax in atx.capture_gucs")));
         foreach (lc, extra)
-            add(&out, (const char*)lfirst(lc), false);
+            add_named(&out, (const char*)lfirst(lc));
     }
 
     arr = (AtxGucC*)palloc0(sizeof(AtxGucC) * (list_length(out) + 1));
