@@ -17,8 +17,8 @@ extern "C" {
 #include "utils/guc_tables.h"
 }
 
-const char* const atx_default_gucs[] = {"search_path", "TimeZone", "DateStyle", "IntervalStyle"};
-const int atx_n_default_gucs = lengthof(atx_default_gucs);
+// Carried even when unchanged: the apply session's own values would otherwise show through.
+static const char* const atx_default_gucs[] = {"search_path", "TimeZone", "DateStyle", "IntervalStyle"};
 
 static const char* const denied_gucs[] = {
     // identity: refused inside a security-restricted operation anyway
@@ -108,26 +108,6 @@ static bool is_one_of(const struct config_generic* g, const struct config_generi
     return false;
 }
 
-// The value as GetConfigOption shows it, from the entry in hand (no second lookup by name).
-static char* value_text(const struct config_generic* g)
-{
-    switch (g->vartype) {
-    case PGC_BOOL:
-        return pstrdup(*((const struct config_bool*)g)->variable ? "on" : "off");
-    case PGC_INT:
-        return psprintf("%d", *((const struct config_int*)g)->variable);
-    case PGC_REAL:
-        return psprintf("%g", *((const struct config_real*)g)->variable);
-    case PGC_STRING: {
-        const char* v = *((const struct config_string*)g)->variable;
-        return pstrdup(v ? v : "");
-    }
-    case PGC_ENUM:
-        return pstrdup(config_enum_lookup_by_value((struct config_enum*)g, *((const struct config_enum*)g)->variable));
-    }
-    return NULL;
-}
-
 static void append(List** out, const char* name, char* value, bool privileged)
 {
     AtxGucC* g = (AtxGucC*)palloc(sizeof(AtxGucC));
@@ -149,12 +129,12 @@ static bool listed(List* names, const char* name)
 // A parameter found in the server's table; dedup: whether it may be there already.
 static void add_var(List** out, const struct config_generic* g, bool privileged, bool dedup)
 {
-    char* value;
+    const char* value;
     if (is_one_of(g, denied_vars, lengthof(denied_vars)) || (dedup && listed(*out, g->name)))
         return;
     // No privilege check: the value goes into a message only this server's apply reads.
-    if ((value = value_text(g)) != NULL)
-        append(out, g->name, value, privileged);
+    if ((value = GetConfigOption(g->name, true, false)) != NULL)
+        append(out, g->name, pstrdup(value), privileged);  // numbers come formatted in a static buffer
 }
 
 // A parameter named in atx.capture_gucs (it may not exist).

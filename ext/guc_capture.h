@@ -4,9 +4,7 @@
 #include "atx_ext.h"
 #include "codec_bridge.h"
 
-// The GUCs every message carries even when unchanged, and the names that never travel.
-extern const char* const atx_default_gucs[];
-extern const int atx_n_default_gucs;
+// The names that never travel.
 bool atx_guc_denied(const char* name);
 
 // The settings to carry from the current session (palloc'd array, *count entries).
