@@ -1,47 +1,83 @@
 #!/usr/bin/env bash
-# ALTER EXTENSION pg_atx UPDATE from the first released version (0.1) to the default version
-# gives the same objects as a fresh CREATE EXTENSION. Walks every installed upgrade script, so a
-# new version only needs its pg_atx--A--B.sql to be covered.
+# A fresh CREATE EXTENSION pg_atx (the full install script of the default version,
+# sql/pg_atx--<version>.d) and an installation of the first release (0.1) updated step by step
+# along the upgrade chain end with the same objects: privileges, initial privileges, policies,
+# comments, function bodies and properties, extension membership and the tables pg_dump carries
+# (tests/lib/ext_schema.sh). The two sides are written separately, so this fails when a change
+# lands on one side only. The comparison itself is checked too: each kind of difference it must
+# see is made on a copy of the fresh database, and must show.
 . "$(dirname "$0")/../lib/testlib.sh"
+. "$TESTLIB_DIR/ext_schema.sh"
 
 atx_test_cluster || { not_ok "cluster start"; done_testing; }
 default=$(q -c "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_atx'")
-note "default version $default; upgrade scripts: $(ls "$(pg_config --sharedir)"/extension/pg_atx--*--*.sql 2>/dev/null | xargs -r -n1 basename | tr '\n' ' ')"
-check "0.1 is installable" bash -c "psql -qAtX -c \"SELECT 1 FROM pg_available_extension_versions WHERE name = 'pg_atx' AND version = '0.1'\" | grep -q 1"
-path=$(q -c "SELECT path FROM pg_extension_update_paths('pg_atx') WHERE source = '0.1' AND target = '$default'")
-if [ "$default" = "0.1" ]; then
-    ok "0.1 is the default version: the update path is the identity"
-else
-    check "an update path 0.1 -> $default exists ($path)" test -n "$path"
-fi
+sharedir=$(pg_config --sharedir)/extension
+note "default version $default; scripts: $(cd "$sharedir" && ls pg_atx--*.sql | tr '\n' ' ')"
+check "the default version has a full install script (pg_atx--$default.sql)" test -f "$sharedir/pg_atx--$default.sql"
 
-# Objects of the extension, described by signature, so two databases can be compared.
-describe() {
-    psql -qAtX -d "$1" <<'SQL'
-SELECT pg_describe_object(classid, objid, objsubid) FROM pg_depend
- WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
-   AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'pg_atx')
- ORDER BY 1;
-SELECT format('%s.%s(%s) -> %s %s', n.nspname, p.proname, pg_get_function_arguments(p.oid),
-              pg_get_function_result(p.oid), p.proacl)
-  FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
- WHERE n.nspname = 'atx' OR p.proname LIKE 'atx\_%' ORDER BY 1;
-SELECT format('%s %s %s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod))
-  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = 'atx' AND a.attnum > 0 AND NOT a.attisdropped ORDER BY 1;
-SQL
-}
+# The chain: every released version, oldest first, each one step from the one before.
+versions=$(q -c "SELECT string_agg(version, ' ' ORDER BY string_to_array(version, '.')::int[])
+                   FROM pg_available_extension_versions WHERE name = 'pg_atx'")
+note "versions: $versions"
+case " $versions " in *" 0.1 "*) ok "0.1 is installable" ;; *) not_ok "0.1 is installable" ;; esac
+path=$(q -c "SELECT path FROM pg_extension_update_paths('pg_atx') WHERE source = '0.1' AND target = '$default'")
+check_eq "the update path from 0.1 walks every version" "${versions// /--}" "$path"
 
 q -c "CREATE DATABASE fresh" -c "CREATE DATABASE upgraded" >/dev/null
-psql -qAtX -d fresh -c "CREATE EXTENSION pg_atx" >/dev/null
-psql -qAtX -d upgraded -c "CREATE EXTENSION pg_atx VERSION '0.1'" >/dev/null
-out=$(psql -qAtX -d upgraded -c "ALTER EXTENSION pg_atx UPDATE" 2>&1)
-check "ALTER EXTENSION pg_atx UPDATE succeeds ($out)" test $? = 0
-check_eq "upgraded database is at the default version" "$default" \
+out=$(psql -qAtX -v ON_ERROR_STOP=1 -d fresh -c "CREATE EXTENSION pg_atx" 2>&1)
+check "CREATE EXTENSION pg_atx (version $default) succeeds ($out)" test $? = 0
+first=${versions%% *}
+out=$(psql -qAtX -v ON_ERROR_STOP=1 -d upgraded -c "CREATE EXTENSION pg_atx VERSION '$first'" 2>&1)
+check "CREATE EXTENSION pg_atx VERSION '$first' succeeds ($out)" test $? = 0
+for v in ${versions#"$first"}; do
+    out=$(psql -qAtX -v ON_ERROR_STOP=1 -d upgraded -c "ALTER EXTENSION pg_atx UPDATE TO '$v'" 2>&1)
+    check "ALTER EXTENSION pg_atx UPDATE TO '$v' succeeds ($out)" test $? = 0
+done
+check_eq "the updated database is at the default version" "$default" \
     "$(psql -qAtX -d upgraded -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_atx'")"
-describe fresh >"$TEST_DIR/fresh.txt"
-describe upgraded >"$TEST_DIR/upgraded.txt"
-note "$(wc -l <"$TEST_DIR/fresh.txt") objects described"
-check "upgraded objects equal a fresh install" diff -u "$TEST_DIR/fresh.txt" "$TEST_DIR/upgraded.txt"
-check "fresh install describes some objects" test "$(wc -l <"$TEST_DIR/fresh.txt")" -gt 20
+# PostgreSQL prefers a full script when there is one: the fresh side must not have been built
+# along the chain (0.2's ALTER TABLE left a stored default for old rows, which a table created
+# whole does not have).
+check_eq "the fresh database ran the full script, not the chain" "f/t" \
+    "$(psql -qAtX -d fresh -c "SELECT atthasmissing FROM pg_attribute WHERE attrelid = 'atx.idempotency_key'::regclass AND attname = 'role_oid'")/$(
+       psql -qAtX -d upgraded -c "SELECT atthasmissing FROM pg_attribute WHERE attrelid = 'atx.idempotency_key'::regclass AND attname = 'role_oid'")"
+
+ext_schema fresh >"$TEST_DIR/fresh.sql"
+ext_schema upgraded >"$TEST_DIR/upgraded.sql"
+members=$(ext_schema_members fresh)
+note "$members extension members, $(wc -l <"$TEST_DIR/fresh.sql") lines of schema compared"
+check "the fresh install has its objects ($members members)" test "$members" -gt 40
+if diff -u "$TEST_DIR/fresh.sql" "$TEST_DIR/upgraded.sql" >"$TEST_DIR/schema.diff"; then
+    ok "the updated objects equal a fresh install of $default"
+else
+    not_ok "the updated objects equal a fresh install of $default (diff in $TEST_DIR/schema.diff)"
+    sed 's/^/# /' "$TEST_DIR/schema.diff" | head -n 80
+fi
+
+# The comparison sees each kind of difference. A copy of the fresh database per change (no
+# session may be connected to a template while it is copied).
+differs() { # differs WHAT SQL: the copy with SQL applied no longer compares equal
+    local db="tampered_$T_NUM"
+    q -c "CREATE DATABASE $db TEMPLATE fresh" >/dev/null
+    if ! psql -qAtX -v ON_ERROR_STOP=1 -d "$db" -c "$2" >/dev/null 2>"$TEST_DIR/tamper.err"; then
+        not_ok "comparison sees $1 (could not make the change: $(head -c 300 "$TEST_DIR/tamper.err"))"
+    elif ext_schema "$db" | cmp -s - "$TEST_DIR/fresh.sql"; then
+        not_ok "comparison sees $1: the copy still compares equal"
+    else
+        ok "comparison sees $1"
+    fi
+    q -c "DROP DATABASE $db" >/dev/null
+}
+differs "a privilege" "GRANT EXECUTE ON FUNCTION atx.prune() TO PUBLIC"
+differs "a revoked privilege" "REVOKE SELECT ON atx.dead_letter FROM PUBLIC"
+differs "a policy" "ALTER POLICY own_messages ON atx.dead_letter USING (true)"
+differs "a comment" "COMMENT ON FUNCTION atx.slot_name() IS 'changed'"
+differs "a function body" "CREATE OR REPLACE FUNCTION atx.caller_outcome(caller_xid xid8, persisted text)
+    RETURNS text LANGUAGE sql VOLATILE PARALLEL SAFE AS \$\$ SELECT COALESCE(\$2, 'unknown') \$\$"
+differs "a function property" "ALTER FUNCTION atx.wake(uuid[]) SECURITY INVOKER"
+differs "a column" "ALTER TABLE atx.applied ADD COLUMN extra int"
+differs "an index" "DROP INDEX atx.applied_lsn"
+differs "membership" "ALTER EXTENSION pg_atx DROP FUNCTION atx.decode(bytea)"
+differs "a condition on the rows pg_dump carries" "UPDATE pg_extension SET extcondition[1] = 'WHERE false' WHERE extname = 'pg_atx'"
+differs "row-level security" "ALTER TABLE atx.dead_letter DISABLE ROW LEVEL SECURITY"
 done_testing

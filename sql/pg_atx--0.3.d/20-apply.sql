@@ -1,0 +1,178 @@
+
+-- ===========================================================================
+-- The apply path (docs/design.md): messages named by their WAL LSN and read
+-- back from this server's WAL; atx.applied records every handled message in
+-- the transaction that handles it.
+-- ===========================================================================
+
+-- Idempotency keys belong to a role: another role's key never suppresses a message. Keys
+-- recorded by 0.1 (role 0) keep suppressing the key for every role. (The column order is the
+-- one an upgraded installation has.)
+CREATE TABLE atx.idempotency_key (
+    key text NOT NULL,
+    message_id uuid NOT NULL,
+    applied_at timestamptz NOT NULL,
+    role_oid oid NOT NULL,
+    PRIMARY KEY (role_oid, key)
+);
+COMMENT ON COLUMN atx.idempotency_key.role_oid IS 'the role whose key it is; 0: recorded by pg_atx 0.1, any role';
+GRANT SELECT ON atx.idempotency_key TO atx_applier;
+
+-- Messages that will not succeed, with who called and the error; each role reads its own.
+CREATE TABLE atx.dead_letter (
+    id bigserial PRIMARY KEY,
+    message_id uuid UNIQUE,
+    source_lsn pg_lsn,
+    caller_role name,
+    caller_role_oid oid,
+    caller_xid xid8,
+    emitted_at timestamptz,
+    statement text,
+    params jsonb,
+    idempotency_key text,
+    payload bytea NOT NULL,
+    sqlstate text NOT NULL,
+    error text NOT NULL,
+    attempts int NOT NULL,
+    first_failed_at timestamptz NOT NULL,
+    dead_at timestamptz NOT NULL DEFAULT now(),
+    caller_session_user name,
+    detail text,
+    hint text
+);
+ALTER TABLE atx.dead_letter ENABLE ROW LEVEL SECURITY;
+CREATE POLICY own_messages ON atx.dead_letter FOR SELECT
+    USING (caller_role_oid OPERATOR(pg_catalog.=)
+           (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) CURRENT_USER));
+CREATE POLICY applier_reads_all ON atx.dead_letter FOR SELECT TO atx_applier USING (true);
+GRANT SELECT ON atx.dead_letter TO atx_applier;
+GRANT SELECT ON atx.dead_letter TO PUBLIC;
+-- Only the apply functions (SECURITY DEFINER) draw ids from it.
+REVOKE ALL ON SEQUENCE atx.dead_letter_id_seq FROM PUBLIC;
+COMMENT ON TABLE atx.dead_letter IS
+    'messages that could not be applied; each role sees its own (row-level security); NOTIFY atx_dead_letter with the message id';
+
+-- Dead letters and applied keys are state, not configuration: pg_dump must carry them.
+SELECT pg_catalog.pg_extension_config_dump('atx.dead_letter', '');
+SELECT pg_catalog.pg_extension_config_dump('atx.dead_letter_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('atx.idempotency_key', '');
+
+-- Every handled message: applied, duplicate (its key), dead (dead-lettered), in the transaction
+-- that handled it. A message id found here is never applied again; records below the horizon
+-- are pruned (atx.prune) and such messages are refused as handled.
+CREATE TABLE atx.applied (
+    message_id uuid PRIMARY KEY,
+    lsn pg_lsn NOT NULL,
+    status text NOT NULL CHECK (status IN ('applied', 'duplicate', 'dead', 'started')),
+    handled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    outcome jsonb   -- what a waiting atx_exec was (or is to be) told
+);
+CREATE INDEX applied_lsn ON atx.applied USING brin (lsn);
+COMMENT ON TABLE atx.applied IS 'pg_atx messages handled and not yet below atx.apply_horizon (exactly once)';
+
+CREATE TABLE atx.apply_horizon (
+    lsn pg_lsn NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    one boolean PRIMARY KEY DEFAULT true CHECK (one)
+);
+COMMENT ON TABLE atx.apply_horizon IS 'every pg_atx message starting before lsn was handled (the slot confirmed it)';
+INSERT INTO atx.apply_horizon (lsn) VALUES ('0/0');
+GRANT SELECT ON atx.applied, atx.apply_horizon TO atx_applier;
+
+-- The apply entry points below are SECURITY DEFINER: they read the WAL, write atx.applied,
+-- atx.dead_letter and atx.idempotency_key, none of which their callers (atx_applier members) may
+-- touch themselves, and they run each message as its caller's role. Each pins its search_path
+-- (SET clause, and again inside, in ext/apply_batch.cc); what a message runs gets the caller's
+-- own settings back in a nested GUC level.
+CREATE FUNCTION atx.apply_batch(lsns pg_lsn[], attempts int[], first_failed timestamptz[],
+    max_attempts int, timeout_ms int, wake_at_commit boolean,
+    OUT lsn pg_lsn, OUT message_id uuid, OUT status text, OUT sqlstate text, OUT error text,
+    OUT failure text, OUT command text, OUT rows bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'atx_apply_batch'
+LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean) IS
+    'apply the pg_atx messages starting at these LSNs, in order, each once (what atx-applier calls)';
+
+CREATE FUNCTION atx.apply(lsn pg_lsn, OUT message_id uuid, OUT status text, OUT command text, OUT rows bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'atx_apply_one'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.apply(pg_lsn) IS 'apply one pg_atx message by hand; raises its error';
+
+CREATE FUNCTION atx.dead_letter_message(lsn pg_lsn, sqlstate text, error text, attempts int, first_failed timestamptz)
+RETURNS uuid
+AS 'MODULE_PATHNAME', 'atx_dead_letter_message'
+LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.dead_letter_message(pg_lsn, text, text, int, timestamptz) IS
+    'dead-letter the pg_atx message at lsn without running it (NULL: it was handled before)';
+
+CREATE FUNCTION atx.wake(ids uuid[])
+RETURNS int
+AS 'MODULE_PATHNAME', 'atx_wake'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.wake(uuid[]) IS 'hand waiting atx_exec callers the stored outcomes of these messages';
+
+CREATE FUNCTION atx.prune()
+RETURNS pg_lsn
+AS 'MODULE_PATHNAME', 'atx_prune'
+LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.prune() IS 'move atx.apply_horizon to the slot''s confirmed position and forget older records';
+
+CREATE FUNCTION atx.unapplied(lsns pg_lsn[])
+RETURNS SETOF pg_lsn
+AS 'MODULE_PATHNAME', 'atx_unapplied'
+LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.unapplied(pg_lsn[]) IS 'the LSNs among these of which this server has no handled record';
+
+CREATE FUNCTION atx.message_at(lsn pg_lsn)
+RETURNS bytea
+AS 'MODULE_PATHNAME', 'atx_message_at'
+LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.message_at(pg_lsn) IS 'the payload of the pg_atx message at lsn, read from the WAL';
+
+CREATE FUNCTION atx.retry_dead_letter(id bigint, OUT message_id uuid, OUT status text, OUT sqlstate text,
+    OUT error text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'atx_retry_dead_letter'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.retry_dead_letter(bigint) IS
+    'run a dead letter''s message again: applied (the dead letter goes), already (it was applied before: not run, the dead letter goes) or failed (it stays, one more attempt)';
+
+REVOKE ALL ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.apply(pg_lsn) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.dead_letter_message(pg_lsn, text, text, int, timestamptz) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.wake(uuid[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.prune() FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.unapplied(pg_lsn[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.message_at(pg_lsn) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.retry_dead_letter(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.apply(pg_lsn) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.dead_letter_message(pg_lsn, text, text, int, timestamptz) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.wake(uuid[]) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.prune() TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.unapplied(pg_lsn[]) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.message_at(pg_lsn) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.retry_dead_letter(bigint) TO atx_applier;
+
+-- Messages that cannot run inside a transaction block run as a top-level statement of a
+-- background worker connected as their caller (ext/nonatomic.cc): started, then applied or
+-- dead-lettered, never run twice (a started one is in doubt: 40003).
+CREATE PROCEDURE atx.run_nonatomic(lsn pg_lsn, attempts int, first_failed timestamptz, timeout_ms int,
+    INOUT status text DEFAULT NULL, INOUT sqlstate text DEFAULT NULL, INOUT error text DEFAULT NULL,
+    INOUT command text DEFAULT NULL)
+AS 'MODULE_PATHNAME', 'atx_run_nonatomic'
+LANGUAGE C;
+COMMENT ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) IS
+    'run the pg_atx message at lsn as a top-level statement of a session of its caller (CALL it at top level)';
+REVOKE ALL ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) TO atx_applier;
