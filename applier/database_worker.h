@@ -52,7 +52,7 @@ public:
     void join();
     bool done() const { return done_.load(); }
     WorkerResult result() const { return result_.load(); }
-    // Shutdown grace period is over: cancel the statements in flight (they are rolled back).
+    // Shutdown grace period is over: end the apply sessions in flight (their batches roll back).
     void cancel_in_flight();
 
 private:
@@ -63,6 +63,8 @@ private:
     void check_failover();
     void start_workers();
     void stop_workers(bool cancel);
+    void end_backends(const std::vector<ApplyWorker*>& ws);
+    void watch_deadlines();
     void maybe_grow_nested();
     void handle_frame(const std::string& data);
     void handle_message(Lsn start, Lsn end, std::string_view payload);
@@ -106,7 +108,7 @@ private:
     Lsn reported_flush_ = 0;
     bool streamed_ = false;
     std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_, next_rule_check_,
-        last_data_, nested_wanted_since_;
+        last_data_, nested_wanted_since_, next_watch_, last_watch_error_;
 };
 
 }  // namespace atx::applier

@@ -204,6 +204,16 @@ std::string Metrics::render() const
     per_db_counter("atx_apply_session_losses_total",
                    "Apply session connections lost while a batch ran (terminated, dropped, or the backend died).",
                    &DbMetrics::backend_losses);
+    per_db_counter("atx_messages_overdue_total",
+                   "Messages whose apply backend the applier ended because they overstayed their time limit "
+                   "(dead-lettered 57014).",
+                   &DbMetrics::overdue_terminated);
+    per_db_counter("atx_apply_session_switches_total",
+                   "Fresh apply sessions opened because a batch runs as another role than the session served.",
+                   &DbMetrics::session_switches);
+    per_db_counter("atx_apply_session_recycles_total",
+                   "Apply sessions closed because their backend held more memory than --session-memory-limit-mb.",
+                   &DbMetrics::session_recycles);
     per_db_counter("atx_messages_behind_slot_total",
                    "Handled messages of which a new primary had no record while its slot stood past them.",
                    &DbMetrics::lost_found);

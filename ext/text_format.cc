@@ -3,6 +3,7 @@
 
 extern "C" {
 #include "utils/fmgrprotos.h"
+#include "utils/fmgroids.h"
 }
 
 void atx_append_hex(StringInfo out, const char* data, size_t len)
@@ -14,29 +15,6 @@ void atx_append_hex(StringInfo out, const char* data, size_t len)
         appendStringInfoChar(out, hex[c >> 4]);
         appendStringInfoChar(out, hex[c & 0xf]);
     }
-}
-
-// Built-in (bootstrap/initdb) types, excluding domains and pseudo-types: their
-// receive and output functions are C code that touches no user tables, so
-// they may run in a decoding context under a historic snapshot.
-static bool is_safe_builtin(Oid type)
-{
-    HeapTuple tup;
-    Form_pg_type typ;
-    bool ok;
-
-    if (type >= FirstNormalObjectId)
-        return false;
-    tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(type));
-    if (!HeapTupleIsValid(tup))
-        return false;
-    typ = (Form_pg_type)GETSTRUCT(tup);
-    ok = typ->typtype == TYPTYPE_BASE && OidIsValid(typ->typreceive) && OidIsValid(typ->typoutput);
-    // Arrays are safe only if their element type is.
-    if (ok && OidIsValid(typ->typelem) && typ->typelem >= FirstNormalObjectId)
-        ok = false;
-    ReleaseSysCache(tup);
-    return ok;
 }
 
 // Common built-in types whose receive and output functions need neither the
@@ -90,7 +68,44 @@ static bool append_catalog_free(StringInfo out, const AtxParamC* p)
     return false;
 }
 
-void atx_append_param_value(StringInfo out, const AtxParamC* p, bool safe_convert)
+static bool catalog_free(Oid type)
+{
+    for (size_t i = 0; i < lengthof(catalog_free_types); i++)
+        if (catalog_free_types[i].type == type)
+            return true;
+    return false;
+}
+
+// A built-in array type (pg_type's own row says so: its element is one of the types above) goes
+// through array_recv and array_out, which call only its element's functions.
+static bool append_array_of_catalog_free(StringInfo out, const AtxParamC* p)
+{
+    HeapTuple tup;
+    Oid elem;
+    bool is_array;
+    StringInfoData buf;
+    Datum d;
+
+    if (p->type_oid >= FirstNormalObjectId)
+        return false;
+    tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(p->type_oid));
+    if (!HeapTupleIsValid(tup))
+        return false;
+    elem = ((Form_pg_type)GETSTRUCT(tup))->typelem;
+    is_array = ((Form_pg_type)GETSTRUCT(tup))->typreceive == F_ARRAY_RECV && OidIsValid(elem);
+    ReleaseSysCache(tup);
+    if (!is_array || !catalog_free(elem))
+        return false;
+    initStringInfo(&buf);
+    appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
+    d = OidReceiveFunctionCall(F_ARRAY_RECV, &buf, elem, -1);
+    if (buf.cursor != buf.len)
+        return false;
+    appendStringInfoString(out, OidOutputFunctionCall(F_ARRAY_OUT, d));
+    return true;
+}
+
+void atx_append_param_value(StringInfo out, const AtxParamC* p)
 {
     if (p->is_null) {
         appendStringInfoString(out, "NULL");
@@ -100,28 +115,14 @@ void atx_append_param_value(StringInfo out, const AtxParamC* p, bool safe_conver
         appendStringInfoString(out, p->value);
         return;
     }
-    // Without a transaction no catalog lookup is possible.
-    if (!IsTransactionState()) {
-        if (!append_catalog_free(out, p))
-            atx_append_hex(out, p->value, p->value_len);
+    // Only the types listed above are converted (and, where there is a transaction to look up
+    // the element type, arrays of them): their functions accept what their send functions wrote.
+    // Anything else is shown as the bytes it is, so that no other receive function (some always
+    // fail, e.g. pg_node_tree's; a user type's may do anything) ever runs here: a dead letter and
+    // the text stream must never fail for a value.
+    if (append_catalog_free(out, p))
         return;
-    }
-    if (safe_convert && is_safe_builtin(p->type_oid)) {
-        Oid recv, ioparam, outfn;
-        bool varlena;
-        StringInfoData buf;
-        Datum d;
-
-        getTypeBinaryInputInfo(p->type_oid, &recv, &ioparam);
-        getTypeOutputInfo(p->type_oid, &outfn, &varlena);
-        // The receive function reads from a StringInfo it may not modify past len.
-        initStringInfo(&buf);
-        appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
-        d = OidReceiveFunctionCall(recv, &buf, ioparam, -1);
-        if (buf.cursor == buf.len) {
-            appendStringInfoString(out, OidOutputFunctionCall(outfn, d));
-            return;
-        }
-    }
+    if (IsTransactionState() && append_array_of_catalog_free(out, p))
+        return;
     atx_append_hex(out, p->value, p->value_len);
 }

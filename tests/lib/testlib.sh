@@ -68,10 +68,11 @@ trap _testlib_cleanup EXIT
 # psql against the test cluster: q SQL -> unaligned, tuples only.
 q() { psql -qAtX -v ON_ERROR_STOP=1 "$@"; }
 
-# Starts a fresh cluster, installs pg_atx in database postgres and creates the slot.
+# Starts a fresh cluster with pg_atx preloaded (atx-applier needs its apply registry; a later
+# "shared_preload_libraries = ..." argument overrides it) and installs it in database postgres.
 atx_test_cluster() {
     TEST_DIR=$(atx_cluster_mkdir "$(basename "$0" .sh)")
-    atx_cluster_init "$TEST_DIR" "$@" || return 1
+    atx_cluster_init "$TEST_DIR" "shared_preload_libraries = 'pg_atx'" "$@" || return 1
     atx_cluster_start "$TEST_DIR" || return 1
     eval "$(atx_cluster_env "$TEST_DIR")"
     q -c "CREATE EXTENSION pg_atx" >/dev/null

@@ -11,7 +11,7 @@ CREATE TABLE hz_msg AS SELECT n, lsn FROM regress_take();
 -- The first two are applied; the same LSN twice in one batch runs once.
 SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM hz_msg WHERE n <= 2) ||
                                      (SELECT lsn FROM hz_msg WHERE n = 2),
-                                     '{1,1,1}', '{NULL,NULL,NULL}', 1, 0, true) a;
+                                     '{1,1,1}', '{NULL,NULL,NULL}', 1, 0, true, 'regress') a;
 SELECT array_agg(v ORDER BY v) FROM hz;
 -- The third is not handled: atx.unapplied names it, in FROM and in the select list.
 SELECT (SELECT n FROM hz_msg WHERE lsn = u) AS unapplied
@@ -29,7 +29,7 @@ SELECT count(*) AS records_left FROM atx.applied WHERE lsn < (SELECT lsn FROM at
 -- Below the horizon a message counts as handled: also the third, which never ran (the
 -- applier confirms nothing it has not handled; whoever moved the slot by hand skipped it).
 SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM hz_msg), '{1,1,1}',
-                                     '{NULL,NULL,NULL}', 1, 0, true) a;
+                                     '{NULL,NULL,NULL}', 1, 0, true, 'regress') a;
 SELECT count(*) AS unapplied_below_horizon FROM atx.unapplied((SELECT array_agg(lsn) FROM hz_msg));
 SELECT regexp_replace(regress_try(format('SELECT atx.apply(%L)', (SELECT lsn FROM hz_msg WHERE n = 1))),
                       '[0-9A-F]+/[0-9A-F]+', '<lsn>', 'g') AS refused;
