@@ -6,15 +6,13 @@
 #include <CLI/CLI.hpp>
 
 #include "commands.h"
+#include "version.h"
 
 namespace atx::applier::cli {
 
 void define_check(CLI::App&, Options&) {}
 
 namespace {
-
-// The pg_atx version this applier speaks (sql/pg_atx.control default_version).
-constexpr const char* kExtensionVersion = "0.2";
 
 // Functions the applier calls, each needing EXECUTE.
 const char* const kNeededFunctions[] = {
@@ -275,12 +273,11 @@ int run_check(Context& c)
                                              "WHERE e.extname OPERATOR(pg_catalog.=) 'pg_atx'");
                 if (!ext)
                     ck.add("extension pg_atx", "fail", "not installed (CREATE EXTENSION pg_atx)");
+                else if (extension_compatible(*ext))
+                    ck.add("extension pg_atx", "ok", "version " + *ext);
                 else
-                    ck.add("extension pg_atx", *ext == kExtensionVersion ? "ok" : "fail",
-                           "version " + *ext +
-                               (*ext == kExtensionVersion ? ""
-                                                          : std::string(" (this applier needs ") + kExtensionVersion +
-                                                                ": ALTER EXTENSION pg_atx UPDATE)"));
+                    ck.add("extension pg_atx", "fail",
+                           extension_incompatible_message(*ext, d->name) + ". " + extension_incompatible_hint(*ext));
                 check_role(conn, ck, ext.has_value());
                 if (ext)
                     check_slot(*d, ck);  // loads the library: its parameters are defined from here on
