@@ -15,6 +15,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include "version.h"  // kApplierVersion
+
 namespace CLI {
 class App;
 }
@@ -94,7 +96,5 @@ void define_daemon_options(CLI::App& app, Config& c);
 // The names a config file may set (the daemon's options; the operator commands read the same
 // file): name -> whether it may have several values.
 std::map<std::string, bool> config_file_names();
-
-inline constexpr const char* kApplierVersion = "0.1.0";
 
 }  // namespace atx::applier

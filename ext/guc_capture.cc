@@ -11,11 +11,19 @@
 // The deny list keeps what would change identity, what belongs to the caller's transaction
 // or connection, and what the applier must control for the guarantees it gives (timeouts,
 // commit durability, message levels). Plain C style (see pg_guard.h).
+//
+// Private to the server and read here (docs/design.md, "Private assumptions"): the parameter
+// table's structs (utils/guc_tables.h) and, from 16 on, the bytes SerializeGUCState writes. Both
+// are checked against the server before they are trusted: the table once per process (our reading
+// of four entries must agree with GetConfigOption's), the serialized state on every read (bounds,
+// and every entry against the table). A mismatch fails closed: XX000, nothing is written.
 #include "guc_capture.h"
 
 extern "C" {
 #include "utils/guc_tables.h"
 }
+
+#include "guc_state.h"
 
 // Carried even when unchanged: the apply session's own values would otherwise show through.
 static const char* const atx_default_gucs[] = {"search_path", "TimeZone", "DateStyle", "IntervalStyle"};
@@ -73,6 +81,37 @@ static bool changed_by_session(const struct config_generic* g)
 static const struct config_generic* carried_vars[lengthof(atx_default_gucs)];
 static const struct config_generic* denied_vars[lengthof(denied_gucs)];
 
+// The server's layout is not the one this module was built for: refuse, before anything is
+// written, rather than carry settings read from the wrong bytes.
+[[noreturn]] static void layout_mismatch(const char* where, const char* what, const char* name)
+{
+    ereport(ERROR,
+            (errcode(ERRCODE_INTERNAL_ERROR),
+             errmsg("pg_atx cannot read this session's settings: %s%s%s", what, name ? ", parameter " : "",
+                    name ? name : ""),
+             errdetail("pg_atx reads %s, private to the server, and checks what it reads; this server (%s) does "
+                       "not have the layout pg_atx %s was built for (PostgreSQL %s).",
+                       where, GetConfigOption("server_version", false, false), ATX_VERSION, PG_VERSION),
+             errhint("Install the pg_atx built for this server's version. Nothing was written.")));
+}
+
+// Our reading of a string or enum entry against the server's own formatting of it.
+static void check_entry(const struct config_generic* g, const char* name, enum config_type type)
+{
+    const char* ours = NULL;
+    const char* server;
+    if (g == NULL || pg_strcasecmp(g->name, name) != 0 || g->vartype != type || g->context != PGC_USERSET)
+        layout_mismatch("the parameter table (utils/guc_tables.h)", "an entry is not what its name says", name);
+    if (type == PGC_STRING)
+        ours = *((const struct config_string*)g)->variable;
+    else if (type == PGC_ENUM)
+        ours = config_enum_lookup_by_value((struct config_enum*)g, *((const struct config_enum*)g)->variable);
+    server = GetConfigOption(name, false, false);
+    if (ours == NULL || server == NULL || strcmp(ours, server) != 0)
+        layout_mismatch("the parameter table (utils/guc_tables.h)", "a value read from an entry differs from the server's",
+                        name);
+}
+
 static void resolve_vars(void)
 {
     static bool done = false;
@@ -97,6 +136,11 @@ static void resolve_vars(void)
     for (size_t d = 0; d < lengthof(denied_gucs); d++)
         denied_vars[d] = find_option(denied_gucs[d], false, true, ERROR);
 #endif
+    // atx_default_gucs: search_path, TimeZone, DateStyle, IntervalStyle (TimeZone's shown value
+    // comes from a show hook, so it is not compared).
+    check_entry(carried_vars[0], "search_path", PGC_STRING);
+    check_entry(carried_vars[2], "DateStyle", PGC_STRING);
+    check_entry(carried_vars[3], "IntervalStyle", PGC_ENUM);
     done = true;
 }
 
@@ -158,35 +202,46 @@ static int by_name(const ListCell* a, const ListCell* b)
 // 0.1 ms, doubling atx_log's cost). What we need is on the list of parameters whose source is
 // not the default, which only SerializeGUCState walks: its output (as a parallel worker gets
 // it, guc.c serialize_variable) is read back for the names alone.
+// The entries were written from the server's table a moment ago, so each must match its entry
+// there: where it came from, who set it, and for strings and booleans the value.
+static void check_serialized(const AtxGucStateEntry* e, const struct config_generic* g)
+{
+    const char* file = g->sourcefile ? g->sourcefile : "";
+    bool same = g->source != PGC_S_DEFAULT && (int)g->source == e->source && (int)g->scontext == e->scontext &&
+                g->srole == e->srole && strcmp(file, e->sourcefile) == 0 && (!file[0] || g->sourceline == e->sourceline);
+    if (same && g->vartype == PGC_STRING) {
+        const char* v = *((const struct config_string*)g)->variable;
+        same = strcmp(v ? v : "", e->value) == 0;
+    } else if (same && g->vartype == PGC_BOOL) {
+        same = strcmp(*((const struct config_bool*)g)->variable ? "true" : "false", e->value) == 0;
+    }
+    if (!same)
+        layout_mismatch("SerializeGUCState", "an entry differs from the parameter it names", e->name);
+}
+
 static void add_session_changed(List** out)
 {
     Size size = EstimateGUCStateSpace();
     char* buf = (char*)palloc(size);
-    Size actual;
-    const char* p;
-    const char* end;
+    const AtxGucStateLayout layout = {sizeof(Size), sizeof(int), sizeof(GucSource), sizeof(GucContext), sizeof(Oid)};
+    AtxGucStateReader r;
+    AtxGucStateEntry e;
+    const char* why;
+    int rc;
 
     SerializeGUCState(size, buf);
-    memcpy(&actual, buf, sizeof actual);
-    p = buf + sizeof actual;
-    end = p + actual;
-    while (p < end) {
-        const char* name = p;
-        struct config_generic* g;
-
-        p += strlen(p) + 1;  // name
-        p += strlen(p) + 1;  // value
-        if (*p != '\0') {
-            p += strlen(p) + 1;  // sourcefile
-            p += sizeof(int);    // sourceline
-        } else {
-            p += 1;
-        }
-        p += sizeof(GucSource) + sizeof(GucContext) + sizeof(Oid);  // source, scontext, srole
-        g = find_option(name, false, true, ERROR);
-        if (g != NULL && changed_by_session(g))
+    if ((why = atx_guc_state_begin(&r, buf, size, layout)) != NULL)
+        layout_mismatch("SerializeGUCState", why, NULL);
+    while ((rc = atx_guc_state_next(&r, &e, &why)) == 1) {
+        struct config_generic* g = find_option(e.name, false, true, ERROR);
+        if (g == NULL)
+            layout_mismatch("SerializeGUCState", "a name that is no parameter", e.name);
+        check_serialized(&e, g);
+        if (changed_by_session(g))
             add_var(out, g, g->scontext == PGC_SUSET, false);  // each name once in the state
     }
+    if (rc < 0)
+        layout_mismatch("SerializeGUCState", why, NULL);
     pfree(buf);
 }
 #endif

@@ -3,18 +3,32 @@
 // Run it with the daemon's config file: it connects as the applier's login role and checks that
 // role. "fail" is a setup that does not work or a role that can do more than it must (exit 2);
 // "warn" is something that works but deserves a look.
+//
+// --before-upgrade, before pg_upgrade (docs/upgrade.md): also fails while the slot holds messages
+// that were not applied. pg_upgrade leaves logical slots behind when the old cluster is older
+// than 17, and refuses a slot that has not consumed all WAL from 17 on; either way the messages
+// must be drained first. The slot is peeked (nothing consumed) and the messages found are asked
+// about with atx.unapplied, as the applier would.
 #include <CLI/CLI.hpp>
 
+#include "apply_session.h"  // pg_array_literal
 #include "commands.h"
+#include "version.h"
 
 namespace atx::applier::cli {
 
-void define_check(CLI::App&, Options&) {}
+namespace {
+bool g_before_upgrade = false;  // one command per process
+}  // namespace
+
+void define_check(CLI::App& app, Options&)
+{
+    app.add_flag("--before-upgrade", g_before_upgrade,
+                 "also fail while the slot holds messages not yet applied (run it with the applier stopped, "
+                 "before pg_upgrade: docs/upgrade.md)");
+}
 
 namespace {
-
-// The pg_atx version this applier speaks (sql/pg_atx.control default_version).
-constexpr const char* kExtensionVersion = "0.2";
 
 // Functions the applier calls, each needing EXECUTE.
 const char* const kNeededFunctions[] = {
@@ -244,6 +258,85 @@ void check_slot(Db& d, Checks& ck)
            active ? "a walsender streams it" : "no applier is streaming it");
 }
 
+// "0000000016B3E1A8" (the 8 bytes after 'M' in the binary format) -> "0/16B3E1A8".
+std::string lsn_of_hex(const std::string& hex)
+{
+    if (hex.size() != 16)
+        return "";
+    const uint64_t v = std::stoull(hex, nullptr, 16);
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%X/%X", static_cast<unsigned>(v >> 32), static_cast<unsigned>(v & 0xffffffffu));
+    return buf;
+}
+
+// What pg_upgrade would lose or refuse: messages in the slot that were not applied.
+void check_upgrade(Db& d, Checks& ck)
+{
+    PgConn& conn = *d.conn;
+    const int major = std::stoi(conn.scalar("SELECT pg_catalog.current_setting('server_version_num')").value_or("0")) / 10000;
+    const std::string drain =
+        "drain before pg_upgrade: stop the callers, run the applier once more with --once (atx-applier --config "
+        "FILE --once exits when everything is applied and confirmed), then run this check again";
+    const auto slot = d.slot();
+    if (!slot)
+        return;
+    PgResult s = conn.exec("SELECT s.active::pg_catalog.text FROM pg_catalog.pg_replication_slots s "
+                           "WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+                           {*slot});
+    if (PQntuples(s.get()) == 0) {
+        ck.add("messages waiting in the slot", "ok", "no slot " + *slot + " (atx_log refuses without one: nothing waits)");
+    } else if (field(s.get(), 0, 0).value_or("") == "true") {
+        ck.add("messages waiting in the slot", "fail",
+               "an applier streams " + *slot + ": stop it (systemctl stop atx-applier), then run this check again");
+    } else {
+        // Peeking decodes from the slot's position to the end of the WAL and consumes nothing.
+        PgResult m = conn.exec("SELECT pg_catalog.encode(pg_catalog.substr(c.data, 2, 8), 'hex') "
+                               "FROM pg_catalog.pg_logical_slot_peek_binary_changes($1::pg_catalog.name, NULL, NULL) c "
+                               "WHERE pg_catalog.get_byte(c.data, 0) OPERATOR(pg_catalog.=) 77",
+                               {*slot});
+        std::vector<std::optional<std::string>> lsns;
+        for (int i = 0; i < PQntuples(m.get()); ++i)
+            lsns.push_back(lsn_of_hex(field(m.get(), i, 0).value_or("")));
+        const std::string unapplied =
+            lsns.empty() ? "0"
+                         : conn.scalar("SELECT pg_catalog.count(*)::pg_catalog.text FROM atx.unapplied($1::pg_catalog.pg_lsn[])",
+                                       {pg_array_literal(lsns)})
+                               .value_or("?");
+        if (unapplied == "0" && (lsns.empty() || major < 17))
+            ck.add("messages waiting in the slot", "ok",
+                   lsns.empty() ? std::string("none")
+                                : "none unapplied (" + std::to_string(lsns.size()) +
+                                      " applied and not yet confirmed: pg_upgrade leaves the slot behind anyway)");
+        else if (unapplied == "0")
+            ck.add("messages waiting in the slot", "fail",
+                   std::to_string(lsns.size()) + " message" + (lsns.size() == 1 ? "" : "s") +
+                       " applied but not yet confirmed in " + *slot +
+                       ": pg_upgrade refuses a slot that has not consumed all WAL; " + drain);
+        else
+            ck.add("messages waiting in the slot", "fail",
+                   unapplied + " message" + (unapplied == "1" ? "" : "s") + " in " + *slot +
+                       " not applied yet: " +
+                       (major < 17 ? "pg_upgrade from PostgreSQL " + std::to_string(major) +
+                                         " does not carry logical slots, so they would be lost; "
+                                   : std::string("pg_upgrade refuses a slot that has not consumed all WAL; ")) +
+                       drain);
+    }
+    ck.add("the slot after pg_upgrade", "ok",
+           major < 17 ? "left behind (PostgreSQL " + std::to_string(major) +
+                            "): start atx-applier on the new cluster before callers write; it creates the slot, and "
+                            "atx_log refuses (55000) until then"
+                      : std::string("carried by pg_upgrade to a 17+ cluster once it has consumed all WAL; pg_atx must "
+                                    "be installed there"));
+    const auto key_file = try_scalar(conn, "SELECT pg_catalog.current_setting('atx.key_file', true)");
+    if (key_file && key_file->empty())
+        ck.add("the key after pg_upgrade", "warn",
+               "pg_atx.key is in the data directory, which pg_upgrade does not copy: copy it into the new data "
+               "directory (mode 0600), better set atx.key_file there to a path outside it");
+    else if (key_file)
+        ck.add("the key after pg_upgrade", "ok",
+               "atx.key_file = '" + *key_file + "': set the same atx.key_file in the new cluster's configuration");
+}
+
 }  // namespace
 
 int run_check(Context& c)
@@ -275,18 +368,19 @@ int run_check(Context& c)
                                              "WHERE e.extname OPERATOR(pg_catalog.=) 'pg_atx'");
                 if (!ext)
                     ck.add("extension pg_atx", "fail", "not installed (CREATE EXTENSION pg_atx)");
+                else if (extension_compatible(*ext))
+                    ck.add("extension pg_atx", "ok", "version " + *ext);
                 else
-                    ck.add("extension pg_atx", *ext == kExtensionVersion ? "ok" : "fail",
-                           "version " + *ext +
-                               (*ext == kExtensionVersion ? ""
-                                                          : std::string(" (this applier needs ") + kExtensionVersion +
-                                                                ": ALTER EXTENSION pg_atx UPDATE)"));
+                    ck.add("extension pg_atx", "fail",
+                           extension_incompatible_message(*ext, d->name) + ". " + extension_incompatible_hint(*ext));
                 check_role(conn, ck, ext.has_value());
                 if (ext)
                     check_slot(*d, ck);  // loads the library: its parameters are defined from here on
                 check_libraries(*d, ck, ext.has_value());
                 if (ext)
                     check_key(conn, ck);
+                if (ext && g_before_upgrade)
+                    check_upgrade(*d, ck);
             } catch (const PgError& e) {
                 if (e.connection_lost)
                     throw;

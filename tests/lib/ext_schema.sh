@@ -3,7 +3,8 @@
 # ALTER EXTENSION UPDATE chain must agree on (tests/integration/extension_upgrade.sh,
 # tests/integration/upgrade_*.sh). Sourced after testlib.sh.
 #
-#   ext_schema DB >FILE    every object with its privileges, initial privileges, policies,
+#   ext_schema DB [PG_DUMP_OPTION...] >FILE
+#                          every object with its privileges, initial privileges, policies,
 #                          comments, function bodies and properties, and extension membership
 #                          (pg_dump --schema-only --binary-upgrade, which dumps an extension's
 #                          members one by one), then the tables pg_dump carries the data of
@@ -14,13 +15,16 @@
 # One more thing is taken out, with its reason: binary_upgrade_set_missing_value, the value that
 # ALTER TABLE ... ADD COLUMN ... DEFAULT stores for rows that existed before the column (0.2 gave
 # atx.idempotency_key its role_oid that way: 0.1's keys read as role 0). It describes old rows,
-# not the table; a fresh installation has no such rows.
+# not the table; a fresh installation has no such rows. The same for the sequences' positions
+# (setval), which binary-upgrade dumps carry.
 ext_schema() {
     local db=$1
-    pg_dump --schema-only --binary-upgrade --no-sync -d "$db" |
+    shift
+    pg_dump --schema-only --binary-upgrade --no-sync "$@" -d "$db" |
         sed -E -e '/^\\(un)?restrict /d' \
             -e '/binary_upgrade_set_next_/d' \
             -e '/^-- set missing value\.$/d' -e '/binary_upgrade_set_missing_value/d' \
+            -e "s/^SELECT pg_catalog.setval\(('[^']*'), .*/SELECT pg_catalog.setval(\1, ...);/" \
             -e "s/relfrozenxid = '[0-9]+', relminmxid = '[0-9]+'/relfrozenxid = X, relminmxid = X/" \
             -e "s/WHERE oid = '[0-9]+'/WHERE oid = N/" \
             -e "s/(binary_upgrade_create_empty_extension\(.*, )'\{[0-9,]*\}', '\{[^}]*\}'/\1'{config}', '{conditions}'/" |
