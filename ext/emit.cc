@@ -15,6 +15,7 @@
 #include "slot_check.h"
 #include "validate.h"
 #include "waiters.h"
+#include "wire_encoding.h"
 
 extern "C" {
 #include "common/pg_prng.h"
@@ -97,7 +98,7 @@ static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull, const c
     if (isnull)
         return;
     if (p->binary) {
-        bytea* b = OidSendFunctionCall(typsend, value);
+        bytea* b = atx_send_in_database_encoding(typsend, value);
         p->value = VARDATA_ANY(b);
         p->value_len = VARSIZE_ANY_EXHDR(b);
     } else {
