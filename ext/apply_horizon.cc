@@ -43,8 +43,9 @@ static Datum wake_body(FunctionCallInfo fcinfo)
 // atx.prune() RETURNS pg_lsn: everything below the slot's confirmed position was handled (the
 // applier confirms nothing else), so the records of those messages can go, and a message below
 // the horizon is refused as handled before. Kept: the records of nested emits whose parent is
-// dead-lettered. An operator's retry of the parent writes them again under the same ids, at new
-// positions above the horizon, where only their records say they were applied.
+// dead-lettered (an operator's retry of the parent writes them again under the same ids, at new
+// positions above the horizon, where only their records say they were applied), and those of
+// parked messages, which are not handled yet (parked.h).
 static Datum prune_body(FunctionCallInfo fcinfo)
 {
     static SPIPlanPtr plan = NULL;
@@ -61,6 +62,7 @@ static Datum prune_body(FunctionCallInfo fcinfo)
                   "WITH h AS (UPDATE atx.apply_horizon SET lsn = $1, updated_at = pg_catalog.now() "
                   "          WHERE lsn OPERATOR(pg_catalog.<) $1 RETURNING lsn) "
                   "DELETE FROM atx.applied a WHERE a.lsn OPERATOR(pg_catalog.<) (SELECT lsn FROM h) "
+                  "  AND a.payload IS NULL "
                   "  AND (a.parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM atx.dead_letter d "
                   "        WHERE d.message_id OPERATOR(pg_catalog.=) a.parent_id))",
                   1, types);

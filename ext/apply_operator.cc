@@ -10,6 +10,7 @@
 #include "apply_outcome.h"
 #include "apply_status.h"
 #include "message_load.h"
+#include "parked.h"
 #include "pg_guard.h"
 #include "run_as_caller.h"
 #include "spi_util.h"
@@ -47,7 +48,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
     lsn = PG_GETARG_LSN(0);
     AtxApplyFrame f = atx_apply_enter();
     horizon = atx_applied_horizon();
-    if (horizon != InvalidXLogRecPtr && lsn < horizon)
+    if (horizon != InvalidXLogRecPtr && lsn < horizon && !atx_parked_at(lsn))
         ereport(ERROR, (errcode(ERRCODE_UNIQUE_VIOLATION),
                         errmsg("the pg_atx message at %X/%X was handled before (it is below the horizon %X/%X)",
                                ATX_LSN_ARGS(lsn), ATX_LSN_ARGS(horizon))));
@@ -55,7 +56,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
     if (l.state != ATX_LOAD_OK)
         ereport(ERROR, (errcode(l.sqlerrcode), errmsg("%s", l.error)));
     atx_applied_lookup(l.id, &found, &stored, NULL);
-    if (found) {
+    if (found && strcmp(found, "parked") != 0) {
         char idtext[37];
         atx_uuid_text(l.id, idtext);
         ereport(ERROR, (errcode(ERRCODE_UNIQUE_VIOLATION),
@@ -67,7 +68,10 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
         ReThrowError(r.edata);  // the statement's own error, unchanged
     {
         AtxRecord rec = record_of(&l, r.status, NULL);
-        atx_applied_record(1, &rec);
+        if (found)  // parked: its record is taken over
+            atx_applied_reclaim(1, &rec);
+        else
+            atx_applied_record(1, &rec);
     }
 
     memset(nulls, true, sizeof nulls);
@@ -147,7 +151,8 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
     if (l.state == ATX_LOAD_REJECTED)
         ereport(ERROR, (errcode(l.sqlerrcode), errmsg("%s", l.error)));
     atx_applied_lookup(l.id, &found, &stored, NULL);
-    if (found && strcmp(found, "started") != 0) {  // handled; a started one is in doubt: dead-lettered
+    // Handled before; a started one is in doubt and a parked one not run yet: dead-lettered.
+    if (found && strcmp(found, "started") != 0 && strcmp(found, "parked") != 0) {
         atx_apply_leave(&f);
         PG_RETURN_NULL();
     }
@@ -167,7 +172,9 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
         atx_waiter_queue_outcome(&eo);
     }
     rec = record_of(&l, "dead", outcome);
-    if (found)  // 'started'
+    if (found && strcmp(found, "parked") == 0)
+        atx_applied_reclaim(1, &rec);
+    else if (found)  // 'started'
         atx_applied_update(1, &rec);
     else
         atx_applied_record(1, &rec);
