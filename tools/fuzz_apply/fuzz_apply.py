@@ -50,11 +50,13 @@ def parse_args(argv=None):
     ap.add_argument("--build", help="build directory holding applier/atx-applier (default build/pg<major>)")
     ap.add_argument("--keep", action="store_true", help="keep the clusters and logs (printed at the end)")
     ap.add_argument("--keep-going", action="store_true",
-                    help="play the next round after a failing one (on the same, possibly broken, cluster)")
+                    help="play the next round after a failing one (on a fresh cluster: a failure may leave "
+                         "the old one broken)")
     ap.add_argument("--shrink-seconds", type=float, default=600, help="time for shrinking a failure (0: none)")
     ap.add_argument("--window", type=float, default=40, help="longest time attackers emit in a round (s)")
     ap.add_argument("--warmup", type=float, default=4, help="victim alone before the first round (s)")
-    ap.add_argument("--patterns", help="comma list of issue rows to play every round, or 'none' (default: seeded)")
+    ap.add_argument("--patterns", help="comma list of issue rows to play every round, or 'none'; groups separated by '/' "
+                         "are played one per round in turn (default: seeded)")
     ap.add_argument("--random-sessions", type=int, help="random attacker sessions per round (default: seeded, 1-4)")
     ap.add_argument("--json", help="write the results here (rounds, invariants, violations, shrunk plans)")
     ap.add_argument("--applier-option", action="append", default=[], metavar="NAME=VALUE",
@@ -113,19 +115,25 @@ class Run:
 
     def plan_for(self, k):
         p = self.a.patterns
+        if p and "/" in p:                       # one group per round, in turn
+            groups = p.split("/")
+            p = groups[(k - 1) % len(groups)]
         pats = None if not p else [] if p == "none" else [int(x) for x in p.split(",")]
         return fz_grammar.generate(self.seed, k, patterns=pats, random_sessions=self.a.random_sessions)
 
     def play(self):
         a = self.a
         rounds = [a.round] if a.round else None
-        self.env = self.new_env("main", a.warmup)
-        self.baseline, self.rls_functions = self.env.baseline, self.env.rls_functions
-        self.session_seen = dict(self.env.victim.session_seen)
-        ref = fz_checks.reference(self.env.cluster)
         k = 0
         failing = None
+        fresh = 1
         while True:
+            if self.env is None:
+                self.env = self.new_env(f"main{fresh}", a.warmup)
+                fresh += 1
+                self.baseline, self.rls_functions = self.env.baseline, self.env.rls_functions
+                self.session_seen = dict(self.env.victim.session_seen)
+                ref = fz_checks.reference(self.env.cluster)
             k = rounds.pop(0) if rounds is not None else k + 1
             plan = self.plan_for(k)
             log(f"round {k} (seed {self.seed}): {len(plan.sessions)} attacker sessions, {len(plan.units())} units, "
@@ -137,14 +145,17 @@ class Run:
             self.report_round(k, plan, res, viol, stats, time.time() - t0)
             if viol and failing is None:
                 failing = (k, plan, viol)
-            if (viol and not a.keep_going) or rounds == []:
+            if viol:
+                self.print_culprits(plan, viol)
+            if (viol and not a.keep_going) or rounds == [] or (a.rounds and k >= a.rounds) \
+                    or time.time() - self.t_start > a.minutes * 60:
                 break
-            if a.rounds and k >= a.rounds:
-                break
-            if time.time() - self.t_start > a.minutes * 60:
-                break
-        self.env.stop(keep=a.keep)
-        self.env = None
+            if viol:
+                self.env.stop(keep=a.keep)
+                self.env = None
+        if self.env is not None:
+            self.env.stop(keep=a.keep)
+            self.env = None
         return failing
 
     def report_round(self, k, plan, res, viol, stats, secs):
@@ -177,6 +188,16 @@ class Run:
         self.results["rounds"].append(entry)
         self.results["violations"] += [dict(v.to_json(), round=k) for v in viol]
 
+    def print_culprits(self, plan, viol):
+        """The units the first violation names, as SQL (before any shrinking)."""
+        units = viol[0].units
+        if not units:
+            return
+        p = fz_shrink.only_units(plan, units, flags=False)
+        out(f"# the message(s) invariant {viol[0].inv}'s first violation names:")
+        for line in fz_grammar.plan_sql(p, self.rls_functions).splitlines():
+            out("#   " + line)
+
     def shrink(self, failing):
         k, plan, viol = failing
         budget = self.a.shrink_seconds
@@ -192,7 +213,10 @@ class Run:
             try:
                 env.baseline = self.baseline
                 ref = ref_box.setdefault("ref", fz_checks.reference(env.cluster))
-                res = env.run_round(p, k, self.a.window)
+                stop = (lambda e, r: fz_checks.overdue(r, time.time())) if inv in (1, 2) else None
+                res = env.run_round(p, k, self.a.window, early_stop=stop)
+                if res.stopped_early:
+                    return {1, 2}
                 vs, _ = fz_checks.check_round(res, env.baseline, ref, self.session_seen)
                 return {v.inv for v in vs}
             finally:

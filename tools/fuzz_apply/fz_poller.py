@@ -28,6 +28,11 @@ PHISH = ('password authentication failed for user "fz_victim" ' + CANARY +
 
 
 class Poller:
+    """Two threads: one reads the WAL (which can be slow when attackers write gigabytes), one
+    watches what the server records (atx.applied, atx.dead_letter, the horizon, the slot) a few
+    times a second. A message's final time is when the watcher first saw it final, whenever the
+    reader found the message itself."""
+
     def __init__(self, cluster, start_lsn, log):
         self.cluster = cluster
         self.log = log
@@ -36,6 +41,9 @@ class Poller:
         self.msgs = {}              # id -> Msg
         self.order = []             # Msgs by LSN
         self.pending = set()
+        self.seen_final = {}        # id -> (status, sqlstate, error, first seen)
+        self.watch_lsn = start_lsn  # atx.applied records from here on are watched
+        self.watch_time = time.time()
         self.slot = []              # (t, confirmed, horizon) as ints
         self.rss = []               # (t, pid, application_name, private kB, VmRSS kB)
         self.kills = []             # (t, pid)
@@ -45,89 +53,101 @@ class Poller:
         self.round_start = 0.0
         self.errors = 0
         self.stop_ev = threading.Event()
-        self._su = self._app = None
+        self._conns = {}
         self._last_rss = 0.0
-        self.thread = threading.Thread(target=self._run, name="poller", daemon=True)
+        self.threads = [threading.Thread(target=self._loop, args=(self.watch, "watch", INTERVAL_S), daemon=True),
+                        threading.Thread(target=self._loop, args=(self.read_wal, "wal", 0.3), daemon=True)]
 
     def start(self):
-        self.thread.start()
+        for t in self.threads:
+            t.start()
 
     def stop(self):
         self.stop_ev.set()
-        self.thread.join(timeout=30)
-        for c in (self._su, self._app):
-            if c is not None:
-                try:
-                    c.close()
-                except psycopg2.Error:
-                    pass
+        for t in self.threads:
+            t.join(timeout=30)
+        for c in self._conns.values():
+            try:
+                c.close()
+            except psycopg2.Error:
+                pass
 
-    def _conn(self, which):
-        c = getattr(self, which)
+    def _conn(self, name, role="postgres"):
+        c = self._conns.get(name)
         if c is None or c.closed:
-            c = self.cluster.connect("postgres" if which == "_su" else APPLIER_ROLE, app="fz-poller")
-            setattr(self, which, c)
+            c = self.cluster.connect(role, app="fz-poller")
+            self._conns[name] = c
         return c
 
-    def _run(self):
+    def _loop(self, fn, name, interval):
         while not self.stop_ev.is_set():
             t0 = time.time()
             try:
-                self.tick()
+                fn()
             except Exception as e:      # noqa: BLE001 - the observer must outlive anything
                 self.errors += 1
                 if not isinstance(e, psycopg2.Error) and self.errors < 5:
                     self.log(f"  poller: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-                for which in ("_su", "_app"):
-                    c = getattr(self, which)
-                    if c is not None:
-                        try:
-                            c.close()
-                        except psycopg2.Error:
-                            pass
-                        setattr(self, which, None)
-            self.stop_ev.wait(max(0.05, INTERVAL_S - (time.time() - t0)))
+                c = self._conns.pop(name, None)
+                if c is not None:
+                    try:
+                        c.close()
+                    except psycopg2.Error:
+                        pass
+                self.stop_ev.wait(0.3)
+            self.stop_ev.wait(max(0.02, interval - (time.time() - t0)))
 
-    def tick(self):
-        now = time.time()
-        su = self._conn("_su")
-        with su.cursor() as cur:
+    def read_wal(self):
+        with self._conn("wal").cursor() as cur:
+            new = self.scanner.scan(cur, time.time())
+        with self.lock:
+            for m in new:
+                if m.id in self.msgs:
+                    continue            # a retried parent writes its nested messages again
+                self.msgs[m.id] = m
+                self.order.append(m)
+                self.pending.add(m.id)
+            self._resolve()
+
+    def _resolve(self):
+        """Pending messages the watcher saw final (under the lock)."""
+        for mid in [i for i in self.pending if i in self.seen_final]:
+            m = self.msgs[mid]
+            m.status, m.sqlstate, m.error, m.final_at = self.seen_final[mid]
+            self.pending.discard(mid)
+
+    def watch(self):
+        with self._conn("watch").cursor() as cur:
+            now = time.time()
             if self.poison:
                 self._kill_poison(cur, now)
-            new = self.scanner.scan(cur, now)
-            with self.lock:
-                for m in new:
-                    if m.id not in self.msgs:
-                        self.msgs[m.id] = m
-                        self.order.append(m)
-                        self.pending.add(m.id)
-                pend = list(self.pending)
+            cur.execute("SELECT message_id::text, status FROM atx.applied WHERE lsn >= %s::pg_lsn "
+                        "AND status IN ('applied', 'duplicate', 'dead')", (self.watch_lsn,))
+            applied = cur.fetchall()
+            cur.execute("SELECT message_id::text, sqlstate, left(error, 400) FROM atx.dead_letter "
+                        "WHERE dead_at >= to_timestamp(%s)", (self.watch_time - 300,))
+            dead = cur.fetchall()
             cur.execute("SELECT (SELECT lsn::text FROM atx.apply_horizon), "
                         "(SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = atx.slot_name())")
             horizon, confirmed = cur.fetchone()
             now = time.time()
-            final = {}
-            if pend:
-                cur.execute("SELECT message_id::text, status FROM atx.applied WHERE message_id = ANY(%s::uuid[])",
-                            (pend,))
-                for mid, status in cur.fetchall():
-                    if status in V.FINAL_APPLIED:
-                        final[mid] = (status, None, None)
-                cur.execute("SELECT message_id::text, sqlstate, left(error, 400) FROM atx.dead_letter "
-                            "WHERE message_id = ANY(%s::uuid[])", (pend,))
-                for mid, sqlstate, error in cur.fetchall():
-                    final[mid] = ("dead", sqlstate, error)
             h = lsn_int(horizon) if horizon else 0
             with self.lock:
+                for mid, status in applied:
+                    if mid not in self.seen_final:
+                        self.seen_final[mid] = (status, None, None, now)
+                for mid, sqlstate, error in dead:
+                    first = self.seen_final.get(mid, (None, None, None, now))[3]
+                    self.seen_final[mid] = ("dead", sqlstate, error, first)
+                    m = self.msgs.get(mid)
+                    if m is not None and m.final_at is not None and m.sqlstate is None:
+                        m.status, m.sqlstate, m.error = "dead", sqlstate, error
                 self.slot.append((now, lsn_int(confirmed) if confirmed else 0, h))
-                for mid in pend:
+                self._resolve()
+                for mid in list(self.pending):
                     m = self.msgs[mid]
-                    f = final.get(mid)
-                    if f is None and lsn_int(m.lsn) < h:
-                        f = ("pruned", None, None)
-                    if f is not None:
-                        m.status, m.sqlstate, m.error = f
-                        m.final_at = now
+                    if lsn_int(m.lsn) < h:
+                        m.status, m.final_at = "pruned", now
                         self.pending.discard(mid)
             if now - self._last_rss >= 1.0:
                 self._last_rss = now
@@ -168,7 +188,7 @@ class Poller:
                        and ROGUE_MARK in (m.statement or "") and not any(h[1] == m.id for h in self.rogue_hits)]
         if not targets:
             return
-        app = self._conn("_app")
+        app = self._conn("rogue", APPLIER_ROLE)
         for m in targets:
             with app.cursor() as cur:
                 try:

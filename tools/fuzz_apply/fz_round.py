@@ -93,6 +93,7 @@ class Env:
         with _su(self.cluster) as cur:
             lsn0 = current_lsn(cur)
         t0 = time.time()
+        self.poller.watch_lsn, self.poller.watch_time = lsn0, t0
         res = fz_checks.RoundResult(round_no, plan, t0, lsn0, b)
         self.poller.round_start = t0
         self.poller.poison, self.poller.rogue = plan.poison, plan.rogue
@@ -107,15 +108,18 @@ class Env:
         while time.time() < t0 + window_cap_s and any(s.done_at is None for s in sessions):
             time.sleep(0.1)
         res.t_emit_end = time.time()
+        with _su(self.cluster) as cur:
+            self.poller.wait_scanned(current_lsn(cur), timeout=30)
         # Settle: the attackers' messages final (or past their bounds), with the victim writing on,
         # at least TAIL_S: the victim's statements after an attack are where a leak shows.
         self._settle(res, sessions, early_stop)
-        while time.time() < res.t_emit_end + TAIL_S and not res.stopped_early:
+        while time.time() < res.t_emit_end + (0 if early_stop else TAIL_S) and not res.stopped_early:
             time.sleep(0.2)
         self.victim.paused = True
         res.t_pause = time.time()
-        self._settle(res, sessions, early_stop, victim_too=True)
-        self._operator(res, sessions)
+        if not res.stopped_early:
+            self._settle(res, sessions, early_stop, victim_too=True)
+            self._operator(res, sessions)
         # Samples for the slot and horizon checks, then everything the checks read.
         time.sleep(max(b.slot_slack(), b.horizon_slack()) if not res.stopped_early else 0.5)
         stop_ev.set()
@@ -169,7 +173,7 @@ class Env:
         b = self.bounds
         # However long the lanes queue behind each other, a round ends: what is open by then is
         # reported as such.
-        cap = time.time() + 2 * b.message() + V.Bounds.RESTART_S * 3
+        cap = time.time() + (b.victim() + 2 if victim_too else b.message() + 5)
         while time.time() < cap:
             time.sleep(0.4)
             res.messages = self._attribute(res, sessions)
@@ -215,6 +219,8 @@ class Env:
             if h > last:
                 break
             time.sleep(0.3)
+        with _su(self.cluster) as cur:
+            lsn_before = current_lsn(cur)
         conn = self.cluster.connect(APPLIER_ROLE, app="fz-operator")
         try:
             with conn.cursor() as cur:
@@ -236,15 +242,16 @@ class Env:
         with _su(self.cluster) as cur:
             lsn = current_lsn(cur)
         self.poller.wait_scanned(lsn)
-        end = time.time() + b.message()
+        end = time.time() + 10
         while time.time() < end:
-            with self.poller.lock:
-                if not self.poller.pending:
-                    break
+            if all(m.final_at for m in self.poller.messages_since(lsn_before)):
+                break
             time.sleep(0.3)
         time.sleep(1.0)
 
     def _collect(self, res, sessions):
+        with _su(self.cluster) as cur:
+            self.poller.wait_scanned(current_lsn(cur), timeout=30)
         res.messages = self._attribute(res, sessions)
         res.victim = self.victim.snapshot(res.t0, res.t_pause)
         res.notifications = [n for s in sessions for n in s.notifications]

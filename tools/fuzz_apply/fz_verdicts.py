@@ -60,11 +60,13 @@ FINAL_APPLIED = ("applied", "duplicate", "dead")     # atx.applied.status values
 
 
 # --- settings (docs/usage.md, "As whom, and with which settings") --------------------------------
-# Not carried by a message: the apply session's own values show through. The victim's statements
+# Not carried by a message: the apply session's own values show through. docs/design.md counts the
+# pg_atx settings among them (the code carries some today): not judged against the victim's session. The victim's statements
 # are held to what its quiet warm-up saw for these; to its own session's values for all others
 # (carried when changed, the four always carried, the server's defaults otherwise: "settings are
 # set per message and undone after it", docs/applier.md).
-NOT_CARRIED = {"role", "session_authorization", "is_superuser", "transaction_isolation", "transaction_read_only",
+NOT_CARRIED = {"atx.validate", "atx.exec_timeout", "atx.exec_on_abandon", "atx.allow_in_read_only",
+               "role", "session_authorization", "is_superuser", "transaction_isolation", "transaction_read_only",
                "transaction_deferrable", "default_transaction_isolation", "default_transaction_read_only",
                "default_transaction_deferrable", "application_name", "client_encoding", "statement_timeout",
                "lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout", "transaction_timeout",
@@ -93,6 +95,12 @@ def exec_fate(detail):
     if _WILL_APPLY.search(detail):
         return "applies"
     return None
+
+
+def notification_reveals(payload, victim_ids):
+    """Issue 21, invariant 5: a notification carries nothing other roles may not know. Assumed here:
+    another role's message id is such a thing (today's payload is exactly the id)."""
+    return any(i in payload for i in victim_ids)
 
 
 def message_id_in(text):
