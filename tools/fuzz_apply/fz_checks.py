@@ -22,6 +22,8 @@
 import json
 import statistics
 
+import psycopg2
+
 import fz_verdicts as V
 from fz_sql import CANARY
 from fz_victim import ERR_EXPECTED, LANES, OWN_LANE_ONLY, PROBE_EXPECT
@@ -39,6 +41,7 @@ class RoundResult:
         self.t_emit_end = self.t_pause = self.t_end = None
         self.messages, self.victim, self.notifications, self.attacker_runs = [], [], [], []
         self.slot, self.rss, self.rogue_hits, self.kills, self.retries = [], [], [], [], []
+        self.rescues = []           # (Msg, result) the operator's dead-lettering of overdue messages
         self.applier_log, self.applier_alive, self.db = b"", True, {}
         self.applier_stderr = b""
         self.stopped_early = False
@@ -137,6 +140,10 @@ def read_state(cluster, res):
                         cur, "SELECT message_id::text FROM atx.dead_letter WHERE message_id = ANY(%s::uuid[])", (ids,))}
                 finally:
                     cur.execute("RESET ROLE")
+            try:
+                db["text_format"] = ("ok",) + tuple(_rows(cur, V.TEXT_FORMAT_SQL)[0])
+            except psycopg2.Error as e:
+                db["text_format"] = ("error", e.pgcode, (e.diag.message_primary or "")[:300])
             db["dead_now"] = {r[0] for r in _rows(
                 cur, "SELECT message_id::text FROM atx.dead_letter WHERE message_id = ANY(%s::uuid[])",
                 ([m.id for m in res.messages if m.sqlstate is not None],))}
@@ -263,6 +270,16 @@ def _inv2(res, dl, v, stats):
     if hstuck and not stuck:
         m, _ = min(hstuck, key=lambda x: lsn_int(x[0].lsn))
         v.append(Violation(2, f"atx.apply_horizon did not follow the slot past {m.describe()}", [m], _unit_of(m)))
+    tf = res.db.get("text_format")
+    if tf and tf[0] == "error":
+        v.append(Violation(2, f"the output plugin's text format raises on the messages of this round: {tf[1]} {tf[2]}"))
+    elif tf and tf[2]:
+        v.append(Violation(2, f"the output plugin's text format calls {tf[2]} genuine message(s) undecodable or "
+                              f"unauthenticated"))
+    for m, result in res.rescues:
+        if result.startswith("refused"):
+            v.append(Violation(2, f"the operator cannot dead-letter an overdue message by its LSN ({result}): "
+                                  f"{m.describe()}", [m], _unit_of(m)))
     fails = V.batch_failures(res.applier_log)
     loops = {lsn: n for lsn, n in fails.items() if n > b.attempts + 2}
     if loops:

@@ -143,6 +143,9 @@ class Template:
                 with conn.cursor() as cur:
                     # A slot can only be made by a transaction that wrote nothing.
                     cur.execute("SELECT atx.ensure_slot()")
+                    # A second reader of the messages, in the output plugin's text format (a
+                    # genuine message must never make it raise: issue 21, invariant 2).
+                    cur.execute("SELECT pg_create_logical_replication_slot('fz_text', 'pg_atx')")
                     cur.execute("CHECKPOINT")
             finally:
                 conn.close()

@@ -122,6 +122,8 @@ class Env:
             self._operator(res, sessions)
         # Samples for the slot and horizon checks, then everything the checks read.
         time.sleep(max(b.slot_slack(), b.horizon_slack()) if not res.stopped_early else 0.5)
+        if not res.stopped_early:
+            self._rescue(res)
         stop_ev.set()
         for s in sessions:
             s.join(timeout=5)
@@ -248,6 +250,27 @@ class Env:
                 break
             time.sleep(0.3)
         time.sleep(1.0)
+
+    def _rescue(self, res, most=3):
+        """The operator dead-letters (by LSN) the oldest messages that are still open past their
+        bounds: that must always be possible (issue 21, invariant 2)."""
+        now = time.time()
+        dl = fz_checks.deadlines(res.messages, self.bounds, self.poller.kills)
+        overdue = sorted((m for m in res.messages if m.final_at is None and now > dl[m.id]),
+                         key=lambda m: lsn_int(m.lsn))[:most]
+        if not overdue:
+            return
+        conn = self.cluster.connect(APPLIER_ROLE, app="fz-operator")
+        try:
+            with conn.cursor() as cur:
+                for m in overdue:
+                    try:
+                        cur.execute(V.OPERATOR_DEAD_LETTER_SQL, (m.lsn,))
+                        res.rescues.append((m, f"ok {cur.fetchone()[0]}"))
+                    except psycopg2.Error as e:
+                        res.rescues.append((m, f"refused {e.pgcode}: {(e.diag.message_primary or '')[:200]}"))
+        finally:
+            conn.close()
 
     def _collect(self, res, sessions):
         with _su(self.cluster) as cur:

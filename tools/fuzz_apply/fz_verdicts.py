@@ -108,6 +108,15 @@ def message_id_in(text):
     return m.group(1) if m else None
 
 
+# --- the operator (issue 21, invariant 2: "an operator can always dead-letter or discard a message
+# by id or LSN"): the function docs/security.md lists for the applier role's own verdicts.
+OPERATOR_DEAD_LETTER_SQL = "SELECT atx.dead_letter_message(%s::pg_lsn, '57014', 'fuzz_apply: the operator gave up on it', 1, now())"
+# The output plugin's text format (docs/message-format.md) through the SQL interface; a line that
+# says a genuine message did not decode or authenticate is as wrong as an error.
+TEXT_FORMAT_SQL = ("SELECT count(*), count(*) FILTER (WHERE data LIKE '%% undecodable %%' OR data LIKE '%% unauthenticated %%') "
+                   "FROM pg_logical_slot_get_changes('fz_text', NULL, NULL, 'format', 'text')")
+
+
 # --- the applier's log (docs/operations.md: one event per line, key=value) ---------------------
 _BATCH_FAILED = re.compile(rb"event=batch_failed .*?first_lsn=(\S+)")
 _LINE_START = re.compile(rb"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d")
