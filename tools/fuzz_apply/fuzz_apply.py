@@ -53,6 +53,8 @@ def parse_args(argv=None):
                     help="play the next round after a failing one (on a fresh cluster: a failure may leave "
                          "the old one broken)")
     ap.add_argument("--shrink-seconds", type=float, default=600, help="time for shrinking a failure (0: none)")
+    ap.add_argument("--shrink-invariant", type=int, choices=range(1, 7),
+                    help="shrink for this invariant (default: the first one the failing round broke)")
     ap.add_argument("--window", type=float, default=40, help="longest time attackers emit in a round (s)")
     ap.add_argument("--warmup", type=float, default=4, help="victim alone before the first round (s)")
     ap.add_argument("--patterns", help="comma list of issue rows to play every round, or 'none'; groups separated by '/' "
@@ -201,7 +203,7 @@ class Run:
     def shrink(self, failing):
         k, plan, viol = failing
         budget = self.a.shrink_seconds
-        inv = viol[0].inv
+        inv = self.a.shrink_invariant if self.a.shrink_invariant in {v.inv for v in viol} else viol[0].inv
         culprits = set().union(*[v.units for v in viol if v.inv == inv])
         log(f"shrinking round {k} (invariant {inv}: {fz_checks.NAMES[inv]}) for at most {budget:.0f} s")
         ref_box = {}

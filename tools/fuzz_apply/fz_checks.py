@@ -26,6 +26,7 @@ import psycopg2
 
 import fz_verdicts as V
 from fz_sql import CANARY
+from fz_grammar import PROBES
 from fz_victim import ERR_EXPECTED, LANES, OWN_LANE_ONLY, PROBE_EXPECT
 from fz_wal import lsn_int
 
@@ -329,7 +330,8 @@ def _inv3(res, base, ref, v, stats, session_seen):
         seen_kinds.add(which)
         n = sum(1 for b in bad if b[0] == which)
         v.append(Violation(3, f"the victim's {which!r} probe gave {got} instead of {want} (what its own settings "
-                              f"give; {n} such statement(s), first tag {tag})"))
+                              f"give; {n} such statement(s), first tag {tag}): atx_log({PROBES[which]!r}, tag) "
+                              f"as fz_victim with {dict(LANES[0])}"))
     if res.db["secret"] != ref["secret"]:
         v.append(Violation(3, f"victim.secret changed: {ref['secret']} -> {res.db['secret']}"))
     if res.db["aud"] != ref["aud"]:

@@ -19,6 +19,7 @@ with random compositions, so that a short round meets each mechanism.
 """
 import copy
 import random
+import re
 
 from fz_sql import CANARY, lit, text_expr
 
@@ -264,7 +265,7 @@ def render_top(n):
     if k == "params_select":
         return "SELECT " + ", ".join(f"${i + 1}" + ("::text" if a.get("as_text") else "") for i in range(a["n"]))
     if k == "bigvalues":
-        return "SELECT count(*) FROM (VALUES " + ",".join(["(1)"] * a["n"]) + ") v(x)"
+        return "SELECT count(*) FROM (VALUES " + big(a["n"]) + ") v(x)"
     if k == "probe":
         return PROBES[a["probe"]]
     raise ValueError(f"unknown top-level kind {k}")
@@ -272,6 +273,30 @@ def render_top(n):
 
 def render_text(tops):
     return ";\n".join(render_top(t) for t in tops)
+
+
+# A VALUES list of n rows, as a marker until the text is sent (or printed, as an expression).
+_BIG = re.compile("\x00BIG:(\\d+)\x00")
+
+
+def big(n):
+    return f"\x00BIG:{n}\x00"
+
+
+def text_arg(text, printable):
+    """The statement text as an argument: the literal sent, or for printing an expression that
+    builds the same text without pasting 200,000 VALUES rows."""
+    if not printable:
+        return lit(_BIG.sub(lambda m: ",".join(["(1)"] * int(m.group(1))), text))
+    parts = _BIG.split(text)
+    out = []
+    for i, p in enumerate(parts):
+        if i % 2 == 0:
+            if p:
+                out.append(lit(p))
+        else:
+            out.append(f"(SELECT string_agg('(1)', ',') FROM generate_series(1, {p}))")
+    return " || ".join(out) if out else "''"
 
 
 def _ind(s, depth):
@@ -314,7 +339,7 @@ def render_stmt(n, depth):
     if k == "once":
         return f"INSERT INTO fz_att.once(tag) VALUES ({lit(a['tag'])});"
     if k == "bigvalues":
-        return "PERFORM count(*) FROM (VALUES " + ",".join(["(1)"] * a["n"]) + ") v(x);"
+        return "PERFORM count(*) FROM (VALUES " + big(a["n"]) + ") v(x);"
     if k == "memhog":
         return f"PERFORM length(repeat('x', {a['mb']} * 1024 * 1024));"
     if k == "poison":
@@ -343,7 +368,7 @@ def render_stmt(n, depth):
     raise ValueError(f"unknown statement kind {k}")
 
 
-def unit_sql(u, rls_functions=()):
+def unit_sql(u, rls_functions=(), printable=False):
     """The statements the attacker's client runs for a unit, in order (each on its own)."""
     out = ["RESET ROLE", "RESET ALL"]
     if u.set_role:
@@ -352,7 +377,7 @@ def unit_sql(u, rls_functions=()):
         # set_config, not SET: a list value (search_path) is then parsed as a list, not one name.
         out.append(f"SELECT set_config({lit(name)}, {lit(value)}, false)")
     if u.kind in ("emit", "holdlock"):
-        args = [lit(render_text(u.body))] + [PARAMS[p] for p in u.params]
+        args = [text_arg(render_text(u.body), printable)] + [PARAMS[p] for p in u.params]
         if u.via == "atx_log_keyed":
             args.insert(0, lit(u.args.get("key", "k")))
         fn = {"rollback": "atx_log", "atx_log_keyed": "atx_log_keyed"}.get(u.via, u.via)
@@ -384,13 +409,13 @@ def unit_sql(u, rls_functions=()):
 
 def plan_sql(plan, rls_functions=()):
     """The whole plan as SQL a user can paste, one psql session per attacker session."""
-    lines = []
+    lines = ["-- roles and objects: tools/fuzz_apply/fz_setup.sql; the victim (fz_victim.py) writes meanwhile"]
     for i, s in enumerate(plan.sessions):
         lines.append(f"-- session {i + 1}{' (' + s.label + ')' if s.label else ''}: psql -U {s.login} postgres")
         for u in s.units:
             if u.gap >= 0.05:
                 lines.append(f"SELECT pg_sleep({u.gap:.2f});")
-            for stmt in unit_sql(u, rls_functions):
+            for stmt in unit_sql(u, rls_functions, printable=True):
                 if stmt in ("RESET ROLE", "RESET ALL") and len(s.units) == 1:
                     continue
                 lines.append(stmt + ";")
@@ -571,6 +596,13 @@ class Gen:
 
     def random_unit(self, login):
         r = self.r
+        if r.random() < 0.1:
+            # The client holds a lock its own message needs: with atx_exec a deadlock with the
+            # caller (40P01), with atx_log a lane that waits (lock_timeout, retries).
+            i = r.randint(1, 20)
+            return Unit("holdlock", r.choice(["atx_log", "atx_exec"]), self.group(login), self.prelude(), [],
+                        [Node("raw", {"sql": f"UPDATE fz_att.t SET v = v + 1 WHERE id = {i}"})],
+                        {"secs": r.choice([2, 8])}, gap=r.choice([0, 1]))
         params = []
         if r.random() < 0.35:
             params = r.sample(list(PARAMS), r.randint(1, 3))
