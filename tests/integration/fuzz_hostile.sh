@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 21: a short seeded run of the hostile-message fuzzer (tools/fuzz_apply, docs/fuzzing.md).
-# Two rounds, between them every row of the issue (1-16) as a pattern plus random compositions,
+# Three rounds, between them every row of the issue (1-16) as a pattern plus random compositions,
 # against a throwaway cluster with a victim writing steadily and the applier as the
 # least-privilege role; one TAP line per invariant per round, then a summary line. A failure
 # prints the violation, the messages it names and the command that replays the round.
@@ -18,7 +18,9 @@ if [ -n "${ATX_FUZZ_MINUTES:-}" ]; then
     ARGS=(--minutes "$ATX_FUZZ_MINUTES")
 else
     # A failing round does not end the run: the next one starts on a fresh cluster.
-    ARGS=(--rounds 2 --keep-going --patterns "1,2,3,5,6,11,13,14,15,16/4,7,8,9,10,12" --random-sessions 2)
+    # Rows that pin the slot (1, 2) or hold every session (3, 4, 7-10, 12) would hide the others (a
+    # pinned slot is never pruned, so row 11's retry could not apply twice): they come later.
+    ARGS=(--rounds 3 --keep-going --patterns "5,6,11,13,14,15,16/1,2,3/4,7,8,9,10,12" --random-sessions 2)
 fi
 start=$SECONDS
 # The tool stops its clusters on SIGTERM; the outer bound keeps CI's 3 minutes whatever happens.
@@ -54,6 +56,10 @@ d = json.load(open(sys.argv[1]))
 n = sum(r["stats"].get("messages", 0) for r in d["rounds"])
 print("%d round(s), %d messages, %d violation(s)" % (len(d["rounds"]), n, len(d["violations"])))' "$OUT/result.json")
 note "fuzz_hostile summary: seed $SEED, $summary, $((SECONDS - start)) s (replay: tools/atx fuzz-apply --seed $SEED --round N)"
-[ "$rc" = 0 ] || [ "$rc" = 1 ] || not_ok "fuzz_hostile: the fuzzer exited with status $rc (seed $SEED)"
+case $rc in
+0 | 1) ;;
+124 | 137) not_ok "fuzz_hostile: the fuzzer did not finish within 170 s (seed $SEED)" ;;
+*) not_ok "fuzz_hostile: the fuzzer exited with status $rc (seed $SEED)" ;;
+esac
 [ "$T_FAILED" = 0 ] && rm -rf "$OUT" || note "fuzzer output kept in $OUT"
 done_testing

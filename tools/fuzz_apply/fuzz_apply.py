@@ -189,6 +189,7 @@ class Run:
         entry["attacker_errors"] = [r for ur in res.attacker_runs for r in ur.results if r[1] != "ok"][:200]
         self.results["rounds"].append(entry)
         self.results["violations"] += [dict(v.to_json(), round=k) for v in viol]
+        self.write_json()       # after every round: a run stopped from outside keeps what it found
 
     def print_culprits(self, plan, viol):
         """The units the first violation names, as SQL (before any shrinking)."""
@@ -234,10 +235,14 @@ class Run:
             out("#   " + line)
         return best
 
-    def finish(self):
+    def write_json(self):
         if self.a.json:
-            with open(self.a.json, "w") as f:
+            with open(self.a.json + ".tmp", "w") as f:
                 json.dump(self.results, f, indent=1, default=str)
+            os.replace(self.a.json + ".tmp", self.a.json)
+
+    def finish(self):
+        self.write_json()
         if self.a.keep:
             log(f"kept: {self.workdir}")
         else:
