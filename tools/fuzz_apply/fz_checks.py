@@ -2,15 +2,18 @@
 
   1 final state in bounded time   every message of the round (nested ones included) is applied,
                                   a duplicate or dead-lettered within its bound (fz_verdicts.Bounds,
-                                  counted from when its lane let it start); a dead letter is
-                                  readable by its own role; the applier still runs
-  2 the slot always moves         confirmed_flush_lsn passes each message within its bound plus a
-                                  status interval, atx.apply_horizon within a prune interval more;
-                                  no batch failing again and again in the applier's log
-  3 nothing crosses roles         the victim's statements see their own settings (as in the quiet
-                                  warm-up), the row-5 probes give what the victim's settings give,
-                                  victim.secret and victim.aud are untouched, no attacker text in the
-                                  victim's rows; idle apply backends hold <= 256 MB
+                                  counted from when its lane let it start); one that kills its
+                                  backend each time is dead-lettered after --max-backend-losses; a
+                                  dead letter is readable by its own role; the applier still runs
+  2 the slot always moves         confirmed_flush_lsn passes each message once every message before
+                                  it is due, plus two status intervals; atx.apply_horizon a prune
+                                  interval later; no batch failing again and again in the log; the
+                                  text format never raises; the operator can dead-letter by LSN
+  3 nothing crosses roles         the victim's statements see their own session's settings (those
+                                  a message does not carry: as in the quiet warm-up), the row-5
+                                  probes give what the victim's settings give, victim.secret and
+                                  victim.aud are untouched, no attacker text in the victim's rows;
+                                  idle apply backends hold <= 256 MB
   4 budgets                       every victim message applied within the limit + 10 s whatever
                                   the attackers hold (latencies recorded, never asserted in ms)
   5 what a caller is told is true a victim atx_exec told "it will not be applied" never is; its
@@ -26,7 +29,7 @@ import psycopg2
 
 import fz_verdicts as V
 from fz_sql import CANARY
-from fz_grammar import PROBES
+from fz_vocab import PROBES
 from fz_victim import ERR_EXPECTED, LANES, OWN_LANE_ONLY, PROBE_EXPECT
 from fz_wal import lsn_int
 

@@ -17,7 +17,7 @@ import time
 
 import psycopg2
 
-from fz_grammar import PLACEHOLDERS, PROBES, SETTINGS
+from fz_vocab import PLACEHOLDERS, PROBES, SETTINGS
 from fz_verdicts import message_id_in
 
 # Settings victim.seen() reports. Not application_name and synchronous_commit: the applier sets
