@@ -99,6 +99,7 @@ class Run:
         self.results = {"seed": self.seed, "server": srv, "applier_options": opts, "rounds": [],
                         "violations": [], "shrunk": []}
         self.env = None
+        self.latencies = []         # every victim message's end-to-end latency (ms), all rounds
         self.t_start = time.time()
 
     def setup(self):
@@ -162,6 +163,7 @@ class Run:
 
     def report_round(self, k, plan, res, viol, stats, secs):
         failed = {v.inv for v in viol}
+        self.latencies += stats.pop("_latencies_ms", [])
         entry = {"round": k, "seconds": round(secs, 1), "plan": plan.to_json(), "stats": stats,
                  "invariants": {}, "violations": [v.to_json() for v in viol]}
         for inv in range(1, 7):
@@ -271,8 +273,13 @@ def main(argv=None):
             out(f"# VIOLATION in round {k}: replay with --seed {run.seed} --round {k}")
             if a.shrink_seconds > 0:
                 run.shrink(failing)
+        lat = sorted(run.latencies)
+        q = (lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]) if lat else (lambda p: "-")
+        run.results["victim_latency_ms"] = {"n": len(lat), "p50": q(0.5), "p99": q(0.99), "max": lat[-1] if lat else None}
         out(f"# summary: seed {run.seed}, {len(run.results['rounds'])} round(s), "
-            f"{sum(len(r['violations']) for r in run.results['rounds'])} violation(s), "
+            f"{sum(r['stats'].get('messages', 0) for r in run.results['rounds'])} messages, "
+            f"{sum(len(r['violations']) for r in run.results['rounds'])} violation(s), victim end-to-end latency "
+            f"p50 {q(0.5)} ms p99 {q(0.99)} ms max {lat[-1] if lat else '-'} ms ({len(lat)} messages), "
             f"{time.time() - run.t_start:.0f} s")
         return code
     finally:

@@ -424,6 +424,7 @@ def _inv4(res, v, stats):
         e, m, why = late[0]
         v.append(Violation(4, f"{len(late)} victim message(s) not applied within the limit + 10 s; first: lane "
                               f"{e.lane} #{e.n} ({e.kind}) {why}", [m] if m else []))
+    stats["_latencies_ms"] = sorted(round(x * 1000, 1) for x in lat)
     if lat:
         lat.sort()
         stats["victim_latency_s"] = {"n": len(lat), "p50": round(statistics.median(lat), 3),
