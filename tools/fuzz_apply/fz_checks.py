@@ -185,6 +185,15 @@ def overdue(res, now):
     return any(m.final_at is None and now > dl[m.id] + POLL_SLACK for m in res.messages)
 
 
+def leaks_now(env, res, ref, session_seen):
+    """Invariant 3 on what the server holds so far (a shrinking trial may stop at the first leak)."""
+    res.victim = env.victim.snapshot(res.t0)
+    res.db = read_state(env.cluster, res)
+    v = []
+    _inv3(res, env.baseline, ref, v, {}, session_seen)
+    return bool(v)
+
+
 # ----------------------------------------------------------------------------------------------
 # The checks
 

@@ -113,7 +113,9 @@ class Env:
         # Settle: the attackers' messages final (or past their bounds), with the victim writing on,
         # at least TAIL_S: the victim's statements after an attack are where a leak shows.
         self._settle(res, sessions, early_stop)
-        while time.time() < res.t_emit_end + (0 if early_stop else TAIL_S) and not res.stopped_early:
+        while time.time() < res.t_emit_end + TAIL_S and not res.stopped_early:
+            if early_stop is not None and early_stop(self, res):
+                res.stopped_early = True
             time.sleep(0.2)
         self.victim.paused = True
         res.t_pause = time.time()
