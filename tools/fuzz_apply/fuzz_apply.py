@@ -52,11 +52,11 @@ def parse_args(argv=None):
     ap.add_argument("--keep-going", action="store_true",
                     help="play the next round after a failing one (on a fresh cluster: a failure may leave "
                          "the old one broken)")
-    ap.add_argument("--shrink-seconds", type=float, default=600, help="time for shrinking a failure (0: none)")
+    ap.add_argument("--shrink-seconds", type=float, default=600, help="time for shrinking the first failure (default 600; 0: none)")
     ap.add_argument("--shrink-invariant", type=int, choices=range(1, 7),
                     help="shrink for this invariant (default: the first one the failing round broke)")
-    ap.add_argument("--window", type=float, default=40, help="longest time attackers emit in a round (s)")
-    ap.add_argument("--warmup", type=float, default=4, help="victim alone before the first round (s)")
+    ap.add_argument("--window", type=float, default=40, help="longest time the attackers emit in a round (default 40 s)")
+    ap.add_argument("--warmup", type=float, default=4, help="the victim alone before the first round (default 4 s)")
     ap.add_argument("--patterns", help="comma list of issue rows to play every round, or 'none'; groups separated by '/' "
                          "are played one per round in turn (default: seeded)")
     ap.add_argument("--random-sessions", type=int, help="random attacker sessions per round (default: seeded, 1-4)")
