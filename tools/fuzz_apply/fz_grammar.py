@@ -284,6 +284,11 @@ def plan_sql(plan, rls_functions=()):
                 if stmt in ("RESET ROLE", "RESET ALL") and len(s.units) == 1:
                     continue
                 lines.append(stmt + ";")
+    gates = sorted({n.args["g"] for _, _, u in plan.units() for n in walk(u.body) if n.kind == "gate"})
+    if gates:
+        lines.append("-- then the operator: once atx.apply_horizon has passed the dead-lettered message, open its gate")
+        lines.append(f"--   (INSERT INTO fz_att.gate VALUES ({gates[0]})) and, as the applier role,")
+        lines.append("--   SELECT * FROM atx.retry_dead_letter((SELECT id FROM atx.dead_letter WHERE sqlstate = '22012'));")
     if plan.rogue:
         lines.append("-- and, as a member of atx_applier, while the victim's atx_exec waits:")
         lines.append("--   SELECT atx.dead_letter_message(<its lsn>, '28P01', '<any text>', 1, now());")
