@@ -24,9 +24,18 @@ else
 fi
 start=$SECONDS
 # The tool stops its clusters on SIGTERM; the outer bound keeps CI's 3 minutes whatever happens.
-timeout -k 10 170 "$PY" "$ATX_ROOT/tools/fuzz_apply/fuzz_apply.py" --build "$ATX_BUILD_DIR" --seed "$SEED" \
+timeout -k 10 "${ATX_FUZZ_TIMEOUT:-170}" "$PY" "$ATX_ROOT/tools/fuzz_apply/fuzz_apply.py" --build "$ATX_BUILD_DIR" --seed "$SEED" \
     "${ARGS[@]}" --shrink-seconds 0 --json "$OUT/result.json" >"$OUT/out.txt" 2>"$OUT/err.txt"
 rc=$?
+if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    # Stopped from outside: whatever cluster of its run is still up goes now.
+    work=$(sed -n 's/^template cluster ready in .* (\(.*\)\/template)$/\1/p' "$OUT/err.txt")
+    for d in ${work:+"$work"/*/}; do
+        [ -f "$d/applier.pid" ] && kill -9 "$(cat "$d/applier.pid")" 2>/dev/null
+        atx_cluster_stop "${d%/}" immediate
+    done
+    [ -n "$work" ] && rm -rf "$work"
+fi
 grep '^#' "$OUT/out.txt"
 if [ ! -s "$OUT/result.json" ]; then
     tail -n 30 "$OUT/err.txt" | sed 's/^/# /'
@@ -58,7 +67,7 @@ print("%d round(s), %d messages, %d violation(s)" % (len(d["rounds"]), n, len(d[
 note "fuzz_hostile summary: seed $SEED, $summary, $((SECONDS - start)) s (replay: tools/atx fuzz-apply --seed $SEED --round N)"
 case $rc in
 0 | 1) ;;
-124 | 137) not_ok "fuzz_hostile: the fuzzer did not finish within 170 s (seed $SEED)" ;;
+124 | 137) not_ok "fuzz_hostile: the fuzzer did not finish within ${ATX_FUZZ_TIMEOUT:-170} s (seed $SEED)" ;;
 *) not_ok "fuzz_hostile: the fuzzer exited with status $rc (seed $SEED)" ;;
 esac
 [ "$T_FAILED" = 0 ] && rm -rf "$OUT" || note "fuzzer output kept in $OUT"

@@ -189,7 +189,8 @@ class Applier:
         self.proc = subprocess.Popen(
             [self.binary, "--conninfo", conninfo, "--dbname", "postgres",
              "--state-dir", os.path.join(self.cluster.dir, "state"), "--http-listen", "127.0.0.1:0",
-             "--log-file", self.log_path, "--log-level", "info"] + self.args,
+             "--log-file", self.log_path, "--log-level", "info",
+             "--pid-file", os.path.join(self.cluster.dir, "applier.pid")] + self.args,
             stdout=errf, stderr=errf, start_new_session=True)
         errf.close()
 
@@ -218,13 +219,13 @@ class Applier:
             time.sleep(0.2)
         return False
 
-    def stop(self):
+    def stop(self, grace_s=15):
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=grace_s)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

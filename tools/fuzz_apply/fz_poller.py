@@ -64,8 +64,9 @@ class Poller:
 
     def stop(self):
         self.stop_ev.set()
+        deadline = time.time() + 3
         for t in self.threads:
-            t.join(timeout=30)
+            t.join(timeout=max(0.1, deadline - time.time()))
         for c in self._conns.values():
             try:
                 c.close()

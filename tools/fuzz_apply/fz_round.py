@@ -75,15 +75,17 @@ class Env:
             time.sleep(0.3)
 
     def stop(self, keep=False):
+        # Quickly, also when stopped from outside: the cluster goes first (it ends every wait),
+        # then the applier.
         for part in (self.victim, self.poller):
             if part is not None:
                 part.stop()
-        if self.applier is not None:
-            self.applier.stop()
         if self.cluster is not None:
             self.cluster.stop("immediate")
-            if not keep:
-                shutil.rmtree(self.cluster.dir, ignore_errors=True)
+        if self.applier is not None:
+            self.applier.stop(grace_s=5)
+        if self.cluster is not None and not keep:
+            shutil.rmtree(self.cluster.dir, ignore_errors=True)
 
     # ------------------------------------------------------------------------------------------
     def run_round(self, plan, round_no, window_cap_s=40.0, early_stop=None):
