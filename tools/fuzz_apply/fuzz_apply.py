@@ -52,12 +52,15 @@ def parse_args(argv=None):
     ap.add_argument("--keep-going", action="store_true",
                     help="play the next round after a failing one (on a fresh cluster: a failure may leave "
                          "the old one broken)")
-    ap.add_argument("--shrink-seconds", type=float, default=600, help="time for shrinking the first failure (default 600; 0: none)")
+    ap.add_argument("--shrink-seconds", type=float, default=600,
+                    help="time for shrinking the first failure (default 600; 0: none)")
     ap.add_argument("--shrink-invariant", type=int, choices=range(1, 7),
                     help="shrink for this invariant (default: the first one the failing round broke)")
-    ap.add_argument("--window", type=float, default=40, help="longest time the attackers emit in a round (default 40 s)")
+    ap.add_argument("--window", type=float, default=40,
+                    help="longest time the attackers emit in a round (default 40 s)")
     ap.add_argument("--warmup", type=float, default=4, help="the victim alone before the first round (default 4 s)")
-    ap.add_argument("--patterns", help="comma list of issue rows to play every round, or 'none'; groups separated by '/' "
+    ap.add_argument("--patterns",
+                    help="comma list of issue rows to play every round, or 'none'; groups separated by '/' "
                          "are played one per round in turn (default: seeded)")
     ap.add_argument("--random-sessions", type=int, help="random attacker sessions per round (default: seeded, 1-4)")
     ap.add_argument("--json", help="write the results here (rounds, invariants, violations, shrunk plans)")
@@ -285,7 +288,8 @@ def main(argv=None):
                 run.shrink(failing)
         lat = sorted(run.latencies)
         q = (lambda p: lat[min(len(lat) - 1, int(len(lat) * p))]) if lat else (lambda p: "-")
-        run.results["victim_latency_ms"] = {"n": len(lat), "p50": q(0.5), "p99": q(0.99), "max": lat[-1] if lat else None}
+        run.results["victim_latency_ms"] = {"n": len(lat), "p50": q(0.5), "p99": q(0.99),
+                                            "max": lat[-1] if lat else None}
         out(f"# summary: seed {run.seed}, {len(run.results['rounds'])} round(s), "
             f"{sum(r['stats'].get('messages', 0) for r in run.results['rounds'])} messages, "
             f"{sum(len(r['violations']) for r in run.results['rounds'])} violation(s), victim end-to-end latency "

@@ -25,6 +25,7 @@ from fz_sql import CANARY, lit, text_expr
 from fz_vocab import (ATTACKERS, HANDLERS, IMITATIONS, KILLS, PARAMS, PROBE_SETTINGS, PROBES, SETTINGS, SPECIALS,
                       SQLSTATES, UNRECEIVABLE, UTILITIES)
 
+
 class Node:
     """One statement of the grammar: kind, scalar arguments, and a body of nodes."""
     __slots__ = ("kind", "args", "body")
@@ -288,7 +289,8 @@ def plan_sql(plan, rls_functions=()):
     if gates:
         lines.append("-- then the operator: once atx.apply_horizon has passed the dead-lettered message, open its gate")
         lines.append(f"--   (INSERT INTO fz_att.gate VALUES ({gates[0]})) and, as the applier role,")
-        lines.append("--   SELECT * FROM atx.retry_dead_letter((SELECT id FROM atx.dead_letter WHERE sqlstate = '22012'));")
+        lines.append("--   SELECT * FROM atx.retry_dead_letter("
+                     "(SELECT id FROM atx.dead_letter WHERE sqlstate = '22012'));")
     if plan.rogue:
         lines.append("-- and, as a member of atx_applier, while the victim's atx_exec waits:")
         lines.append("--   SELECT atx.dead_letter_message(<its lsn>, '28P01', '<any text>', 1, now());")
@@ -554,7 +556,8 @@ class Gen:
                     for _ in range(2)]
         if row == 11:
             inner = Node("raw", {"sql": f"INSERT INTO fz_att.once(tag) VALUES ({lit(self.tag('nested-once'))})"})
-            body = [Node("do", body=[Node("emit", {"fn": "atx_log"}, [inner]), Node("gate", {"g": r.randint(1, 10 ** 6)})])]
+            body = [Node("do", body=[Node("emit", {"fn": "atx_log"}, [inner]),
+                                     Node("gate", {"g": r.randint(1, 10 ** 6)})])]
             return [Session(L, [emit(body)], "row 11")]
         if row == 13:
             return [Session(L, [emit([Node("raw", {"sql": "SELECT 1"})], prelude=[("rt.tenant", "mal")])
@@ -562,8 +565,8 @@ class Gen:
         if row == 14:
             return [Session(L, [Unit("rlsfns")], "row 14")]
         if row == 15:
-            return [Session(L, [Unit("listen"), Unit("notify", args={"payload": "00000000-0000-7000-8000-000000000000"})],
-                            "row 15")]
+            forged = Unit("notify", args={"payload": "00000000-0000-7000-8000-000000000000"})
+            return [Session(L, [Unit("listen"), forged], "row 15")]
         if row == 16:
             n = Node("raise", {"level": "EXCEPTION", "code": "P0001",
                                "text": ["x", 0x85, f"level=critical {CANARY} forged", 0x2028, "y"]})

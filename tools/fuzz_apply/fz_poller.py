@@ -129,7 +129,8 @@ class Poller:
                         "WHERE dead_at >= to_timestamp(%s)", (self.watch_time - 300,))
             dead = cur.fetchall()
             cur.execute("SELECT (SELECT lsn::text FROM atx.apply_horizon), "
-                        "(SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = atx.slot_name())")
+                        "(SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                        "WHERE slot_name = atx.slot_name())")
             horizon, confirmed = cur.fetchone()
             now = time.time()
             h = lsn_int(horizon) if horizon else 0

@@ -60,11 +60,11 @@ FINAL_APPLIED = ("applied", "duplicate", "dead")     # atx.applied.status values
 
 
 # --- settings (docs/usage.md, "As whom, and with which settings") --------------------------------
-# Not carried by a message: the apply session's own values show through. docs/design.md counts the
-# pg_atx settings among them (the code carries some today): not judged against the victim's session. The victim's statements
-# are held to what its quiet warm-up saw for these; to its own session's values for all others
-# (carried when changed, the four always carried, the server's defaults otherwise: "settings are
-# set per message and undone after it", docs/applier.md).
+# Not carried by a message: the apply session's own values show through (docs/design.md counts the
+# pg_atx settings among them; the code carries some today). The victim's statements are held to
+# what its quiet warm-up saw for these, and to its own session's values for all others (carried
+# when changed, the four always carried, the server's defaults otherwise: "settings are set per
+# message and undone after it", docs/applier.md).
 NOT_CARRIED = {"atx.validate", "atx.exec_timeout", "atx.exec_on_abandon", "atx.allow_in_read_only",
                "role", "session_authorization", "is_superuser", "transaction_isolation", "transaction_read_only",
                "transaction_deferrable", "default_transaction_isolation", "default_transaction_read_only",
@@ -110,10 +110,12 @@ def message_id_in(text):
 
 # --- the operator (issue 21, invariant 2: "an operator can always dead-letter or discard a message
 # by id or LSN"): the function docs/security.md lists for the applier role's own verdicts.
-OPERATOR_DEAD_LETTER_SQL = "SELECT atx.dead_letter_message(%s::pg_lsn, '57014', 'fuzz_apply: the operator gave up on it', 1, now())"
+OPERATOR_DEAD_LETTER_SQL = ("SELECT atx.dead_letter_message(%s::pg_lsn, '57014', "
+                            "'fuzz_apply: the operator gave up on it', 1, now())")
 # The output plugin's text format (docs/message-format.md) through the SQL interface; a line that
 # says a genuine message did not decode or authenticate is as wrong as an error.
-TEXT_FORMAT_SQL = ("SELECT count(*), count(*) FILTER (WHERE data LIKE '%% undecodable %%' OR data LIKE '%% unauthenticated %%') "
+TEXT_FORMAT_SQL = ("SELECT count(*), count(*) FILTER (WHERE data LIKE '%% undecodable %%' "
+                   "OR data LIKE '%% unauthenticated %%') "
                    "FROM pg_logical_slot_get_changes('fz_text', NULL, NULL, 'format', 'text')")
 
 

@@ -10,8 +10,6 @@ import datetime
 import struct
 import uuid
 
-import psycopg2
-
 PG_EPOCH = datetime.datetime(2000, 1, 1, tzinfo=datetime.timezone.utc)
 HEAD_BYTES = 4096          # enough for the header and the start of the statement
 FLAG_KEY, FLAG_WAITED = 1, 2
@@ -137,6 +135,3 @@ def current_lsn(cur):
     cur.execute("SELECT pg_current_wal_insert_lsn()::text")
     return cur.fetchone()[0]
 
-
-def is_disconnect(e):
-    return isinstance(e, (psycopg2.OperationalError, psycopg2.InterfaceError))
