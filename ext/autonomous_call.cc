@@ -66,32 +66,40 @@ static void add_type_io(CallState* s, MemoryContext mcxt)
     ReleaseSysCache(t);
 }
 
-// The position (0-based, among the call's arguments) of the VARIADIC parameter, or -1.
-static int variadic_position(HeapTuple tup, bool procedure)
+// The arguments of the body's call: $1..$n for the call's own arguments (VARIADIC before the
+// variadic one), NULL in the place of a procedure's OUT parameters, which a CALL names too.
+static char* call_arguments(HeapTuple tup, int nargs)
 {
     Form_pg_proc p = (Form_pg_proc)GETSTRUCT(tup);
     bool isnull;
-    Datum modes;
-    ArrayType* arr;
-    char* m;
-    int n, pos = 0;
+    Datum modes = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_proargmodes, &isnull);
+    StringInfoData out;
+    int n = 0;
 
-    if (!OidIsValid(p->provariadic))
-        return -1;
-    modes = SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_proargmodes, &isnull);
-    if (isnull)
-        return p->pronargs - 1;
-    arr = DatumGetArrayTypeP(modes);
-    n = ARR_DIMS(arr)[0];
-    m = (char*)ARR_DATA_PTR(arr);
-    for (int i = 0; i < n; i++) {
-        if (m[i] == PROARGMODE_VARIADIC)
-            return pos;
-        // proargtypes: the inputs, and for a procedure its OUT parameters too
-        if (m[i] != PROARGMODE_TABLE && (procedure || m[i] != PROARGMODE_OUT))
-            pos++;
+    initStringInfo(&out);
+    if (isnull) {
+        for (int i = 0; i < nargs; i++)
+            appendStringInfo(&out, "%s%s$%d", i ? ", " : "",
+                             OidIsValid(p->provariadic) && i == nargs - 1 ? "VARIADIC " : "", i + 1);
+        return out.data;
     }
-    return -1;
+    {
+        ArrayType* arr = DatumGetArrayTypeP(modes);
+        const char* m = (const char*)ARR_DATA_PTR(arr);
+        int nmodes = ARR_DIMS(arr)[0];
+        bool first = true;
+        for (int i = 0; i < nmodes; i++) {
+            const char* sep = first ? "" : ", ";
+            if (m[i] == PROARGMODE_TABLE || (m[i] == PROARGMODE_OUT && p->prokind != PROKIND_PROCEDURE))
+                continue;
+            first = false;
+            if (m[i] == PROARGMODE_OUT)
+                appendStringInfo(&out, "%sNULL", sep);
+            else if (++n <= nargs)
+                appendStringInfo(&out, "%s%s$%d", sep, m[i] == PROARGMODE_VARIADIC ? "VARIADIC " : "", n);
+        }
+    }
+    return out.data;
 }
 
 static CallState* call_state(FunctionCallInfo fcinfo)
@@ -104,8 +112,8 @@ static CallState* call_state(FunctionCallInfo fcinfo)
     Form_pg_proc p;
     Oid body;
     char* body_name;
-    StringInfoData args, sql;
-    int variadic;
+    StringInfoData sql;
+    char* args;
     TypeFuncClass fclass;
     Oid rettype;
     TupleDesc desc;
@@ -132,11 +140,9 @@ static CallState* call_state(FunctionCallInfo fcinfo)
                         errhint("Restore schema %s, or CREATE OR REPLACE the routine with its body.",
                                 ATX_AUTONOMOUS_SCHEMA)));
     body_name = quote_qualified_identifier(ATX_AUTONOMOUS_SCHEMA, get_func_name(body));
-    variadic = variadic_position(tup, s->procedure);
 
     s->nargs = PG_NARGS();
     s->argtypes = (Oid*)palloc(sizeof(Oid) * (s->nargs ? s->nargs : 1));
-    initStringInfo(&args);
     for (int i = 0; i < s->nargs; i++) {
         Oid t = get_fn_expr_argtype(fcinfo->flinfo, i);
         s->argtypes[i] = OidIsValid(t) ? t : p->proargtypes.values[i];
@@ -144,8 +150,8 @@ static CallState* call_state(FunctionCallInfo fcinfo)
             ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                             errmsg("could not determine the type of argument %d of autonomous routine %s", i + 1,
                                    s->routine_text)));
-        appendStringInfo(&args, "%s%s$%d", i ? ", " : "", i == variadic ? "VARIADIC " : "", i + 1);
     }
+    args = call_arguments(tup, s->nargs);
     ReleaseSysCache(tup);
 
     fclass = get_call_result_type(fcinfo, &rettype, &desc);
@@ -159,7 +165,7 @@ static CallState* call_state(FunctionCallInfo fcinfo)
     }
     initStringInfo(&sql);
     if (s->procedure) {
-        appendStringInfo(&sql, "CALL %s(%s)", body_name, args.data);
+        appendStringInfo(&sql, "CALL %s(%s)", body_name, args);
         if (s->tupdesc != NULL) {
             StringInfoData cols;
             initStringInfo(&cols);
@@ -173,19 +179,19 @@ static CallState* call_state(FunctionCallInfo fcinfo)
         }
     } else if (rettype == VOIDOID) {
         s->is_void = true;
-        appendStringInfo(&sql, "SELECT %s(%s)", body_name, args.data);
+        appendStringInfo(&sql, "SELECT %s(%s)", body_name, args);
     } else if (fclass == TYPEFUNC_RECORD || fclass == TYPEFUNC_OTHER) {
         ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                         errmsg("autonomous routine %s returns a record whose columns it does not declare",
                                s->routine_text),
                         errhint("Declare its columns with OUT parameters or RETURNS TABLE.")));
     } else if (!s->retset) {
-        appendStringInfo(&sql, "SELECT atx._autonomous_encode(%s(%s)) AS v", body_name, args.data);
+        appendStringInfo(&sql, "SELECT atx._autonomous_encode(%s(%s)) AS v", body_name, args);
     } else if (fclass == TYPEFUNC_SCALAR) {
-        appendStringInfo(&sql, "SELECT atx._autonomous_encode(v) AS v FROM %s(%s) AS atx_t(v)", body_name, args.data);
+        appendStringInfo(&sql, "SELECT atx._autonomous_encode(v) AS v FROM %s(%s) AS atx_t(v)", body_name, args);
     } else if (fclass == TYPEFUNC_COMPOSITE) {
         appendStringInfo(&sql, "SELECT atx._autonomous_encode(\"atx.row\") AS v FROM %s(%s) AS \"atx.row\"",
-                         body_name, args.data);
+                         body_name, args);
     } else {
         ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
                         errmsg("autonomous routine %s returns a set of a domain over a composite type",

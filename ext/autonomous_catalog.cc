@@ -162,6 +162,13 @@ static Datum nullable_attr(HeapTuple tup, int attnum)
     return isnull ? (Datum)0 : d;
 }
 
+// An array column as ProcedureCreate reads it: a plain (4-byte header, detoasted) copy.
+static Datum nullable_array(HeapTuple tup, int attnum)
+{
+    Datum d = nullable_attr(tup, attnum);
+    return d ? PointerGetDatum(DatumGetArrayTypePCopy(d)) : (Datum)0;
+}
+
 static void read_def(HeapTuple tup, ProcDef* d)
 {
     Form_pg_proc p = (Form_pg_proc)GETSTRUCT(tup);
@@ -187,10 +194,10 @@ static void read_def(HeapTuple tup, ProcDef* d)
     d->probin = v ? TextDatumGetCString(v) : NULL;
     v = nullable_attr(tup, Anum_pg_proc_prosqlbody);
     d->sqlbody = v ? (Node*)stringToNode(TextDatumGetCString(v)) : NULL;
-    d->allargtypes = nullable_attr(tup, Anum_pg_proc_proallargtypes);
-    d->argmodes = nullable_attr(tup, Anum_pg_proc_proargmodes);
-    d->argnames = nullable_attr(tup, Anum_pg_proc_proargnames);
-    d->proconfig = nullable_attr(tup, Anum_pg_proc_proconfig);
+    d->allargtypes = nullable_array(tup, Anum_pg_proc_proallargtypes);
+    d->argmodes = nullable_array(tup, Anum_pg_proc_proargmodes);
+    d->argnames = nullable_array(tup, Anum_pg_proc_proargnames);
+    d->proconfig = nullable_array(tup, Anum_pg_proc_proconfig);
     v = nullable_attr(tup, Anum_pg_proc_proargdefaults);
     d->defaults = v ? castNode(List, stringToNode(TextDatumGetCString(v))) : NIL;
 }
@@ -245,9 +252,10 @@ static bool owns(Oid owner) { return superuser() || has_privs_of_role(GetUserId(
 
 static ObjectType object_type_of(char prokind) { return prokind == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION; }
 
-// The body follows the routine in everything its owner may ALTER: owner, grants, SECURITY
-// DEFINER, settings, strictness, leakproofness, cost, rows, and its name (a renamed routine's
-// body is renamed with it). Volatility and parallel safety stay the body's: the stub is always
+// The body follows the routine in everything its owner may ALTER: owner, SECURITY DEFINER,
+// settings, strictness, leakproofness, cost, rows, its name (a renamed routine's body is renamed
+// with it), and grants: the routine's when it runs as its caller, its owner's alone when it is
+// SECURITY DEFINER. Volatility and parallel safety stay the body's: the stub is always
 // VOLATILE PARALLEL UNSAFE (it writes WAL and waits; a folded or parallel call would be wrong).
 static void sync_body(HeapTuple routine, Oid body)
 {
@@ -264,6 +272,7 @@ static void sync_body(HeapTuple routine, Oid body)
     Oid oldowner;
     char* want;
     HeapTuple tup;
+    NameData n;
 
     if (!HeapTupleIsValid(old))
         elog(ERROR, "cache lookup failed for function %u", body);
@@ -273,7 +282,6 @@ static void sync_body(HeapTuple routine, Oid body)
     memset(repl, 0, sizeof repl);
     want = atx_autonomous_body_name(get_namespace_name(r->pronamespace), NameStr(r->proname));
     if (strcmp(want, NameStr(b->proname)) != 0) {
-        NameData n;
         if (OidIsValid(GetSysCacheOid3(PROCNAMEARGSNSP, Anum_pg_proc_oid, CStringGetDatum(want),
                                        PointerGetDatum(&b->proargtypes), ObjectIdGetDatum(b->pronamespace))))
             ereport(ERROR, (errcode(ERRCODE_DUPLICATE_FUNCTION),
@@ -295,7 +303,19 @@ static void sync_body(HeapTuple routine, Oid body)
         repl[att - 1] = true;
     values[Anum_pg_proc_proconfig - 1] = SysCacheGetAttr(PROCOID, routine, Anum_pg_proc_proconfig, &isnull);
     nulls[Anum_pg_proc_proconfig - 1] = isnull;
-    acl = SysCacheGetAttr(PROCOID, routine, Anum_pg_proc_proacl, &isnull);
+    if (r->prosecdef) {
+        // Run as the owner (the stub runs as it), so only the owner needs it: a caller must not
+        // run the owner's code outside the autonomous transaction (rolled back with its own).
+        AclItem item;
+        item.ai_grantee = r->proowner;
+        item.ai_grantor = r->proowner;
+        ACLITEM_SET_PRIVS_GOPTIONS(item, ACL_EXECUTE, ACL_NO_RIGHTS);
+        acl = PointerGetDatum(aclupdate(make_empty_acl(), &item, ACL_MODECHG_ADD, r->proowner, DROP_RESTRICT));
+        isnull = false;
+    } else {
+        // Run as the caller, who needs the routine's EXECUTE on it too.
+        acl = SysCacheGetAttr(PROCOID, routine, Anum_pg_proc_proacl, &isnull);
+    }
     values[Anum_pg_proc_proacl - 1] = acl;
     nulls[Anum_pg_proc_proacl - 1] = isnull;
     if (!isnull)
@@ -539,7 +559,7 @@ static Datum make_ordinary_body(FunctionCallInfo fcinfo)
     d.strict = p->proisstrict;
     d.procost = p->procost;
     d.prorows = p->prorows;
-    d.proconfig = nullable_attr(tup, Anum_pg_proc_proconfig);
+    d.proconfig = nullable_array(tup, Anum_pg_proc_proconfig);
     privileged_begin(&priv);
     (void)write_def(&d, NameStr(p->proname), p->pronamespace, p->proowner);
     ObjectAddressSet(a, ProcedureRelationId, body);
@@ -679,7 +699,7 @@ static Datum autonomous_ddl_body(FunctionCallInfo fcinfo)
         elog(ERROR, "SPI_connect failed");
     if (SPI_execute("SELECT objid, command_tag IN ('GRANT', 'REVOKE') FROM pg_catalog.pg_event_trigger_ddl_commands() "
                     "WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass "
-                    "   OR (command_tag IN ('GRANT', 'REVOKE') AND object_type IN ('function', 'procedure', 'routine'))",
+                    "   OR (command_tag IN ('GRANT', 'REVOKE') AND pg_catalog.lower(object_type) IN ('function', 'procedure', 'routine'))",
                     true, 0) != SPI_OK_SELECT)
         elog(ERROR, "could not read the DDL commands");
     for (uint64 i = 0; i < SPI_processed; i++) {
