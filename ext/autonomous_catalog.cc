@@ -298,9 +298,10 @@ static void sync_body(HeapTuple routine, Oid body)
     values[Anum_pg_proc_procost - 1] = Float4GetDatum(r->procost);
     values[Anum_pg_proc_prorows - 1] = Float4GetDatum(r->prorows);
     for (int att : {Anum_pg_proc_proowner, Anum_pg_proc_prosecdef, Anum_pg_proc_proleakproof,
-                    Anum_pg_proc_proisstrict, Anum_pg_proc_procost, Anum_pg_proc_prorows, Anum_pg_proc_proconfig,
-                    Anum_pg_proc_proacl})
+                    Anum_pg_proc_proisstrict, Anum_pg_proc_proconfig, Anum_pg_proc_proacl})
         repl[att - 1] = true;
+    // A procedure has no cost to ALTER; its stub's is C's default (write_stub).
+    repl[Anum_pg_proc_procost - 1] = repl[Anum_pg_proc_prorows - 1] = r->prokind != PROKIND_PROCEDURE;
     values[Anum_pg_proc_proconfig - 1] = SysCacheGetAttr(PROCOID, routine, Anum_pg_proc_proconfig, &isnull);
     nulls[Anum_pg_proc_proconfig - 1] = isnull;
     if (r->prosecdef) {
@@ -361,6 +362,10 @@ static bool write_stub(HeapTuple routine, const char* probin)
     d.volatility = PROVOLATILE_VOLATILE;
     d.parallel = PROPARALLEL_UNSAFE;
     d.prosupport = InvalidOid;  // a planner support function could simplify the call away
+    // pg_dump writes COST when it differs from the language's default (C: 1), and CREATE
+    // PROCEDURE refuses COST: a procedure's stub must have C's.
+    if (d.prokind == PROKIND_PROCEDURE)
+        d.procost = 1;
     (void)write_def(&d, NameStr(p->proname), p->pronamespace, p->proowner);
     return changed;
 }
@@ -557,8 +562,10 @@ static Datum make_ordinary_body(FunctionCallInfo fcinfo)
     d.secdef = p->prosecdef;
     d.leakproof = p->proleakproof;
     d.strict = p->proisstrict;
-    d.procost = p->procost;
-    d.prorows = p->prorows;
+    if (p->prokind != PROKIND_PROCEDURE) {
+        d.procost = p->procost;
+        d.prorows = p->prorows;
+    }
     d.proconfig = nullable_array(tup, Anum_pg_proc_proconfig);
     privileged_begin(&priv);
     (void)write_def(&d, NameStr(p->proname), p->pronamespace, p->proowner);
