@@ -186,4 +186,40 @@ END
 $$;
 SELECT 'log_action launched now, read later: ok' AS result;
 
+-------------------------------------------------------------------------------
+-- 4. Second form: the Oracle procedure's body as it is, and one statement.
+--
+-- ora2pg exports the routine; instead of its _atx pair and a wrapper, keep the body and make it
+-- autonomous. Each call then runs the body in its own transaction through atx-applier and waits
+-- for it, as Oracle's caller does; the returned text comes back as the function declares it.
+-- The article's procedure ends with COMMIT: as a PostgreSQL function it cannot, and needs not
+-- (the autonomous transaction commits when the body returns). The article's text-returning
+-- variant is used, so that the caller sees what the body returned.
+-------------------------------------------------------------------------------
+TRUNCATE table_tracking;
+ALTER SEQUENCE log_seq RESTART 1;
+DROP FUNCTION log_action(text, timestamp, text);
+CREATE OR REPLACE FUNCTION log_action (
+        username text, event_date timestamp, msg text
+) RETURNS text AS
+$body$
+DECLARE
+   s_id integer;
+BEGIN
+   INSERT INTO table_tracking VALUES (nextval('log_seq'), username, event_date, msg) RETURNING id INTO s_id;
+   RETURN 'Message inserted into table_tracking with id: '|| s_id;
+END;
+$body$
+LANGUAGE plpgsql;
+SELECT atx.make_autonomous('log_action(text, timestamp, text)');
+
+BEGIN;
+SELECT log_action('gilles', localtimestamp(0), 'Add autonomous_transaction article') AS result \gset
+SELECT count(*) AS rows_seen_in_the_open_transaction FROM table_tracking \gset
+ROLLBACK;
+SELECT check_that(:'result' = 'Message inserted into table_tracking with id: 1'
+                  AND :'rows_seen_in_the_open_transaction' = '1'
+                  AND (SELECT count(*) FROM table_tracking) = 1,
+                  'log_action with make_autonomous',
+                  concat_ws(' / ', :'result', :'rows_seen_in_the_open_transaction'));
 SELECT 'ora2pg_log_action: ok' AS result;
