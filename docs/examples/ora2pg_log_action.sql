@@ -187,23 +187,38 @@ $$;
 SELECT 'log_action launched now, read later: ok' AS result;
 
 -------------------------------------------------------------------------------
--- 4. Second form: the Oracle procedure's body as it is, and one statement.
+-- 4. Second form: ora2pg's plain export of the Oracle bodies, and one statement.
 --
--- ora2pg exports the routine; instead of its _atx pair and a wrapper, keep the body and make it
--- autonomous. Each call then runs the body in its own transaction through atx-applier and waits
--- for it, as Oracle's caller does; the returned text comes back as the function declares it.
--- The article's procedure ends with COMMIT: as a PostgreSQL function it cannot, and needs not
--- (the autonomous transaction commits when the body returns). The article's text-returning
--- variant is used, so that the caller sees what the body returned.
+-- With AUTONOMOUS_TRANSACTION 0 in ora2pg.conf, ora2pg exports each routine as it is, leaving
+-- the pragma as a comment in its DECLARE section (and the procedure its COMMIT), instead of the
+-- _atx body and a dblink or pg_background wrapper. One statement then makes every such routine
+-- autonomous; each call runs its body in its own transaction through atx-applier and waits for
+-- it, as Oracle's caller does. Below: the article's procedure, as ora2pg exports it, and its
+-- text-returning variant as a function (a function cannot COMMIT; its autonomous transaction
+-- commits when it returns).
 -------------------------------------------------------------------------------
 TRUNCATE table_tracking;
 ALTER SEQUENCE log_seq RESTART 1;
 DROP FUNCTION log_action(text, timestamp, text);
-CREATE OR REPLACE FUNCTION log_action (
+
+CREATE OR REPLACE PROCEDURE log_action (
+        username text, event_date timestamp, msg text
+) AS $body$
+DECLARE
+-- PRAGMA AUTONOMOUS_TRANSACTION;
+BEGIN
+   INSERT INTO table_tracking VALUES (nextval('log_seq'), username, event_date, msg);
+   COMMIT;
+END;
+$body$
+LANGUAGE PLPGSQL;
+
+CREATE OR REPLACE FUNCTION log_action_id (
         username text, event_date timestamp, msg text
 ) RETURNS text AS
 $body$
 DECLARE
+-- PRAGMA AUTONOMOUS_TRANSACTION;
    s_id integer;
 BEGIN
    INSERT INTO table_tracking VALUES (nextval('log_seq'), username, event_date, msg) RETURNING id INTO s_id;
@@ -211,15 +226,23 @@ BEGIN
 END;
 $body$
 LANGUAGE plpgsql;
-SELECT atx.make_autonomous('log_action(text, timestamp, text)');
+
+-- The one statement: every routine ora2pg exported with the pragma becomes autonomous.
+SELECT atx.make_autonomous(p.oid) AS made_autonomous
+  FROM pg_proc p
+ WHERE p.pronamespace = 'ex_ora2pg'::regnamespace
+   AND p.prosrc ~* '--\s*PRAGMA\s+AUTONOMOUS_TRANSACTION'
+ ORDER BY 1;
 
 BEGIN;
-SELECT log_action('gilles', localtimestamp(0), 'Add autonomous_transaction article') AS result \gset
+CALL log_action('gilles', localtimestamp(0), 'Add autonomous_transaction article');
+SELECT log_action_id('gilles', localtimestamp(0), 'second entry') AS result \gset
 SELECT count(*) AS rows_seen_in_the_open_transaction FROM table_tracking \gset
 ROLLBACK;
-SELECT check_that(:'result' = 'Message inserted into table_tracking with id: 1'
-                  AND :'rows_seen_in_the_open_transaction' = '1'
-                  AND (SELECT count(*) FROM table_tracking) = 1,
+SELECT check_that(:'result' = 'Message inserted into table_tracking with id: 2'
+                  AND :'rows_seen_in_the_open_transaction' = '2'
+                  AND (SELECT string_agg(id || ' ' || msg, ', ' ORDER BY id) FROM table_tracking)
+                      = '1 Add autonomous_transaction article, 2 second entry',
                   'log_action with make_autonomous',
                   concat_ws(' / ', :'result', :'rows_seen_in_the_open_transaction'));
 SELECT 'ora2pg_log_action: ok' AS result;
