@@ -309,7 +309,7 @@ static Datum return_set(FunctionCallInfo fcinfo, CallState* s, JsonbContainer* r
 }
 
 // A procedure's OUT and INOUT values: the row its CALL returned, into the declared types.
-static Datum procedure_outputs(FunctionCallInfo fcinfo, CallState* s, JsonbContainer* rows)
+static Datum procedure_outputs(CallState* s, JsonbContainer* rows)
 {
     JsonbValue* row = rows && JsonContainerSize(rows) > 0 ? getIthJsonbValueFromContainer(rows, 0) : NULL;
     Oid types[1] = {JSONBOID};
@@ -318,11 +318,14 @@ static Datum procedure_outputs(FunctionCallInfo fcinfo, CallState* s, JsonbConta
 
     if (row == NULL) {
         // Run non-atomically (COMMIT or ROLLBACK inside): that path returns no rows.
+        // CALL wants a row (a NULL one is an error): a row of NULLs.
+        Datum* vals = (Datum*)palloc0(sizeof(Datum) * s->tupdesc->natts);
+        bool* nulls = (bool*)palloc(sizeof(bool) * s->tupdesc->natts);
+        memset(nulls, true, sizeof(bool) * s->tupdesc->natts);
         ereport(WARNING, (errmsg("the OUT parameters of autonomous procedure %s are NULL", s->routine_text),
                           errdetail("It committed or rolled back inside, so it ran as a top-level CALL of its own, "
                                     "which hands back no values.")));
-        fcinfo->isnull = true;
-        return (Datum)0;
+        return HeapTupleGetDatum(heap_form_tuple(s->tupdesc, vals, nulls));
     }
     values[0] = PointerGetDatum(JsonbValueToJsonb(row));
     if (SPI_connect() != SPI_OK_CONNECT)
@@ -374,7 +377,7 @@ static Datum autonomous_call_body(FunctionCallInfo fcinfo)
     rows = result_rows(s, &r);
     if (s->procedure) {
         if (s->tupdesc != NULL)
-            result = procedure_outputs(fcinfo, s, rows);
+            result = procedure_outputs(s, rows);
     } else if (s->is_void) {
         result = (Datum)0;
     } else if (s->retset) {

@@ -34,6 +34,7 @@ BEGIN RAISE EXCEPTION 'bad %', x USING ERRCODE = '22023', DETAIL = 'the detail',
 CREATE FUNCTION f_dup(x int) RETURNS int LANGUAGE sql AS $$ INSERT INTO log(id, msg) VALUES (x, 'dup') RETURNING id $$;
 CREATE FUNCTION f_count(m text) RETURNS bigint LANGUAGE sql AS $$ SELECT count(*) FROM log WHERE msg = m $$;
 CREATE FUNCTION f_touch(x int) RETURNS int LANGUAGE sql AS $$ UPDATE log SET msg = msg WHERE id = x RETURNING id $$;
+CREATE PROCEDURE p_commit_out(INOUT n int) LANGUAGE plpgsql AS $$ BEGIN n := n + 1; COMMIT; END $$;
 CREATE PROCEDURE p_commit(m text) LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO log(msg) VALUES (m || ' 1'); COMMIT; INSERT INTO log(msg) VALUES (m || ' 2'); ROLLBACK; INSERT INTO log(msg) VALUES (m || ' 3'); END $$;
 CREATE FUNCTION nest(depth int, target int) RETURNS int LANGUAGE plpgsql AS $$
@@ -55,11 +56,11 @@ GRANT EXECUTE ON FUNCTION try(text) TO PUBLIC;
 SELECT atx.make_autonomous(p.oid) FROM pg_proc p
  WHERE p.pronamespace = 'public'::regnamespace AND p.proname IN ('f_scalar', 'f_comp', 'f_setof', 'f_setcomp',
        'f_table', 'f_out', 'f_void', 'f_null', 'f_exact', 'f_var', 'f_poly', 'p_inout', 'f_err', 'f_dup', 'f_count',
-       'f_touch', 'p_commit', 'nest');
+       'f_touch', 'p_commit', 'p_commit_out', 'nest');
 SQL
 applier_start
 wait_for_slot || not_ok "applier created the slot"
-check_eq "18 routines are autonomous" 18 "$(q -c "SELECT count(*) FROM atx.autonomous_routines WHERE body IS NOT NULL")"
+check_eq "19 routines are autonomous" 19 "$(q -c "SELECT count(*) FROM atx.autonomous_routines WHERE body IS NOT NULL")"
 
 # 1. Every return form, each call committed on its own: the caller rolls back, the rows stay.
 out=$(q -c "BEGIN" -c "SELECT f_scalar('scalar')" -c "SELECT f_void('void')" -c "ROLLBACK")
@@ -123,6 +124,11 @@ q -c "BEGIN" -c "CALL p_commit('txn')" -c "ROLLBACK" >/dev/null 2>&1
 check_eq "procedure with COMMIT/ROLLBACK inside, called in a transaction that rolls back: its 1 and 3 stay" \
     "txn 1,txn 3" "$(q -c "SELECT string_agg(msg, ',' ORDER BY id) FROM log WHERE msg LIKE 'txn %'")"
 
+out=$(q -c "CALL p_commit_out(1)" -c "SELECT 'after'" 2>&1)
+check "a procedure that commits: a WARNING says its OUT values cannot come back" \
+    grep -q "WARNING:  the OUT parameters of autonomous procedure p_commit_out(integer) are NULL" <<<"$out"
+check_eq "... and they are NULL" "|after" "$(grep -v '^WARNING\|^DETAIL' <<<"$out" | paste -sd'|')"
+
 # 7. CREATE OR REPLACE keeps it autonomous, with the new body.
 q -c "CREATE OR REPLACE FUNCTION f_scalar(m text) RETURNS int LANGUAGE sql AS \$\$ INSERT INTO log(msg) VALUES (upper(m)) RETURNING -id \$\$" >/dev/null 2>&1
 q -c "BEGIN" -c "SELECT f_scalar('replaced')" -c "ROLLBACK" >/dev/null
@@ -176,9 +182,9 @@ check "pg_dump" test -s "$TEST_DIR/dump.pgc"
 q -c "CREATE DATABASE restored" >/dev/null
 "$pg_bindir/pg_restore" -d restored "$TEST_DIR/dump.pgc" 2>"$TEST_DIR/restore.err"
 check_eq "pg_restore: no errors" "" "$(grep -v '^$' "$TEST_DIR/restore.err" | head -3)"
-check_eq "restored: every routine autonomous, each with its body" "21|21" \
+check_eq "restored: every routine autonomous, each with its body" "22|22" \
     "$(PGDATABASE=restored q -c "SELECT count(*), count(body) FROM atx.autonomous_routines")"
-check_eq "restored: the bodies are linked to their routines again (DROP of a routine drops its body)" 21 \
+check_eq "restored: the bodies are linked to their routines again (DROP of a routine drops its body)" 22 \
     "$(PGDATABASE=restored q -c "SELECT count(*) FROM pg_depend d JOIN atx.autonomous_routines r ON d.objid = r.body AND d.refobjid = r.routine AND d.deptype = 'a'")"
 restored_applier_log=$TEST_DIR/applier_restored.log
 (trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname restored --state-dir "$TEST_DIR/state_restored" \
