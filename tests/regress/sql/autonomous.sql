@@ -54,7 +54,7 @@ SELECT routine, kind, owner, security_definer, settings, body, body_language, bo
   FROM atx.autonomous_routines ORDER BY routine::text;
 SELECT b.oid::regprocedure, pg_get_userbyid(b.proowner) AS owner, b.proacl, b.prosecdef, b.proconfig,
        pg_get_function_arguments(b.oid) AS arguments, b.prosqlbody IS NOT NULL AS sql_standard_body
-  FROM pg_proc b WHERE b.pronamespace = 'atx_autonomous'::regnamespace ORDER BY 1::text;
+  FROM pg_proc b WHERE b.pronamespace = 'atx_autonomous'::regnamespace ORDER BY b.proname;
 -- The body of a SECURITY DEFINER routine is executable by its owner alone.
 SET ROLE regress_atx_bob;
 SELECT regress_try($$SELECT atx_autonomous."regress_auto.owner_only"()$$);
@@ -112,7 +112,7 @@ SELECT p.oid = :add_log_oid AS same_oid, l.lanname, p.prosrc, p.provolatile, p.p
 SELECT regress_auto.add_entry('ordinary again', 2) AS ordinary_call;
 DROP FUNCTION regress_auto.owner_only();
 RESET ROLE;
-SELECT routine FROM atx.autonomous_routines ORDER BY 1::text;
+SELECT routine FROM atx.autonomous_routines ORDER BY routine::text;
 SELECT count(*) AS bodies_left FROM pg_proc WHERE pronamespace = 'atx_autonomous'::regnamespace;
 
 -- DROP EXTENSION refuses while a routine is autonomous, naming its body.
