@@ -239,10 +239,14 @@ CALL log_action('gilles', localtimestamp(0), 'Add autonomous_transaction article
 SELECT log_action_id('gilles', localtimestamp(0), 'second entry') AS result \gset
 SELECT count(*) AS rows_seen_in_the_open_transaction FROM table_tracking \gset
 ROLLBACK;
-SELECT check_that(:'result' = 'Message inserted into table_tracking with id: 2'
+-- The procedure's COMMIT sends it to the non-atomic path after an atomic attempt that ran up to
+-- that COMMIT: the sequence value that attempt drew is not given back (sequences never are), so
+-- the ids may have a gap where Oracle's would not.
+SELECT check_that(:'result' = 'Message inserted into table_tracking with id: '
+                              || (SELECT id FROM table_tracking WHERE msg = 'second entry')
                   AND :'rows_seen_in_the_open_transaction' = '2'
-                  AND (SELECT string_agg(id || ' ' || msg, ', ' ORDER BY id) FROM table_tracking)
-                      = '1 Add autonomous_transaction article, 2 second entry',
+                  AND (SELECT string_agg(msg, ', ' ORDER BY id) FROM table_tracking)
+                      = 'Add autonomous_transaction article, second entry',
                   'log_action with make_autonomous',
                   concat_ws(' / ', :'result', :'rows_seen_in_the_open_transaction'));
 SELECT 'ora2pg_log_action: ok' AS result;
