@@ -22,6 +22,7 @@ import tempfile
 import time
 import traceback
 
+import bench_autonomous
 import bench_env
 import bench_isolation
 import bench_pending
@@ -32,7 +33,7 @@ import bench_triggers
 
 ROOT = bench_env.ROOT
 DEFAULT_MWP = 8     # PostgreSQL's default max_worker_processes
-STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb", "isolation")
+STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb", "autonomous", "isolation")
 
 
 def parse_args():
@@ -228,10 +229,15 @@ def main():
                 applier, results["tpcb"] = bench_steps.tpcb(cluster, new_applier, applier, 1 if q else 2,
                                                             3 if q else 15, log)
             step("tpcb", tpcb)
+        if "autonomous" in steps:
+            def autonomous():
+                log("9. autonomous routine against atx_exec and ora2pg's dblink and pg_background wrappers")
+                results["autonomous"] = bench_autonomous.run(cluster, ci, has_bgw, q, log)
+            step("autonomous", autonomous)
         if "isolation" in steps:
             def isolation():
                 nonlocal applier
-                log("9. isolation under attack (issue 21)")
+                log("10. isolation under attack (issue 21)")
                 applier.stop()
                 try:
                     results["isolation"] = bench_isolation.run(cluster, new_applier, q, log)
@@ -413,6 +419,9 @@ def ratios(r, mwp_hi):
     blocked = pend.get("end-to-end with a blocked message", {}).get("with a blocked message")
     if blocked:
         out["end-to-end p99 with a blocked message, ms"] = blocked["p99_ms"]
+    for k in ("autonomous / atx_exec, median latency, 1 client", "autonomous / atx_exec, throughput, 8 clients"):
+        if r.get("autonomous", {}).get(k):
+            out[k + " (issue 24: within 10%)"] = r["autonomous"][k]
     if r.get("tpcb"):
         t = r["tpcb"]
         out["TPC-B with slot, idle / without"] = t["slot, idle"] / t["no slot"]
