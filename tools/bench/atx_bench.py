@@ -28,12 +28,13 @@ import bench_isolation
 import bench_pending
 import bench_report
 import bench_steps
+import bench_targets
 import bench_sweep
 import bench_triggers
 
 ROOT = bench_env.ROOT
 DEFAULT_MWP = 8     # PostgreSQL's default max_worker_processes
-STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb", "autonomous", "isolation")
+STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb", "autonomous", "isolation", "targets")
 
 
 def parse_args():
@@ -245,6 +246,12 @@ def main():
                     applier = new_applier().start()
                     bench_env.wait_streaming(cluster)
             step("isolation", isolation)
+        if "targets" in steps:
+            def targets():
+                nonlocal applier
+                log("11. the speed targets of issue 23")
+                applier, results["targets"] = bench_targets.run(cluster, applier, new_applier, q, log)
+            step("targets", targets)
         results["ratios"] = ratios(results, mwp_hi)
         completed = True
     finally:
