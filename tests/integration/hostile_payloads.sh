@@ -45,6 +45,8 @@ done
 over=$(emit_len $((lo + 1)))
 note "default limit: largest accepted text parameter $lo bytes (payload overhead $((1048576 - lo)) bytes); $((lo + 1)) -> ${over:-accepted}"
 check_eq "one byte over the limit is refused at emit (54000)" 54000 "$over"
+# Each psql is a caller session of its own, so a lane of its own: wait for the row itself.
+wait_for 120 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM big WHERE len = $lo') -ge 1 ]"
 marker 120
 check_eq "the largest accepted payload was applied intact" 1 \
     "$(q -c "SELECT count(*) FROM big WHERE len = $lo AND md5 = md5(repeat('x', $lo))")"
@@ -62,6 +64,9 @@ big_over=$(emit_len 8388608 "SET atx.max_payload_size = '8MB'; ")
 # a placeholder, dropped when the library loads): the emit never happens.
 mallory_set=$(EMIT_USER=mallory emit_len 2000000 "SET atx.max_payload_size = '8MB'; ")
 unset EMIT_USER
+# Another role's message runs in another lane: wait for this one's row itself.
+wait_for 180 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM big WHERE len = 8000000') = 1 ]" ||
+    note "no 8,000,000-byte row after 180 s; dead letters: $(q -c "SELECT string_agg(sqlstate || ' ' || left(error, 80), '; ') FROM atx.dead_letter")"
 marker 120
 check_eq "8,000,000-byte parameter accepted under an 8MB limit" "" "$big_ok"
 check_eq "8MB parameter (payload > 8MB) refused" 54000 "$big_over"

@@ -205,7 +205,8 @@ metrics=$(curl -s "http://127.0.0.1:$port/metrics")
 check "its metrics count the applied messages" \
     grep -Eq '^atx_messages_applied_total\{database="app"\} [2-9]' <<<"$metrics"
 stop_daemon
-check "the daemon stopped cleanly" bash -c '! pgrep -u atx-applier >/dev/null'
+# runuser forwards the TERM and may return before the daemon has finished its shutdown.
+check "the daemon stopped cleanly" wait_for 30 bash -c '! pgrep -u atx-applier >/dev/null'
 
 # --- purge ----------------------------------------------------------------------------------
 ran "pg_dropcluster --stop $MAJOR $CLUSTER" pg_dropcluster --stop "$MAJOR" "$CLUSTER"
