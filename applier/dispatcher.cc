@@ -7,10 +7,9 @@ namespace atx::applier {
 
 namespace {
 
-// How many ready lanes take() looks through for one of the RunAs the asking session serves
-// before it takes the first it may: enough to keep sessions on their role under a steady mix,
-// few enough that a lane of another role waits for at most that many batches.
-constexpr size_t kAffinityScan = 8;
+// How many eligible lanes take() compares for fairness between principals (ready_ holds one
+// entry per lane with work: with thousands of callers, a bound on the work per take).
+constexpr size_t kFairScan = 256;
 
 }  // namespace
 
@@ -63,6 +62,8 @@ bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) con
     const Pending& head = l.q.front();
     if (l.slow && waits_for_park(head))
         return false;
+    if (batch_delayed(l, Clock::now()))
+        return false;
     if (head.suspect && suspect_running_)
         return false;
     if (kind == WorkerKind::Nested) {
@@ -74,6 +75,14 @@ bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) con
     }
     auto busy = principal_busy_.find(head.as.principal_oid);
     return busy == principal_busy_.end() || busy->second < opt_.role_budget;
+}
+
+// Caller holds the lock: --batch-delay-ms: a lane waits for more messages while it holds fewer
+// than a batch and its oldest arrived less than the delay ago.
+bool Dispatcher::batch_delayed(const Lane& l, Clock::time_point now) const
+{
+    return opt_.batch_delay.count() > 0 && l.q.size() < opt_.batch_size && !l.q.empty() &&
+           l.q.front().queued_at + opt_.batch_delay > now;
 }
 
 // Caller holds the lock: the head of a slow lane that must be parked before it runs.
@@ -96,11 +105,25 @@ void Dispatcher::promote_due(Clock::time_point now)
     }
 }
 
+// Caller holds the lock: moves the lane's next messages of b's RunAs that need no batch of their
+// own into b, up to `most` in b.
+void Dispatcher::take_run(Lane& l, Batch& b, size_t most)
+{
+    while (!l.q.empty() && b.items.size() < most) {
+        const Pending& p = l.q.front();
+        if (p.as != b.as || p.suspect || p.verdict || p.losses > 0 || p.attempts > 0)
+            break;
+        b.items.push_back(std::move(l.q.front()));
+        l.q.pop_front();
+    }
+}
+
 // Caller holds the lock: the lane's next batch, leased to a worker of `kind`.
 Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
 {
     Batch b;
     b.lane = lane_id;
+    b.lanes.push_back(lane_id);
     b.as = l.q.front().as;
     b.nested = kind == WorkerKind::Nested;
     l.leased = true;
@@ -119,13 +142,7 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
         l.q.pop_front();
     } else {
         const size_t most = l.slow ? 1 : opt_.batch_size;
-        while (!l.q.empty() && b.items.size() < most) {
-            const Pending& p = l.q.front();
-            if (p.as != b.as || p.suspect || p.verdict || p.losses > 0 || p.attempts > 0)
-                break;
-            b.items.push_back(std::move(l.q.front()));
-            l.q.pop_front();
-        }
+        take_run(l, b, most);
     }
     if (kind == WorkerKind::Regular)
         ++principal_busy_[b.as.principal_oid];
@@ -154,19 +171,32 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::optional<RunAs> pref
             return std::nullopt;
         const auto now = Clock::now();
         promote_due(now);
+        // Fair between principals first: the lane whose principal holds the fewest sessions of
+        // this pool, so that a principal that fills its budget with long statements (and has
+        // many lanes waiting ahead in ready_) delays another's next message by one of its runs
+        // at most, not by all of them. Among those, the RunAs this session serves (no
+        // reconnect), else the oldest.
         auto chosen = ready_.end();
+        size_t chosen_busy = SIZE_MAX;
+        bool chosen_preferred = false;
         size_t seen = 0;
-        for (auto r = ready_.begin(); r != ready_.end() && seen < kAffinityScan; ++r) {
+        for (auto r = ready_.begin(); r != ready_.end() && seen < kFairScan; ++r) {
             auto it = lanes_.find(*r);
             if (it == lanes_.end() || !eligible(it->second, *r, kind))
                 continue;
             ++seen;
-            if (chosen == ready_.end())
+            const RunAs& as = it->second.q.front().as;
+            const auto& pool = kind == WorkerKind::Nested ? nested_busy_ : principal_busy_;
+            const auto busy_it = pool.find(as.principal_oid);
+            const size_t busy = busy_it == pool.end() ? 0 : busy_it->second;
+            const bool preferred = prefer && as == *prefer;
+            if (busy < chosen_busy || (busy == chosen_busy && preferred && !chosen_preferred)) {
                 chosen = r;
-            if (!prefer || it->second.q.front().as == *prefer) {
-                chosen = r;
-                break;
+                chosen_busy = busy;
+                chosen_preferred = preferred;
             }
+            if (chosen_busy == 0 && (chosen_preferred || !prefer))
+                break;
         }
         if (chosen != ready_.end()) {
             const Id lane_id = *chosen;
@@ -185,6 +215,10 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::optional<RunAs> pref
         auto until = deadline;
         if (!delayed_.empty())
             until = std::min(until, delayed_.begin()->first);
+        if (opt_.batch_delay.count() > 0)
+            for (const Id& id : ready_)
+                if (auto it = lanes_.find(id); it != lanes_.end() && batch_delayed(it->second, now))
+                    until = std::min(until, it->second.q.front().queued_at + opt_.batch_delay);
         pass_on();
         if (now >= deadline)
             return std::nullopt;
@@ -226,18 +260,27 @@ void Dispatcher::wake_others()
     }
 }
 
-// Caller holds the lock. Puts b's items from `from` on back at the front of their lane and
-// ends the lease.
-void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
+// Caller holds the lock. Puts b's items from `from` on back at the front of their lanes and
+// ends the leases. `when`: not before then, for every lane of b or (failing_lane_only) for the
+// lane of item `from` only. The lane of the last message that ran becomes slow when the batch
+// ran longer than park_after (dispatcher.h).
+void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when, bool failing_lane_only)
 {
-    Lane& l = lanes_[b.lane];
-    l.slow = opt_.park_after.count() > 0 && Clock::now() - l.leased_at >= opt_.park_after;
+    const auto now = Clock::now();
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
         annotate(p);
-        l.q.push_front(std::move(p));
+        lanes_[p.lane].q.push_front(std::move(p));
     }
-    l.not_before = when;
+    const bool slow_batch = opt_.park_after.count() > 0 && now - lanes_[b.lane].leased_at >= opt_.park_after;
+    const Id* slow_lane = b.items.empty() ? nullptr : &b.items[from > 0 ? std::min(from, b.items.size()) - 1 : 0].lane;
+    const Id* failing = failing_lane_only && from < b.items.size() ? &b.items[from].lane : nullptr;
+    for (const Id& lane_id : b.lanes) {
+        Lane& l = lanes_[lane_id];
+        l.slow = slow_batch && slow_lane != nullptr && *slow_lane == lane_id;
+        l.not_before = (!failing_lane_only || (failing != nullptr && *failing == lane_id)) ? when : Clock::time_point{};
+        requeue(lane_id, l);
+    }
     in_flight_ -= b.items.size();
     for (const auto& p : b.items)
         running_.erase(p.id);
@@ -247,7 +290,6 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
         busy.erase(it);
     if (b.suspect)
         suspect_running_ = false;
-    requeue(b.lane, l);
 }
 
 // Caller holds the lock: the first n messages of b are handled; what was kept about them goes.
@@ -280,7 +322,7 @@ void Dispatcher::retry_later(const Batch& b, size_t n, Clock::time_point when, i
         if (p.first_failed_us == 0)
             p.first_failed_us = now_us;
     }
-    give_back(copy, std::min(n, copy.items.size()), when);
+    give_back(copy, std::min(n, copy.items.size()), when, true);
 }
 
 void Dispatcher::release(const Batch& b, Clock::time_point when) { release_after(b, 0, when); }

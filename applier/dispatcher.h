@@ -9,7 +9,8 @@
 // the same principal (RunAs): an apply session serves one RunAs from connect to close, and a
 // batch of another RunAs gets a fresh session (apply_worker.cc), so that nothing one role's code
 // leaves in a backend (settings, placeholders, plans, caches, memory) is ever used by another's.
-// take() prefers lanes of the RunAs the asking session already serves.
+// take() is fair between principals first (the lane whose principal holds the fewest sessions),
+// then prefers lanes of the RunAs the asking session already serves.
 //
 // Budgets, by principal (the login that caused the work; docs/applier.md): a principal occupies
 // at most role_budget regular sessions, at most nested_budget sessions of the nested pool, and
@@ -94,7 +95,8 @@ enum class WorkerKind { Regular, Nested };
 
 // A lane leased to one worker: its next messages, in order, all of one RunAs.
 struct Batch {
-    Id lane{};
+    Id lane{};               // the lane it was taken for
+    std::vector<Id> lanes;   // every lane whose messages it holds (today: lane only), all leased
     RunAs as;
     bool suspect = false;  // a suspect running alone
     bool nested = false;   // taken by the nested pool
@@ -111,6 +113,7 @@ public:
         size_t nonatomic_per_principal = 1;
         uint32_t max_backend_losses = 2;   // attributed losses before a message is condemned
         std::chrono::milliseconds park_after{0};  // 0: never park
+        std::chrono::milliseconds batch_delay{0};  // a lane with less than a batch waits this long
     };
     explicit Dispatcher(Options o) : opt_(o) {}
 
@@ -211,11 +214,13 @@ private:
 
     bool eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const;
     bool waits_for_park(const Pending& head) const;
+    bool batch_delayed(const Lane& l, Clock::time_point now) const;
+    void take_run(Lane& l, Batch& b, size_t most);
     bool any_eligible_locked() const;
     Batch lease(const Id& lane_id, Lane& l, WorkerKind kind);
     void requeue(const Id& lane_id, Lane& l);
     void promote_due(Clock::time_point now);
-    void give_back(const Batch& b, size_t from, Clock::time_point when);
+    void give_back(const Batch& b, size_t from, Clock::time_point when, bool failing_lane_only = false);
     void forget_handled(const Batch& b, size_t n);
 
     Options opt_;

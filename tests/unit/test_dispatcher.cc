@@ -110,11 +110,11 @@ TEST_CASE("a principal occupies at most its budget of regular sessions", "[dispa
     REQUIRE(a);
     REQUIRE(b);
     CHECK(a->as.principal_oid == 10);
-    CHECK(b->as.principal_oid == 10);
+    CHECK(b->as.principal_oid == 20);  // the principal with fewer sessions first
     auto c = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(c);
-    CHECK(c->as.principal_oid == 20);  // role 10 is at its budget
-    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    CHECK(c->as.principal_oid == 10);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));  // role 10 is at its budget
     d.done(*a, 1);
     auto e = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(e);
@@ -360,8 +360,34 @@ TEST_CASE("the budget is the login's: its group roles share it", "[dispatcher]")
     REQUIRE(a);
     REQUIRE(b);
     REQUIRE(c);
-    CHECK(c->as.principal_oid == 200);
-    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    CHECK(a->as.principal_oid == 100);
+    CHECK(b->as.principal_oid == 200);
+    CHECK(c->as.principal_oid == 100);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));  // 100's groups share its budget
+}
+
+TEST_CASE("a principal with many lanes ahead delays another's by one of its runs, not all", "[dispatcher]")
+{
+    Dispatcher d({10, 2});
+    for (uint8_t lane = 1; lane <= 40; ++lane)
+        d.add(msg(lane, lane, 10));  // an offender's forty lanes, queued first
+    d.add(msg(100, 100, 20));        // the victim's one message, behind them
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    CHECK(a->as.principal_oid == 10);
+    auto v = d.take(WorkerKind::Regular, RunAs{10, 10}, milliseconds(0));
+    REQUIRE(v);
+    CHECK(v->as.principal_oid == 20);  // even for a session that serves the offender
+    auto b = d.take(WorkerKind::Regular, RunAs{10, 10}, milliseconds(0));
+    REQUIRE(b);
+    CHECK(b->as.principal_oid == 10);
+    d.done(*v, 1);
+    d.add(msg(101, 100, 20));
+    d.done(*a, 1);
+    // A session freed by the offender goes to the victim's next message first.
+    auto v2 = d.take(WorkerKind::Regular, RunAs{10, 10}, milliseconds(0));
+    REQUIRE(v2);
+    CHECK(starts(*v2) == std::vector<Lsn>{101});
 }
 
 TEST_CASE("a condemned message is handed over alone, after the messages before it", "[dispatcher]")
@@ -593,4 +619,29 @@ TEST_CASE("a lane whose batch ran longer than park_after gets batches of one, ea
     auto b5 = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b5);
     CHECK(starts(*b5) == std::vector<Lsn>{7});
+}
+
+TEST_CASE("--batch-delay-ms: a lane with less than a batch waits for more, a full one does not", "[dispatcher]")
+{
+    Dispatcher::Options o;
+    o.batch_size = 3;
+    o.role_budget = 2;
+    o.batch_delay = milliseconds(300);
+    Dispatcher d(o);
+    d.add(msg(1, 1));
+    d.add(msg(2, 1));
+    // Two of three: not before the delay.
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    d.add(msg(3, 1));
+    auto full = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(full);
+    CHECK(starts(*full) == std::vector<Lsn>{1, 2, 3});
+    d.done(*full, 3);
+    d.add(msg(4, 1));
+    const auto t0 = std::chrono::steady_clock::now();
+    auto partial = d.take(WorkerKind::Regular, any, milliseconds(5000));
+    REQUIRE(partial);  // the wait ends when the delay does, not at the take's deadline
+    CHECK(starts(*partial) == std::vector<Lsn>{4});
+    CHECK(std::chrono::steady_clock::now() - t0 >= milliseconds(250));
+    CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(4000));
 }

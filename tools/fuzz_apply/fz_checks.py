@@ -141,6 +141,10 @@ def read_state(cluster, res):
             for m in res.messages:
                 if m.sqlstate is not None:
                     dead.setdefault(m.role, []).append(m.id)
+            # Before what each role sees: a dead letter written in between is judged in neither.
+            db["dead_now"] = {r[0] for r in _rows(
+                cur, "SELECT message_id::text FROM atx.dead_letter WHERE message_id = ANY(%s::uuid[])",
+                ([m.id for m in res.messages if m.sqlstate is not None],))}
             db["dead_visible"] = {}
             for role, ids in dead.items():
                 try:
@@ -153,9 +157,6 @@ def read_state(cluster, res):
                 db["text_format"] = ("ok",) + tuple(_rows(cur, V.TEXT_FORMAT_SQL)[0])
             except psycopg2.Error as e:
                 db["text_format"] = ("error", e.pgcode, (e.diag.message_primary or "")[:300])
-            db["dead_now"] = {r[0] for r in _rows(
-                cur, "SELECT message_id::text FROM atx.dead_letter WHERE message_id = ANY(%s::uuid[])",
-                ([m.id for m in res.messages if m.sqlstate is not None],))}
     finally:
         c.close()
     return db

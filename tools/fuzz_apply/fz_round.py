@@ -4,6 +4,7 @@ import re
 import shutil
 import threading
 import time
+import datetime
 
 import psycopg2
 
@@ -290,9 +291,39 @@ class Env:
         size = self.applier.log_size()
         res.applier_log = self.applier.log_since(self.log_offset)
         self.log_offset = size
+        _own_share_waits(res)
         res.applier_alive = self.applier.alive()
         res.applier_stderr = self.applier.stderr_text()
         res.db = fz_checks.read_state(self.cluster, res)
+
+
+_DEFERRED = re.compile(rb'^(\S+) .*event=top_level_run_deferred message_id=(\S+) .*reason="no background worker share free for its principal"')
+_TOP_RUN = re.compile(rb'^(\S+) .*event=top_level_run message_id=(\S+) ')
+
+
+def _log_time(ts):
+    return datetime.datetime.strptime(ts.decode(), "%Y-%m-%dT%H:%M:%S.%fZ").replace(
+        tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _own_share_waits(res):
+    """A non-atomic message waits for its principal's background worker share (the applier logs
+    event=top_level_run_deferred): that is waiting for its own role's earlier work, which
+    invariant 1 does not count (fz_checks.deadlines); invariant 4 watches the others. Its run
+    counts from event=top_level_run; one still waiting when the round ends is not judged."""
+    deferred, started = set(), {}
+    for line in res.applier_log.splitlines():
+        m = _DEFERRED.match(line)
+        if m:
+            deferred.add(m.group(2).decode())
+            continue
+        m = _TOP_RUN.match(line)
+        if m:
+            started.setdefault(m.group(2).decode(), _log_time(m.group(1)))
+    for msg in res.messages:
+        if msg.id in deferred:
+            at = started.get(msg.id, res.t_pause)
+            msg.run_start = at if msg.run_start is None else max(msg.run_start, at)
 
 
 class _su:
