@@ -61,6 +61,10 @@ public:
     void connect(const std::string& base_conninfo, const std::string& dbname, const SessionSettings& s,
                  const std::string& name);
     void close();
+    // Exchanges connections (and what each serves) with another session of this thread: a worker
+    // keeps the sessions of the roles it served last open (apply_worker.cc). The notice receiver
+    // follows its connection.
+    void swap_connection(ApplySession& o);
     bool connected() const { return conn_.connected(); }
     PgConn& conn() { return conn_; }
     // The apply backend's pid (0: none).

@@ -133,12 +133,11 @@ void ApplyWorker::run()
                 break;
             continue;
         }
-        // A session serves one role and principal for its life: another's batch gets a fresh
-        // backend, so that nothing the last role's code left in this one reaches it.
+        // A session serves one role and principal for its life: another's batch gets a backend
+        // of its own, so that nothing the last role's code left in this one reaches it.
         if (session_.serves() && *session_.serves() != b->as) {
-            ++ctx_.metrics.session_switches;
             try {
-                connect();
+                switch_to(b->as);
             } catch (const PgError& e) {
                 spdlog::warn("{} event=apply_session_connect_failed worker={} error={}", ctx_.log, number_,
                              logq(e.what()));
@@ -156,7 +155,38 @@ void ApplyWorker::run()
     }
     ctx_.dispatcher.wake_others();
     session_.close();
+    spare_.clear();
     exited_ = true;
+}
+
+void ApplyWorker::switch_to(const RunAs& as)
+{
+    const size_t keep = kind_ == WorkerKind::Regular ? ctx_.cfg.spare_sessions : 0;
+    for (size_t i = 0; i < spare_.size(); ++i) {
+        if (spare_[i]->serves() && *spare_[i]->serves() == as && spare_[i]->connected()) {
+            std::unique_ptr<ApplySession> s = std::move(spare_[i]);
+            spare_.erase(spare_.begin() + static_cast<std::ptrdiff_t>(i));
+            session_.swap_connection(*s);  // s now holds the session of the previous role
+            spare_.push_back(std::move(s));
+            return;
+        }
+    }
+    ++ctx_.metrics.session_switches;
+    if (keep == 0) {
+        connect();
+        return;
+    }
+    std::unique_ptr<ApplySession> s;
+    if (spare_.size() >= keep) {
+        s = std::move(spare_.front());
+        spare_.erase(spare_.begin());
+        s->close();
+    } else {
+        s = std::make_unique<ApplySession>();
+    }
+    session_.swap_connection(*s);  // session_ is now closed
+    spare_.push_back(std::move(s));
+    connect();
 }
 
 void ApplyWorker::run_batch(const Batch& b)
@@ -323,6 +353,7 @@ void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
     const std::string server_start = session_.server_start();
     const Lsn overdue = overdue_lsn_.exchange(0);
     session_.close();
+    spare_.clear();  // the server may have restarted: none of them is to be trusted
     ++ctx_.metrics.backend_losses;
     auto message_at = [&](Lsn at) -> const Pending* {
         for (const auto& p : b.items)

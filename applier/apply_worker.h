@@ -89,6 +89,11 @@ private:
     const WorkerKind kind_;
     const int number_;
     ApplySession session_;
+    // Connections of the roles this worker served before, least recently used first (this
+    // thread's only; session_ swaps with one of them when a batch of its role comes).
+    std::vector<std::unique_ptr<ApplySession>> spare_;
+    // A batch of `as` needs the session serving it: a spare's, or a new connection.
+    void switch_to(const RunAs& as);
     std::thread thread_;
     std::atomic<bool> stop_{false};
     std::atomic<bool> busy_{false};

@@ -107,6 +107,10 @@ void define_daemon_options(CLI::App& app, Config& c)
     number(app, "terminate-grace-ms", c.terminate_grace_ms, 100, 600000,
            "how long past its time limit a message that ignores the cancel may run before the applier ends its "
            "apply session");
+    number(app, "spare-sessions", c.spare_sessions, 0, 16,
+           "idle connections each regular apply session keeps open for the roles it served last, so that a "
+           "batch of one of them needs no new connection (sessions serve one role each; every spare holds a "
+           "backend); 0: none");
     number(app, "park-after-ms", c.park_after_ms, 0, 3600000,
            "a message that has waited this long behind a statement of its own lane or role that has run as long "
            "is copied into the server (atx.park), so that the slot moves past it; it runs later from that copy; 0: "

@@ -45,6 +45,12 @@ public:
     // keyword/value pairs on top (so dbname, replication and application_name always win).
     void connect(const std::string& base, const std::vector<std::pair<std::string, std::string>>& over);
     void close();
+    void swap(PgConn& o) noexcept
+    {
+        std::swap(conn_, o.conn_);
+        std::swap(busy_, o.busy_);
+        std::swap(sent_, o.sent_);
+    }
     bool connected() const { return conn_ != nullptr; }
     PGconn* get() const { return conn_; }
 

@@ -167,10 +167,12 @@ static void forget_portals(XactEvent event, void*)
 // Names of the visible portals (pg_cursors lists every cursor: DECLARE, SPI, PL/pgSQL).
 static List* portal_names(MemoryContext into)
 {
+    static SPIPlanPtr plan = NULL;
     List* names = NIL;
     if (SPI_connect() != SPI_OK_CONNECT)
         elog(ERROR, "SPI_connect failed");
-    if (SPI_execute("SELECT name FROM pg_catalog.pg_cursors", true, 0) != SPI_OK_SELECT)
+    atx_keep_plan(&plan, "SELECT name FROM pg_catalog.pg_cursors", 0, NULL);
+    if (SPI_execute_plan(plan, NULL, NULL, true, 0) != SPI_OK_SELECT)
         elog(ERROR, "could not list the open cursors");
     for (uint64 i = 0; i < SPI_processed; i++) {
         char* name = SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);

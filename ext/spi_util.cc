@@ -5,7 +5,11 @@
 SPIPlanPtr atx_keep_plan(SPIPlanPtr* slot, const char* sql, int nargs, Oid* types)
 {
     if (*slot == NULL) {
-        SPIPlanPtr p = SPI_prepare(sql, nargs, types);
+        // Generic from the start: these statements do not depend on their values, and a plan
+        // cache that builds custom plans for the first executions and then weighs them (as for
+        // the record insert over unnest() arrays, planned afresh each time) costs more than
+        // the statement.
+        SPIPlanPtr p = SPI_prepare_cursor(sql, nargs, types, CURSOR_OPT_GENERIC_PLAN);
         if (p == NULL || SPI_keepplan(p) != 0)
             elog(ERROR, "could not prepare \"%s\": %s", sql, SPI_result_code_string(SPI_result));
         *slot = p;
