@@ -3,6 +3,7 @@
 #include "version.h"
 
 #include <algorithm>
+#include <map>
 
 #include <spdlog/spdlog.h>
 
@@ -57,7 +58,7 @@ DatabaseWorker::DatabaseWorker(const Config& cfg, std::string dbname, StateStore
       m_(metrics().db(dbname_)),
       dispatcher_(Dispatcher::Options{cfg.batch_size, cfg.max_sessions_per_role, cfg.max_nested_per_role,
                                       cfg.max_nonatomic, cfg.max_nonatomic_per_role, cfg.max_backend_losses,
-                                      milliseconds(cfg.park_after_ms)})
+                                      milliseconds(cfg.park_after_ms), milliseconds(cfg.batch_delay_ms)})
 {
     policy_.max_attempts = cfg.max_attempts;
     policy_.base = milliseconds(cfg.retry_base_ms);
@@ -321,26 +322,37 @@ void DatabaseWorker::check_failover()
     for (int i = 0; i < n; ++i)
         gone.push_back(field(missing.get(), i, 0));
     m_.lost_found += static_cast<uint64_t>(n);
-    spdlog::critical("{} event=messages_behind_slot count={} first={} last={} slot_confirmed={} action=\"applying "
-                     "them again from the WAL (the slot will not send them)\"",
+    spdlog::critical("{} event=messages_behind_slot count={} first={} last={} slot_confirmed={} action=\"copying "
+                     "them from the WAL to run again (the slot will not send them)\"",
                      log_, n, gone.front().value_or("-"), gone.back().value_or("-"), lsn(slot_confirmed_));
+    // Parked, they run in the apply sessions like any message, with retries, before what the
+    // stream sends (load_parked): not here, where a message that waits for a nested atx_exec
+    // would wait for sessions that do not exist yet, and a transient failure would lose it.
+    std::map<std::string, size_t> outcome;
     try {
-        PgResult r = control_.exec(
-            "SELECT status, count(*)::text FROM atx.apply_batch($1::pg_catalog.pg_lsn[], '{}', '{}', "
-            "$2::pg_catalog.int4, $3::pg_catalog.int4, true, $4) GROUP BY status",
-            {pg_array_literal(gone), std::to_string(cfg_.max_attempts), std::to_string(cfg_.statement_timeout_ms),
-             std::string(ATX_VERSION)});
-        std::string summary;
-        for (int i = 0; i < PQntuples(r.get()); ++i)
-            summary += (i ? " " : "") + field(r.get(), i, 0).value_or("?") + "=" + field(r.get(), i, 1).value_or("?");
-        m_.repaired += static_cast<uint64_t>(n);
-        spdlog::warn("{} event=messages_reapplied count={} outcome=\"{}\"", log_, n, summary);
+        for (size_t i = 0; i < gone.size(); i += kParkMax) {
+            const std::vector<std::optional<std::string>> part(gone.begin() + static_cast<long>(i),
+                                                               gone.begin() + static_cast<long>(std::min(gone.size(), i + kParkMax)));
+            PgResult r = control_.exec("SELECT status FROM atx.park($1::pg_catalog.pg_lsn[])", {pg_array_literal(part)});
+            for (int j = 0; j < PQntuples(r.get()); ++j)
+                ++outcome[field(r.get(), j, 0).value_or("?")];
+        }
     } catch (const PgError& e) {
+        if (e.connection_lost)
+            throw;
         m_.lost += static_cast<uint64_t>(n);
         spdlog::critical("{} event=messages_lost count={} error={} action=\"their WAL is gone: these messages are "
                          "lost; see atx-applier show for their ids\"",
                          log_, n, logq(e.what()));
+        return;
     }
+    std::string summary;
+    for (const auto& [status, count] : outcome)
+        summary += (summary.empty() ? "" : " ") + status + "=" + std::to_string(count);
+    m_.repaired += static_cast<uint64_t>(n);
+    spdlog::warn("{} event=messages_reapplied count={} outcome=\"{}\" action=\"parked: they run before what the "
+                 "stream sends\"",
+                 log_, n, summary);
 }
 
 void DatabaseWorker::start_workers()
@@ -353,7 +365,10 @@ void DatabaseWorker::start_workers()
                                                           cfg_.lock_timeout_ms >= cfg_.statement_timeout_ms)
                             ? std::max<uint32_t>(1, cfg_.statement_timeout_ms / 2)
                             : cfg_.lock_timeout_ms,
-                        cfg_.statement_timeout_ms, cfg_.max_attempts, !standby_flush_, cfg_.park_after_ms},
+                        cfg_.statement_timeout_ms, cfg_.max_attempts, !standby_flush_,
+                        // A batch stops taking messages well before park_after, so that one that runs that
+                        // long has a slow message in it, not just many (dispatcher.h: slow lanes, parking).
+                        cfg_.park_after_ms > 0 ? std::max<uint32_t>(1, cfg_.park_after_ms / 4) : 0},
         policy_,
         [this](const std::vector<Pending>& items, Lsn commit) { on_handled(items, commit); },
         [this](const std::string& why) {
@@ -534,6 +549,7 @@ WorkerResult DatabaseWorker::session()
     m_.set_error("");
     m_.attempted = true;
     dispatcher_.clear();
+    load_retrying();
     load_parked();
     start_workers();
     spdlog::info("{} event=streaming slot={} from={} sessions={} role_budget={}", log_, slot_, lsn(slot_confirmed_),
@@ -656,11 +672,8 @@ Pending DatabaseWorker::pending_of(Lsn start, Lsn end, std::string_view payload)
             p.lane[static_cast<size_t>(i)] = static_cast<uint8_t>(start >> (56 - 8 * i));
     }
     // A message that was being retried before a restart keeps its attempts.
-    try {
-        if (auto rec = store_.find_message(scope_, uuid_to_string(p.id)); rec && rec->status == DeliveryStatus::Retrying)
-            p.attempts = rec->attempts;
-    } catch (const StateError&) {
-    }
+    if (auto it = retrying_.find(p.id); it != retrying_.end())
+        p.attempts = it->second;
     return p;
 }
 
@@ -685,6 +698,23 @@ void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload
 
 // Messages parked before (by this applier before a restart, or by another before a failover)
 // go to their lanes before anything the stream sends: they are older. Their WAL may be gone.
+// The messages being retried when this stream begins, by id (one read of the state store, instead
+// of one per message the stream sends): those past the slot's position, and the parked ones.
+void DatabaseWorker::load_retrying()
+{
+    retrying_.clear();
+    try {
+        for (const auto& r : store_.list(scope_, SIZE_MAX, slot_confirmed_))
+            if (r.status == DeliveryStatus::Retrying)
+                if (auto id = uuid_from_string(r.message_id))
+                    retrying_[*id] = r.attempts;
+    } catch (const StateError& e) {
+        spdlog::warn("{} event=state_read_failed error={} action=\"messages retried before start again at their "
+                     "first attempt\"",
+                     log_, logq(e.what()));
+    }
+}
+
 void DatabaseWorker::load_parked()
 {
     parked_lsns_.clear();
@@ -709,6 +739,12 @@ void DatabaseWorker::load_parked()
         }
         PQfreemem(raw);
         p.parked = true;
+        try {  // below the slot's position: not among those load_retrying() read
+            if (auto rec = store_.find_message(scope_, uuid_to_string(p.id));
+                rec && rec->status == DeliveryStatus::Retrying)
+                p.attempts = rec->attempts;
+        } catch (const StateError&) {
+        }
         parked_lsns_.insert(start);
         dispatcher_.add(std::move(p));
     }
@@ -809,13 +845,10 @@ void DatabaseWorker::poll_durability()
         return;
     Lsn durable;
     if (standby_flush_) {
-        // Physical standbys only: a logical walsender (this applier's own) is not a failover target.
+        // Through the extension: this role cannot read pg_stat_replication's positions itself
+        // (they need pg_read_all_stats), and NULLs would read as "no standby".
         PgResult r = control_.exec(
-            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, "
-            "(SELECT pg_catalog.min(s.flush_lsn) FROM pg_catalog.pg_stat_replication s "
-            "  WHERE s.state OPERATOR(pg_catalog.=) 'streaming' AND NOT EXISTS ("
-            "    SELECT 1 FROM pg_catalog.pg_replication_slots l"
-            "     WHERE l.active_pid OPERATOR(pg_catalog.=) s.pid AND l.slot_type OPERATOR(pg_catalog.=) 'logical'))::text");
+            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, atx.standby_flush_lsn()::text");
         durable = parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0);
         if (auto standby = field(r.get(), 0, 1))
             durable = std::min(durable, parse_lsn(*standby).value_or(0));

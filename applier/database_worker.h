@@ -14,6 +14,7 @@
 // another.
 #pragma once
 
+#include <unordered_map>
 #include <unordered_set>
 
 #include <atomic>
@@ -72,6 +73,7 @@ private:
     void handle_message(Lsn start, Lsn end, std::string_view payload);
     Pending pending_of(Lsn start, Lsn end, std::string_view payload);
     void load_parked();
+    void load_retrying();
     void maybe_park(std::chrono::steady_clock::time_point now);
     void on_handled(const std::vector<Pending>& items, Lsn commit_lsn);
     void poll_durability();
@@ -113,6 +115,8 @@ private:
     Lsn reported_flush_ = 0;
     bool streamed_ = false;
     std::unordered_set<Lsn> parked_lsns_;  // parked before this stream began: their copies run
+    std::unordered_map<Id, uint32_t, IdHash> retrying_;  // attempts of messages being retried when
+                                                         // this stream began (the state store says)
     Lsn parked_load_lsn_ = 0;              // the server's WAL position when they were read
     std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_, next_rule_check_,
         last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_, last_park_error_;

@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -59,6 +60,15 @@ void install_signals()
     signal(SIGPIPE, SIG_IGN);
 }
 
+// RocksDB's text for the errors a state directory recovers from by itself.
+bool state_error_is_transient(const std::string& e)
+{
+    for (const char* what : {"No space left on device", "Disk quota exceeded", "Input/output error"})
+        if (e.find(what) != std::string::npos)
+            return true;
+    return false;
+}
+
 constexpr int kExitOk = 0;
 constexpr int kExitConfig = 1;
 constexpr int kExitSlotLost = 3;
@@ -100,13 +110,32 @@ int main(int argc, char** argv)
     }
     install_signals();
 
+    // A state directory that cannot be opened for want of room (or of a working disk) may have it
+    // again in a moment: wait for it here, as a running applier waits to write again, instead of
+    // exiting with the status that tells systemd not to restart (RestartPreventExitStatus=1).
+    // Anything else (permissions, another instance's lock, not a directory) is the operator's.
     std::unique_ptr<StateStore> store;
-    try {
-        ::mkdir(cfg.state_dir.c_str(), 0700);
-        store = StateStore::open(cfg.state_dir);
-    } catch (const std::exception& e) {
-        spdlog::error("event=startup_failed state_dir={} error={}", logq(cfg.state_dir), logq(e.what()));
-        return kExitConfig;
+    for (auto pause = std::chrono::seconds(1);;) {
+        std::string error;
+        try {
+            ::mkdir(cfg.state_dir.c_str(), 0700);
+            store = StateStore::open(cfg.state_dir);
+            break;
+        } catch (const std::exception& e) {
+            error = e.what();
+        }
+        if (!state_error_is_transient(error)) {
+            spdlog::error("event=startup_failed state_dir={} error={}", logq(cfg.state_dir), logq(error));
+            return kExitConfig;
+        }
+        spdlog::error("event=state_dir_unavailable state_dir={} error={} action=\"trying again in {} s\"",
+                      logq(cfg.state_dir), logq(error), pause.count());
+        for (auto until = std::chrono::steady_clock::now() + pause; std::chrono::steady_clock::now() < until;) {
+            if (g_term)
+                return kExitOk;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        pause = std::min(pause * 2, std::chrono::seconds(30));
     }
     // After RocksDB: its LOCK file keeps a second instance from getting here and taking the pid file.
     if (!cfg.pid_file.empty()) {

@@ -221,7 +221,7 @@ std::string Metrics::render() const
     per_db_counter("atx_messages_behind_slot_total",
                    "Handled messages of which a new primary had no record while its slot stood past them.",
                    &DbMetrics::lost_found);
-    per_db_counter("atx_messages_reapplied_total", "Of those, messages applied again from the WAL.",
+    per_db_counter("atx_messages_reapplied_total", "Of those, messages copied from the WAL (parked) to be applied again.",
                    &DbMetrics::repaired);
     per_db_counter("atx_messages_lost_total", "Of those, messages whose WAL was gone: lost. Alert on any.",
                    &DbMetrics::lost);

@@ -233,3 +233,23 @@ COMMENT ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text
     'run the pg_atx message at lsn as a top-level statement of a session of its caller (CALL it at top level)';
 REVOKE ALL ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) FROM PUBLIC;
 GRANT EXECUTE ON PROCEDURE atx.run_nonatomic(pg_lsn, int, timestamptz, int, text, text, text, text) TO atx_applier;
+
+-- --durability standby-flush needs the flush position of the physical standbys; the applier's
+-- role (docs/setup.md: LOGIN REPLICATION, member of atx_applier) sees only NULLs in
+-- pg_stat_replication without pg_read_all_stats, which would make every commit look durable.
+-- This gives it that one figure and nothing else of the view.
+CREATE FUNCTION atx.standby_flush_lsn()
+RETURNS pg_lsn
+LANGUAGE sql STABLE SECURITY DEFINER PARALLEL SAFE
+    SET search_path = pg_catalog, pg_temp
+AS $$
+    -- Physical standbys only: a logical walsender (the applier's own) is not a failover target.
+    SELECT min(s.flush_lsn) FROM pg_catalog.pg_stat_replication s
+     WHERE s.state = 'streaming'
+       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots l
+                        WHERE l.active_pid = s.pid AND l.slot_type = 'logical')
+$$;
+COMMENT ON FUNCTION atx.standby_flush_lsn() IS
+    'the lowest flush position of the streaming physical standbys (NULL: none), for atx-applier --durability standby-flush';
+REVOKE ALL ON FUNCTION atx.standby_flush_lsn() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION atx.standby_flush_lsn() TO atx_applier;

@@ -69,6 +69,22 @@ if mount -t tmpfs -o size=16m tmpfs "$STATE" 2>"$TEST_DIR/mount.err"; then
         "RocksDB dir on a 16 MB tmpfs filled with dd during a burst of $CALLERS x 200 messages, filler removed after ~4 s" \
         "rows applied during the fault $n1 -> $n2, slot confirmed $c1 -> $c2, after recovery $c3; ${died:+applier DIED during the fault (exit $died), restarted by the test; }$VERIFY_SUMMARY" "$r"
     applier_stop
+
+    # 6. Started while the directory is full (found by tools/atx soak): it waits for room instead
+    # of exiting with the status systemd does not restart.
+    dd if=/dev/zero of="$STATE/filler" bs=64k 2>/dev/null
+    waits_before=$(grep -c "event=state_dir_unavailable" "$TEST_DIR/applier.log")
+    streams_before=$(grep -c "event=streaming" "$TEST_DIR/applier.log")
+    applier_start "${ARGS[@]}"
+    wait_for 20 eval '[ "$(grep -c "event=state_dir_unavailable" "$TEST_DIR/applier.log")" -gt "$waits_before" ]'
+    check "started on a full state directory: it says so (event=state_dir_unavailable)" test $? = 0
+    check "... and keeps running" kill -0 "$APPLIER_PID"
+    q -c "CREATE TABLE started_full(v int)" -c "SELECT atx_log('INSERT INTO started_full VALUES (1)')" >/dev/null
+    rm -f "$STATE/filler"
+    wait_for 60 eval '[ "$(q -c "SELECT count(*) FROM started_full")" = 1 ]'
+    check "once there is room it opens the store, streams and applies (once)" \
+        test "$(q -c "SELECT count(*) FROM started_full")" = 1 -a "$(grep -c "event=streaming" "$TEST_DIR/applier.log")" -gt "$streams_before"
+    applier_stop
     cleanup_state_mount
 else
     note "tmpfs mount not possible here: $(cat "$TEST_DIR/mount.err")"
