@@ -42,8 +42,9 @@ class Poller:
         self.order = []             # Msgs by LSN
         self.pending = set()
         self.seen_final = {}        # id -> (status, sqlstate, error, first seen)
-        self.run_start = {}         # id -> when its run began: atx.apply_activity() when seen running,
-                                    # else its record's handled_at (its batch began; its run was short)
+        self.run_start = {}         # id -> when its (last) run began: atx.apply_activity() when seen
+                                    # running, else its record's handled_at (its batch began; its run
+                                    # was short)
         self.watch_lsn = start_lsn  # atx.applied records from here on are watched
         self.watch_time = time.time()
         self.slot = []              # (t, confirmed, horizon) as ints
@@ -144,8 +145,11 @@ class Poller:
             now = time.time()
             h = lsn_int(horizon) if horizon else 0
             with self.lock:
+                # The latest run counts: a run cut short by a server restart is run again, as a
+                # suspect, once the suspects ahead of it (one at a time per database: the crash's
+                # attribution) are done; that wait is the applier's, not the statement's.
                 for mid, started in running:
-                    self.run_start.setdefault(mid, started)
+                    self.run_start[mid] = max(self.run_start.get(mid, started), started)
                 for mid, status, handled in applied:
                     if mid not in self.seen_final:
                         self.seen_final[mid] = (status, None, None, now)
