@@ -145,11 +145,14 @@ class Poller:
             now = time.time()
             h = lsn_int(horizon) if horizon else 0
             with self.lock:
-                # The latest run counts: a run cut short by a server restart is run again, as a
-                # suspect, once the suspects ahead of it (one at a time per database: the crash's
-                # attribution) are done; that wait is the applier's, not the statement's.
+                # A run cut short by a server restart (a kill between its start and this one) is
+                # run again, as a suspect, once the suspects ahead of it are done (one at a time per
+                # database: the crash's attribution): that wait is the applier's, so the new run
+                # counts. Any other later run (a retry) does not: retries are in the bound.
                 for mid, started in running:
-                    self.run_start[mid] = max(self.run_start.get(mid, started), started)
+                    first = self.run_start.get(mid)
+                    if first is None or (started > first and any(first <= k[0] <= started for k in self.kills)):
+                        self.run_start[mid] = started
                 for mid, status, handled in applied:
                     if mid not in self.seen_final:
                         self.seen_final[mid] = (status, None, None, now)
