@@ -150,8 +150,8 @@ int main(int argc, char** argv)
     retention.max_records = cfg.state_retention_records;
     store->start_retention(retention, std::chrono::milliseconds(cfg.state_retention_interval_ms));
     spdlog::info("event=state_retention records={} max_age_days={} max_records_per_database={} interval_ms={}{}",
-                 store->record_count(), retention.max_age_days, retention.max_records,
-                 cfg.state_retention_interval_ms, retention.enabled() ? "" : " warning=\"off: the history grows forever\"");
+                 store->record_count(), retention.max_age_days, retention.max_records, cfg.state_retention_interval_ms,
+                 retention.enabled() ? "" : " warning=\"off: the history grows forever\"");
     // The listener. An address given explicitly that cannot be bound is a startup error; the
     // default one may be held for a while (another applier on this host, a restart of this one
     // while the old process still exits): it is tried again with backoff until it is free, and

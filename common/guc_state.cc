@@ -24,10 +24,30 @@ bool take_int(AtxGucStateReader* r, size_t size, int64_t* out)
     if (size == 0 || size > 8 || static_cast<size_t>(r->end - r->p) < size)
         return false;
     switch (size) {
-    case 1: { int8_t v; std::memcpy(&v, r->p, 1); *out = v; break; }
-    case 2: { int16_t v; std::memcpy(&v, r->p, 2); *out = v; break; }
-    case 4: { int32_t v; std::memcpy(&v, r->p, 4); *out = v; break; }
-    case 8: { int64_t v; std::memcpy(&v, r->p, 8); *out = v; break; }
+    case 1: {
+        int8_t v;
+        std::memcpy(&v, r->p, 1);
+        *out = v;
+        break;
+    }
+    case 2: {
+        int16_t v;
+        std::memcpy(&v, r->p, 2);
+        *out = v;
+        break;
+    }
+    case 4: {
+        int32_t v;
+        std::memcpy(&v, r->p, 4);
+        *out = v;
+        break;
+    }
+    case 8: {
+        int64_t v;
+        std::memcpy(&v, r->p, 8);
+        *out = v;
+        break;
+    }
     default: return false;
     }
     r->p += size;

@@ -20,7 +20,7 @@ out=$(promtool check rules "$RULES" 2>&1)
 check "promtool check rules ($(echo "$out" | grep -o '[0-9]* rules found'))" grep -q SUCCESS <<<"$out"
 out=$(promtool test rules "$TESTS" 2>&1)
 check "promtool test rules: the critical alerts fire, a healthy pair is quiet" grep -q SUCCESS <<<"$out"
-[ -n "$(grep -v SUCCESS <<<"$out" | grep FAIL)" ] && note "$out"
+grep -q FAIL <<<"$out" && note "$out"
 
 # mutated WHAT SED: the rules changed by SED must fail the test.
 mutated() {
@@ -44,8 +44,8 @@ in_rules=$(sed -n 's/^ *- alert: \([A-Za-z]*\).*/\1/p' "$RULES" | sort)
 in_doc=$(sed -n '/^### Alert rules/,/^## /p' "$DOC" | sed -n 's/^| `\(Atx[A-Za-z]*\)` .*/\1/p' | sort)
 check_eq "operations.md lists the alerts the file has" "$(echo "$in_rules" | tr '\n' ' ')" "$(echo "$in_doc" | tr '\n' ' ')"
 missing=""
-for m in $(grep '^ *expr:' "$RULES" | grep -o 'atx_[a-z_]*' | sort -u); do
-    grep -q "^| \`$m[\`{]\|, \`$m\`" "$DOC" || missing+=" $m"
-done
+while read -r m; do
+    grep -q "^| \`${m}[\`{]\|, \`${m}\`" "$DOC" || missing+=" $m"
+done < <(grep '^ *expr:' "$RULES" | grep -o 'atx_[a-z_]*' | sort -u)
 check_eq "every metric the rules use is in the metric table" "" "$missing"
 done_testing

@@ -16,7 +16,9 @@
 #  4. Every message applied (or dead-lettered, or suppressed by its key) exactly once, every row of
 #     every table readable, old dead letters retried exactly once, the upgraded objects equal to a
 #     fresh installation's, `atx-applier check` passes.
+# shellcheck source=ext_schema.sh
 . "$TESTLIB_DIR/ext_schema.sh"
+# shellcheck source=old_release.sh
 . "$TESTLIB_DIR/old_release.sh"
 
 FROM=$UPGRADE_FROM
@@ -57,8 +59,10 @@ check_eq "the new applier is release $TO" "atx-applier $TO" "$("$NEW_APPLIER" --
 TEST_DIR=$(atx_cluster_mkdir "upgrade_from_$FROM")
 server_copy "$TEST_DIR/server" || { not_ok "a copy of the server in $TEST_DIR/server"; done_testing; }
 install_build_into_copy "$OLD_BUILD" || { not_ok "release $FROM installed into the copy"; done_testing; }
-atx_cluster_init "$TEST_DIR" "shared_preload_libraries = 'pg_atx'" &&
-    atx_cluster_start "$TEST_DIR" || { not_ok "cluster start"; done_testing; }
+if ! atx_cluster_init "$TEST_DIR" "shared_preload_libraries = 'pg_atx'" || ! atx_cluster_start "$TEST_DIR"; then
+    not_ok "cluster start"
+    done_testing
+fi
 eval "$(atx_cluster_env "$TEST_DIR")"
 APP_CONNINFO="host=$TEST_DIR port=$(cat "$TEST_DIR/port") user=atx_app"
 
@@ -140,7 +144,7 @@ audited() {
 landed() { [ "$(numbers)" = "$1" ] && [ "$(ghosts)" = "$2" ] && [ "$(audited)" = "$3" ]; } # landed NUMBERS GHOSTS AUDIT
 seqlist() { seq -s, "$@"; }   # seqlist FIRST LAST
 # Sorted union of comma lists.
-union() { echo "$*" | tr ', ' '\n\n' | sed '/^$/d' | sort -n | paste -sd,; }
+union() { echo "$*" | tr ' ,' '\n' | sed '/^$/d' | sort -n | paste -sd,; }
 
 # --- 1. data in every table, applied by the old applier --------------------------------------
 daemon_start old "$OLD_APPLIER" --http-listen off
