@@ -13,7 +13,11 @@ namespace {
 // The sizes on Linux/x86-64 and arm64 builds of PostgreSQL 16-18.
 const AtxGucStateLayout kLayout = {sizeof(size_t), 4, 4, 4, 4};
 
-template <typename T> void put(std::string& b, T v) { b.append(reinterpret_cast<const char*>(&v), sizeof v); }
+template <typename T>
+void put(std::string& b, T v)
+{
+    b.append(reinterpret_cast<const char*>(&v), sizeof v);
+}
 
 // One entry as guc.c's serialize_variable writes it; extra: bytes a future layout might add.
 std::string entry(const std::string& name, const std::string& value, const std::string& file, int line, int source,
