@@ -35,6 +35,12 @@ TO=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$ATX_BUILD_DIR/sql/pg_atx.cont
 use_seed
 
 # --- 1. the old release ------------------------------------------------------------------------
+# 0.1 was built and tested for PostgreSQL 15 only; it predates 17's MyProcNumber and does not
+# compile for 18 (tried: ext/exec.cc, 'MyBackendId' was not declared).
+if [ "$FROM" = 0.1 ] && [ "$ATX_PG_MAJOR" -ge 16 ]; then
+    ok "# skip release 0.1 supported PostgreSQL 15 only (this is $ATX_PG_MAJOR)"
+    done_testing
+fi
 old_release_build "$FROM"
 case $? in
 0) ok "release $FROM built from its sources for PostgreSQL $ATX_PG_MAJOR" ;;
@@ -43,12 +49,7 @@ case $? in
     done_testing
     ;;
 *)
-    # 0.1 predates PostgreSQL 17's MyProcNumber; it was built and tested for 15 only.
-    if [ "$FROM" = 0.1 ] && [ "$ATX_PG_MAJOR" -ge 17 ]; then
-        ok "# skip release 0.1 does not compile for PostgreSQL $ATX_PG_MAJOR (it supported 15): $(grep -m1 'error:' "$ATX_BUILD_DIR/releases/$FROM/build.log")"
-    else
-        not_ok "release $FROM builds for PostgreSQL $ATX_PG_MAJOR (see $ATX_BUILD_DIR/releases/$FROM/build.log)"
-    fi
+    not_ok "release $FROM builds for PostgreSQL $ATX_PG_MAJOR (see $ATX_BUILD_DIR/releases/$FROM/build.log)"
     done_testing
     ;;
 esac
