@@ -17,9 +17,9 @@ namespace atx::applier {
 namespace {
 
 constexpr const char* kApplySql =
-    "SELECT lsn::text, message_id::text, status, sqlstate, error, failure, command, rows::text "
+    "SELECT lsn::text, message_id::text, status, sqlstate, error, failure, command, rows::text, backend_bytes::text "
     "FROM atx.apply_batch($1::pg_catalog.pg_lsn[], $2::pg_catalog.int4[], $3::pg_catalog.timestamptz[], "
-    "$4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.bool)";
+    "$4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.bool, $7, $8::pg_catalog.int4)";
 
 std::string iso_utc(int64_t unix_us)
 {
@@ -32,24 +32,25 @@ std::string iso_utc(int64_t unix_us)
     return buf;
 }
 
-// Server notices (a user statement's RAISE NOTICE, a WARNING) in our log: escaped, bounded.
-void on_notice(void* arg, const PGresult* r)
+// Server notices (a user statement's RAISE NOTICE, a WARNING) in our log: escaped, bounded, and
+// nothing more. A statement can send any notice with any SQLSTATE and text: none is taken as a
+// fact about the server.
+void on_notice(void*, const PGresult* r)
 {
     const char* sev = PQresultErrorField(r, PG_DIAG_SEVERITY_NONLOCALIZED);
     const char* msg = PQresultErrorField(r, PG_DIAG_MESSAGE_PRIMARY);
-    const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
-    if (state)
-        static_cast<ApplySession*>(arg)->note_shutdown_sqlstate(state);
     std::string text = msg ? msg : "";
     if (text.size() > 512)
         text = text.substr(0, 512) + "...";
     spdlog::debug("event=server_notice severity={} message={}", sev ? sev : "-", logq(text));
 }
 
-// Blocks until PQgetResult would not block.
-void wait_readable(PgConn& c)
+// Blocks until PQgetResult would not block, or the session is abandoned.
+void wait_readable(PgConn& c, const std::atomic<bool>& abandon)
 {
     while (PQisBusy(c.get())) {
+        if (abandon)
+            throw PgError("the apply session was abandoned (the applier stops)", "", true);
         const int fd = PQsocket(c.get());
         if (fd < 0)
             throw c.error_from(nullptr, "waiting for results");
@@ -65,9 +66,9 @@ void wait_readable(PgConn& c)
     }
 }
 
-PgResult next_result(PgConn& c)
+PgResult next_result(PgConn& c, const std::atomic<bool>& abandon)
 {
-    wait_readable(c);
+    wait_readable(c, abandon);
     return PgResult(PQgetResult(c.get()));
 }
 
@@ -99,8 +100,8 @@ void ApplySession::connect(const std::string& base_conninfo, const std::string& 
 {
     close();
     settings_ = s;
+    abandon_ = false;
     conn_.connect(base_conninfo, {{"dbname", dbname}, {"application_name", "atx-applier apply " + name}});
-    told_shutdown_ = false;
     PQsetNoticeReceiver(conn_.get(), on_notice, this);
     // statement_timeout 0: apply_batch limits each message itself (a batch may hold many).
     PgResult r = conn_.exec("SELECT pg_catalog.set_config('synchronous_commit', $1, false), "
@@ -111,8 +112,8 @@ void ApplySession::connect(const std::string& base_conninfo, const std::string& 
                             {std::string(want_sync_ ? "on" : "off"), std::to_string(s.lock_timeout_ms)});
     sync_ = want_sync_;
     server_start_ = field(r.get(), 0, 4).value_or("");
-    std::lock_guard<std::mutex> lock(cancel_mu_);
-    cancel_ = PQgetCancel(conn_.get());
+    serves_.reset();
+    backend_pid_ = PQbackendPID(conn_.get());
 }
 
 void ApplySession::set_synchronous_commit()
@@ -123,34 +124,15 @@ void ApplySession::set_synchronous_commit()
     sync_ = want_sync_;
 }
 
-void ApplySession::note_shutdown_sqlstate(const std::string& sqlstate)
-{
-    if (sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03")
-        told_shutdown_ = true;
-}
-
 void ApplySession::close()
 {
-    {
-        std::lock_guard<std::mutex> lock(cancel_mu_);
-        if (cancel_) {
-            PQfreeCancel(cancel_);
-            cancel_ = nullptr;
-        }
-    }
     conn_.close();
+    backend_pid_ = 0;
+    serves_.reset();
 }
 
-void ApplySession::request_cancel()
-{
-    std::lock_guard<std::mutex> lock(cancel_mu_);
-    if (cancel_) {
-        char err[256];
-        PQcancel(cancel_, err, sizeof err);
-    }
-}
-
-std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, Lsn* commit_lsn)
+std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, const RunAs& as, uint32_t timeout_ms,
+                                             Lsn* commit_lsn)
 {
     std::vector<std::optional<std::string>> lsns, attempts, first_failed;
     for (const auto& p : items) {
@@ -163,21 +145,23 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     }
     set_synchronous_commit();
     const std::string a1 = pg_array_literal(lsns), a2 = pg_array_literal(attempts), a3 = pg_array_literal(first_failed);
-    const std::string a4 = std::to_string(settings_.max_attempts), a5 = std::to_string(settings_.statement_timeout_ms);
-    const char* vals[6] = {a1.c_str(), a2.c_str(), a3.c_str(), a4.c_str(), a5.c_str(),
-                           settings_.wake_at_commit ? "true" : "false"};
+    const std::string a4 = std::to_string(settings_.max_attempts), a5 = std::to_string(timeout_ms),
+                      a8 = std::to_string(settings_.batch_budget_ms);
+    const char* vals[8] = {a1.c_str(), a2.c_str(), a3.c_str(), a4.c_str(), a5.c_str(),
+                           settings_.wake_at_commit ? "true" : "false", ATX_VERSION, a8.c_str()};
+    serves_ = as;
 
     PGconn* c = conn_.get();
     if (PQenterPipelineMode(c) != 1)
         throw conn_.error_from(nullptr, "entering pipeline mode");
-    if (PQsendQueryParams(c, kApplySql, 6, nullptr, vals, nullptr, nullptr, 0) != 1 ||
+    if (PQsendQueryParams(c, kApplySql, 8, nullptr, vals, nullptr, nullptr, 0) != 1 ||
         PQsendQueryParams(c, "SELECT pg_catalog.pg_current_wal_insert_lsn()::text", 0, nullptr, nullptr, nullptr,
                           nullptr, 0) != 1 ||
         PQpipelineSync(c) != 1)
         throw conn_.error_from(nullptr, "sending a batch");
     ATX_FAULT_POINT("mid_batch");
 
-    PgResult rows = next_result(conn_);
+    PgResult rows = next_result(conn_, abandon_);
     if (!rows)
         throw conn_.error_from(nullptr, "reading the batch's results");
     const ExecStatusType st = PQresultStatus(rows.get());
@@ -187,7 +171,7 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     // Drain the pipeline whatever happened: end of the first query, the second, the sync.
     PgResult lsn_result;
     for (;;) {
-        PgResult r = next_result(conn_);
+        PgResult r = next_result(conn_, abandon_);
         if (!r) {
             if (PQstatus(c) == CONNECTION_BAD)
                 throw conn_.error_from(nullptr, "reading the batch's results");
@@ -220,13 +204,19 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
         ApplyResult a;
         a.start = parse_lsn(field(r, i, 0).value_or("")).value_or(0);
         a.message_id = field(r, i, 1);
-        a.status = field(r, i, 2).value_or("");
+        const std::string status = field(r, i, 2).value_or("");
+        const auto st = parse_apply_status(status);
+        if (!st)
+            throw PgError("atx.apply_batch returned unknown status '" + status + "'", "", false);
+        a.status = *st;
         a.sqlstate = field(r, i, 3).value_or("");
         a.error = field(r, i, 4).value_or("");
         a.failure = field(r, i, 5).value_or("");
         a.command = field(r, i, 6).value_or("");
         if (auto v = field(r, i, 7))
             a.rows = std::strtoll(v->c_str(), nullptr, 10);
+        if (auto v = field(r, i, 8))
+            a.backend_bytes = std::strtoll(v->c_str(), nullptr, 10);
         if (a.start != items[static_cast<size_t>(i)].start)
             throw PgError("atx.apply_batch answered out of order", "", false);
         out.push_back(std::move(a));
@@ -234,7 +224,7 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     return out;
 }
 
-ApplyResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
+NonatomicResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
 {
     set_synchronous_commit();
     const int64_t first = p.first_failed_us ? p.first_failed_us : unix_now_us();
@@ -243,8 +233,7 @@ ApplyResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
                             "$3::pg_catalog.timestamptz, $4::pg_catalog.int4)",
                             {format_lsn(p.start), std::to_string(p.attempts + 1), iso_utc(first),
                              std::to_string(settings_.statement_timeout_ms)});
-    ApplyResult a;
-    a.start = p.start;
+    NonatomicResult a;
     a.status = field(r.get(), 0, 0).value_or("");
     a.sqlstate = field(r.get(), 0, 1).value_or("");
     a.error = field(r.get(), 0, 2).value_or("");
@@ -253,16 +242,27 @@ ApplyResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
     return a;
 }
 
-bool ApplySession::dead_letter(const Pending& p, const std::string& sqlstate, const std::string& error,
-                               Lsn* commit_lsn)
+bool ApplySession::dead_letter(const Pending& p, Verdict v, Lsn* commit_lsn)
 {
     set_synchronous_commit();
     const int64_t first = p.first_failed_us ? p.first_failed_us : unix_now_us();
-    auto id = conn_.scalar("SELECT atx.dead_letter_message($1::pg_catalog.pg_lsn, $2, $3, $4::pg_catalog.int4, "
-                           "$5::pg_catalog.timestamptz)::text",
-                           {format_lsn(p.start), sqlstate, error, std::to_string(p.attempts + 1), iso_utc(first)});
+    auto id = conn_.scalar("SELECT atx.dead_letter_message($1::pg_catalog.pg_lsn, $2, $3::pg_catalog.int4, "
+                           "$4::pg_catalog.timestamptz)::text",
+                           {format_lsn(p.start), std::string(verdict_name(v)), std::to_string(p.attempts + 1),
+                            iso_utc(first)});
     *commit_lsn = parse_lsn(conn_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
     return id.has_value();
+}
+
+std::optional<std::string> ApplySession::registry_state(int pid, Lsn* lsn)
+{
+    PgResult r = conn_.exec("SELECT state, lsn::text FROM atx.apply_activity() WHERE pid OPERATOR(pg_catalog.=) "
+                            "$1::pg_catalog.int4 ORDER BY state OPERATOR(pg_catalog.=) 'exited', exited_at DESC LIMIT 1",
+                            {std::to_string(pid)});
+    if (PQntuples(r.get()) == 0)
+        return std::nullopt;
+    *lsn = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);
+    return field(r.get(), 0, 0);
 }
 
 }  // namespace atx::applier

@@ -7,8 +7,8 @@
 // records it in atx.applied in the same transaction; the applier sends no payload at all.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,20 +23,29 @@ namespace atx::applier {
 struct ApplyResult {
     Lsn start = 0;
     std::optional<std::string> message_id;
-    // applied | duplicate | already | dead | retry | nonatomic | skipped | rejected
-    std::string status;
+    ApplyStatus status = ApplyStatus::Rejected;
     std::string sqlstate;
     std::string error;
-    std::string failure;  // permanent | transient | timeout | cancelled | needs top level
+    std::string failure;  // permanent | transient | timeout | cancelled | needs top level | unauthenticated
     std::string command;
     int64_t rows = 0;
+    int64_t backend_bytes = 0;  // what the apply backend holds after the batch
+};
+
+// What atx.run_nonatomic answers.
+struct NonatomicResult {
+    std::string status;  // applied | dead | already | retry (nothing ran) | in doubt (the run died half way)
+    std::string sqlstate;
+    std::string error;
+    std::string command;
 };
 
 struct SessionSettings {
     uint32_t lock_timeout_ms = 10000;
-    uint32_t statement_timeout_ms = 60000;  // per message, enforced by apply_batch
+    uint32_t statement_timeout_ms = 60000;  // per message, enforced by apply_batch and the watchdog
     uint32_t max_attempts = 8;
     bool wake_at_commit = true;  // atx_exec callers are woken by the commit itself
+    uint32_t batch_budget_ms = 0;  // a batch takes no further message after this long (0: none)
 };
 
 // Changes when the server restarts, also by crash recovery (the postmaster keeps its start
@@ -48,12 +57,18 @@ inline constexpr const char* kServerGenerationSql =
 class ApplySession {
 public:
     // Connects with application_name 'atx-applier apply <name>' (operators and tests find a
-    // session's backend by it) and applies the settings.
+    // session's backend by it) and applies the settings. A fresh session serves no one yet.
     void connect(const std::string& base_conninfo, const std::string& dbname, const SessionSettings& s,
                  const std::string& name);
     void close();
     bool connected() const { return conn_.connected(); }
     PgConn& conn() { return conn_; }
+    // The apply backend's pid (0: none).
+    int backend_pid() const { return backend_pid_.load(); }
+
+    // Who this session has run messages as since it connected: it never runs anyone else's
+    // (dispatcher.h). nullopt: a fresh session.
+    const std::optional<RunAs>& serves() const { return serves_; }
 
     // Whether the next commits are synchronous (durable, standbys included, when they return):
     // the database worker follows synchronous_standby_names under --durability auto, so this
@@ -62,27 +77,29 @@ public:
     // What the last commit of this session used.
     bool synchronous_commit() const { return sync_; }
 
-    // Applies the items in order. *commit_lsn: an LSN at or past the end of the commit.
-    // Throws PgError when the batch failed as a whole (nothing of it committed) or the
-    // connection broke (then also connection_lost).
-    std::vector<ApplyResult> apply(const std::vector<Pending>& items, Lsn* commit_lsn);
+    // Applies the items in order, as `as` (the session then serves it). *commit_lsn: an LSN at or
+    // past the end of the commit. Throws PgError when the batch failed as a whole (nothing of it
+    // committed) or the connection broke (then also connection_lost).
+    // timeout_ms: each message's time limit (the server's timer and registry deadline).
+    std::vector<ApplyResult> apply(const std::vector<Pending>& items, const RunAs& as, uint32_t timeout_ms,
+                                   Lsn* commit_lsn);
 
-    // Dead-letters a message without running it (the applier's own verdict). *commit_lsn: at or
+    // Dead-letters a message without running it, for the applier's verdict. *commit_lsn: at or
     // past the end of that commit. False: it was handled before.
-    bool dead_letter(const Pending& p, const std::string& sqlstate, const std::string& error, Lsn* commit_lsn);
+    bool dead_letter(const Pending& p, Verdict v, Lsn* commit_lsn);
 
-    // Runs a message that needs a top-level statement (atx.run_nonatomic). Returns its status:
-    // applied | dead | already | retry (nothing ran) | in doubt (the run died half way).
-    ApplyResult run_nonatomic(const Pending& p, Lsn* commit_lsn);
+    // Runs a message that needs a top-level statement (atx.run_nonatomic).
+    NonatomicResult run_nonatomic(const Pending& p, Lsn* commit_lsn);
 
-    // Thread-safe: cancels the statement in progress (shutdown after a grace period).
-    void request_cancel();
+    // What the server's apply registry says of the backend pid: "exited" with the message it was
+    // running (*lsn), "running"/"idle" (it is alive), or nullopt (no record: the server
+    // restarted, or the backend ended between messages).
+    std::optional<std::string> registry_state(int pid, Lsn* lsn);
 
-    // Why a connection went: did the server say it was shutting this session down (57P01
-    // pg_terminate_backend or a shutdown, 57P02 another process crashed, 57P03) before it
-    // closed? Set by the notice or error that said so; cleared by connect().
-    bool told_shutdown() const { return told_shutdown_; }
-    void note_shutdown_sqlstate(const std::string& sqlstate);
+    // Thread-safe: makes a wait for results in this session give up (the connection is then
+    // closed by the thread that uses it; the server ends the statement when it notices).
+    void abandon() { abandon_ = true; }
+
     // The server's generation when this session connected (kServerGenerationSql): a different
     // one after a reconnect means the server restarted (a backend that dies abruptly makes the
     // postmaster restart every process and run crash recovery).
@@ -95,10 +112,10 @@ private:
     SessionSettings settings_;
     bool want_sync_ = false;
     bool sync_ = false;
-    bool told_shutdown_ = false;
+    std::optional<RunAs> serves_;
     std::string server_start_;
-    std::mutex cancel_mu_;
-    PGcancel* cancel_ = nullptr;
+    std::atomic<int> backend_pid_{0};
+    std::atomic<bool> abandon_{false};
 };
 
 // {a,b,c} array literal of the given texts (NULL for nullopt).

@@ -1,6 +1,8 @@
 // See apply_worker.h.
 #include "apply_worker.h"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
 #include "fault.h"
@@ -43,10 +45,21 @@ void ApplyWorker::start()
 
 void ApplyWorker::stop() { stop_ = true; }
 
-void ApplyWorker::cancel()
+void ApplyWorker::abandon()
 {
     stop_ = true;
-    session_.request_cancel();
+    ending_for_stop_ = true;
+    session_.abandon();
+}
+
+WorkerActivity ApplyWorker::activity() const
+{
+    WorkerActivity a;
+    a.backend_pid = session_.backend_pid();
+    const int64_t ns = busy_since_ns_.load();
+    if (ns != 0)
+        a.since = std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(ns));
+    return a;
 }
 
 void ApplyWorker::join()
@@ -85,6 +98,15 @@ void ApplyWorker::record(const std::vector<DeliveryRecord>& records, bool sync)
     }
 }
 
+void ApplyWorker::connect(bool settle)
+{
+    session_.want_synchronous_commit(ctx_.sync_commits.load());
+    session_.connect(ctx_.cfg.conninfo, ctx_.dbname, ctx_.settings,
+                     (kind_ == WorkerKind::Nested ? "nested-" : "") + std::to_string(number_));
+    if (settle)
+        ctx_.dispatcher.settle(session_.server_start());
+}
+
 void ApplyWorker::run()
 {
     milliseconds backoff = kReconnectMin;
@@ -93,13 +115,10 @@ void ApplyWorker::run()
         if (!session_.connected()) {
             ctx_.dispatcher.wake_others();  // what this worker gave back is not coming back to it soon
             try {
-                session_.want_synchronous_commit(ctx_.sync_commits.load());
-                session_.connect(ctx_.cfg.conninfo, ctx_.dbname, ctx_.settings,
-                                 (kind_ == WorkerKind::Nested ? "nested-" : "") + std::to_string(number_));
+                connect();
                 backoff = kReconnectMin;
                 spdlog::debug("{} event=apply_session_connected worker={}{}", ctx_.log,
                               kind_ == WorkerKind::Nested ? "nested-" : "", number_);
-                ctx_.dispatcher.settle(session_.server_start());
             } catch (const PgError& e) {
                 spdlog::warn("{} event=apply_session_connect_failed worker={} error={} retry_in_ms={}", ctx_.log,
                              number_, logq(e.what()), backoff.count());
@@ -108,14 +127,30 @@ void ApplyWorker::run()
                 continue;
             }
         }
-        auto b = ctx_.dispatcher.take(kind_, kTake);
+        auto b = ctx_.dispatcher.take(kind_, session_.serves(), kTake);
         if (!b) {
             if (kind_ == WorkerKind::Nested && std::chrono::steady_clock::now() - idle_since > kNestedIdleExit)
                 break;
             continue;
         }
+        // A session serves one role and principal for its life: another's batch gets a fresh
+        // backend, so that nothing the last role's code left in this one reaches it.
+        if (session_.serves() && *session_.serves() != b->as) {
+            ++ctx_.metrics.session_switches;
+            try {
+                connect();
+            } catch (const PgError& e) {
+                spdlog::warn("{} event=apply_session_connect_failed worker={} error={}", ctx_.log, number_,
+                             logq(e.what()));
+                session_.close();
+                ctx_.dispatcher.release(*b, std::chrono::steady_clock::now() + backoff);
+                continue;
+            }
+        }
         busy_ = true;
+        busy_since_ns_ = std::chrono::steady_clock::now().time_since_epoch().count();
         run_batch(*b);
+        busy_since_ns_ = 0;
         busy_ = false;
         idle_since = std::chrono::steady_clock::now();
     }
@@ -127,30 +162,46 @@ void ApplyWorker::run()
 void ApplyWorker::run_batch(const Batch& b)
 {
     session_.want_synchronous_commit(ctx_.sync_commits.load());
-    // A suspect whose apply backend was lost often enough while it ran alone never runs again.
-    if (b.suspect && b.items.front().losses >= ctx_.cfg.max_backend_losses) {
-        condemn(b, "08006",
-                "the apply backend was lost " + std::to_string(b.items.front().losses) +
-                    " times while this message ran alone (killed, crashed or out of memory); not retried");
+    // The applier's own verdict (overdue and ended; its backend lost too often): dead-lettered,
+    // never run again. The dispatcher hands such a message over alone.
+    if (b.items.front().verdict) {
+        condemn(b, *b.items.front().verdict);
         return;
     }
-    // A message failing for longer than the retry budget gets its last attempt now.
+    // A retried message (it runs alone) gets what is left of its retry window, at least a second,
+    // at most the limit; past the window its attempt is the last. So it is final within the
+    // window and its time limit, whatever made it fail.
     Batch batch = b;
     const int64_t now_us = unix_now_us();
-    for (auto& p : batch.items)
-        if (p.first_failed_us && now_us - p.first_failed_us > int64_t(ctx_.cfg.max_retry_seconds) * 1000000)
+    uint32_t timeout_ms = ctx_.cfg.statement_timeout_ms;
+    for (auto& p : batch.items) {
+        if (!p.first_failed_us)
+            continue;
+        const int64_t left_ms = (p.first_failed_us + int64_t(ctx_.cfg.max_retry_seconds) * 1000000 - now_us) / 1000;
+        if (left_ms <= 0)
             p.attempts = std::max(p.attempts, ctx_.settings.max_attempts - 1);
+        if (timeout_ms > 0)
+            timeout_ms = static_cast<uint32_t>(std::clamp<int64_t>(left_ms, 1000, timeout_ms));
+    }
 
     const auto t0 = std::chrono::steady_clock::now();
     try {
         Lsn commit_lsn = 0;
-        std::vector<ApplyResult> results = session_.apply(batch.items, &commit_lsn);
+        std::vector<ApplyResult> results = session_.apply(batch.items, batch.as, timeout_ms, &commit_lsn);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         ctx_.metrics.apply_seconds.observe(seconds);
         ++ctx_.metrics.batches;
         spdlog::debug("{} event=batch_applied worker={} messages={} first_lsn={} commit_lsn={} ms={:.1f}", ctx_.log,
                       number_, batch.items.size(), lsn(batch.items.front().start), lsn(commit_lsn), seconds * 1000);
         handle_results(batch, results, commit_lsn);
+        // Memory a statement made the backend keep is returned only by ending the backend.
+        const int64_t bytes = results.empty() ? 0 : results.back().backend_bytes;
+        if (ctx_.cfg.session_memory_limit_mb > 0 && bytes > int64_t(ctx_.cfg.session_memory_limit_mb) * 1048576) {
+            ++ctx_.metrics.session_recycles;
+            spdlog::info("{} event=apply_session_recycled worker={} backend_mb={} limit_mb={}", ctx_.log, number_,
+                         bytes / 1048576, ctx_.cfg.session_memory_limit_mb);
+            session_.close();
+        }
     } catch (const PgError& e) {
         if (e.connection_lost || !session_.connected() || PQstatus(session_.conn().get()) != CONNECTION_OK) {
             handle_loss(batch, e);
@@ -171,11 +222,9 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
     std::vector<DeliveryRecord> records;
     bool sync = false;
     const int64_t now_us = unix_now_us();
-    size_t i = 0;
-    bool retry = false;
     const Lsn durable_commit = session_.synchronous_commit() ? 0 : commit_lsn;
 
-    for (; i < results.size(); ++i) {
+    for (size_t i = 0; i < results.size(); ++i) {
         const ApplyResult& r = results[i];
         const Pending& p = b.items[i];
         DeliveryRecord rec;
@@ -183,23 +232,27 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
         rec.source_lsn = p.start;
         rec.attempts = p.attempts + 1;
         rec.updated_at_us = now_us;
-        if (r.status == "applied" || r.status == "duplicate" || r.status == "already") {
-            if (r.status == "applied") {
-                ++ctx_.metrics.applied;
-                rec.status = DeliveryStatus::Applied;
-            } else if (r.status == "duplicate") {
-                ++ctx_.metrics.duplicate;
-                rec.status = DeliveryStatus::Duplicate;
-                spdlog::info("{} event=duplicate message_id={} lsn={} role={} action=\"not executed: its role applied "
-                             "its idempotency key before\"",
-                             ctx_.log, rec.message_id, lsn(p.start), logq(p.role_name));
-            } else {
-                spdlog::debug("{} event=handled_before message_id={} lsn={}", ctx_.log, rec.message_id, lsn(p.start));
-            }
-            if (r.status != "already")
-                records.push_back(rec);
+        switch (r.status) {
+        case ApplyStatus::Applied:
+            ++ctx_.metrics.applied;
+            rec.status = DeliveryStatus::Applied;
+            records.push_back(rec);
             handled.push_back(p);
-        } else if (r.status == "dead") {
+            break;
+        case ApplyStatus::Duplicate:
+            ++ctx_.metrics.duplicate;
+            rec.status = DeliveryStatus::Duplicate;
+            spdlog::info("{} event=duplicate message_id={} lsn={} role={} action=\"not executed: its role applied "
+                         "its idempotency key before\"",
+                         ctx_.log, rec.message_id, lsn(p.start), logq(p.role_name));
+            records.push_back(rec);
+            handled.push_back(p);
+            break;
+        case ApplyStatus::Already:
+            spdlog::debug("{} event=handled_before message_id={} lsn={}", ctx_.log, rec.message_id, lsn(p.start));
+            handled.push_back(p);
+            break;
+        case ApplyStatus::Dead:
             ++ctx_.metrics.dead_lettered;
             if (r.failure == "unauthenticated")
                 ++ctx_.metrics.rejected;
@@ -212,41 +265,42 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             spdlog::warn("{} event=dead_lettered message_id={} lsn={} role={} sqlstate={} class={} attempts={} error={}",
                          ctx_.log, rec.message_id, lsn(p.start), logq(p.role_name), r.sqlstate, logq(r.failure),
                          rec.attempts, logq(bounded(r.error)));
-        } else if (r.status == "retry") {
+            break;
+        case ApplyStatus::Retry: {
             ++ctx_.metrics.retried;
             const milliseconds delay = ctx_.policy.backoff(p.attempts + 1);
             rec.status = DeliveryStatus::Retrying;
             rec.last_sqlstate = r.sqlstate;
             rec.last_error = bounded(r.error);
             records.push_back(rec);
-            sync = true;
             spdlog::info("{} event=retry message_id={} lsn={} role={} attempt={} sqlstate={} error={} backoff_ms={}",
                          ctx_.log, rec.message_id, lsn(p.start), logq(p.role_name), rec.attempts, r.sqlstate,
                          logq(bounded(r.error)), delay.count());
+            record(records, true);
+            ctx_.on_handled(handled, durable_commit);
             ctx_.dispatcher.retry_later(b, i, std::chrono::steady_clock::now() + delay, now_us);
-            retry = true;
-            break;
-        } else if (r.status == "nonatomic") {
+            return;
+        }
+        case ApplyStatus::Nonatomic: {
             // Needs a top-level run (COMMIT inside, VACUUM, CREATE INDEX CONCURRENTLY); the
             // messages before it are handled, the ones after it wait for it.
             Lsn top_commit = 0;
-            if (!run_top_level(p, r, &top_commit, &rec)) {
-                record(records, sync);
-                ctx_.on_handled(handled, durable_commit);
+            record(records, sync);
+            records.clear();
+            ctx_.on_handled(handled, durable_commit);
+            if (!run_top_level(p, r, b.as, &top_commit, &rec)) {
                 ctx_.dispatcher.release_after(b, handled.size(), std::chrono::steady_clock::now() + kBatchErrorBackoff);
                 return;
             }
-            records.push_back(rec);
-            record(records, true);
-            records.clear();
-            ctx_.on_handled(handled, durable_commit);
-            handled.clear();
+            record({rec}, true);
             ctx_.on_handled({p}, session_.synchronous_commit() ? 0 : top_commit);
             ctx_.dispatcher.done(b, i + 1);
             return;
-        } else if (r.status == "skipped") {
+        }
+        case ApplyStatus::Skipped:
+            i = results.size();  // what follows waits for the message that stopped the batch
             break;
-        } else if (r.status == "rejected") {
+        case ApplyStatus::Rejected:
             spdlog::critical("{} event=message_rejected lsn={} sqlstate={} error={} action=\"the server refused what "
                              "the applier named as a message; starting over\"",
                              ctx_.log, lsn(p.start), r.sqlstate, logq(r.error));
@@ -255,29 +309,69 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             ctx_.dispatcher.release_after(b, handled.size(), std::chrono::steady_clock::now() + std::chrono::seconds(5));
             ctx_.on_fatal("the server rejected the message at " + lsn(p.start) + ": " + r.error);
             return;
-        } else {
-            throw PgError("atx.apply_batch returned unknown status '" + r.status + "'", "", false);
         }
     }
     record(records, sync);
     ATX_FAULT_POINT("after_state_write");
     ctx_.on_handled(handled, durable_commit);
-    if (!retry)
-        ctx_.dispatcher.done(b, handled.size());
+    ctx_.dispatcher.done(b, handled.size());
 }
 
 void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
 {
-    session_.note_shutdown_sqlstate(e.sqlstate);
-    const bool told = session_.told_shutdown();
+    const int pid = session_.backend_pid();
     const std::string server_start = session_.server_start();
+    const Lsn overdue = overdue_lsn_.exchange(0);
     session_.close();
     ++ctx_.metrics.backend_losses;
-    if (told) {
-        // pg_terminate_backend, a shutdown, or another process's crash: not this batch's doing.
-        spdlog::warn("{} event=apply_session_lost worker={} messages={} cause=shutdown error={} "
-                     "action=\"back to their lanes\"",
-                     ctx_.log, number_, b.items.size(), logq(bounded(e.what())));
+    auto message_at = [&](Lsn at) -> const Pending* {
+        for (const auto& p : b.items)
+            if (p.start == at)
+                return &p;
+        return nullptr;
+    };
+    if (const Pending* p = overdue ? message_at(overdue) : nullptr) {
+        // This applier ended the backend: the message overstayed its limit.
+        ++ctx_.metrics.overdue_terminated;
+        spdlog::warn("{} event=message_overdue message_id={} lsn={} role={} action=\"its backend was ended; it is "
+                     "dead-lettered (57014), the rest of its batch goes back to its lane\"",
+                     ctx_.log, id_text(*p), lsn(p->start), logq(p->role_name));
+        ctx_.dispatcher.condemn(b, p->id, Verdict::Timeout);
+        return;
+    }
+    if (ending_for_stop_ || stop_) {
+        // The applier ended it (stopping, or starting over after its stream failed): when the
+        // stream failed because the server restarted, this backend's loss may have been the
+        // cause, and the reconnect's settle() must learn of it as of any unexplained loss.
+        ctx_.dispatcher.lost_unexplained(b, server_start);
+        return;
+    }
+    // What the server's registry says the backend was doing when it went. (Connected without
+    // settling: a loss left unexplained below must be known before the new server's start is.)
+    std::optional<std::string> state;
+    Lsn running = 0;
+    try {
+        connect(false);
+        state = session_.registry_state(pid, &running);
+    } catch (const PgError&) {
+        session_.close();
+    }
+    if (state && *state == "exited") {
+        if (const Pending* p = message_at(running)) {
+            spdlog::warn("{} event=apply_session_lost worker={} message_id={} lsn={} role={} error={} action=\"its "
+                         "backend exited while it ran: one more loss for it ({} lead to a dead letter); the rest of "
+                         "its batch goes back to its lane\"",
+                         ctx_.log, number_, id_text(*p), lsn(p->start), logq(p->role_name), logq(bounded(e.what())),
+                         ctx_.cfg.max_backend_losses);
+            ctx_.dispatcher.lost_running(b, p->id);
+            return;
+        }
+    }
+    if (state) {
+        // Alive (the connection dropped), or exited between messages: not the batch's doing.
+        spdlog::warn("{} event=apply_session_lost worker={} messages={} backend={} error={} action=\"back to their "
+                     "lanes\"",
+                     ctx_.log, number_, b.items.size(), *state, logq(bounded(e.what())));
         ctx_.dispatcher.release(b, std::chrono::steady_clock::now());
         return;
     }
@@ -287,27 +381,42 @@ void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
                  b.suspect ? "it counts against the message that ran alone"
                            : "its messages become suspects and run alone, one at a time");
     ctx_.dispatcher.lost_unexplained(b, server_start);
+    if (session_.connected())
+        ctx_.dispatcher.settle(session_.server_start());
 }
 
-bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn, DeliveryRecord* rec)
+bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, const RunAs& as, Lsn* commit_lsn,
+                                DeliveryRecord* rec)
 {
+    // Background workers are few (max_worker_processes): each principal gets its share.
+    if (!ctx_.dispatcher.acquire_nonatomic(as.principal_oid)) {
+        spdlog::info("{} event=top_level_run_deferred message_id={} role={} reason=\"no background worker share "
+                     "free for its principal\"",
+                     ctx_.log, id_text(p), logq(p.role_name));
+        return false;
+    }
     spdlog::info("{} event=top_level_run message_id={} lsn={} role={} reason={}", ctx_.log, id_text(p), lsn(p.start),
                  logq(p.role_name), logq(bounded(r.error)));
-    ApplyResult t;
+    NonatomicResult t;
     try {
         t = session_.run_nonatomic(p, commit_lsn);
         if (t.status == "in doubt") {
-            // The worker died while the statement ran: it may have committed part of it.
-            session_.dead_letter(p, "40003", "a non-atomic message was interrupted while it ran: it may have committed "
-                                 "part of its work, so it is not run again", commit_lsn);
+            // The worker died while the statement ran, or overstayed its limit and was ended: it
+            // may have committed part of its work.
+            const Verdict v = t.sqlstate == "57014" ? Verdict::Timeout : Verdict::InDoubt;
+            session_.dead_letter(p, v, commit_lsn);
             t.status = "dead";
-            t.sqlstate = "40003";
-            t.error = "interrupted while it ran: in doubt";
+            t.sqlstate = v == Verdict::Timeout ? "57014" : "40003";
+            t.error = v == Verdict::Timeout ? "ran past its time limit and was ended: in doubt"
+                                            : "interrupted while it ran: in doubt";
         }
     } catch (const PgError& e) {
+        ctx_.dispatcher.release_nonatomic(as.principal_oid);
+        spdlog::warn("{} event=top_level_run_failed message_id={} error={}", ctx_.log, id_text(p), logq(e.what()));
         session_.close();
         return false;
     }
+    ctx_.dispatcher.release_nonatomic(as.principal_oid);
     if (t.status == "retry") {
         spdlog::warn("{} event=top_level_run_deferred message_id={} error={}", ctx_.log, id_text(p), logq(t.error));
         return false;
@@ -325,12 +434,12 @@ bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, Lsn* com
     return true;
 }
 
-bool ApplyWorker::condemn(const Batch& b, const std::string& sqlstate, const std::string& why)
+bool ApplyWorker::condemn(const Batch& b, Verdict v)
 {
     const Pending& p = b.items.front();
     Lsn commit_lsn = 0;
     try {
-        session_.dead_letter(p, sqlstate, why, &commit_lsn);
+        session_.dead_letter(p, v, &commit_lsn);
     } catch (const PgError& e) {
         spdlog::warn("{} event=dead_letter_failed message_id={} error={}", ctx_.log, id_text(p), logq(e.what()));
         session_.close();
@@ -338,15 +447,16 @@ bool ApplyWorker::condemn(const Batch& b, const std::string& sqlstate, const std
         return false;
     }
     ++ctx_.metrics.dead_lettered;
-    spdlog::error("{} event=dead_lettered message_id={} lsn={} role={} sqlstate={} error={}", ctx_.log, id_text(p),
-                  lsn(p.start), logq(p.role_name), sqlstate, logq(why));
+    const char* sqlstate = v == Verdict::Timeout ? "57014" : v == Verdict::BackendLost ? "08006" : "40003";
+    spdlog::error("{} event=dead_lettered message_id={} lsn={} role={} sqlstate={} verdict={}", ctx_.log, id_text(p),
+                  lsn(p.start), logq(p.role_name), sqlstate, verdict_name(v));
     DeliveryRecord rec;
     rec.message_id = id_text(p);
     rec.source_lsn = p.start;
     rec.status = DeliveryStatus::Dead;
     rec.attempts = p.attempts + 1;
     rec.last_sqlstate = sqlstate;
-    rec.last_error = why;
+    rec.last_error = std::string("verdict ") + verdict_name(v);
     rec.updated_at_us = unix_now_us();
     record({rec}, true);
     ctx_.on_handled({p}, session_.synchronous_commit() ? 0 : commit_lsn);

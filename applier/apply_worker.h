@@ -1,9 +1,13 @@
 // One apply session's thread: takes a lane's batch from the dispatcher, applies it, reports.
 //
 // A worker never decides what may be confirmed; it tells the database worker which messages
-// were handled by which commit (on_handled), and the dispatcher what to run next. A lost
-// connection makes the batch suspect (poison detection, dispatcher.h) and the worker reconnects
-// on its own; the stream goes on.
+// were handled by which commit (on_handled), and the dispatcher what to run next. Its session
+// serves one RunAs (dispatcher.h): a batch of another gets a fresh connection, and so does a
+// session whose backend holds more memory than --session-memory-limit-mb.
+//
+// A lost connection is explained by facts only (never by what the connection said last, which a
+// statement can imitate): the database worker's own termination of an overdue message, the
+// server's apply registry (the backend exited while running message X), or a server restart.
 #pragma once
 
 #include <atomic>
@@ -41,28 +45,44 @@ struct WorkerContext {
     std::atomic<bool> sync_commits{false};
 };
 
+// What the database worker's watchdog sees of a worker (read from its thread).
+struct WorkerActivity {
+    int backend_pid = 0;                       // 0: not connected
+    std::chrono::steady_clock::time_point since;  // the batch in flight began (epoch: none)
+};
+
 class ApplyWorker {
 public:
     ApplyWorker(WorkerContext& ctx, WorkerKind kind, int number);
     ~ApplyWorker();
 
     void start();
-    // Finish the batch in flight, then exit. cancel(): also cancel the statement in flight.
+    // Finish the batch in flight, then exit. abandon(): also stop waiting for it (the database
+    // worker ends its backend first; its transaction rolls back).
     void stop();
-    void cancel();
+    void abandon();
     void join();
     bool exited() const { return exited_.load(); }
     bool busy() const { return busy_.load(); }
+    WorkerActivity activity() const;
+    // The database worker is about to end this worker's backend because the message at lsn
+    // overstayed its limit (the loss that follows is that message's), or because the applier
+    // stops (ending: the loss counts against nothing).
+    void ending_for_overdue(Lsn lsn) { overdue_lsn_ = lsn; }
+    void ending_for_stop() { ending_for_stop_ = true; }
 
 private:
     void run();
     void run_batch(const Batch& b);
     void handle_results(const Batch& b, const std::vector<ApplyResult>& results, Lsn commit_lsn);
     void handle_loss(const Batch& b, const PgError& e);
-    // Runs a message that needs a top-level statement; false when the session broke.
-    bool run_top_level(const Pending& p, const ApplyResult& r, Lsn* commit_lsn, DeliveryRecord* rec);
+    void connect(bool settle = true);
+    // Runs a message that needs a top-level statement; false when it did not run (no worker
+    // share, the session broke): the caller gives the batch back.
+    bool run_top_level(const Pending& p, const ApplyResult& r, const RunAs& as, Lsn* commit_lsn,
+                       DeliveryRecord* rec);
     // Dead-letters b's single message without running it; false when the session broke.
-    bool condemn(const Batch& b, const std::string& sqlstate, const std::string& why);
+    bool condemn(const Batch& b, Verdict v);
     void record(const std::vector<DeliveryRecord>& records, bool sync);
 
     WorkerContext& ctx_;
@@ -73,6 +93,9 @@ private:
     std::atomic<bool> stop_{false};
     std::atomic<bool> busy_{false};
     std::atomic<bool> exited_{false};
+    std::atomic<int64_t> busy_since_ns_{0};  // steady clock of the batch in flight, 0: none
+    std::atomic<Lsn> overdue_lsn_{0};
+    std::atomic<bool> ending_for_stop_{false};
 };
 
 }  // namespace atx::applier

@@ -102,13 +102,31 @@ void define_daemon_options(CLI::App& app, Config& c)
            "how long to wait for more messages when the stream is idle before applying a partial batch; 0 "
            "applies what has arrived, and batches still form under load");
     number(app, "statement-timeout-ms", c.statement_timeout_ms, 0, INT32_MAX,
-           "longest run of one message; a message that runs longer is dead-lettered");
+           "longest run of one message; a message that runs longer is cancelled and dead-lettered, and if "
+           "it does not stop, its apply session is ended after --terminate-grace-ms");
+    number(app, "terminate-grace-ms", c.terminate_grace_ms, 100, 600000,
+           "how long past its time limit a message that ignores the cancel may run before the applier ends its "
+           "apply session");
+    number(app, "park-after-ms", c.park_after_ms, 0, 3600000,
+           "a message that has waited this long behind a statement of its own lane or role that has run as long "
+           "is copied into the server (atx.park), so that the slot moves past it; it runs later from that copy; 0: "
+           "never (the slot then waits for it)");
     number(app, "lock-timeout-ms", c.lock_timeout_ms, 0, INT32_MAX,
            "lock_timeout of the apply sessions: a longer lock wait is retried later, freeing the session");
     number(app, "apply-sessions", c.apply_sessions, 1, 64, "apply sessions per database");
     number(app, "max-sessions-per-role", c.max_sessions_per_role, 0, 64,
-           "apply sessions one role's messages may occupy at once; 0: half of --apply-sessions, at least 1");
-    number(app, "nested-sessions", c.nested_sessions, 0, 64, "extra sessions that serve nested atx_exec calls");
+           "apply sessions the messages one login role caused may occupy at once (its group roles and the "
+           "SECURITY DEFINER functions it calls included); 0: half of --apply-sessions, at least 1");
+    number(app, "nested-sessions", c.nested_sessions, 0, 256,
+           "extra sessions that serve atx_exec calls made by running messages (opened on demand)");
+    number(app, "max-nested-per-role", c.max_nested_per_role, 1, 256,
+           "nested sessions the messages one login role caused may occupy at once");
+    number(app, "max-nonatomic", c.max_nonatomic, 1, 64,
+           "background workers running messages that need a top-level statement, at once per database");
+    number(app, "max-nonatomic-per-role", c.max_nonatomic_per_role, 1, 64,
+           "of those, what the messages one login role caused may occupy");
+    number(app, "session-memory-limit-mb", c.session_memory_limit_mb, 0, 1048576,
+           "an apply session whose backend holds more memory after a batch is closed and opened again; 0: never");
     number(app, "max-retry-seconds", c.max_retry_seconds, 1, 86400 * 30,
            "a message failing transiently for longer is dead-lettered");
     number(app, "max-backend-losses", c.max_backend_losses, 1, 100,
@@ -209,6 +227,8 @@ ParseOutcome parse_config(int argc, const char* const* argv)
         throw ConfigError("--state-dir is required");
     if (c.retry_cap_ms < c.retry_base_ms)
         throw ConfigError("--retry-cap-ms is smaller than --retry-base-ms");
+    if (c.max_nonatomic_per_role > c.max_nonatomic)
+        throw ConfigError("--max-nonatomic-per-role is larger than --max-nonatomic");
     return out;
 }
 

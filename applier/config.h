@@ -35,9 +35,17 @@ struct Config {
     uint32_t statement_timeout_ms = 60000;   // longest run of one message
     uint32_t lock_timeout_ms = 10000;        // a lock wait longer than this is retried later
     uint32_t apply_sessions = 4;             // regular apply sessions per database
-    uint32_t max_sessions_per_role = 0;      // 0: half of apply_sessions (at least 1)
-    uint32_t nested_sessions = 16;           // extra sessions for nested atx_exec waits
-    uint32_t max_retry_seconds = 300;        // a transient failure is dead-lettered after this long
+    uint32_t max_sessions_per_role = 0;      // 0: half of apply_sessions (at least 1); per principal
+    uint32_t nested_sessions = 24;           // extra sessions for nested atx_exec waits
+    uint32_t max_nested_per_role = 16;       // nested sessions one principal may occupy (a 16-deep
+                                             // chain of atx_exec waits needs 15)
+    uint32_t max_nonatomic = 2;              // background workers for non-atomic messages at once
+    uint32_t max_nonatomic_per_role = 1;     // ... per principal
+    uint32_t terminate_grace_ms = 2000;      // past a message's deadline, its backend is ended after this
+    uint32_t park_after_ms = 5000;           // a message stuck behind its lane or role this long is parked; 0: never
+    uint32_t session_memory_limit_mb = 128;  // an apply session holding more is recycled; 0: no limit
+    uint32_t max_retry_seconds = 60;         // a transient failure is dead-lettered after this long
+                                             // (its last attempt only gets what is left of it)
     uint32_t max_backend_losses = 2;         // losses while a message ran alone before it is dead-lettered
     uint32_t prune_interval_ms = 5000;       // atx.prune() cadence
     std::string durability = "auto";         // auto | local | sync | standby-flush

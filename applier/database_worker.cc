@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "fault.h"
+#include "frame.h"
 #include "logging.h"
 #include "message.h"
 
@@ -25,6 +26,9 @@ constexpr milliseconds kNotReadyWait{5000};
 constexpr milliseconds kStandbyPoll{1000};
 constexpr milliseconds kStopGrace{3000};
 constexpr milliseconds kNestedAfter{20};
+constexpr milliseconds kWatchEvery{250};
+constexpr milliseconds kParkEvery{1000};
+constexpr size_t kParkMax = 1000;  // messages per atx.park call
 constexpr size_t kFailoverCheckLimit = 200000;
 
 // Shutdown requested: leave without committing or confirming anything new.
@@ -49,7 +53,10 @@ std::string lsn(Lsn l) { return format_lsn(l); }
 DatabaseWorker::DatabaseWorker(const Config& cfg, std::string dbname, StateStore& store,
                                const std::atomic<bool>& stop)
     : cfg_(cfg), dbname_(std::move(dbname)), log_("db=" + logq(dbname_)), store_(store), stop_(stop),
-      m_(metrics().db(dbname_)), dispatcher_(Dispatcher::Options{cfg.batch_size, cfg.max_sessions_per_role})
+      m_(metrics().db(dbname_)),
+      dispatcher_(Dispatcher::Options{cfg.batch_size, cfg.max_sessions_per_role, cfg.max_nested_per_role,
+                                      cfg.max_nonatomic, cfg.max_nonatomic_per_role, cfg.max_backend_losses,
+                                      milliseconds(cfg.park_after_ms)})
 {
     policy_.max_attempts = cfg.max_attempts;
     policy_.base = milliseconds(cfg.retry_base_ms);
@@ -69,14 +76,7 @@ void DatabaseWorker::join()
         thread_.join();
 }
 
-void DatabaseWorker::cancel_in_flight()
-{
-    cancelled_ = true;
-    for (auto& w : workers_)
-        w->cancel();
-    for (auto& w : nested_)
-        w->cancel();
-}
+void DatabaseWorker::cancel_in_flight() { cancelled_ = true; }
 
 static void sleep_unless(const std::atomic<bool>& stop, milliseconds d)
 {
@@ -189,9 +189,19 @@ void DatabaseWorker::open_control()
                                          "WHERE extname OPERATOR(pg_catalog.=) 'pg_atx'");
     if (!version)
         throw NotReady("extension pg_atx is not installed in database " + dbname_ + " (CREATE EXTENSION pg_atx)");
-    if (*version == "0.1")
-        throw NotReady("extension pg_atx is at version 0.1 in database " + dbname_ +
-                       ": run ALTER EXTENSION pg_atx UPDATE");
+    if (*version != ATX_EXTENSION_VERSION)
+        throw NotReady("extension pg_atx is at version " + *version + " in database " + dbname_ +
+                       ", this atx-applier needs " + ATX_EXTENSION_VERSION + ": run ALTER EXTENSION pg_atx UPDATE");
+    // Each message's time limit is enforced from outside its statement through the server's
+    // apply registry, which only a preloaded pg_atx has.
+    try {
+        control_.exec("SELECT count(*) FROM atx.apply_activity()");
+    } catch (const PgError& e) {
+        if (e.connection_lost || e.sqlstate != "55000")
+            throw;
+        throw NotReady("pg_atx is not in shared_preload_libraries of this server: atx-applier needs it to bound each "
+                       "message's time (add it and restart the server)");
+    }
     slot_ = control_.scalar("SELECT atx.slot_name()::text").value_or("");
 
     // The durability rule (docs/applier.md).
@@ -316,8 +326,9 @@ void DatabaseWorker::check_failover()
     try {
         PgResult r = control_.exec(
             "SELECT status, count(*)::text FROM atx.apply_batch($1::pg_catalog.pg_lsn[], '{}', '{}', "
-            "$2::pg_catalog.int4, $3::pg_catalog.int4, true) GROUP BY status",
-            {pg_array_literal(gone), std::to_string(cfg_.max_attempts), std::to_string(cfg_.statement_timeout_ms)});
+            "$2::pg_catalog.int4, $3::pg_catalog.int4, true, $4) GROUP BY status",
+            {pg_array_literal(gone), std::to_string(cfg_.max_attempts), std::to_string(cfg_.statement_timeout_ms),
+             std::string(ATX_VERSION)});
         std::string summary;
         for (int i = 0; i < PQntuples(r.get()); ++i)
             summary += (i ? " " : "") + field(r.get(), i, 0).value_or("?") + "=" + field(r.get(), i, 1).value_or("?");
@@ -341,7 +352,7 @@ void DatabaseWorker::start_workers()
                                                           cfg_.lock_timeout_ms >= cfg_.statement_timeout_ms)
                             ? std::max<uint32_t>(1, cfg_.statement_timeout_ms / 2)
                             : cfg_.lock_timeout_ms,
-                        cfg_.statement_timeout_ms, cfg_.max_attempts, !standby_flush_},
+                        cfg_.statement_timeout_ms, cfg_.max_attempts, !standby_flush_, cfg_.park_after_ms},
         policy_,
         [this](const std::vector<Pending>& items, Lsn commit) { on_handled(items, commit); },
         [this](const std::string& why) {
@@ -356,25 +367,109 @@ void DatabaseWorker::start_workers()
     }
 }
 
+// Ends the apply backends of these workers (the applier stops, or starts its sessions over):
+// their transactions roll back, and the losses count against nothing. Through the control
+// connection, or a new one when it is gone; a worker whose backend cannot be reached stops
+// waiting for it anyway (the server ends the statement when it notices).
+void DatabaseWorker::end_backends(const std::vector<ApplyWorker*>& ws)
+{
+    std::vector<std::optional<std::string>> pids;
+    for (auto* w : ws) {
+        w->ending_for_stop();
+        if (int pid = w->activity().backend_pid)
+            pids.push_back(std::to_string(pid));
+    }
+    if (!pids.empty()) {
+        try {
+            PgConn fresh;
+            PgConn* c = &control_;
+            if (!control_.connected()) {
+                fresh.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier control"},
+                                              {"connect_timeout", "2"}});
+                c = &fresh;
+            }
+            c->exec("SELECT pg_catalog.pg_terminate_backend(p) FROM pg_catalog.unnest($1::pg_catalog.int4[]) p",
+                    {pg_array_literal(pids)});
+        } catch (const PgError& e) {
+            spdlog::warn("{} event=end_apply_sessions_failed error={}", log_, logq(e.what()));
+        }
+    }
+    for (auto* w : ws)
+        w->abandon();
+}
+
 void DatabaseWorker::stop_workers(bool cancel)
 {
     dispatcher_.stop();
     const auto until = Clock::now() + (cancel ? milliseconds(0) : kStopGrace);
     for (auto* pool : {&workers_, &nested_})
         for (auto& w : *pool)
-            cancel ? w->cancel() : w->stop();
+            w->stop();
+    std::vector<ApplyWorker*> left;
     for (auto* pool : {&workers_, &nested_})
         for (auto& w : *pool) {
-            while (!w->exited() && Clock::now() < until)
+            while (!w->exited() && Clock::now() < until && !cancelled_)
                 std::this_thread::sleep_for(milliseconds(10));
             if (!w->exited())
-                w->cancel();
-            w->join();
+                left.push_back(w.get());
         }
+    if (!left.empty())
+        end_backends(left);
+    for (auto* pool : {&workers_, &nested_})
+        for (auto& w : *pool)
+            w->join();
     workers_.clear();
     nested_.clear();
     ctx_.reset();
     dispatcher_.clear();
+}
+
+// A message's statement may catch the cancel its own time limit sends and run on. Past its
+// deadline (the server's apply registry) and a grace, the applier ends its backend: a FATAL no
+// statement can catch. Only batches that have run longer than the limit are looked at, so the
+// registry is read only when something may be overdue.
+void DatabaseWorker::watch_deadlines()
+{
+    const auto now = Clock::now();
+    next_watch_ = now + kWatchEvery;
+    if (cfg_.statement_timeout_ms == 0 || !control_.connected())
+        return;
+    std::vector<ApplyWorker*> all;
+    bool suspicious = false;
+    for (auto* pool : {&workers_, &nested_})
+        for (auto& w : *pool) {
+            all.push_back(w.get());
+            const WorkerActivity a = w->activity();
+            if (a.since != Clock::time_point{} && now - a.since >= milliseconds(cfg_.statement_timeout_ms))
+                suspicious = true;
+        }
+    if (!suspicious)
+        return;
+    PgResult r = control_.exec(
+        "SELECT pid::text, lsn::text FROM atx.apply_activity() WHERE state OPERATOR(pg_catalog.=) 'running' "
+        "AND deadline IS NOT NULL AND now OPERATOR(pg_catalog.>=) (deadline OPERATOR(pg_catalog.+) $1::pg_catalog.interval)",
+        {std::to_string(cfg_.terminate_grace_ms) + " milliseconds"});
+    for (int i = 0; i < PQntuples(r.get()); ++i) {
+        const int pid = std::stoi(field(r.get(), i, 0).value_or("0"));
+        const std::string at = field(r.get(), i, 1).value_or("");
+        ApplyWorker* owner = nullptr;
+        for (auto* w : all)
+            if (w->activity().backend_pid == pid)
+                owner = w;
+        if (owner == nullptr)
+            continue;  // not this applier's (another database's worker, an operator's session)
+        owner->ending_for_overdue(parse_lsn(at).value_or(0));
+        const bool ended = control_.scalar("SELECT atx.terminate_overdue($1::pg_catalog.int4, $2::pg_catalog.pg_lsn)"
+                                           "::pg_catalog.text",
+                                           {std::to_string(pid), at})
+                               .value_or("false") == "true";
+        if (!ended)
+            owner->ending_for_overdue(0);  // it moved on meanwhile
+        else
+            spdlog::warn("{} event=overdue_terminated pid={} lsn={} grace_ms={} action=\"its statement ignored the "
+                         "cancel at its time limit: its apply session is ended\"",
+                         log_, pid, at, cfg_.terminate_grace_ms);
+    }
 }
 
 // A nested atx_exec waits for a message that no regular session can take (they are all busy,
@@ -438,6 +533,7 @@ WorkerResult DatabaseWorker::session()
     m_.set_error("");
     m_.attempted = true;
     dispatcher_.clear();
+    load_parked();
     start_workers();
     spdlog::info("{} event=streaming slot={} from={} sessions={} role_budget={}", log_, slot_, lsn(slot_confirmed_),
                  cfg_.apply_sessions, cfg_.max_sessions_per_role);
@@ -446,6 +542,7 @@ WorkerResult DatabaseWorker::session()
     next_status_ = now0 + milliseconds(cfg_.status_interval_ms);
     next_durability_ = now0;
     next_prune_ = now0 + milliseconds(cfg_.prune_interval_ms);
+    next_park_ = now0 + kParkEvery;
     last_data_ = now0;
     for (;;) {
         m_.tick();
@@ -487,6 +584,22 @@ WorkerResult DatabaseWorker::session()
         prune_.poll();
         if (now >= next_slot_check_)
             check_slot(false);
+        if (now >= next_watch_) {
+            try {
+                watch_deadlines();
+            } catch (const PgError& e) {
+                if (e.connection_lost)
+                    throw;
+                // The stream goes on; the next round tries again (said once a minute).
+                if (now - last_watch_error_ > std::chrono::minutes(1)) {
+                    spdlog::error("{} event=watchdog_failed sqlstate={} error={}", log_,
+                                  e.sqlstate.empty() ? "-" : e.sqlstate, logq(e.what()));
+                    last_watch_error_ = now;
+                }
+            }
+        }
+        if (now >= next_park_)
+            maybe_park(now);
         maybe_grow_nested();
         if (cfg_.once && idle_and_confirmed()) {
             stop_workers(false);
@@ -511,11 +624,11 @@ void DatabaseWorker::handle_frame(const std::string& data)
     }
     const auto& x = std::get<XLogData>(m);
     last_data_ = Clock::now();
-    const AtxFrame f = parse_atx_frame(x.payload);
+    const Frame f = parse_frame(x.payload);
     handle_message(f.start, x.data_start, f.payload);
 }
 
-void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload)
+Pending DatabaseWorker::pending_of(Lsn start, Lsn end, std::string_view payload)
 {
     Pending p;
     p.start = start;
@@ -524,7 +637,9 @@ void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload
         const Message msg = decode_payload(payload).message;
         p.id = msg.id;
         p.lane = msg.lane;
-        p.role_oid = msg.role_oid;
+        p.as.role_oid = msg.role_oid;
+        // The principal: the login that caused it (version 1 carries none: its role).
+        p.as.principal_oid = msg.session_role_oid ? msg.session_role_oid : msg.role_oid;
         p.role_name = msg.role_name;
         p.depth = msg.depth;
         p.waited = msg.waited;
@@ -545,17 +660,121 @@ void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload
             p.attempts = rec->attempts;
     } catch (const StateError&) {
     }
+    return p;
+}
+
+void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload)
+{
+    m_.received_lsn = end;
+    if (parked_lsns_.count(start)) {
+        // Parked before this stream began (the slot had not passed it yet): its copy runs.
+        std::lock_guard<std::mutex> lock(progress_mu_);
+        progress_.received(start, end);
+        progress_.handled(start, parked_load_lsn_);
+        return;
+    }
+    Pending p = pending_of(start, end, payload);
     ++m_.received;
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
         progress_.received(start, end);
     }
-    m_.received_lsn = end;
     dispatcher_.add(std::move(p));
+}
+
+// Messages parked before (by this applier before a restart, or by another before a failover)
+// go to their lanes before anything the stream sends: they are older. Their WAL may be gone.
+void DatabaseWorker::load_parked()
+{
+    parked_lsns_.clear();
+    PgResult r = control_.exec("SELECT lsn::text, payload FROM atx.applied WHERE payload IS NOT NULL ORDER BY lsn");
+    const int n = PQntuples(r.get());
+    if (n == 0)
+        return;
+    parked_load_lsn_ =
+        parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+    for (int i = 0; i < n; ++i) {
+        const Lsn start = parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0);
+        size_t len = 0;
+        unsigned char* raw = PQunescapeBytea(reinterpret_cast<const unsigned char*>(PQgetvalue(r.get(), i, 1)), &len);
+        if (raw == nullptr)
+            throw std::bad_alloc();
+        Pending p;
+        try {
+            p = pending_of(start, start, std::string_view(reinterpret_cast<const char*>(raw), len));
+        } catch (...) {
+            PQfreemem(raw);
+            throw;
+        }
+        PQfreemem(raw);
+        p.parked = true;
+        parked_lsns_.insert(start);
+        dispatcher_.add(std::move(p));
+    }
+    spdlog::info("{} event=parked_loaded count={} first={} action=\"they run from their copies before what the "
+                 "stream sends\"",
+                 log_, n, field(r.get(), 0, 0).value_or("-"));
+}
+
+// Messages stuck behind a long-running statement of their lane or principal are copied into
+// the server, so that the slot (and the WAL it keeps) moves past them (dispatcher.h).
+void DatabaseWorker::maybe_park(Clock::time_point now)
+{
+    next_park_ = now + kParkEvery;
+    if (cfg_.park_after_ms == 0)
+        return;
+    const std::vector<Pending> cands = dispatcher_.park_candidates(now - milliseconds(cfg_.park_after_ms), kParkMax);
+    if (cands.empty())
+        return;
+    std::vector<std::optional<std::string>> lsns;
+    for (const auto& p : cands)
+        lsns.push_back(format_lsn(p.start));
+    std::vector<Id> done;
+    size_t parked = 0;
+    try {
+        PgResult r = control_.exec("SELECT lsn::text, status FROM atx.park($1::pg_catalog.pg_lsn[])",
+                                   {pg_array_literal(lsns)});
+        const Lsn commit =
+            parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+        std::unordered_map<Lsn, std::string> status;
+        for (int i = 0; i < PQntuples(r.get()); ++i)
+            status[parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0)] = field(r.get(), i, 1).value_or("");
+        std::lock_guard<std::mutex> lock(progress_mu_);
+        for (const auto& p : cands) {
+            if (status[p.start] != "parked")
+                continue;  // handled meanwhile, or not ours: it runs, and its run says so
+            done.push_back(p.id);
+            progress_.handled(p.start, commit);
+            ++parked;
+        }
+    } catch (const PgError& e) {
+        dispatcher_.park_failed();
+        if (e.connection_lost)
+            throw;
+        if (now - last_park_error_ > std::chrono::minutes(1)) {
+            spdlog::error("{} event=park_failed sqlstate={} error={} action=\"the slot waits for these messages; "
+                          "trying again\"",
+                          log_, e.sqlstate.empty() ? "-" : e.sqlstate, logq(e.what()));
+            last_park_error_ = now;
+        }
+        return;
+    }
+    std::vector<Id> tried;
+    for (const auto& p : cands)
+        tried.push_back(p.id);
+    dispatcher_.parked(done, tried);
+    m_.parked_total += parked;
+    if (parked > 0)
+        spdlog::info("{} event=parked count={} first={} role={} reason=\"waited {} ms behind a long-running statement "
+                     "of their lane or role\" action=\"copied into atx.applied; the slot may pass them, they run "
+                     "later\"",
+                     log_, parked, lsn(cands.front().start), logq(cands.front().role_name), cfg_.park_after_ms);
 }
 
 void DatabaseWorker::on_handled(const std::vector<Pending>& items, Lsn commit_lsn)
 {
+    if (ATX_BROKEN("confirm_before_durable"))
+        commit_lsn = 0;  // a deliberate bug for tests (fault.h): counted durable at once
     if (items.empty())
         return;
     int64_t last_emit = 0;
@@ -564,8 +783,12 @@ void DatabaseWorker::on_handled(const std::vector<Pending>& items, Lsn commit_ls
         std::lock_guard<std::mutex> lock(progress_mu_);
         for (const auto& p : items) {
             // Callers of atx_exec are woken by the commit itself, unless that commit must first
-            // reach the standbys (standby-flush): then by atx.wake once it has.
-            progress_.handled(p.start, commit_lsn, p.waited && standby_flush_, p.id);
+            // reach the standbys (standby-flush): then by atx.wake once it has. A parked message
+            // counted as handled for the slot when it was parked.
+            if (!p.parked)
+                progress_.handled(p.start, commit_lsn, p.waited && standby_flush_, p.id);
+            else if (p.waited && standby_flush_)
+                progress_.handled_untracked(commit_lsn, p.id);
             last_emit = std::max(last_emit, p.emit_time);
             last = std::max(last, p.start);
         }
@@ -635,6 +858,7 @@ void DatabaseWorker::send_status()
     m_.queued = dispatcher_.queued();
     m_.in_flight = dispatcher_.in_flight();
     m_.suspects = dispatcher_.suspects();
+    m_.parked = dispatcher_.parked_queued();
     next_status_ = Clock::now() + milliseconds(cfg_.status_interval_ms);
 }
 

@@ -14,6 +14,8 @@
 // another.
 #pragma once
 
+#include <unordered_set>
+
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -52,7 +54,7 @@ public:
     void join();
     bool done() const { return done_.load(); }
     WorkerResult result() const { return result_.load(); }
-    // Shutdown grace period is over: cancel the statements in flight (they are rolled back).
+    // Shutdown grace period is over: end the apply sessions in flight (their batches roll back).
     void cancel_in_flight();
 
 private:
@@ -63,9 +65,14 @@ private:
     void check_failover();
     void start_workers();
     void stop_workers(bool cancel);
+    void end_backends(const std::vector<ApplyWorker*>& ws);
+    void watch_deadlines();
     void maybe_grow_nested();
     void handle_frame(const std::string& data);
     void handle_message(Lsn start, Lsn end, std::string_view payload);
+    Pending pending_of(Lsn start, Lsn end, std::string_view payload);
+    void load_parked();
+    void maybe_park(std::chrono::steady_clock::time_point now);
     void on_handled(const std::vector<Pending>& items, Lsn commit_lsn);
     void poll_durability();
     void follow_synchronous_standbys(bool log_change);
@@ -105,8 +112,10 @@ private:
     Lsn slot_confirmed_ = 0;        // the slot's confirmed_flush_lsn when the session began
     Lsn reported_flush_ = 0;
     bool streamed_ = false;
+    std::unordered_set<Lsn> parked_lsns_;  // parked before this stream began: their copies run
+    Lsn parked_load_lsn_ = 0;              // the server's WAL position when they were read
     std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_, next_rule_check_,
-        last_data_, nested_wanted_since_;
+        last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_, last_park_error_;
 };
 
 }  // namespace atx::applier

@@ -5,6 +5,15 @@
 
 namespace atx::applier {
 
+namespace {
+
+// How many ready lanes take() looks through for one of the RunAs the asking session serves
+// before it takes the first it may: enough to keep sessions on their role under a steady mix,
+// few enough that a lane of another role waits for at most that many batches.
+constexpr size_t kAffinityScan = 8;
+
+}  // namespace
+
 size_t IdHash::operator()(const Id& id) const noexcept
 {
     size_t h = 1469598103934665603ULL;
@@ -13,18 +22,29 @@ size_t IdHash::operator()(const Id& id) const noexcept
     return h;
 }
 
+// The waited nested message at the head of q: what the nested pool exists for.
 static bool nested_head(const std::deque<Pending>& q) { return !q.empty() && q.front().depth > 0 && q.front().waited; }
+
+// Caller holds the lock: what is known of p beyond the stream (suspicion, losses, verdict).
+void Dispatcher::annotate(Pending& p) const
+{
+    p.suspect = suspects_.count(p.id) > 0;
+    if (auto l = losses_.find(p.id); l != losses_.end())
+        p.losses = l->second;
+    if (auto v = verdicts_.find(p.id); v != verdicts_.end())
+        p.verdict = v->second;
+}
 
 void Dispatcher::add(Pending p)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    if (auto s = suspicion_.find(p.id); s != suspicion_.end()) {
-        p.suspect = true;
-        p.losses = s->second.losses;
-    }
+    annotate(p);
+    if (p.queued_at == Clock::time_point{})
+        p.queued_at = Clock::now();
+    if (p.parked)
+        ++parked_;
     Lane& l = lanes_[p.lane];
     const bool was_empty = l.q.empty();
-    l.role_oid = p.role_oid;
     const Id lane_id = p.lane;
     l.q.push_back(std::move(p));
     if (was_empty && !l.leased) {
@@ -36,16 +56,33 @@ void Dispatcher::add(Pending p)
     }
 }
 
-bool Dispatcher::eligible(const Lane& l, WorkerKind kind) const
+bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const
 {
-    if (l.leased || l.q.empty())
+    if (l.leased || l.parking || l.q.empty())
         return false;
-    if (l.q.front().suspect && suspect_running_)
+    const Pending& head = l.q.front();
+    if (l.slow && waits_for_park(head))
         return false;
-    if (kind == WorkerKind::Nested)
-        return nested_head(l.q);
-    auto busy = role_busy_.find(l.role_oid);
-    return busy == role_busy_.end() || busy->second < opt_.role_budget;
+    if (head.suspect && suspect_running_)
+        return false;
+    if (kind == WorkerKind::Nested) {
+        // Only a wait that can never end otherwise: the parent (the lane) is running now.
+        if (!nested_head(l.q) || running_.count(lane_id) == 0)
+            return false;
+        auto busy = nested_busy_.find(head.as.principal_oid);
+        return busy == nested_busy_.end() || busy->second < opt_.nested_budget;
+    }
+    auto busy = principal_busy_.find(head.as.principal_oid);
+    return busy == principal_busy_.end() || busy->second < opt_.role_budget;
+}
+
+// Caller holds the lock: the head of a slow lane that must be parked before it runs.
+bool Dispatcher::waits_for_park(const Pending& head) const
+{
+    if (opt_.park_after.count() == 0 || head.parked || head.park_tried || (head.depth > 0 && head.waited))
+        return false;
+    const auto now = Clock::now();
+    return now >= park_broken_until_ && head.queued_at <= now - opt_.park_after;
 }
 
 void Dispatcher::promote_due(Clock::time_point now)
@@ -59,7 +96,48 @@ void Dispatcher::promote_due(Clock::time_point now)
     }
 }
 
-std::optional<Batch> Dispatcher::take(WorkerKind kind, std::chrono::milliseconds wait)
+// Caller holds the lock: the lane's next batch, leased to a worker of `kind`.
+Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
+{
+    Batch b;
+    b.lane = lane_id;
+    b.as = l.q.front().as;
+    b.nested = kind == WorkerKind::Nested;
+    l.leased = true;
+    l.leased_at = Clock::now();
+    l.leased_principal = l.q.front().as.principal_oid;
+    const Pending& head = l.q.front();
+    if (head.suspect || head.verdict || head.losses > 0 || head.attempts > 0) {
+        // Alone: a suspect, so that a loss now can only be its doing; a message with a verdict,
+        // to be dead-lettered; one that lost a backend before, so that its next loss is clearly
+        // its own; one retried after a transient failure, whose time limit is what is left of its
+        // retry window.
+        b.suspect = head.suspect;
+        if (b.suspect)
+            suspect_running_ = true;
+        b.items.push_back(std::move(l.q.front()));
+        l.q.pop_front();
+    } else {
+        const size_t most = l.slow ? 1 : opt_.batch_size;
+        while (!l.q.empty() && b.items.size() < most) {
+            const Pending& p = l.q.front();
+            if (p.as != b.as || p.suspect || p.verdict || p.losses > 0 || p.attempts > 0)
+                break;
+            b.items.push_back(std::move(l.q.front()));
+            l.q.pop_front();
+        }
+    }
+    if (kind == WorkerKind::Regular)
+        ++principal_busy_[b.as.principal_oid];
+    else
+        ++nested_busy_[b.as.principal_oid];
+    for (const auto& p : b.items)
+        running_.insert(p.id);
+    in_flight_ += b.items.size();
+    return b;
+}
+
+std::optional<Batch> Dispatcher::take(WorkerKind kind, std::optional<RunAs> prefer, std::chrono::milliseconds wait)
 {
     std::unique_lock<std::mutex> lock(mu_);
     const auto deadline = Clock::now() + wait;
@@ -76,40 +154,28 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::chrono::milliseconds
             return std::nullopt;
         const auto now = Clock::now();
         promote_due(now);
-        for (auto r = ready_.begin(); r != ready_.end(); ++r) {
+        auto chosen = ready_.end();
+        size_t seen = 0;
+        for (auto r = ready_.begin(); r != ready_.end() && seen < kAffinityScan; ++r) {
             auto it = lanes_.find(*r);
-            if (it == lanes_.end() || it->second.q.empty()) {
-                continue;  // stale entry; dropped below when found eligible elsewhere
-            }
-            Lane& l = it->second;
-            if (!eligible(l, kind))
+            if (it == lanes_.end() || !eligible(it->second, *r, kind))
                 continue;
-            Batch b;
-            b.lane = *r;
-            b.role_oid = l.role_oid;
-            ready_.erase(r);
-            l.leased = true;
-            if (l.q.front().suspect) {
-                // A suspect runs alone: a loss now can only be its doing.
-                b.suspect = true;
-                suspect_running_ = true;
-                b.items.push_back(std::move(l.q.front()));
-                l.q.pop_front();
-            } else {
-                while (!l.q.empty() && b.items.size() < opt_.batch_size && !l.q.front().suspect) {
-                    b.items.push_back(std::move(l.q.front()));
-                    l.q.pop_front();
-                }
+            ++seen;
+            if (chosen == ready_.end())
+                chosen = r;
+            if (!prefer || it->second.q.front().as == *prefer) {
+                chosen = r;
+                break;
             }
-            if (kind == WorkerKind::Regular)
-                ++role_busy_[l.role_oid];
-            else
-                b.role_oid = 0;  // the nested pool is outside the role budget
-            in_flight_ += b.items.size();
+        }
+        if (chosen != ready_.end()) {
+            const Id lane_id = *chosen;
+            ready_.erase(chosen);
+            Batch b = lease(lane_id, lanes_[lane_id], kind);
             pass_on();
             return b;
         }
-        // Drop stale entries (lanes that vanished or emptied) so the scan stays short.
+        // Drop stale entries (lanes that vanished, emptied or are leased) so the scan stays short.
         ready_.erase(std::remove_if(ready_.begin(), ready_.end(),
                                     [&](const Id& id) {
                                         auto it = lanes_.find(id);
@@ -144,7 +210,8 @@ bool Dispatcher::any_eligible_locked() const
 {
     for (const Id& id : ready_) {
         auto it = lanes_.find(id);
-        if (it != lanes_.end() && (eligible(it->second, WorkerKind::Regular) || eligible(it->second, WorkerKind::Nested)))
+        if (it != lanes_.end() &&
+            (eligible(it->second, id, WorkerKind::Regular) || eligible(it->second, id, WorkerKind::Nested)))
             return true;
     }
     return false;
@@ -164,31 +231,41 @@ void Dispatcher::wake_others()
 void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 {
     Lane& l = lanes_[b.lane];
+    l.slow = opt_.park_after.count() > 0 && Clock::now() - l.leased_at >= opt_.park_after;
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
-        if (auto s = suspicion_.find(p.id); s != suspicion_.end()) {
-            p.suspect = true;
-            p.losses = s->second.losses;
-        }
+        annotate(p);
         l.q.push_front(std::move(p));
     }
-    l.role_oid = l.q.empty() ? l.role_oid : l.q.front().role_oid;
     l.not_before = when;
     in_flight_ -= b.items.size();
-    // Nested batches carry role 0: they were never counted.
-    auto busy = role_busy_.find(b.role_oid);
-    if (busy != role_busy_.end() && busy->second > 0 && --busy->second == 0)
-        role_busy_.erase(busy);
+    for (const auto& p : b.items)
+        running_.erase(p.id);
+    auto& busy = b.nested ? nested_busy_ : principal_busy_;
+    auto it = busy.find(b.as.principal_oid);
+    if (it != busy.end() && it->second > 0 && --it->second == 0)
+        busy.erase(it);
     if (b.suspect)
         suspect_running_ = false;
     requeue(b.lane, l);
 }
 
+// Caller holds the lock: the first n messages of b are handled; what was kept about them goes.
+void Dispatcher::forget_handled(const Batch& b, size_t n)
+{
+    for (size_t i = 0; i < n && i < b.items.size(); ++i) {
+        if (b.items[i].parked && parked_ > 0)
+            --parked_;
+        suspects_.erase(b.items[i].id);
+        losses_.erase(b.items[i].id);
+        verdicts_.erase(b.items[i].id);
+    }
+}
+
 void Dispatcher::done(const Batch& b, size_t n)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = 0; i < n && i < b.items.size(); ++i)
-        suspicion_.erase(b.items[i].id);
+    forget_handled(b, n);
     give_back(b, std::min(n, b.items.size()), Clock::time_point{});
 }
 
@@ -196,8 +273,7 @@ void Dispatcher::retry_later(const Batch& b, size_t n, Clock::time_point when, i
 {
     std::lock_guard<std::mutex> lock(mu_);
     Batch copy = b;
-    for (size_t i = 0; i < n && i < copy.items.size(); ++i)
-        suspicion_.erase(copy.items[i].id);
+    forget_handled(copy, n);
     if (n < copy.items.size()) {
         Pending& p = copy.items[n];
         ++p.attempts;
@@ -212,20 +288,34 @@ void Dispatcher::release(const Batch& b, Clock::time_point when) { release_after
 void Dispatcher::release_after(const Batch& b, size_t n, Clock::time_point when)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = 0; i < n && i < b.items.size(); ++i)
-        suspicion_.erase(b.items[i].id);
+    forget_handled(b, n);
     give_back(b, std::min(n, b.items.size()), when);
 }
 
+void Dispatcher::lost_running(const Batch& b, const Id& id)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    if (++losses_[id] >= opt_.max_backend_losses)
+        verdicts_[id] = Verdict::BackendLost;
+    give_back(b, 0, Clock::time_point{});
+}
+
+void Dispatcher::condemn(const Batch& b, const Id& id, Verdict v)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    verdicts_[id] = v;
+    give_back(b, 0, Clock::time_point{});
+}
+
 // Caller holds the lock.
-void Dispatcher::suspect_locked(const std::vector<Id>& ids, bool alone, uint32_t losses)
+void Dispatcher::suspect_locked(const std::vector<Id>& ids, bool alone)
 {
     if (alone && !ids.empty()) {
-        uint32_t& n = suspicion_[ids[0]].losses;
-        n = std::max(n, losses) + 1;
+        if (++losses_[ids[0]] >= opt_.max_backend_losses)
+            verdicts_[ids[0]] = Verdict::BackendLost;
     } else {
         for (const auto& id : ids)
-            suspicion_.emplace(id, Suspicion{});
+            suspects_.insert(id);
     }
 }
 
@@ -241,15 +331,14 @@ static std::vector<Id> ids_of(const Batch& b)
 void Dispatcher::lost(const Batch& b)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    suspect_locked(ids_of(b), b.suspect, b.items.empty() ? 0 : b.items[0].losses);
+    suspect_locked(ids_of(b), b.suspect);
     give_back(b, 0, Clock::time_point{});  // picks the suspicion up again
 }
 
 void Dispatcher::lost_unexplained(const Batch& b, const std::string& server_start)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    unexplained_.push_back(
-        Unexplained{ids_of(b), b.suspect, b.items.empty() ? 0 : b.items[0].losses, server_start});
+    unexplained_.push_back(Unexplained{ids_of(b), b.suspect, server_start});
     give_back(b, 0, Clock::time_point{});
 }
 
@@ -258,15 +347,104 @@ void Dispatcher::settle(const std::string& server_start)
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& u : unexplained_)
         if (u.server_start != server_start)
-            suspect_locked(u.ids, u.suspect, u.losses);
+            suspect_locked(u.ids, u.suspect);
     unexplained_.clear();
     // Messages already back in their lanes learn it now.
     for (auto& [id, l] : lanes_)
         for (auto& p : l.q)
-            if (auto s = suspicion_.find(p.id); s != suspicion_.end()) {
-                p.suspect = true;
-                p.losses = s->second.losses;
+            annotate(p);
+}
+
+std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_t max)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = Clock::now();
+    std::set<uint32_t> stalled;  // principals with a batch running since before `before`
+    for (const auto& [id, l] : lanes_)
+        if (l.leased && l.leased_at <= before)
+            stalled.insert(l.leased_principal);
+    std::vector<Pending> out;
+    for (auto& [id, l] : lanes_) {
+        if (out.size() >= max)
+            break;
+        if (l.parking || l.q.empty())
+            continue;
+        const bool lane_stalled = (l.leased && l.leased_at <= before) || l.not_before > now || l.slow;
+        bool any = false;
+        for (const auto& p : l.q) {
+            if (out.size() >= max)
+                break;
+            if (p.parked || p.queued_at > before || (p.depth > 0 && p.waited && running_.count(id) > 0))
+                continue;
+            if (!lane_stalled && stalled.count(p.as.principal_oid) == 0)
+                continue;
+            out.push_back(p);
+            any = true;
+        }
+        if (any)
+            l.parking = true;
+    }
+    return out;
+}
+
+void Dispatcher::parked(const std::vector<Id>& ids, const std::vector<Id>& tried)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::unordered_set<Id, IdHash> set(ids.begin(), ids.end()), tried_set(tried.begin(), tried.end());
+    for (auto& [id, l] : lanes_) {
+        if (!l.parking)
+            continue;
+        l.parking = false;
+        for (auto& p : l.q) {
+            if (tried_set.count(p.id))
+                p.park_tried = true;
+            if (set.count(p.id) && !p.parked) {
+                p.parked = true;
+                ++parked_;
             }
+        }
+    }
+    cv_.notify_all();
+}
+
+void Dispatcher::park_failed()
+{
+    parked({}, {});
+    std::lock_guard<std::mutex> lock(mu_);
+    park_broken_until_ = Clock::now() + std::chrono::minutes(1);
+}
+
+size_t Dispatcher::parked_queued() const
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    return parked_;
+}
+
+bool Dispatcher::acquire_nonatomic(uint32_t principal)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t& mine = nonatomic_busy_[principal];
+    if (nonatomic_total_ >= opt_.nonatomic_total || mine >= opt_.nonatomic_per_principal) {
+        if (mine == 0)
+            nonatomic_busy_.erase(principal);
+        return false;
+    }
+    ++mine;
+    ++nonatomic_total_;
+    return true;
+}
+
+void Dispatcher::release_nonatomic(uint32_t principal)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = nonatomic_busy_.find(principal);
+    if (it == nonatomic_busy_.end())
+        return;
+    if (--it->second == 0)
+        nonatomic_busy_.erase(it);
+    if (nonatomic_total_ > 0)
+        --nonatomic_total_;
+    wake_pending_ = true;
 }
 
 void Dispatcher::clear()
@@ -275,9 +453,14 @@ void Dispatcher::clear()
     lanes_.clear();
     ready_.clear();
     delayed_.clear();
-    role_busy_.clear();
+    principal_busy_.clear();
+    nested_busy_.clear();
+    nonatomic_busy_.clear();
+    nonatomic_total_ = 0;
+    running_.clear();
     suspect_running_ = false;
     in_flight_ = 0;
+    parked_ = 0;
     stopped_ = false;
 }
 
@@ -306,7 +489,7 @@ size_t Dispatcher::in_flight() const
 size_t Dispatcher::suspects() const
 {
     std::lock_guard<std::mutex> lock(mu_);
-    return suspicion_.size();
+    return suspects_.size();
 }
 
 int64_t Dispatcher::oldest_emit() const
@@ -324,7 +507,7 @@ bool Dispatcher::nested_waiting() const
     std::lock_guard<std::mutex> lock(mu_);
     for (const Id& id : ready_) {
         auto it = lanes_.find(id);
-        if (it != lanes_.end() && !it->second.leased && nested_head(it->second.q))
+        if (it != lanes_.end() && eligible(it->second, id, WorkerKind::Nested))
             return true;
     }
     return false;

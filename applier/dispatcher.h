@@ -5,16 +5,36 @@
 // lanes run in parallel on the apply sessions, in any order. So a message that waits on a lock,
 // sleeps or is retried holds up only the messages of its own lane (docs/applier.md).
 //
-// Fairness and budgets: ready lanes are served round robin; a role may occupy at most
-// role_budget regular sessions at once, so one role's stuck messages cannot take them all.
-// Lanes whose next message is a nested atx_exec (its parent waits for it in another session)
-// may also go to the nested pool, which exists so that such waits can always be served.
+// A batch holds consecutive messages of one lane that run as the same role and are charged to
+// the same principal (RunAs): an apply session serves one RunAs from connect to close, and a
+// batch of another RunAs gets a fresh session (apply_worker.cc), so that nothing one role's code
+// leaves in a backend (settings, placeholders, plans, caches, memory) is ever used by another's.
+// take() prefers lanes of the RunAs the asking session already serves.
 //
-// Poison messages: when an apply backend is lost (killed, crashed, out of memory) while a batch
-// runs, every message of that batch becomes a suspect. Suspects run alone, one at a time per
-// database; a loss while a suspect runs alone counts against it, and the caller dead-letters it
-// once it reaches the limit. Suspicion survives clear() (a server crash ends the stream too).
-// A connection that simply went is only counted once a reconnect shows the server restarted.
+// Budgets, by principal (the login that caused the work; docs/applier.md): a principal occupies
+// at most role_budget regular sessions, at most nested_budget sessions of the nested pool, and
+// holds at most nonatomic_per_principal of the nonatomic_total background workers at once. The
+// nested pool serves only lanes whose next message is an atx_exec that a running message waits
+// for (its parent is in flight): such waits can always be served, and nothing else takes them.
+//
+// Verdicts: a message the applier itself decided not to run (it overstayed its limit and its
+// backend was terminated; its backend was lost too often while it ran) carries its verdict;
+// batches stop before it, and it is then taken alone, for the worker to dead-letter it.
+//
+// Parking: a queued message that has waited longer than park_after behind a batch of its own
+// lane or principal that has run that long (or behind its lane's retry wait) is handed out by
+// park_candidates(); the database worker copies it into the server (atx.park) so that the slot
+// can move past it, and marks it parked(). It stays in its lane and runs as any other, from its
+// copy. A lane being parked is not taken meanwhile. A lane whose last batch ran longer than
+// park_after is slow: it gets batches of one message, and a message of it that has waited that
+// long is parked before it runs (unless parking fails), so that a lane of slow messages holds the
+// slot for one message's run at most.
+//
+// Poison messages of a crash: when an apply backend dies and the server restarts (a crash ends
+// every backend, so which message did it cannot be seen), every message of the batches in flight
+// becomes a suspect. Suspects run alone, one at a time per database; a loss while a suspect runs
+// alone counts against it. Suspicion survives clear() (a server crash ends the stream too). A
+// connection that simply went is settled once a reconnect shows whether the server restarted.
 #pragma once
 
 #include <chrono>
@@ -27,8 +47,10 @@
 #include <set>
 #include <string>
 #include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
+#include "apply_status.h"
 #include "progress.h"
 
 namespace atx::applier {
@@ -39,30 +61,43 @@ struct IdHash {
     size_t operator()(const Id& id) const noexcept;
 };
 
+// Who a message runs as, and who pays for it.
+struct RunAs {
+    uint32_t role_oid = 0;       // current_user at the call: what its statement runs as
+    uint32_t principal_oid = 0;  // the login that caused it (common/message.h): budgets
+    bool operator==(const RunAs& o) const { return role_oid == o.role_oid && principal_oid == o.principal_oid; }
+    bool operator!=(const RunAs& o) const { return !(*this == o); }
+};
+
 // One message waiting in its lane.
 struct Pending {
     Lsn start = 0;
     Lsn end = 0;
     Id id{};
     Id lane{};
-    uint32_t role_oid = 0;
+    RunAs as;
     std::string role_name;
     uint8_t depth = 0;
     bool waited = false;          // an atx_exec caller waits
     int64_t emit_time = 0;        // PostgreSQL TimestampTz (microseconds since 2000)
     uint32_t attempts = 0;        // failed (transient) attempts so far
     int64_t first_failed_us = 0;  // unix microseconds of the first failure, 0: none
-    uint32_t losses = 0;          // apply backends lost while it ran alone
+    uint32_t losses = 0;          // apply backends lost while it ran
     bool suspect = false;
+    std::optional<Verdict> verdict;  // the applier's decision: dead-letter it, do not run it
+    bool parked = false;             // copied into the server (atx.park): the slot may pass it
+    bool park_tried = false;         // handed to atx.park (parked, or found handled)
+    Clock::time_point queued_at{};   // when it first reached its lane
 };
 
 enum class WorkerKind { Regular, Nested };
 
-// A lane leased to one worker: its next messages, in order.
+// A lane leased to one worker: its next messages, in order, all of one RunAs.
 struct Batch {
     Id lane{};
-    uint32_t role_oid = 0;
+    RunAs as;
     bool suspect = false;  // a suspect running alone
+    bool nested = false;   // taken by the nested pool
     std::vector<Pending> items;
 };
 
@@ -70,15 +105,20 @@ class Dispatcher {
 public:
     struct Options {
         size_t batch_size = 500;
-        size_t role_budget = 2;
+        size_t role_budget = 2;            // regular sessions per principal
+        size_t nested_budget = 16;         // nested-pool sessions per principal
+        size_t nonatomic_total = 2;        // background workers for non-atomic messages, in all
+        size_t nonatomic_per_principal = 1;
+        uint32_t max_backend_losses = 2;   // attributed losses before a message is condemned
+        std::chrono::milliseconds park_after{0};  // 0: never park
     };
     explicit Dispatcher(Options o) : opt_(o) {}
 
     // A message arrived (in stream order).
     void add(Pending p);
     // The next batch this worker may run, waiting up to `wait`; nullopt when there is none (or
-    // after stop()).
-    std::optional<Batch> take(WorkerKind kind, std::chrono::milliseconds wait);
+    // after stop()). prefer: the RunAs the worker's session already serves, if any.
+    std::optional<Batch> take(WorkerKind kind, std::optional<RunAs> prefer, std::chrono::milliseconds wait);
 
     // The first n messages of b were handled (applied, dead-lettered, found handled before);
     // the rest go back to the front of their lane.
@@ -91,17 +131,43 @@ public:
     void release(const Batch& b, Clock::time_point when);
     // The first n were handled; the rest could not run: back to their lane, not before `when`.
     void release_after(const Batch& b, size_t n, Clock::time_point when);
-    // The apply backend was lost while b ran: a suspect that ran alone has one more loss (the
-    // worker dead-letters it instead of running it once it has enough); the messages of any
-    // other batch become suspects. Everything goes back to its lane.
+
+    // The apply backend running b exited while it ran message `id` (the server's registry says
+    // so; the server did not restart): one more loss for that message, and once it has
+    // max_backend_losses its verdict is BackendLost. b goes back to its lane.
+    void lost_running(const Batch& b, const Id& id);
+    // The applier decided message `id` of b must not run (v); b goes back to its lane, and the
+    // message will be taken alone for its dead letter.
+    void condemn(const Batch& b, const Id& id, Verdict v);
+    // The apply backend was lost while b ran and the server restarted: a suspect that ran alone
+    // has one more loss (and a verdict at the limit); the messages of any other batch become
+    // suspects. Everything goes back to its lane.
     void lost(const Batch& b);
-    // b's connection went without the server saying why (see ApplySession::told_shutdown): a
-    // backend that died (killed, crashed, out of memory) restarts the server, a network drop
-    // does not. b goes back to its lane now; which of the two it was is settled later.
+    // b's connection went and nothing says why (the server's registry has no record of it): a
+    // backend that died abruptly restarts the server, a network drop does not. b goes back to its
+    // lane now; which of the two it was is settled later.
     void lost_unexplained(const Batch& b, const std::string& server_start);
     // A session connected to the server that started at server_start: an unexplained loss
     // under another start counts as lost(); the others are forgotten.
     void settle(const std::string& server_start);
+
+    // Messages to park (at most max): queued since before `before` (not running, not parked,
+    // not an atx_exec child its running parent waits for), whose lane or principal has had a
+    // batch running since before `before`, or whose lane waits for a retry time. Their lanes
+    // are not taken until parked() or park_failed().
+    std::vector<Pending> park_candidates(Clock::time_point before, size_t max);
+    // Of the candidates (tried), these were parked; the lanes being parked may be taken again.
+    void parked(const std::vector<Id>& ids, const std::vector<Id>& tried);
+    // atx.park failed: the lanes may be taken again, and for a minute slow lanes do not wait for
+    // their messages to be parked.
+    void park_failed();
+    // Parked messages not handled yet.
+    size_t parked_queued() const;
+
+    // A background worker for a non-atomic message of principal: false when the principal or
+    // the database already holds its share. Give it back with release_nonatomic().
+    bool acquire_nonatomic(uint32_t principal);
+    void release_nonatomic(uint32_t principal);
 
     // Giving a batch back (done, retry_later, release, lost...) does not wake the waiting
     // workers: the worker that gave it back calls take() next and takes what it freed itself;
@@ -111,7 +177,7 @@ public:
     // come back to take() (it reconnects or exits) calls wake_others() instead.
     void wake_others();
 
-    // A new stream: drop every lane (suspicion is kept).
+    // A new stream: drop every lane (suspicion, losses and verdicts are kept).
     void clear();
     // Wake every waiting worker; take() returns nullopt from now on until clear().
     void stop();
@@ -121,32 +187,36 @@ public:
     size_t suspects() const;
     // Emit time of the oldest queued message (0: none).
     int64_t oldest_emit() const;
-    // A lane whose next message is a nested atx_exec waits while every worker is busy.
+    // A lane the nested pool should serve (a running message waits for its next message) is
+    // ready.
     bool nested_waiting() const;
 
 private:
     struct Lane {
         std::deque<Pending> q;
-        uint32_t role_oid = 0;
         bool leased = false;
+        Clock::time_point leased_at{};
+        uint32_t leased_principal = 0;
+        bool parking = false;
+        bool slow = false;  // its last batch ran longer than park_after
         Clock::time_point not_before{};
-    };
-    struct Suspicion {
-        uint32_t losses = 0;
     };
     struct Unexplained {
         std::vector<Id> ids;
         bool suspect = false;  // ids[0] ran alone
-        uint32_t losses = 0;   // of ids[0] before this one
         std::string server_start;
     };
-    void suspect_locked(const std::vector<Id>& ids, bool alone, uint32_t losses);
+    void suspect_locked(const std::vector<Id>& ids, bool alone);
+    void annotate(Pending& p) const;
 
-    bool eligible(const Lane& l, WorkerKind kind) const;
+    bool eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const;
+    bool waits_for_park(const Pending& head) const;
     bool any_eligible_locked() const;
+    Batch lease(const Id& lane_id, Lane& l, WorkerKind kind);
     void requeue(const Id& lane_id, Lane& l);
     void promote_due(Clock::time_point now);
     void give_back(const Batch& b, size_t from, Clock::time_point when);
+    void forget_handled(const Batch& b, size_t n);
 
     Options opt_;
     mutable std::mutex mu_;
@@ -154,13 +224,21 @@ private:
     std::unordered_map<Id, Lane, IdHash> lanes_;
     std::deque<Id> ready_;                         // lanes with messages, not leased, due
     std::multimap<Clock::time_point, Id> delayed_;  // lanes waiting for a retry time
-    std::map<uint32_t, size_t> role_busy_;          // regular workers per role
-    std::unordered_map<Id, Suspicion, IdHash> suspicion_;
+    std::map<uint32_t, size_t> principal_busy_;     // regular workers per principal
+    std::map<uint32_t, size_t> nested_busy_;        // nested-pool workers per principal
+    std::map<uint32_t, size_t> nonatomic_busy_;     // background workers per principal
+    size_t nonatomic_total_ = 0;
+    std::unordered_set<Id, IdHash> running_;        // ids of the messages in leased batches
+    std::unordered_set<Id, IdHash> suspects_;
+    std::unordered_map<Id, uint32_t, IdHash> losses_;
+    std::unordered_map<Id, Verdict, IdHash> verdicts_;
     std::vector<Unexplained> unexplained_;
     bool suspect_running_ = false;
     size_t in_flight_ = 0;
+    size_t parked_ = 0;  // parked messages not handled yet
     bool wake_pending_ = false;  // a give-back may have made work the waiting workers can take
     bool stopped_ = false;
+    Clock::time_point park_broken_until_{};
 };
 
 }  // namespace atx::applier

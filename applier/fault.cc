@@ -46,6 +46,19 @@ std::atomic<long> g_hits{0};
 
 }  // namespace
 
+bool broken(const char* name)
+{
+    static const std::string armed = [] {
+        const char* env = std::getenv("ATX_BREAK");
+        if (env && *env)
+            spdlog::critical("event=deliberately_broken switch={} warning=\"test-only: this applier is wrong on "
+                             "purpose\"",
+                             env);
+        return std::string(env ? env : "");
+    }();
+    return !armed.empty() && armed == name;
+}
+
 void fault_point(const char* name)
 {
     const FaultSpec& f = spec();

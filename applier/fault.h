@@ -7,7 +7,11 @@
 //   after_apply_commit  the apply COMMIT returned, the RocksDB write not yet done
 //   after_state_write   the RocksDB write returned, the next slot confirmation not yet sent
 //   before_confirm      a status update that advances the flush position is about to be sent
-// Without ATX_FAULT_INJECTION, ATX_FAULT_POINT() compiles to nothing.
+// ATX_BREAK=<name> switches on a deliberate bug, so that a test can show its checker catches it:
+//   confirm_before_durable  an apply commit counts as durable as soon as it returns, whatever the
+//                           durability rule: the slot may be confirmed past messages whose commits
+//                           a crash or a failover loses (tools/atx soak must find the loss)
+// Without ATX_FAULT_INJECTION, ATX_FAULT_POINT() compiles to nothing and ATX_BROKEN() to false.
 // A file that uses ATX_FAULT_POINT must include this header itself (the build keys on it).
 #pragma once
 
@@ -21,9 +25,12 @@ namespace atx::applier {
 
 #ifdef ATX_FAULT_INJECTION
 void fault_point(const char* name);
+bool broken(const char* name);
 #define ATX_FAULT_POINT(name) ::atx::applier::fault_point(name)
+#define ATX_BROKEN(name) ::atx::applier::broken(name)
 #else
 #define ATX_FAULT_POINT(name) ((void)0)
+#define ATX_BROKEN(name) false
 #endif
 
 }  // namespace atx::applier

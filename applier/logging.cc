@@ -12,6 +12,8 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include "utf8.h"
+
 namespace atx::applier {
 
 namespace {
@@ -110,15 +112,30 @@ void shutdown_logging()
 std::string logq(std::string_view v)
 {
     bool plain = !v.empty();
-    for (char c : v)
-        if (c == ' ' || c == '"' || c == '=' || c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
+    for (size_t i = 0; i < v.size() && plain;) {
+        const char c = v[i];
+        uint32_t cp = 0;
+        const size_t n = utf8_char(v, i, &cp);
+        if (c == ' ' || c == '"' || c == '=' || c == '\\' || static_cast<unsigned char>(c) < 0x20 || c == 0x7f ||
+            n == 0 || display_control(cp))
             plain = false;
-            break;
-        }
+        i += n ? n : 1;
+    }
     if (plain)
         return std::string(v);
     std::string out = "\"";
-    for (char c : v) {
+    for (size_t i = 0; i < v.size();) {
+        const char c = v[i];
+        uint32_t cp = 0;
+        const size_t n = utf8_char(v, i, &cp);
+        char b[16];
+        if (n == 0) {
+            // Not UTF-8: the byte itself, escaped.
+            std::snprintf(b, sizeof b, "\\x%02x", static_cast<unsigned>(static_cast<unsigned char>(c)));
+            out += b;
+            ++i;
+            continue;
+        }
         switch (c) {
         case '"': out += "\\\""; break;
         case '\\': out += "\\\\"; break;
@@ -127,13 +144,16 @@ std::string logq(std::string_view v)
         case '\t': out += "\\t"; break;
         default:
             if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
-                char b[8];
                 std::snprintf(b, sizeof b, "\\x%02x", static_cast<unsigned>(static_cast<unsigned char>(c)));
                 out += b;
+            } else if (display_control(cp)) {
+                std::snprintf(b, sizeof b, "\\u%04x", static_cast<unsigned>(cp));
+                out += b;
             } else {
-                out += c;
+                out.append(v.substr(i, n));
             }
         }
+        i += n;
     }
     out += '"';
     return out;

@@ -22,9 +22,11 @@ void reopen_log();
 void set_log_level(spdlog::level::level_enum level);
 void shutdown_logging();
 
-// Quotes a value for a logfmt field when it needs it (empty, or a space, quote, '=', backslash or
-// control byte in it). Inside quotes: \" \\ \n \r \t, other control bytes (and DEL) as \xNN; bytes
-// >= 0x80 (UTF-8) stay as they are. So a value can neither end its line nor start a field.
+// Quotes a value for a logfmt field when it needs it (empty, or a space, quote, '=', backslash,
+// control byte, a byte that is not UTF-8, or a code point below). Inside quotes: \" \\ \n \r \t,
+// other control bytes (and DEL) and bytes that are not UTF-8 as \xNN; C1 controls (NEL among them),
+// U+2028, U+2029 and the bidirectional controls as \uXXXX; other UTF-8 as it is. So a value can
+// neither end its line (for a reader that knows Unicode's line breaks too) nor start a field.
 std::string logq(std::string_view v);
 
 }  // namespace atx::applier

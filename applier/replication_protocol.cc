@@ -41,19 +41,6 @@ CopyMessage parse_copy_data(std::string_view data)
     }
 }
 
-AtxFrame parse_atx_frame(std::string_view data)
-{
-    ByteReader r(data);
-    if (r.u8() != 'M')
-        throw DecodeError("unexpected pg_atx output record (expected 'M')");
-    AtxFrame f;
-    f.start = r.u64();
-    if (f.start == 0)
-        throw DecodeError("pg_atx output record without a start LSN");
-    f.payload = r.rest();
-    return f;
-}
-
 std::string build_status_update(Lsn write, Lsn flush, Lsn apply, int64_t send_time, bool reply_requested)
 {
     ByteWriter w;

@@ -39,14 +39,6 @@ using CopyMessage = std::variant<XLogData, Keepalive>;
 // empty, truncated, has trailing bytes (keepalive) or an unknown type byte.
 CopyMessage parse_copy_data(std::string_view data);
 
-// The data of one pg_atx output plugin record (binary format): 'M', the start LSN of the
-// message's WAL record (Int64), the raw message payload.
-struct AtxFrame {
-    Lsn start = 0;
-    std::string_view payload;  // points into the parsed buffer
-};
-// Throws atx::DecodeError when the type byte is not 'M' or the start LSN is missing.
-AtxFrame parse_atx_frame(std::string_view data);
 
 // Builds the 'r' standby status update.
 std::string build_status_update(Lsn write, Lsn flush, Lsn apply, int64_t send_time, bool reply_requested);

@@ -17,10 +17,12 @@ std::string encode_body(const Message& m)
     if (v1 && (m.waited || m.depth != 0 || m.lane != Uuid{} || m.session_role_oid != 0 ||
                !m.session_role_name.empty()))
         throw std::invalid_argument("format version 1 has no waited flag, lane, depth or session user");
+    if (m.version < 3 && m.cancel_if_abandoned)
+        throw std::invalid_argument("format versions 1 and 2 have no cancel-if-abandoned flag");
     ByteWriter w;
     w.bytes(std::string_view(kMagic, sizeof kMagic));
     w.u8(m.version);
-    w.u8((m.key ? kFlagHasKey : 0) | (m.waited ? kFlagWaited : 0));
+    w.u8((m.key ? kFlagHasKey : 0) | (m.waited ? kFlagWaited : 0) | (m.cancel_if_abandoned ? kFlagCancelIfAbandoned : 0));
     w.bytes(std::string_view(reinterpret_cast<const char*>(m.id.data()), m.id.size()));
     if (!v1) {
         w.bytes(std::string_view(reinterpret_cast<const char*>(m.lane.data()), m.lane.size()));
@@ -85,12 +87,15 @@ DecodedPayload decode_payload(std::string_view payload)
     ByteReader r(out.body);
     r.bytes(4);  // magic + version, checked above
     uint8_t flags = r.u8();
-    const uint8_t known = version >= 2 ? (kFlagHasKey | kFlagWaited) : kFlagHasKey;
+    const uint8_t known = version >= 3   ? (kFlagHasKey | kFlagWaited | kFlagCancelIfAbandoned)
+                          : version == 2 ? (kFlagHasKey | kFlagWaited)
+                                         : kFlagHasKey;
     if (flags & ~known)
         throw DecodeError("unknown message flags " + std::to_string(flags));
     Message& m = out.message;
     m.version = version;
     m.waited = flags & kFlagWaited;
+    m.cancel_if_abandoned = flags & kFlagCancelIfAbandoned;
     std::string_view id = r.bytes(16);
     std::memcpy(m.id.data(), id.data(), 16);
     if (version >= 2) {
@@ -159,7 +164,7 @@ bool operator==(const Param& a, const Param& b)
 bool operator==(const Message& a, const Message& b)
 {
     return a.version == b.version && a.id == b.id && a.lane == b.lane && a.depth == b.depth &&
-           a.waited == b.waited && a.database_oid == b.database_oid && a.role_oid == b.role_oid &&
+           a.waited == b.waited && a.cancel_if_abandoned == b.cancel_if_abandoned && a.database_oid == b.database_oid && a.role_oid == b.role_oid &&
            a.role_name == b.role_name && a.session_role_oid == b.session_role_oid &&
            a.session_role_name == b.session_role_name && a.caller_xid == b.caller_xid &&
            a.emit_time == b.emit_time &&

@@ -1,10 +1,11 @@
 // The pg_atx message: what atx_log writes into the WAL and atx.apply_batch executes.
 //
-// Layout (version 2, big-endian; see docs/message-format.md):
+// Layout (version 3, big-endian; see docs/message-format.md):
 //
 //   "ATX"  magic                       3 bytes
-//   u8     format version (2)
-//   u8     flags (bit 0: idempotency key present, bit 1: an atx_exec caller waits for it)
+//   u8     format version (3)
+//   u8     flags (bit 0: idempotency key present, bit 1: an atx_exec caller waits for it,
+//          bit 2: cancel it when that caller is no longer waiting (atx.exec_on_abandon = cancel))
 //   16     message UUID (random; derived from the parent's id for a nested emit)
 //   16     lane: the messages of one lane are applied in emit order (the caller's backend
 //          session, or the parent message for nested emits)
@@ -12,8 +13,9 @@
 //   u32    database oid
 //   u32    caller role oid (current_user at the call)
 //   str16  caller role name (diagnostics only; the oid is what counts)
-//   u32    caller session_user oid
-//   str16  caller session_user name
+//   u32    principal: the login role that caused the message (session_user at the call; for a
+//          nested emit, the principal of the parent message), charged for its apply sessions
+//   str16  principal's name
 //   u64    caller's top-level FullTransactionId, 0 if it had none
 //   i64    emit time (PostgreSQL TimestampTz: microseconds since 2000-01-01 UTC)
 //   u16    GUC count, then per GUC: str16 name, str32 value, u8 flags (bit 0: set by a superuser,
@@ -24,8 +26,10 @@
 //   str16  idempotency key (only with flag bit 0)
 //   32     HMAC-SHA256 over every preceding byte
 //
-// Version 1 (pg_atx 0.1) lacks flag bit 1, lane, depth, the session user and GUC flags; it is still
-// decoded (messages written before an upgrade), with a zero lane and depth 0.
+// Version 2 (pg_atx 0.2) is version 3 without flag bit 2, and its nested emits carry the apply
+// session's login as session user. Version 1 (pg_atx 0.1) lacks flag bits 1 and 2, lane, depth,
+// the session user and GUC flags. Both are still decoded (messages written before an upgrade);
+// version 1 with a zero lane and depth 0.
 //
 // Pure C++ (no postgres.h): the extension and the applier both link it.
 #pragma once
@@ -42,7 +46,7 @@
 namespace atx {
 
 inline constexpr char kMagic[3] = {'A', 'T', 'X'};
-inline constexpr uint8_t kFormatVersion = 2;
+inline constexpr uint8_t kFormatVersion = 3;
 inline constexpr uint8_t kOldestFormatVersion = 1;
 inline constexpr size_t kMacSize = 32;
 // Logical message prefix used by atx_log (the origin tag is the real guard).
@@ -52,6 +56,7 @@ inline constexpr const char* kEmitOriginName = "pg_atx";
 
 inline constexpr uint8_t kFlagHasKey = 0x01;
 inline constexpr uint8_t kFlagWaited = 0x02;
+inline constexpr uint8_t kFlagCancelIfAbandoned = 0x04;
 inline constexpr uint8_t kParamNull = 0x01;
 inline constexpr uint8_t kParamBinary = 0x02;
 inline constexpr uint8_t kGucPrivileged = 0x01;
@@ -91,6 +96,7 @@ struct Message {
     Uuid lane{};         // zero for version 1
     uint8_t depth = 0;   // 0: emitted by a client session
     bool waited = false; // an atx_exec caller waits for the outcome
+    bool cancel_if_abandoned = false;  // version 3: not applied once its waiter stopped waiting
     uint32_t database_oid = 0;
     uint32_t role_oid = 0;
     std::string role_name;

@@ -67,32 +67,26 @@ XLogRecPtr atx_applied_horizon(void)
     return isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
 }
 
-static ArrayType* uuid_array(int n, uint8 (*ids)[16])
-{
-    Datum* d = (Datum*)palloc(sizeof(Datum) * (n ? n : 1));
-    for (int i = 0; i < n; i++)
-        d[i] = atx_uuid_datum(ids[i]);
-    return construct_array(d, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR);
-}
-
-// By the primary key, one index probe per id, never through the planner: a plan prepared while
+// By the primary key, one index probe, never through the planner: a plan prepared while
 // atx.applied was empty or small is a sequential scan, and an apply session keeps its plans, so
 // each batch then compared every id with every record (a drain of 60,000 messages spent 78% of
 // its apply backend in uuid_eq). Read with the snapshot an SPI read-only query would use.
-void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome)
+void atx_applied_lookup(const uint8 id[16], char** status, char** outcome, XLogRecPtr* lsn)
 {
     Oid nsp, relid, indexid;
     Relation rel;
-    AttrNumber status_att, outcome_att;
+    AttrNumber status_att, outcome_att, lsn_att;
     TupleDesc desc;
     Snapshot snapshot;
+    ScanKeyData key;
+    SysScanDesc scan;
+    HeapTuple tuple;
+    pg_uuid_t* uuid = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
 
-    for (int i = 0; i < n; i++) {
-        status[i] = NULL;
-        outcome[i] = NULL;
-    }
-    if (n == 0)
-        return;
+    *status = NULL;
+    *outcome = NULL;
+    if (lsn)
+        *lsn = InvalidXLogRecPtr;
     nsp = get_namespace_oid("atx", false);
     relid = get_relname_relid("applied", nsp);
     indexid = get_relname_relid("applied_pkey", nsp);
@@ -101,82 +95,131 @@ void atx_applied_lookup(int n, uint8 (*ids)[16], char** status, char** outcome)
                         errhint("Reinstall the extension: ALTER EXTENSION pg_atx UPDATE, or DROP and CREATE it.")));
     status_att = get_attnum(relid, "status");
     outcome_att = get_attnum(relid, "outcome");
-    if (status_att == InvalidAttrNumber || outcome_att == InvalidAttrNumber)
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("atx.applied lacks its status or outcome column")));
+    lsn_att = get_attnum(relid, "lsn");
+    if (status_att == InvalidAttrNumber || outcome_att == InvalidAttrNumber || lsn_att == InvalidAttrNumber)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("atx.applied lacks its status, outcome or lsn column")));
     snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
 
     rel = table_open(relid, AccessShareLock);
     desc = RelationGetDescr(rel);
-    for (int i = 0; i < n; i++) {
-        ScanKeyData key;
-        SysScanDesc scan;
-        HeapTuple tuple;
-        pg_uuid_t* id = (pg_uuid_t*)palloc(sizeof(pg_uuid_t));
-
-        memcpy(id->data, ids[i], UUID_LEN);
-        ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(id));
-        scan = systable_beginscan(rel, indexid, true, snapshot, 1, &key);
-        if ((tuple = systable_getnext(scan)) != NULL) {
-            bool isnull;
-            Datum d = heap_getattr(tuple, status_att, desc, &isnull);
-            if (!isnull)
-                status[i] = TextDatumGetCString(d);
-            d = heap_getattr(tuple, outcome_att, desc, &isnull);
-            if (!isnull)
-                outcome[i] = DatumGetCString(DirectFunctionCall1(jsonb_out, d));
-        }
-        systable_endscan(scan);
+    memcpy(uuid->data, id, UUID_LEN);
+    ScanKeyInit(&key, 1, BTEqualStrategyNumber, F_UUID_EQ, UUIDPGetDatum(uuid));
+    scan = systable_beginscan(rel, indexid, true, snapshot, 1, &key);
+    if ((tuple = systable_getnext(scan)) != NULL) {
+        bool isnull;
+        Datum d = heap_getattr(tuple, status_att, desc, &isnull);
+        if (!isnull)
+            *status = TextDatumGetCString(d);
+        d = heap_getattr(tuple, outcome_att, desc, &isnull);
+        if (!isnull)
+            *outcome = DatumGetCString(DirectFunctionCall1(jsonb_out, d));
+        d = heap_getattr(tuple, lsn_att, desc, &isnull);
+        if (!isnull && lsn)
+            *lsn = DatumGetLSN(d);
     }
+    systable_endscan(scan);
     table_close(rel, AccessShareLock);
 }
 
-static void record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses, const char** outcomes,
-                   bool replace)
+// The five columns of n records as arrays: $1 ids, $2 lsns, $3 statuses, $4 outcomes, $5 parents.
+static void record_arrays(int n, const AtxRecord* recs, Datum* values)
 {
-    static SPIPlanPtr insert_plan = NULL, upsert_plan = NULL;
-    Oid types[4] = {UUIDARRAYOID, PG_LSNARRAYOID, TEXTARRAYOID, TEXTARRAYOID};
-    Datum values[4];
-    Datum* l;
-    Datum* st;
-    Datum* oc;
-    bool* ocnull;
+    Datum* id = (Datum*)palloc(sizeof(Datum) * n);
+    Datum* l = (Datum*)palloc(sizeof(Datum) * n);
+    Datum* st = (Datum*)palloc(sizeof(Datum) * n);
+    Datum* oc = (Datum*)palloc(sizeof(Datum) * n);
+    bool* ocnull = (bool*)palloc(sizeof(bool) * n);
+    Datum* par = (Datum*)palloc(sizeof(Datum) * n);
+    bool* parnull = (bool*)palloc(sizeof(bool) * n);
     int dims[1] = {n};
     int lbs[1] = {1};
-    SPIPlanPtr plan;
 
-#define ATX_RECORD_INSERT                                                                                      \
-    "INSERT INTO atx.applied (message_id, lsn, status, outcome) "                                              \
-    "SELECT i, l, s, o::pg_catalog.jsonb FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "       \
-    "pg_catalog.unnest($3), pg_catalog.unnest($4)) AS u(i, l, s, o) "
-    if (n == 0)
-        return;
-    if (replace) {
-        atx_keep_plan(&upsert_plan,
-             ATX_RECORD_INSERT "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, "
-                               "outcome = excluded.outcome, handled_at = excluded.handled_at",
-             4, types);
-        plan = upsert_plan;
-    } else {
-        atx_keep_plan(&insert_plan, ATX_RECORD_INSERT, 4, types);
-        plan = insert_plan;
-    }
-#undef ATX_RECORD_INSERT
-    l = (Datum*)palloc(sizeof(Datum) * n);
-    st = (Datum*)palloc(sizeof(Datum) * n);
-    oc = (Datum*)palloc(sizeof(Datum) * n);
-    ocnull = (bool*)palloc(sizeof(bool) * n);
     for (int i = 0; i < n; i++) {
-        l[i] = LSNGetDatum(lsns[i]);
-        st[i] = CStringGetTextDatum(statuses[i]);
-        ocnull[i] = outcomes[i] == NULL;
-        oc[i] = ocnull[i] ? (Datum)0 : CStringGetTextDatum(outcomes[i]);
+        id[i] = atx_uuid_datum(recs[i].id);
+        l[i] = LSNGetDatum(recs[i].lsn);
+        st[i] = CStringGetTextDatum(recs[i].status);
+        ocnull[i] = recs[i].outcome == NULL;
+        oc[i] = ocnull[i] ? (Datum)0 : CStringGetTextDatum(recs[i].outcome);
+        parnull[i] = !recs[i].has_parent;
+        par[i] = parnull[i] ? (Datum)0 : atx_uuid_datum(recs[i].parent);
     }
-    values[0] = PointerGetDatum(uuid_array(n, ids));
+    values[0] = PointerGetDatum(construct_array(id, n, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
     values[1] = PointerGetDatum(construct_array(l, n, PG_LSNOID, sizeof(XLogRecPtr), true, TYPALIGN_DOUBLE));
     values[2] = PointerGetDatum(construct_array(st, n, TEXTOID, -1, false, TYPALIGN_INT));
     values[3] = PointerGetDatum(construct_md_array(oc, ocnull, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-    if (SPI_execute_plan(plan, values, NULL, false, 0) != SPI_OK_INSERT)
+    values[4] = PointerGetDatum(construct_md_array(par, parnull, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+}
+
+static Oid record_types[5] = {UUIDARRAYOID, PG_LSNARRAYOID, TEXTARRAYOID, TEXTARRAYOID, UUIDARRAYOID};
+
+#define ATX_RECORD_ROWS                                                                                        \
+    "SELECT i, l, s, o::pg_catalog.jsonb, p FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "   \
+    "pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
+
+AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, const char* status,
+                     const char* outcome)
+{
+    AtxRecord r;
+    memset(&r, 0, sizeof r);
+    memcpy(r.id, id, 16);
+    r.lsn = lsn;
+    r.status = status;
+    r.outcome = outcome;
+    r.has_parent = m != NULL && m->depth > 0;
+    if (r.has_parent)
+        memcpy(r.parent, m->lane, 16);
+    return r;
+}
+
+// Runs the records statement sql (kept in *plan) over n records; returns the rows it touched.
+static uint64 write_records(SPIPlanPtr* plan, const char* sql, int want, int n, const AtxRecord* recs)
+{
+    Datum values[5];
+    atx_keep_plan(plan, sql, 5, record_types);
+    record_arrays(n, recs, values);
+    if (SPI_execute_plan(*plan, values, NULL, false, 0) != want)
         elog(ERROR, "could not record handled messages in atx.applied");
+    return SPI_processed;
+}
+
+void atx_applied_record(int n, const AtxRecord* recs)
+{
+    static SPIPlanPtr plan = NULL;
+    if (n > 0)
+        (void)write_records(&plan, "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS,
+                            SPI_OK_INSERT, n, recs);
+}
+
+void atx_applied_update(int n, const AtxRecord* recs)
+{
+    static SPIPlanPtr plan = NULL;
+    if (n > 0)
+        (void)write_records(&plan,
+                            "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS
+                            "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, "
+                            "handled_at = excluded.handled_at, payload = NULL",
+                            SPI_OK_INSERT, n, recs);
+}
+
+void atx_applied_reclaim(int n, const AtxRecord* recs)
+{
+    static SPIPlanPtr plan = NULL;
+    if (n == 0)
+        return;
+    // Under READ COMMITTED an UPDATE that waited for another transaction re-checks its WHERE on
+    // the row that transaction left: a record another session took over is no longer
+    // 'cancelled' or 'parked', and is not counted.
+    if (write_records(&plan,
+                      "UPDATE atx.applied a SET lsn = u.l, status = u.s, outcome = u.o::pg_catalog.jsonb, "
+                      "handled_at = pg_catalog.now(), payload = NULL "
+                      "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+                      "pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
+                      "WHERE a.message_id OPERATOR(pg_catalog.=) u.i "
+                      "AND a.status OPERATOR(pg_catalog.=) ANY ('{cancelled,parked}'::pg_catalog.text[])",
+                      SPI_OK_UPDATE, n, recs) != (uint64)n)
+        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
+                        errmsg("a cancelled or parked pg_atx message was run by another session meanwhile"),
+                        errdetail("This batch is rolled back so that the message never runs twice.")));
 }
 
 bool atx_applied_at_lsn(XLogRecPtr lsn)
@@ -185,23 +228,23 @@ bool atx_applied_at_lsn(XLogRecPtr lsn)
     Oid types[1] = {PG_LSNOID};
     Datum v[1];
 
-    atx_keep_plan(&plan, "SELECT 1 FROM atx.applied WHERE lsn OPERATOR(pg_catalog.=) $1 LIMIT 1", 1, types);
+    atx_keep_plan(&plan, "SELECT 1 FROM atx.applied WHERE lsn OPERATOR(pg_catalog.=) $1 AND payload IS NULL LIMIT 1", 1, types);
     v[0] = LSNGetDatum(lsn);
     if (SPI_execute_plan(plan, v, NULL, true, 1) != SPI_OK_SELECT)
         elog(ERROR, "could not read atx.applied");
     return SPI_processed > 0;
 }
 
-void atx_applied_record(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
-                        const char** outcomes)
+void atx_dead_letter_forget(const uint8 id[16])
 {
-    record(n, ids, lsns, statuses, outcomes, false);
-}
+    static SPIPlanPtr plan = NULL;
+    Oid types[1] = {UUIDOID};
+    Datum v[1];
 
-void atx_applied_update(int n, uint8 (*ids)[16], const XLogRecPtr* lsns, const char** statuses,
-                        const char** outcomes)
-{
-    record(n, ids, lsns, statuses, outcomes, true);
+    atx_keep_plan(&plan, "DELETE FROM atx.dead_letter WHERE message_id OPERATOR(pg_catalog.=) $1", 1, types);
+    v[0] = atx_uuid_datum(id);
+    if (SPI_execute_plan(plan, v, NULL, false, 0) != SPI_OK_DELETE)
+        elog(ERROR, "could not delete a dead letter");
 }
 
 void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* payload, size_t len, int sqlerrcode,
@@ -222,7 +265,7 @@ void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* pay
          "error, detail, hint, attempts, first_failed_at) "
          "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
          "ON CONFLICT (message_id) DO NOTHING RETURNING message_id) "
-         "SELECT pg_catalog.pg_notify('atx_dead_letter', message_id::pg_catalog.text) FROM d",
+         "SELECT pg_catalog.pg_notify('atx_dead_letter', '') FROM d",
          17, types);
     memset(nulls, ' ', sizeof nulls);
     SET_VARSIZE(p, VARHDRSZ + len);

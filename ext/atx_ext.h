@@ -12,5 +12,10 @@ extern int atx_max_payload_size;  // atx.max_payload_size: bytes, MAC included
 // 55000 with a hint when the origin does not exist.
 RepOriginId atx_emit_origin_id(bool missing_ok);
 
+// The extension's version (the build defines it from the project's one version).
+#ifndef ATX_EXTENSION_VERSION
+#define ATX_EXTENSION_VERSION "0.3"
+#endif
+
 // printf("%X/%X", ATX_LSN_ARGS(lsn)): LSN_FORMAT_ARGS's type assertion is C only.
 #define ATX_LSN_ARGS(lsn) (uint32)((uint64)(lsn) >> 32), (uint32)(lsn)

@@ -93,13 +93,51 @@ static Datum audit_write_body(FunctionCallInfo fcinfo)
     PG_RETURN_INT64((int64)exec_as_owner(relid, sql, n, types, values, nulls));
 }
 
+// The ids (ctid) of the unresolved rows the calling role may update, locked: read as the caller,
+// so that row-level security (SELECT and UPDATE policies; FOR UPDATE applies both) decides which
+// rows its resolve may touch.
+static Datum rows_caller_may_update(const char* name)
+{
+    List* tids = NIL;
+    Datum* d;
+    int n = 0;
+    ListCell* lc;
+    MemoryContext outer = CurrentMemoryContext;
+
+    if (SPI_connect() != SPI_OK_CONNECT)
+        elog(ERROR, "SPI_connect failed");
+    if (SPI_execute(psprintf("SELECT ctid FROM %s WHERE outcome IS NULL FOR UPDATE", name), false, 0) != SPI_OK_SELECT)
+        elog(ERROR, "could not read audit table %s", name);
+    {
+        MemoryContext old = MemoryContextSwitchTo(outer);
+        for (uint64 i = 0; i < SPI_processed; i++) {
+            bool isnull;
+            ItemPointer tid = (ItemPointer)palloc(sizeof(ItemPointerData));
+            ItemPointerCopy((ItemPointer)DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
+                                                              &isnull)),
+                            tid);
+            tids = lappend(tids, tid);
+        }
+        MemoryContextSwitchTo(old);
+    }
+    if (SPI_finish() != SPI_OK_FINISH)
+        elog(ERROR, "SPI_finish failed");
+    d = (Datum*)palloc(sizeof(Datum) * (list_length(tids) + 1));
+    foreach (lc, tids)
+        d[n++] = PointerGetDatum(lfirst(lc));
+    return PointerGetDatum(construct_array(d, n, TIDOID, sizeof(ItemPointerData), false, TYPALIGN_SHORT));
+}
+
 // atx._audit_resolve(audit_table regclass) RETURNS bigint: persists the final
-// caller outcome of rows still unresolved.
+// caller outcome of rows still unresolved, of those the calling role may update (row-level
+// security applies as for an UPDATE of its own); the update itself runs as the table's owner.
 static Datum audit_resolve_body(FunctionCallInfo fcinfo)
 {
     Oid relid;
     char* name;
     char* sql;
+    Oid types[1] = {TIDARRAYOID};
+    Datum values[1];
 
     if (PG_ARGISNULL(0))
         ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("audit table must not be NULL")));
@@ -110,13 +148,16 @@ static Datum audit_resolve_body(FunctionCallInfo fcinfo)
         ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
                         errmsg("permission denied to resolve outcomes in audit table %s", name),
                         errhint("Run atx.resolve_outcomes() as a role with UPDATE on the audit table.")));
+    values[0] = rows_caller_may_update(name);
     sql = psprintf("UPDATE %s a SET outcome = s.outcome"
                    "  FROM (SELECT x, atx.xact_outcome(x) AS outcome"
-                   "          FROM (SELECT DISTINCT caller_xid AS x FROM %s WHERE outcome IS NULL) d) s"
-                   " WHERE a.outcome IS NULL AND a.caller_xid IS NOT DISTINCT FROM s.x"
+                   "          FROM (SELECT DISTINCT caller_xid AS x FROM %s"
+                   "                 WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)) d) s"
+                   " WHERE a.ctid OPERATOR(pg_catalog.=) ANY ($1) AND a.outcome IS NULL"
+                   "   AND a.caller_xid IS NOT DISTINCT FROM s.x"
                    "   AND s.outcome OPERATOR(pg_catalog.=) ANY ('{committed,aborted,no transaction}'::pg_catalog.text[])",
                    name, name);
-    PG_RETURN_INT64((int64)exec_as_owner(relid, sql, 0, NULL, NULL, NULL));
+    PG_RETURN_INT64((int64)exec_as_owner(relid, sql, 1, types, values, NULL));
 }
 
 ATX_ENTRY(atx_audit_write, audit_write_body)

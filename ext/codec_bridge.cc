@@ -40,6 +40,7 @@ bool atx_encode_body(const AtxMessageC* m, char** out, size_t* out_len, atx::Cau
         std::memcpy(msg.lane.data(), m->lane, 16);
         msg.depth = static_cast<uint8_t>(m->depth);
         msg.waited = m->waited;
+        msg.cancel_if_abandoned = m->cancel_if_abandoned;
         msg.database_oid = m->database_oid;
         msg.role_oid = m->role_oid;
         msg.role_name = m->role_name;
@@ -85,6 +86,7 @@ bool atx_decode_payload(const char* payload, size_t len, AtxMessageC* out, atx::
         std::memcpy(out->lane, m.lane.data(), 16);
         out->depth = m.depth;
         out->waited = m.waited;
+        out->cancel_if_abandoned = m.cancel_if_abandoned;
         out->database_oid = m.database_oid;
         out->role_oid = m.role_oid;
         out->role_name = pg_copy(m.role_name);

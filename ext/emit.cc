@@ -14,12 +14,13 @@
 #include "pg_guard.h"
 #include "slot_check.h"
 #include "validate.h"
+#include "waiters.h"
+#include "wire_encoding.h"
 
 extern "C" {
 #include "common/pg_prng.h"
 #include "replication/syncrep.h"
 #include "replication/walsender.h"
-#include "replication/walsender_private.h"
 }
 
 bool atx_allow_in_read_only = false;
@@ -97,7 +98,7 @@ static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull, const c
     if (isnull)
         return;
     if (p->binary) {
-        bytea* b = OidSendFunctionCall(typsend, value);
+        bytea* b = atx_send_in_database_encoding(typsend, value);
         p->value = VARDATA_ANY(b);
         p->value_len = VARSIZE_ANY_EXHDR(b);
     } else {
@@ -229,11 +230,22 @@ void atx_build_message(FunctionCallInfo fcinfo, int stmt_arg, bool keyed, bool w
         fresh_id(m.emit_time, m.id);
     }
     m.waited = waited;
+    m.cancel_if_abandoned = waited && atx_exec_on_abandon == ATX_ABANDON_CANCEL;
     m.database_oid = MyDatabaseId;
     m.role_oid = GetUserId();  // current_user: a SECURITY DEFINER function's owner
     m.role_name = GetUserNameFromId(m.role_oid, false);
-    m.session_role_oid = GetSessionUserId();
-    m.session_role_name = GetUserNameFromId(m.session_role_oid, false);
+    // The principal, charged for the apply sessions the message takes: the login that caused it.
+    // In an apply session that is the parent message's principal, never the applier's login.
+    if (parent != NULL && OidIsValid(parent->m->session_role_oid)) {
+        m.session_role_oid = parent->m->session_role_oid;
+        m.session_role_name = parent->m->session_role_name;
+    } else if (parent != NULL) {
+        m.session_role_oid = parent->m->role_oid;  // a format 1 parent carries no session user
+        m.session_role_name = parent->m->role_name;
+    } else {
+        m.session_role_oid = GetSessionUserId();
+        m.session_role_name = GetUserNameFromId(m.session_role_oid, false);
+    }
     fxid = GetTopFullTransactionIdIfAny();
     m.caller_xid = FullTransactionIdIsValid(fxid) ? U64FromFullTransactionId(fxid) : 0;
     if (m.emit_time == 0)
@@ -265,24 +277,20 @@ static int batch_depth = 0;
 static XLogRecPtr batch_lsn = InvalidXLogRecPtr;
 static bool batch_callback_registered = false;
 
-// The checkpointer's view of synchronous_standby_names (the field became a set of flags in the
-// 2025 minor releases of every supported major; older minors have the boolean).
-static bool sync_standbys_defined(void)
+// Names the message in the WARNING SyncRepWaitForLSN raises when its wait is cut short.
+static void sync_wait_context(void* arg)
 {
-#ifdef SYNC_STANDBY_DEFINED
-    return (WalSndCtl->sync_standbys_status & SYNC_STANDBY_DEFINED) != 0;
-#else
-    return WalSndCtl->sync_standbys_defined;
-#endif
-}
-
-static int sync_rep_mode(void)
-{
-    switch (synchronous_commit) {
-    case SYNCHRONOUS_COMMIT_REMOTE_WRITE: return SYNC_REP_WAIT_WRITE;
-    case SYNCHRONOUS_COMMIT_REMOTE_APPLY: return SYNC_REP_WAIT_APPLY;
-    default: return SYNC_REP_WAIT_FLUSH;
+    const uint8* id = (const uint8*)arg;
+    char idtext[37];
+    if (id == NULL) {
+        errcontext("while pg_atx messages were made durable on the synchronous standbys: they are durable on this "
+                   "server, and a failover now could lose them");
+        return;
     }
+    atx_uuid_text(id, idtext);
+    errcontext("while pg_atx message %s was made durable on the synchronous standbys: it is durable on this server, "
+               "and a failover now could lose it",
+               idtext);
 }
 
 // As a COMMIT under the caller's synchronous_commit: off tells the WAL writer (asynchronous
@@ -295,8 +303,12 @@ static int sync_rep_mode(void)
 // a backend reloads the configuration only between commands, so a procedure or trigger that
 // started while Patroni had the standby out would go on acknowledging messages the standby
 // never got.
+// It reads nothing of the walsenders' shared state: PostgreSQL's own wait says whether a wait
+// happened, and its WARNING (with the context above) whether it was cut short.
 static void make_durable(XLogRecPtr lsn, const uint8* id)
 {
+    ErrorContextCallback context;
+
     if (synchronous_commit == SYNCHRONOUS_COMMIT_OFF) {
         XLogSetAsyncXactLSN(lsn);
         return;
@@ -305,28 +317,14 @@ static void make_durable(XLogRecPtr lsn, const uint8* id)
     if (!SyncRepRequested() || am_walsender)
         return;
     // syncrep.c requires interrupts held; a cancel ends the wait with a WARNING of its own.
+    context.callback = sync_wait_context;
+    context.arg = (void*)id;
+    context.previous = error_context_stack;
+    error_context_stack = &context;
     HOLD_INTERRUPTS();
     SyncRepWaitForLSN(lsn, false);
     RESUME_INTERRUPTS();
-    {
-        XLogRecPtr confirmed;
-        bool defined;
-        LWLockAcquire(SyncRepLock, LW_SHARED);
-        confirmed = WalSndCtl->lsn[sync_rep_mode()];
-        defined = sync_standbys_defined();
-        LWLockRelease(SyncRepLock);
-        // Not defined any more: the wait was released as a COMMIT's would be.
-        if (defined && confirmed < lsn) {
-            char idtext[37];
-            if (id != NULL)
-                atx_uuid_text(id, idtext);
-            ereport(WARNING, (errmsg("pg_atx message %s is durable on this server, but the synchronous standbys "
-                                     "did not confirm it",
-                                     id != NULL ? idtext : "(batch)"),
-                              errdetail("The wait for synchronous replication ended early; a failover now could lose "
-                                        "the message.")));
-        }
-    }
+    error_context_stack = context.previous;
 }
 
 static void batch_xact_callback(XactEvent event, void* arg)

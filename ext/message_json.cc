@@ -19,7 +19,7 @@ static void append_params(StringInfo s, const AtxMessageC* m)
         } else {
             StringInfoData v;
             initStringInfo(&v);
-            atx_append_param_value(&v, p, true);
+            atx_append_param_value(&v, p);
             escape_json(s, v.data);
         }
         appendStringInfoChar(s, '}');

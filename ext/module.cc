@@ -2,12 +2,13 @@
 //
 // The same library is loaded as an SQL function library, as the output plugin "pg_atx" (in a
 // walsender or a pg_logical_slot_* call), and, preloaded, for atx_exec's shared memory.
+#include "apply_registry.h"
 #include "atx_ext.h"
 #include "emit.h"
-#include "exec_shmem.h"
 #include "hmac_key.h"
 #include "pg_guard.h"
 #include "validate.h"
+#include "waiters.h"
 
 extern "C" {
 PG_MODULE_MAGIC;
@@ -89,7 +90,7 @@ static void pg_init_body()
                              "What becomes of a message whose atx_exec caller stopped waiting (timeout, deadlock, "
                              "cancel) before it began to commit.",
                              "cancel: it is not applied, and dead-lettered with SQLSTATE 57014; apply: it is applied "
-                             "later.",
+                             "later. Carried in the message: the setting at the call decides.",
                              &atx_exec_on_abandon, ATX_ABANDON_CANCEL, abandon_options, PGC_USERSET, 0, NULL, NULL,
                              NULL);
 
@@ -112,10 +113,12 @@ static void pg_init_body()
 
     MarkGUCPrefixReserved("atx");
 
-    // atx_exec's waiter registry lives in shared memory, which only a preloaded library can
-    // request.
-    if (process_shared_preload_libraries_in_progress)
-        atx_exec_install_shmem_hooks();
+    // atx_exec's waiters and the apply registry live in shared memory, which only a preloaded
+    // library can request.
+    if (process_shared_preload_libraries_in_progress) {
+        atx_waiters_install_shmem_hooks();
+        atx_registry_install_shmem_hooks();
+    }
 }
 
 extern "C" void _PG_init(void)

@@ -14,14 +14,17 @@
 //
 // Plain C style (see pg_guard.h).
 #include "applied_log.h"
+#include "apply_common.h"
+#include "apply_outcome.h"
+#include "apply_registry.h"
 #include "codec_bridge.h"
 #include "current_message.h"
-#include "exec_shmem.h"
 #include "guc_capture.h"
-#include "hmac_key.h"
-#include "message.h"
+#include "message_load.h"
+#include "param_binder.h"
 #include "pg_guard.h"
-#include "wal_message.h"
+#include "run_as_caller.h"
+#include "waiters.h"
 
 extern "C" {
 #include "nodes/parsenodes.h"
@@ -103,8 +106,12 @@ static const char* claim(const AtxMessageC* m, XLogRecPtr lsn)
     memcpy(u->data, m->id, 16);
     v[0] = UUIDPGetDatum(u);
     v[1] = LSNGetDatum(lsn);
+    // A parked message is claimed from its record, which keeps the payload: found started after
+    // a crash, it is loaded from there to be dead-lettered in doubt.
     if (SPI_execute_with_args("WITH c AS (INSERT INTO atx.applied (message_id, lsn, status) VALUES ($1, $2, 'started') "
-                              "ON CONFLICT (message_id) DO NOTHING RETURNING 'claimed'::pg_catalog.text AS s) "
+                              "ON CONFLICT (message_id) DO UPDATE SET status = 'started', handled_at = pg_catalog.now() "
+                              "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked' "
+                              "RETURNING 'claimed'::pg_catalog.text AS s) "
                               "SELECT s FROM c UNION ALL "
                               "SELECT status FROM atx.applied WHERE message_id OPERATOR(pg_catalog.=) $1 "
                               "AND NOT EXISTS (SELECT 1 FROM c) LIMIT 1",
@@ -137,31 +144,37 @@ static char* outcome_json(const AtxMessageC* m, const char* status, int sqlerrco
 
 static void record_final(const AtxMessageC* m, XLogRecPtr lsn, const char* status, const char* outcome)
 {
-    uint8 ids[1][16];
-    memcpy(ids[0], m->id, 16);
-    atx_applied_update(1, ids, &lsn, &status, &outcome);  // it says 'started'
-
+    AtxRecord r = atx_record(m->id, lsn, m, status, outcome);
+    atx_applied_update(1, &r);  // it says 'started'
 }
 
 // One statement of the message as a top-level statement, the way the server runs a client's
 // simple query: its own transaction, a portal, isTopLevel. COMMIT and ROLLBACK inside a CALL
 // work; VACUUM and CREATE INDEX CONCURRENTLY manage their transactions themselves.
+//
+// The analyzed and planned trees live in `trees`, which outlives every transaction the statement
+// ends (as a client's live in MessageContext): VACUUM commits the transaction this function
+// starts while its portal still runs the plan list, so a list made in that transaction's memory
+// would be read after it was freed (a crash of the worker, and a restart of the server).
 static void run_top_level(RawStmt* rs, const char* sql, int nargs, Oid* types, ParamListInfo params,
-                          QueryCompletion* qc)
+                          QueryCompletion* qc, MemoryContext trees)
 {
     bool snapshot = false;
     List* queries;
     List* plans;
     Portal portal;
     CommandTag tag = CreateCommandTag(rs->stmt);
+    MemoryContext old;
 
     StartTransactionCommand();
     if (analyze_requires_snapshot(rs)) {
         PushActiveSnapshot(GetTransactionSnapshot());
         snapshot = true;
     }
+    old = MemoryContextSwitchTo(trees);
     queries = pg_analyze_and_rewrite_fixedparams(rs, sql, types, nargs, NULL);
     plans = pg_plan_queries(queries, sql, CURSOR_OPT_PARALLEL_OK, params);
+    MemoryContextSwitchTo(old);
     if (snapshot)
         PopActiveSnapshot();
     portal = CreatePortal("", true, true);
@@ -177,35 +190,6 @@ static void run_top_level(RawStmt* rs, const char* sql, int nargs, Oid* types, P
     CommitTransactionCommand();
 }
 
-static ParamListInfo bind_params(const AtxMessageC* m, Oid* types)
-{
-    ParamListInfo params = m->nparams > 0 ? makeParamList(m->nparams) : NULL;
-    for (int i = 0; i < m->nparams; i++) {
-        const AtxParamC* p = &m->params[i];
-        ParamExternData* prm = &params->params[i];
-        Oid fn, ioparam;
-
-        types[i] = p->type_oid;
-        prm->ptype = p->type_oid;
-        prm->pflags = PARAM_FLAG_CONST;
-        prm->isnull = p->is_null;
-        prm->value = (Datum)0;
-        if (p->is_null)
-            continue;
-        if (p->binary) {
-            StringInfoData buf;
-            getTypeBinaryInputInfo(p->type_oid, &fn, &ioparam);
-            initStringInfo(&buf);
-            appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
-            prm->value = OidReceiveFunctionCall(fn, &buf, ioparam, -1);
-        } else {
-            getTypeInputInfo(p->type_oid, &fn, &ioparam);
-            prm->value = OidInputFunctionCall(fn, (char*)p->value, ioparam, -1);
-        }
-    }
-    return params;
-}
-
 void atx_nonatomic_main(Datum arg)
 {
     dsm_segment* seg;
@@ -216,7 +200,6 @@ void atx_nonatomic_main(Datum arg)
     int save_sec;
     const char* status;
     MemoryContext work;
-    int reason = 0;
 
     memset(&m, 0, sizeof m);
     pqsignal(SIGTERM, die);
@@ -232,7 +215,7 @@ void atx_nonatomic_main(Datum arg)
     BackgroundWorkerInitializeConnectionByOid(sh->dboid, sh->roleid, 0);
 #endif
     pgstat_report_appname("atx-applier nonatomic");
-    atx_exec_note_apply_backend();  // a caller it waits for is a deadlock atx_exec can see
+    atx_registry_join();  // a caller it waits for is a deadlock atx_exec can see
     work = AllocSetContextCreate(TopMemoryContext, "pg_atx nonatomic", ALLOCSET_DEFAULT_SIZES);
     MemoryContextSwitchTo(work);
 
@@ -251,23 +234,17 @@ void atx_nonatomic_main(Datum arg)
         status = claim(&m, sh->lsn);
         if (strcmp(status, "started") == 0) {
             atx_dead_letter_write(&m, sh->lsn, sh->payload, sh->payload_len, ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN,
-                                  "a non-atomic message was started before and did not finish (a crash?): it may have "
-                                  "committed part of its work, so it is not run again",
-                                  NULL, "Check what it did; retry it by hand (atx-applier retry) if it did nothing.",
-                                  sh->attempts, sh->first_failed);
+                                  atx_in_doubt_text(), NULL, atx_in_doubt_hint(), sh->attempts, sh->first_failed);
             record_final(&m, sh->lsn, "dead", NULL);
             sh->state = NA_IN_DOUBT;
         } else if (strcmp(status, "claimed") != 0) {
             sh->state = NA_ALREADY;
-        } else if (m.waited && atx_exec_begin_running(m.id, &reason)) {
-            // Its atx_exec caller gave up before it began (atx.exec_on_abandon = cancel).
-            const char* why = psprintf("cancelled: the atx_exec call waiting for this message gave up (%s)",
-                                       reason == ATX_GAVE_UP_DEADLOCK  ? "deadlock with its caller"
-                                       : reason == ATX_GAVE_UP_TIMEOUT ? "atx.exec_timeout"
-                                                                       : "cancelled by its caller");
+        } else if (m.waited && !atx_waiter_begin_running(m.id, m.cancel_if_abandoned)) {
+            // Its atx_exec caller stopped waiting before it began (atx.exec_on_abandon = cancel).
+            const char* why = atx_cancelled_text();
             atx_dead_letter_write(&m, sh->lsn, sh->payload, sh->payload_len, ERRCODE_QUERY_CANCELED, why, NULL, NULL,
                                   sh->attempts, sh->first_failed);
-            record_final(&m, sh->lsn, "dead", NULL);
+            record_final(&m, sh->lsn, "cancelled", NULL);
             sh->sqlerrcode = ERRCODE_QUERY_CANCELED;
             copy_text(sh->error, sizeof sh->error, why);
             sh->state = NA_FAILED;
@@ -285,15 +262,20 @@ void atx_nonatomic_main(Datum arg)
             // Parameters and parse trees must outlive the transactions the statement runs in.
             StartTransactionCommand();
             MemoryContextSwitchTo(work);
-            params = bind_params(&m, types);
+            params = atx_bind_params(&m, types);
             raw = pg_parse_query(m.statement);
             CommitTransactionCommand();
             MemoryContextSwitchTo(work);
             if (sh->timeout_ms > 0)
                 enable_timeout_after(STATEMENT_TIMEOUT, sh->timeout_ms);
             memset(&qc, 0, sizeof qc);
-            foreach (lc, raw)
-                run_top_level((RawStmt*)lfirst(lc), m.statement, m.nparams, types, params, &qc);
+            {
+                MemoryContext trees = AllocSetContextCreate(work, "pg_atx nonatomic statement", ALLOCSET_DEFAULT_SIZES);
+                foreach (lc, raw) {
+                    run_top_level((RawStmt*)lfirst(lc), m.statement, m.nparams, types, params, &qc, trees);
+                    MemoryContextReset(trees);
+                }
+            }
             disable_timeout(STATEMENT_TIMEOUT, false);
             MemoryContextSwitchTo(work);
             copy_text(sh->command, sizeof sh->command, GetCommandTagName(qc.commandTag));
@@ -342,9 +324,37 @@ void atx_nonatomic_main(Datum arg)
         o.command = sh->command;
         o.rows = sh->rows;
         json = atx_exec_outcome_json(&o);
-        atx_exec_publish_now(m.id, o.status, o.sqlerrcode, o.error, NULL, NULL, json);
+        atx_waiter_publish_now(m.id, o.status, o.sqlerrcode, o.error, NULL, NULL, json);
     }
     dsm_detach(seg);
+}
+
+// How long a worker gets past its limit to stop by itself (its statement_timeout cancel) before
+// the launcher ends it.
+#define NONATOMIC_GRACE_MS 2000
+
+// Waits for the worker to exit; a worker still running timeout_ms + NONATOMIC_GRACE_MS after it
+// started is terminated (its statement may catch the cancel, never the termination). Returns
+// whether it was. The statement runs in the worker: this loop is outside it.
+static bool wait_for_worker(BackgroundWorkerHandle* handle, int timeout_ms)
+{
+    TimestampTz start = GetCurrentTimestamp();
+    bool terminated = false;
+    pid_t pid;
+
+    for (;;) {
+        BgwHandleStatus st = GetBackgroundWorkerPid(handle, &pid);
+        if (st == BGWH_STOPPED || st == BGWH_POSTMASTER_DIED)
+            return terminated;
+        if (!terminated && timeout_ms > 0 &&
+            TimestampDifferenceExceeds(start, GetCurrentTimestamp(), timeout_ms + NONATOMIC_GRACE_MS)) {
+            TerminateBackgroundWorker(handle);
+            terminated = true;
+        }
+        (void)WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 100, PG_WAIT_EXTENSION);
+        ResetLatch(MyLatch);
+        CHECK_FOR_INTERRUPTS();
+    }
 }
 
 // --- the launcher: CALL atx.run_nonatomic(lsn, attempts, first_failed, timeout_ms) -------------
@@ -358,11 +368,9 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
 {
     CallContext* call = (fcinfo->context && IsA(fcinfo->context, CallContext)) ? (CallContext*)fcinfo->context : NULL;
     XLogRecPtr lsn;
-    char *payload, *why;
+    AtxLoaded l;
+    char* payload;
     size_t len;
-    AtxMessageC m;
-    atx::CaughtError err;
-    uint8 mac[32];
     dsm_segment* seg;
     NonatomicShared* sh;
     BackgroundWorker w;
@@ -372,15 +380,21 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
     Datum v[4];
     bool nulls[4] = {false, true, true, true};
     const char* status;
-    Oid applier = get_role_oid("atx_applier", true);
     MemoryContext caller = CurrentMemoryContext;  // SPI_finish below deletes the SPI context
     HeapTuple row;
+    volatile bool overdue = false;
+    int timeout_ms;
 
     for (int i = 0; i < 4; i++)
         if (PG_ARGISNULL(i) && i != 2)
             ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("arguments must not be NULL")));
-    if (!superuser() && !(OidIsValid(applier) && has_privs_of_role(GetUserId(), applier)))
-        ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("permission denied to apply pg_atx messages")));
+    // SECURITY INVOKER (a SECURITY DEFINER procedure cannot commit): the current user called it.
+    {
+        Oid applier = get_role_oid(ATX_APPLIER_ROLE, true);
+        if (!superuser() && !(OidIsValid(applier) && has_privs_of_role(GetUserId(), applier)))
+            ereport(ERROR,
+                    (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg("permission denied to apply pg_atx messages")));
+    }
     if (call == NULL || call->atomic)
         ereport(ERROR, (errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
                         errmsg("atx.run_nonatomic must be called as a top-level CALL, outside a transaction block")));
@@ -389,14 +403,12 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
     tupdesc = CreateTupleDescCopy(tupdesc);  // survives the commit below
 
     lsn = PG_GETARG_LSN(0);
-    if (!atx_read_wal_message(lsn, &payload, &len, &why))
-        ereport(ERROR, (errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION), errmsg("%s", why)));
-    if (!atx_decode_payload(payload, len, &m, &err))
-        atx::raise_caught(err);
-    atx_hmac_sha256(m.body, m.body_len, mac);
-    if (!atx_mac_equal(mac, (const uint8*)m.mac))
-        ereport(ERROR, (errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
-                        errmsg("pg_atx message authentication failed: HMAC mismatch")));
+    timeout_ms = Max(PG_GETARG_INT32(3), 0);
+    atx_load_message(lsn, &l);
+    if (l.state != ATX_LOAD_OK)
+        ereport(ERROR, (errcode(l.sqlerrcode), errmsg("%s", l.error)));
+    payload = l.payload;
+    len = l.len;
 
     // The segment must outlive this transaction (committed below): mapped for the session.
     seg = dsm_create(offsetof(NonatomicShared, payload) + len, 0);
@@ -404,11 +416,11 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
     sh = (NonatomicShared*)dsm_segment_address(seg);
     memset(sh, 0, offsetof(NonatomicShared, payload));
     sh->dboid = MyDatabaseId;
-    sh->roleid = m.role_oid;
+    sh->roleid = l.m.role_oid;
     sh->lsn = lsn;
     sh->attempts = PG_GETARG_INT32(1);
     sh->first_failed = PG_ARGISNULL(2) ? GetCurrentTimestamp() : PG_GETARG_TIMESTAMPTZ(2);
-    sh->timeout_ms = PG_GETARG_INT32(3);
+    sh->timeout_ms = timeout_ms;
     sh->payload_len = len;
     memcpy(sh->payload, payload, len);
 
@@ -436,18 +448,24 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
     if (SPI_connect_ext(SPI_OPT_NONATOMIC) != SPI_OK_CONNECT)
         elog(ERROR, "SPI_connect failed");
     SPI_commit();
+    // The applier's watchdog sees this backend run the message; its deadline leaves the worker's
+    // own limit and the grace below to run out first.
+    atx_registry_join();
+    atx_registry_begin(lsn, l.id, l.m.role_oid, timeout_ms > 0 ? timeout_ms + 2 * NONATOMIC_GRACE_MS : 0);
     PG_TRY();
     {
         if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
-            (void)WaitForBackgroundWorkerShutdown(handle);
+            overdue = wait_for_worker(handle, timeout_ms);
     }
     PG_CATCH();
     {
         // The applier gave up (cancel, shutdown): the worker must not go on alone.
         TerminateBackgroundWorker(handle);
+        atx_registry_end();
         PG_RE_THROW();
     }
     PG_END_TRY();
+    atx_registry_end();
 
     switch (sh->state) {
     case NA_ALREADY: status = "already"; break;
@@ -460,7 +478,7 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
         status = "retry";
 #if PG_VERSION_NUM < 170000
         {
-            HeapTuple tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(m.role_oid));
+            HeapTuple tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(l.m.role_oid));
             bool can_login = HeapTupleIsValid(tup) && ((Form_pg_authid)GETSTRUCT(tup))->rolcanlogin;
             if (HeapTupleIsValid(tup))
                 ReleaseSysCache(tup);
@@ -468,20 +486,17 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
                 const char* why = "a message that must run as a top-level statement (COMMIT or ROLLBACK inside, "
                                   "VACUUM, CREATE INDEX CONCURRENTLY) needs a caller role that can log in before "
                                   "PostgreSQL 17";
-                uint8 ids[1][16];
-                const char* dead = "dead";
-                const char* no_outcome = NULL;
+                AtxRecord rec = atx_record(l.id, lsn, &l.m, "dead", NULL);
                 Oid save_user;
                 int save_sec;
                 GetUserIdAndSecContext(&save_user, &save_sec);
                 SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID, save_sec | SECURITY_LOCAL_USERID_CHANGE);
                 PushActiveSnapshot(GetTransactionSnapshot());
-                atx_dead_letter_write(&m, lsn, payload, len, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, why, NULL,
+                atx_dead_letter_write(&l.m, lsn, payload, len, ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, why, NULL,
                                       "Grant LOGIN to the role, or keep transaction control out of its autonomous "
                                       "statements.",
                                       sh->attempts, sh->first_failed);
-                memcpy(ids[0], m.id, 16);
-                atx_applied_record(1, ids, &lsn, &dead, &no_outcome);
+                atx_applied_update(1, &rec);  // none, or 'parked'
                 PopActiveSnapshot();
                 SetUserIdAndSecContext(save_user, save_sec);
                 sh->sqlerrcode = ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;
@@ -492,8 +507,13 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
 #endif
         break;
     default:
-        // Claimed but no outcome: the worker died while the statement ran.
+        // Claimed but no outcome: the worker died while the statement ran, or was ended here
+        // because it ran past its limit (57014, this function's own word).
         status = "in doubt";
+        if (overdue) {
+            sh->sqlerrcode = ERRCODE_QUERY_CANCELED;
+            copy_text(sh->error, sizeof sh->error, "ran past its time limit and was ended: in doubt");
+        }
         break;
     }
     MemoryContextSwitchTo(caller);

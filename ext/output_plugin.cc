@@ -5,9 +5,9 @@
 // pg_logical_emit_message (which cannot carry the pg_atx origin: setting a session origin
 // needs superuser) never appears.
 //
-// format 'binary' (default): data = 'M', the start LSN of the message's WAL record (8 bytes,
-// big-endian; the frame's dataStart is its end), the raw payload. The applier names the
-// message by that start LSN and the server reads it back from its own WAL (wal_message.cc).
+// format 'binary' (default): a frame (common/frame.h): 'M', the start LSN of the message's WAL
+// record, the raw payload. The applier names the message by that start LSN and the server reads
+// it back from its own WAL (wal_message.cc).
 // format 'text': one line per message for pg_recvlogical -P pg_atx and
 // pg_logical_slot_peek_changes.
 //
@@ -16,6 +16,7 @@
 // been authenticated (its HMAC), so no receive function ever sees bytes atx_log did not make.
 #include "atx_ext.h"
 #include "codec_bridge.h"
+#include "frame.h"
 #include "hmac_key.h"
 #include "message.h"
 #include "pg_guard.h"
@@ -192,7 +193,7 @@ static void append_text_line(StringInfo out, XLogRecPtr start, XLogRecPtr lsn, c
             continue;
         }
         initStringInfo(&v);
-        atx_append_param_value(&v, p, true);
+        atx_append_param_value(&v, p);
         appendStringInfoString(out, quote_literal_cstr(v.data));
     }
     appendStringInfoChar(out, ']');
@@ -216,9 +217,9 @@ static void message_body(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLo
     if (st->text_format) {
         append_text_line(ctx->out, start, message_lsn, message, message_size);
     } else {
-        appendStringInfoChar(ctx->out, 'M');
-        for (int i = 7; i >= 0; i--)
-            appendStringInfoChar(ctx->out, (char)((start >> (8 * i)) & 0xff));
+        char header[atx::kFrameHeaderSize];
+        atx::encode_frame_header(start, header);
+        appendBinaryStringInfo(ctx->out, header, (int)sizeof header);
         appendBinaryStringInfo(ctx->out, message, (int)message_size);
     }
     OutputPluginWrite(ctx, true);

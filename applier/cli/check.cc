@@ -32,8 +32,10 @@ namespace {
 
 // Functions the applier calls, each needing EXECUTE.
 const char* const kNeededFunctions[] = {
-    "atx.apply_batch(pg_catalog.pg_lsn[], integer[], timestamp with time zone[], integer, integer, boolean)",
-    "atx.dead_letter_message(pg_catalog.pg_lsn, text, text, integer, timestamp with time zone)",
+    "atx.apply_batch(pg_catalog.pg_lsn[], integer[], timestamp with time zone[], integer, integer, boolean, text)",
+    "atx.dead_letter_message(pg_catalog.pg_lsn, text, integer, timestamp with time zone)",
+    "atx.apply_activity()",
+    "atx.terminate_overdue(integer, pg_catalog.pg_lsn)",
     "atx.unapplied(pg_catalog.pg_lsn[])",
     "atx.prune()",
     "atx.wake(uuid[])",
@@ -131,9 +133,10 @@ void check_libraries(Db& d, Checks& ck, bool loaded)
         preloaded = spl.value_or("").find("pg_atx") != std::string::npos;
         shown_value = "'" + spl.value_or("") + "'";
     }
-    ck.add("shared_preload_libraries", preloaded ? "ok" : "warn",
+    ck.add("shared_preload_libraries", preloaded ? "ok" : "fail",
            shown_value + (preloaded ? ""
-                                    : " (without pg_atx there, atx_exec refuses with 55000; atx_log works. "
+                                    : " (without pg_atx there atx-applier cannot bound each message's time and "
+                                      "does not apply, and atx_exec refuses with 55000; atx_log works. "
                                       "ALTER SYSTEM SET shared_preload_libraries = ..., pg_atx; restart)"));
 }
 

@@ -41,6 +41,9 @@ const Command kCommands[] = {
      define_retry, run_retry},
     {"discard", "<id|message-id> --reason TEXT", "delete a dead letter, keeping an audit trail", define_discard,
      run_discard},
+    {"dead-letter", "<lsn|message-id> --reason TEXT",
+     "dead-letter one message without running it (57000), keeping an audit trail", define_dead_letter,
+     run_dead_letter},
     {"check", "", "verify the server setup and the applier role's privileges", define_check, run_check},
 };
 

@@ -28,6 +28,9 @@ int run_retry(Context& c);
 void define_discard(CLI::App& app, Options& o);
 int run_discard(Context& c);
 
+void define_dead_letter(CLI::App& app, Options& o);
+int run_dead_letter(Context& c);
+
 void define_check(CLI::App& app, Options& o);
 int run_check(Context& c);
 

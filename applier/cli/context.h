@@ -41,7 +41,7 @@ struct Options {
     bool all = false;
     uint32_t limit = 100;
     std::string reason;
-    std::string target;  // the positional argument of show, retry, discard
+    std::string target;  // the positional argument of show, retry, discard, dead-letter
 };
 
 // One database: the connection and the names derived from it.

@@ -10,18 +10,19 @@
 --   * atx.dead_letter has row-level security: each role reads the dead letters of the messages
 --     it emitted (its statement, parameters, SQLSTATE, error, detail, hint), nobody else's;
 --     superusers and members of atx_applier read all of them.
---   * every dead letter is announced with NOTIFY atx_dead_letter, the message id as payload: the
---     id that atx_log returned. (Every listener hears every id; only the emitting role can read
---     the row behind it.)
+--   * every dead letter is announced with NOTIFY atx_dead_letter, with no payload: a listener
+--     learns that one was written and reads atx.dead_letter to see whose (only the emitting role
+--     reads its rows). Any session may LISTEN, and any may NOTIFY that channel too: a
+--     notification is a reason to look, never a fact.
 --   * what can never work (a missing table, a syntax error, a missing privilege) is refused at
 --     the call already, with its own SQLSTATE (atx.validate, on by default).
 --
 -- The roles ex_clerk and ex_other (no LOGIN needed) are created once and kept.
 -- Needs atx-applier running for the database.
 -- Run as a superuser: psql -v ON_ERROR_STOP=1 -f docs/examples/own_dead_letters.sql
--- psql prints the notification ("Asynchronous notification "atx_dead_letter" with payload
--- "<id>" ...") after the wait below; tests/integration/examples.sh checks that its payload is the
--- id this script prints as 'clerk message: <id>'. See docs/migrations.md.
+-- psql prints the notification ("Asynchronous notification "atx_dead_letter" received from
+-- server process ...") after the wait below; tests/integration/examples.sh checks that it came,
+-- without a payload. See docs/migrations.md.
 CREATE EXTENSION IF NOT EXISTS pg_atx;
 DROP SCHEMA IF EXISTS ex_dead CASCADE;
 CREATE SCHEMA ex_dead;

@@ -109,7 +109,7 @@ SELECT substr(data, 10) AS p, '0/0'::pg_lsn + ('x' || encode(substr(data, 2, 8),
   FROM pg_logical_slot_get_binary_changes(atx.slot_name(), NULL, NULL);
 CREATE TABLE verdicts(l pg_lsn, same bool, status text);
 SQL
-q -c "SELECT format('INSERT INTO verdicts SELECT %L, (SELECT p FROM forged WHERE l = %L) = (SELECT p FROM seedpayload), status FROM atx.apply_batch(ARRAY[%L::pg_lsn], ''{1}'', ''{NULL}'', 1, 0, true);', l, l, l) FROM forged ORDER BY l" |
+q -c "SELECT format('INSERT INTO verdicts SELECT %L, (SELECT p FROM forged WHERE l = %L) = (SELECT p FROM seedpayload), status FROM atx.apply_batch(ARRAY[%L::pg_lsn], ''{1}'', ''{NULL}'', 1, 0, true, ''test'');', l, l, l) FROM forged ORDER BY l" |
     psql -qAtX >/dev/null 2>"$TEST_DIR/apply.err"
 check_eq "apply_batch raised nothing" "" "$(head -c 300 "$TEST_DIR/apply.err")"
 q -c "SELECT same, status, count(*) FROM verdicts GROUP BY 1, 2 ORDER BY 1, 2" >"$TEST_DIR/apply.out" 2>&1

@@ -81,14 +81,18 @@ PGUSER=repl q -c "SELECT pg_create_logical_replication_slot('repl_peek', 'pg_atx
 
 # --- The applier role's privileges: exactly the table in docs/security.md -----------------------
 expected_privs="function atx.apply(pg_lsn) EXECUTE
+function atx.apply_activity() EXECUTE
 function atx.apply_batch(pg_lsn[],integer[],timestamp with time zone[],integer,integer,boolean) EXECUTE
-function atx.dead_letter_message(pg_lsn,text,text,integer,timestamp with time zone) EXECUTE
+function atx.apply_batch(pg_lsn[],integer[],timestamp with time zone[],integer,integer,boolean,text,integer) EXECUTE
+function atx.dead_letter_message(pg_lsn,text,integer,timestamp with time zone) EXECUTE
 function atx.decode(bytea) EXECUTE
 function atx.ensure_slot() EXECUTE
 function atx.message_at(pg_lsn) EXECUTE
+function atx.park(pg_lsn[]) EXECUTE
 function atx.prune() EXECUTE
-function atx.retry_dead_letter(bigint) EXECUTE
+function atx.retry_dead_letter(bigint,integer) EXECUTE
 function atx.run_nonatomic(pg_lsn,integer,timestamp with time zone,integer,text,text,text,text) EXECUTE
+function atx.terminate_overdue(integer,pg_lsn) EXECUTE
 function atx.unapplied(pg_lsn[]) EXECUTE
 function atx.wake(uuid[]) EXECUTE
 policy applier_reads_all on atx.dead_letter SELECT
@@ -158,7 +162,7 @@ start_of() {
 forge() { start_of "$(PGUSER=$1 q -c "SELECT pg_logical_emit_message(false, 'pg_atx', p) FROM cap")"; }
 # apply_status ROLE LSN: the status and SQLSTATE atx.apply_batch returns for one LSN
 apply_status() {
-    PGUSER=$1 q -c "SELECT status || ' ' || coalesce(sqlstate, '-') FROM atx.apply_batch(ARRAY['$2']::pg_lsn[], '{1}', '{NULL}', 1, 0, false)"
+    PGUSER=$1 q -c "SELECT status || ' ' || coalesce(sqlstate, '-') FROM atx.apply_batch(ARRAY['$2']::pg_lsn[], '{1}', '{NULL}', 1, 0, false, 'test')"
 }
 
 # --- Finding 4 / applier role ------------------------------------------------------------------
@@ -181,7 +185,7 @@ check "finding 4 / applier role: wrote a forged copy (pg_logical_emit_message) a
 check_eq "finding 4 / applier role: the forged copy named to atx.apply_batch is rejected" "rejected 28000" \
     "$(apply_status atx_app "$FORGED_APP")"
 check "finding 4 / applier role: ... because it lacks the pg_atx origin" contains \
-    "$(PGUSER=atx_app q -c "SELECT error FROM atx.apply_batch(ARRAY['$FORGED_APP']::pg_lsn[], '{1}', '{NULL}', 1, 0, false)")" \
+    "$(PGUSER=atx_app q -c "SELECT error FROM atx.apply_batch(ARRAY['$FORGED_APP']::pg_lsn[], '{1}', '{NULL}', 1, 0, false, 'test')")" \
     "was not written by atx_log (replication origin)"
 refused "finding 4 / applier role: atx.apply of the forged copy" 28000 atx_app "SELECT atx.apply('$FORGED_APP')"
 check_eq "finding 4 / applier role: the handled genuine LSN again through atx.apply_batch (replay): 'already'" "already -" \
@@ -197,8 +201,8 @@ check "applier role: its own atx_log runs as itself (it names no other caller)" 
 
 # --- REPLICATION-only role ---------------------------------------------------------------------
 for f in "atx.apply('$L')" "atx.message_at('$L')" \
-    "* FROM atx.apply_batch(ARRAY['$L']::pg_lsn[], '{1}', '{NULL}', 1, 0, false)" \
-    "atx.dead_letter_message('$L', '22000', 'x', 1, now())" "pg_replication_origin_session_setup('pg_atx')" \
+    "* FROM atx.apply_batch(ARRAY['$L']::pg_lsn[], '{1}', '{NULL}', 1, 0, false, 'test')" \
+    "atx.dead_letter_message('$L', 'operator')" "pg_replication_origin_session_setup('pg_atx')" \
     "* FROM atx.applied"; do
     refused "REPLICATION role: refused: SELECT $f" 42501 repl "SELECT $f"
 done
@@ -247,8 +251,8 @@ check_eq "finding 4: bob's statement still ran once" 1 "$(count bob_t)"
 
 # --- PUBLIC role (alice) -------------------------------------------------------------------------
 for f in "atx.apply('$L')" "atx.message_at('$L')" "atx.verify_payload(p) FROM cap" "atx.decode(p) FROM cap" \
-    "* FROM atx.apply_batch(ARRAY['$L']::pg_lsn[], '{1}', '{NULL}', 1, 0, false)" "atx.prune()" \
-    "atx.dead_letter_message('$L', '22000', 'x', 1, now())" "atx.retry_dead_letter(1)" "atx.wake('{}')" \
+    "* FROM atx.apply_batch(ARRAY['$L']::pg_lsn[], '{1}', '{NULL}', 1, 0, false, 'test')" "atx.prune()" \
+    "* FROM atx.park(ARRAY['$L']::pg_lsn[])" "atx.dead_letter_message('$L', 'operator')" "atx.retry_dead_letter(1)" "atx.wake('{}')" \
     "* FROM atx.unapplied(ARRAY['$L']::pg_lsn[])" "atx.ensure_emit_origin()" "atx.ensure_slot()" \
     "pg_replication_origin_session_setup('pg_atx')" "pg_read_binary_file('$KEY')" "* FROM atx.applied" \
     "* FROM atx.idempotency_key"; do
@@ -272,7 +276,9 @@ refused "PUBLIC role: atx_log in a READ ONLY transaction" 25006 alice \
     "BEGIN READ ONLY; SELECT atx_log('INSERT INTO alice_t VALUES (''read only'', current_user)')"
 refused "PUBLIC role: cannot SET atx.allow_in_read_only (a superuser setting)" 42501 alice \
     "SELECT atx.slot_name(); SET atx.allow_in_read_only = on"
-refused "PUBLIC role: nor by a placeholder SET before the library is loaded" 25006 alice \
+# pg_atx is preloaded here (atx-applier needs it): a non-superuser's SET is refused at once. (Without
+# preload a placeholder SET made before the library loads is dropped with a warning: regress.)
+refused "PUBLIC role: nor by a SET (preloaded: refused at once)" 42501 alice \
     "SET atx.allow_in_read_only = on; BEGIN READ ONLY; SELECT atx_log('INSERT INTO alice_t VALUES (''read only 2'', current_user)')"
 PGUSER=alice q -c "SELECT atx_log('INSERT INTO alice_t VALUES (\$1, current_user)', 'mine')" >/dev/null
 wait_sql 20 "SELECT EXISTS (SELECT 1 FROM alice_t WHERE v = 'mine') AND EXISTS (SELECT 1 FROM atx.dead_letter WHERE statement LIKE '%PUBLIC unvalidated%')"

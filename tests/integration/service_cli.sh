@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The operator CLI end to end, with the daemon running as the documented applier role (atx_app):
 # check (and what it reports on a role with too many privileges, per-role settings, a missing
-# preload), status (slot position and apply horizon), dead-letters, show, retry of a dead letter
+# preload), dead-letter by LSN, status (slot position and apply horizon), dead-letters, show, retry of a dead letter
 # after its cause is fixed (exactly once, also with two operators racing; a second retry finds it
 # gone), retry refused to a role outside atx_applier, retry --all with progress, discard with an
 # audit trail, user text escaped in human output and complete in --json, the config file.
@@ -49,7 +49,7 @@ check_eq "check passes on a good setup" 0 "$rc"
 check "check reports wal_level and the slot" bash -c "echo \"\$1\" | grep -q 'ok    wal_level: logical' && echo \"\$1\" | grep -q 'slot pg_atx_[0-9]* active: a walsender'" _ "$out"
 extv=$(q -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_atx'")
 check "check: extension $extv, apply functions, no origin setup, no writes" bash -c "echo \"\$1\" | grep -q \"ok    extension pg_atx: version $extv\$\" && echo \"\$1\" | grep -q 'ok    apply functions' && echo \"\$1\" | grep -q 'ok    no replication origin setup' && echo \"\$1\" | grep -q 'ok    no writes to atx.applied'" _ "$out"
-check "check reports the missing preload" bash -c "echo \"\$1\" | grep -q 'WARN  shared_preload_libraries: .*atx_exec refuses'" _ "$out"
+check "check: preload ok (seen by the applier role)" bash -c "echo \"\$1\" | grep -q 'ok    shared_preload_libraries: pg_atx is preloaded'" _ "$out"
 check "check warns about the key in the data directory" bash -c "echo \"\$1\" | grep -q 'WARN  key file: pg_atx.key in the data directory'" _ "$out"
 check_eq "check --json ok" True "$(cli check --json | jq_py 'd["ok"]')"
 q -c "GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_setup(text) TO atx_app" \
@@ -205,16 +205,36 @@ check "RocksDB meta written when the daemon is stopped" bash -c "echo \"\$1\" | 
 check_eq "show of the discarded message shows the reason" obsolete \
     "$(cli show "$m2" --json | jq_py 'd[0]["local_state"][0]["discarded"]["reason"]')"
 
-# preloaded: check says so
-echo "shared_preload_libraries = 'pg_atx'" >>"$TEST_DIR/data/postgresql.conf"
-atx_cluster_stop "$TEST_DIR" fast && atx_cluster_start "$TEST_DIR"
+# dead-letter: an operator finalizes a waiting message by its start LSN without running it.
+lsn_before=$(q -c "SELECT pg_current_wal_insert_lsn()")
+q -c "SELECT atx_log('INSERT INTO t VALUES (-99)')" >/dev/null
+dl_lsn=$(q -c "SELECT (substr(h, 1, 8) || '/' || substr(h, 9, 8))::pg_lsn FROM (SELECT encode(substring(data FROM 2 FOR 8), 'hex') AS h
+                FROM pg_logical_slot_peek_binary_changes(atx.slot_name(), NULL, NULL) WHERE lsn > '$lsn_before' LIMIT 1) f")
+out=$(cli dead-letter "$dl_lsn" --reason "bad batch, do not run")
+check "dead-letter by LSN (as the applier role)" bash -c "echo \"\$1\" | grep -q 'dead-lettered the message at $dl_lsn'" _ "$out"
+check_eq "its dead letter: the server's fixed verdict" "57000" "$(q -c "SELECT sqlstate FROM atx.dead_letter WHERE source_lsn = '$dl_lsn'")"
+check "the reason is in the audit trail" grep -q '"action":"dead-letter".*bad batch, do not run' "$TEST_DIR/state/operator-audit.jsonl"
+rc=0; cli dead-letter "$dl_lsn" --reason again >/dev/null || rc=$?
+check_eq "a second dead-letter finds it handled (exit 4)" 4 "$rc"
+rc=0; cli dead-letter "not-an-lsn" --reason x >/dev/null 2>&1 || rc=$?
+check_eq "a target that is neither an LSN nor a message id: usage error" 1 "$rc"
 start_applier
 wait_for 10 bash -c "grep -c event=streaming '$TEST_DIR/applier.log' | grep -q 2"
 check "daemon starts again on the state the CLI wrote to" bash -c "[ \$(grep -c event=streaming '$TEST_DIR/applier.log') = 2 ]"
-out=$(cli check)
-check "check: preload ok once pg_atx is in shared_preload_libraries (seen by the applier role)" bash -c "echo \"\$1\" | grep -q 'ok    shared_preload_libraries: pg_atx is preloaded'" _ "$out"
 out=$(cli_su check)
-check "and by a superuser, who may read the setting" bash -c "echo \"\$1\" | grep -q \"ok    shared_preload_libraries: 'pg_atx'\"" _ "$out"
+check "check: preload ok, as a superuser, who may read the setting" bash -c "echo \"\$1\" | grep -q \"ok    shared_preload_libraries: 'pg_atx'\"" _ "$out"
+applier_stop
+
+# Without pg_atx preloaded: check fails and says why, and the daemon does not apply (it cannot bound
+# a message's time).
+echo "shared_preload_libraries = ''" >>"$TEST_DIR/data/postgresql.conf"
+atx_cluster_stop "$TEST_DIR" fast && atx_cluster_start "$TEST_DIR"
+rc=0; out=$(cli check) || rc=$?
+check_eq "check fails (exit 2) without the preload" 2 "$rc"
+check "check names the missing preload and what it breaks" bash -c "echo \"\$1\" | grep -q 'FAIL  shared_preload_libraries: .*atx-applier cannot bound'" _ "$out"
+start_applier
+wait_for 10 grep -q 'event=not_ready.*shared_preload_libraries' "$TEST_DIR/applier.log"
+check "the daemon waits, saying why" grep -q 'event=not_ready.*shared_preload_libraries' "$TEST_DIR/applier.log"
 applier_stop
 
 done_testing

@@ -67,9 +67,10 @@ atx_cluster_init() {
     echo "$port" >"$dir/port"
 }
 
+# ATX_CORE_FILES=1: servers may write core files (pg_ctl -c) into their data directory.
 atx_cluster_start() {
     local dir=$1
-    atx_as_server "$ATX_PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 start >/dev/null || {
+    atx_as_server "$ATX_PG_BINDIR/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 ${ATX_CORE_FILES:+-c} start >/dev/null || {
         tail -n 30 "$dir/server.log" >&2
         return 1
     }

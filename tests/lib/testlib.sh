@@ -68,10 +68,11 @@ trap _testlib_cleanup EXIT
 # psql against the test cluster: q SQL -> unaligned, tuples only.
 q() { psql -qAtX -v ON_ERROR_STOP=1 "$@"; }
 
-# Starts a fresh cluster, installs pg_atx in database postgres and creates the slot.
+# Starts a fresh cluster with pg_atx preloaded (atx-applier needs its apply registry; a later
+# "shared_preload_libraries = ..." argument overrides it) and installs it in database postgres.
 atx_test_cluster() {
     TEST_DIR=$(atx_cluster_mkdir "$(basename "$0" .sh)")
-    atx_cluster_init "$TEST_DIR" "$@" || return 1
+    atx_cluster_init "$TEST_DIR" "shared_preload_libraries = 'pg_atx'" "$@" || return 1
     atx_cluster_start "$TEST_DIR" || return 1
     eval "$(atx_cluster_env "$TEST_DIR")"
     q -c "CREATE EXTENSION pg_atx" >/dev/null
@@ -130,7 +131,9 @@ wait_for() {
     done
 }
 
-# Waits until atx-applier created the slot of the current database and streams it.
+# Waits until atx-applier created the slot of the current database and streams it. Streams: the
+# backend holding it is a walsender (while the slot is being created, the creating backend holds
+# it, and atx_log still refuses: the slot is not persistent yet).
 wait_for_slot() {
-    wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots WHERE slot_name = atx.slot_name() AND active\" | grep -q 1"
+    wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = atx.slot_name() AND a.backend_type = 'walsender'\" | grep -q 1"
 }

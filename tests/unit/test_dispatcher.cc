@@ -1,6 +1,7 @@
 // Lanes, batches, budgets and suspects (applier/dispatcher.h).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <thread>
 
 #include "dispatcher.h"
@@ -18,19 +19,32 @@ Id make_id(uint8_t a, uint8_t b = 0)
     return id;
 }
 
-Pending msg(Lsn start, uint8_t lane, uint32_t role = 10, uint8_t depth = 0, bool waited = false)
+Id id_of(Lsn start) { return make_id(static_cast<uint8_t>(start), static_cast<uint8_t>(start >> 8)); }
+
+Pending msg(Lsn start, uint8_t lane, uint32_t role = 10, uint8_t depth = 0, bool waited = false,
+            uint32_t principal = 0)
 {
     Pending p;
     p.start = start;
     p.end = start + 1;
-    p.id = make_id(static_cast<uint8_t>(start), static_cast<uint8_t>(start >> 8));
+    p.id = id_of(start);
     p.lane = make_id(0xee, lane);
-    p.role_oid = role;
+    p.as = RunAs{role, principal ? principal : role};
     p.depth = depth;
     p.waited = waited;
     p.emit_time = static_cast<int64_t>(start);
     return p;
 }
+
+// A nested atx_exec message whose parent is the message at parent_start (its lane is the parent).
+Pending nested(Lsn start, Lsn parent_start, uint32_t role = 10, uint32_t principal = 0)
+{
+    Pending p = msg(start, 0, role, 1, true, principal);
+    p.lane = id_of(parent_start);
+    return p;
+}
+
+const std::optional<RunAs> any;  // a fresh session: no preference
 
 std::vector<Lsn> starts(const Batch& b)
 {
@@ -47,13 +61,13 @@ TEST_CASE("a lane's messages come in order, in one batch at a time", "[dispatche
     Dispatcher d({3, 2});
     for (Lsn i = 1; i <= 5; ++i)
         d.add(msg(i, 1));
-    auto b = d.take(WorkerKind::Regular, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b);
     CHECK(starts(*b) == std::vector<Lsn>{1, 2, 3});
     // The lane is leased: nobody else gets its next messages meanwhile.
-    CHECK_FALSE(d.take(WorkerKind::Regular, milliseconds(0)));
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
     d.done(*b, 3);
-    auto b2 = d.take(WorkerKind::Regular, milliseconds(0));
+    auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b2);
     CHECK(starts(*b2) == std::vector<Lsn>{4, 5});
     d.done(*b2, 2);
@@ -68,9 +82,9 @@ TEST_CASE("different lanes run in parallel; a blocked lane holds up only itself"
     d.add(msg(2, 2, 20));
     d.add(msg(3, 1, 10));
     d.add(msg(4, 3, 30));
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
-    auto b = d.take(WorkerKind::Regular, milliseconds(0));
-    auto c = d.take(WorkerKind::Regular, milliseconds(0));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     REQUIRE(b);
     REQUIRE(c);
@@ -80,31 +94,31 @@ TEST_CASE("different lanes run in parallel; a blocked lane holds up only itself"
     // a is "stuck"; more messages of lane 2 still flow.
     d.done(*b, 1);
     d.add(msg(5, 2, 20));
-    auto e = d.take(WorkerKind::Regular, milliseconds(0));
+    auto e = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(e);
     CHECK(starts(*e) == std::vector<Lsn>{5});
 }
 
-TEST_CASE("a role occupies at most its budget of regular sessions", "[dispatcher]")
+TEST_CASE("a principal occupies at most its budget of regular sessions", "[dispatcher]")
 {
     Dispatcher d({10, 2});
     for (uint8_t lane = 1; lane <= 4; ++lane)
         d.add(msg(lane, lane, 10));  // four sessions of one role
     d.add(msg(9, 9, 20));            // another role
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
-    auto b = d.take(WorkerKind::Regular, milliseconds(0));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     REQUIRE(b);
-    CHECK(a->role_oid == 10);
-    CHECK(b->role_oid == 10);
-    auto c = d.take(WorkerKind::Regular, milliseconds(0));
+    CHECK(a->as.principal_oid == 10);
+    CHECK(b->as.principal_oid == 10);
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(c);
-    CHECK(c->role_oid == 20);  // role 10 is at its budget
-    CHECK_FALSE(d.take(WorkerKind::Regular, milliseconds(0)));
+    CHECK(c->as.principal_oid == 20);  // role 10 is at its budget
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
     d.done(*a, 1);
-    auto e = d.take(WorkerKind::Regular, milliseconds(0));
+    auto e = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(e);
-    CHECK(e->role_oid == 10);
+    CHECK(e->as.principal_oid == 10);
 }
 
 TEST_CASE("a transient failure backs off its lane only, and keeps the order", "[dispatcher]")
@@ -114,21 +128,26 @@ TEST_CASE("a transient failure backs off its lane only, and keeps the order", "[
     d.add(msg(2, 1));
     d.add(msg(3, 1));
     d.add(msg(4, 2));
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     REQUIRE(starts(*a) == std::vector<Lsn>{1, 2, 3});
     // 1 applied, 2 failed transiently: 2 and 3 wait.
     d.retry_later(*a, 1, Clock::now() + milliseconds(150), 12345);
-    auto b = d.take(WorkerKind::Regular, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b);
     CHECK(starts(*b) == std::vector<Lsn>{4});
-    CHECK_FALSE(d.take(WorkerKind::Regular, milliseconds(20)));
-    auto c = d.take(WorkerKind::Regular, milliseconds(500));
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(20)));
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(500));
     REQUIRE(c);
-    CHECK(starts(*c) == std::vector<Lsn>{2, 3});
+    // The retried message runs alone (its time limit is what is left of its retry window).
+    CHECK(starts(*c) == std::vector<Lsn>{2});
     CHECK(c->items[0].attempts == 1);
     CHECK(c->items[0].first_failed_us == 12345);
-    CHECK(c->items[1].attempts == 0);
+    d.done(*c, 1);
+    auto e = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(e);
+    CHECK(starts(*e) == std::vector<Lsn>{3});
+    CHECK(e->items[0].attempts == 0);
 }
 
 TEST_CASE("after a lost backend the batch's messages run alone, one suspect at a time", "[dispatcher]")
@@ -138,36 +157,37 @@ TEST_CASE("after a lost backend the batch's messages run alone, one suspect at a
     d.add(msg(2, 1));
     d.add(msg(3, 2));
     d.add(msg(4, 2));
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     CHECK(starts(*a) == std::vector<Lsn>{1, 2});
     d.lost(*a);
     CHECK(d.suspects() == 2);
-    auto s1 = d.take(WorkerKind::Regular, milliseconds(0));
+    auto s1 = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(s1);
     // Lane 2 (no suspects) or the first suspect; take until the suspect shows up.
     std::optional<Batch> other;
     if (!s1->suspect) {
         other = s1;
-        s1 = d.take(WorkerKind::Regular, milliseconds(0));
+        s1 = d.take(WorkerKind::Regular, any, milliseconds(0));
         REQUIRE(s1);
     }
     CHECK(s1->suspect);
     CHECK(starts(*s1) == std::vector<Lsn>{1});
     // Another suspect may not run meanwhile, even in another lane.
-    auto none = d.take(WorkerKind::Regular, milliseconds(0));
+    auto none = d.take(WorkerKind::Regular, any, milliseconds(0));
     if (none)
         CHECK_FALSE(none->suspect);
     // It was lost again while alone: one loss counted against it.
     d.lost(*s1);
-    auto s2 = d.take(WorkerKind::Regular, milliseconds(0));
+    auto s2 = d.take(WorkerKind::Regular, any, milliseconds(0));
     while (s2 && !s2->suspect)
-        s2 = d.take(WorkerKind::Regular, milliseconds(0));
+        s2 = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(s2);
     CHECK(starts(*s2) == std::vector<Lsn>{1});
     CHECK(s2->items[0].losses == 1);
+    CHECK_FALSE(s2->items[0].verdict);
     d.done(*s2, 1);  // this time it ran
-    auto s3 = d.take(WorkerKind::Regular, milliseconds(0));
+    auto s3 = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(s3);
     CHECK(s3->suspect);
     CHECK(starts(*s3) == std::vector<Lsn>{2});
@@ -180,12 +200,12 @@ TEST_CASE("suspicion survives a new stream (the server crashed)", "[dispatcher]"
 {
     Dispatcher d({10, 4});
     d.add(msg(1, 1));
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     d.lost(*a);
     d.clear();
     d.add(msg(1, 1));  // sent again by the slot
-    auto b = d.take(WorkerKind::Regular, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b);
     CHECK(b->suspect);
 }
@@ -194,13 +214,13 @@ TEST_CASE("a connection that simply went counts only if the server restarted", "
 {
     Dispatcher d({10, 4});
     d.add(msg(1, 1));
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     // A network drop: reconnected to the same server, nothing is counted.
     d.lost_unexplained(*a, "start-1");
     CHECK(d.suspects() == 0);
     d.settle("start-1");
-    auto b = d.take(WorkerKind::Regular, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b);
     CHECK_FALSE(b->suspect);
     // A dead backend: the server restarted; the message, already back in its lane, is a
@@ -208,7 +228,7 @@ TEST_CASE("a connection that simply went counts only if the server restarted", "
     d.lost_unexplained(*b, "start-1");
     d.settle("start-2");
     CHECK(d.suspects() == 1);
-    auto c = d.take(WorkerKind::Regular, milliseconds(0));
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(c);
     CHECK(c->suspect);
     // Lost while it ran alone, then a new stream: one loss against it.
@@ -216,28 +236,198 @@ TEST_CASE("a connection that simply went counts only if the server restarted", "
     d.clear();
     d.settle("start-3");
     d.add(msg(1, 1));
-    auto e = d.take(WorkerKind::Regular, milliseconds(0));
+    auto e = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(e);
     CHECK(e->suspect);
     CHECK(e->items[0].losses == 1);
 }
 
-TEST_CASE("nested atx_exec messages may go to the nested pool, outside the role budget", "[dispatcher]")
+TEST_CASE("the nested pool serves a nested atx_exec only while its parent runs, outside the regular budget",
+          "[dispatcher]")
 {
     Dispatcher d({10, 1});
-    d.add(msg(1, 1, 10));                  // the parent
-    d.add(msg(2, 2, 10, 1, true));         // its nested, waited message, same role
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
+    d.add(msg(1, 1, 10));   // the parent
+    d.add(nested(2, 1, 10));  // its nested, waited message, same role
+    CHECK_FALSE(d.nested_waiting());  // the parent does not run yet: nobody waits
+    CHECK_FALSE(d.take(WorkerKind::Nested, any, milliseconds(0)));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     CHECK(starts(*a) == std::vector<Lsn>{1});
-    CHECK_FALSE(d.take(WorkerKind::Regular, milliseconds(0)));  // the role's budget is spent
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));  // the principal's budget is spent
     CHECK(d.nested_waiting());
-    auto n = d.take(WorkerKind::Nested, milliseconds(0));
+    auto n = d.take(WorkerKind::Nested, any, milliseconds(0));
     REQUIRE(n);
+    CHECK(n->nested);
     CHECK(starts(*n) == std::vector<Lsn>{2});
     CHECK_FALSE(d.nested_waiting());
     d.done(*n, 1);
     d.done(*a, 1);
+}
+
+TEST_CASE("a message whose parent no longer runs (its caller gave up) waits for a regular session", "[dispatcher]")
+{
+    Dispatcher d({10, 1});
+    d.add(nested(2, 1, 10));  // parent 1 is not in flight
+    d.add(msg(5, 5, 10));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    CHECK_FALSE(d.take(WorkerKind::Nested, any, milliseconds(0)));
+    d.done(*a, a->items.size());
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(a->items.size() + b->items.size() == 2);
+}
+
+TEST_CASE("a principal occupies at most its share of the nested pool", "[dispatcher]")
+{
+    Dispatcher::Options o;
+    o.batch_size = 10;
+    o.role_budget = 4;
+    o.nested_budget = 2;
+    Dispatcher d(o);
+    // Three parents of principal 10 run, each waiting for a nested message; one of principal 20.
+    for (Lsn parent = 1; parent <= 3; ++parent)
+        d.add(msg(parent, static_cast<uint8_t>(parent), 10));
+    d.add(msg(4, 4, 20));
+    std::vector<Batch> parents;
+    for (int i = 0; i < 4; ++i) {
+        auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+        REQUIRE(b);
+        parents.push_back(*b);
+    }
+    for (Lsn parent = 1; parent <= 3; ++parent)
+        d.add(nested(10 + parent, parent, 10));
+    d.add(nested(20, 4, 20));
+    auto n1 = d.take(WorkerKind::Nested, any, milliseconds(0));
+    auto n2 = d.take(WorkerKind::Nested, any, milliseconds(0));
+    auto n3 = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(n1);
+    REQUIRE(n2);
+    REQUIRE(n3);
+    // Principal 10 got two; the third went to principal 20, whose wait is never held up by 10's.
+    int tens = (n1->as.principal_oid == 10) + (n2->as.principal_oid == 10) + (n3->as.principal_oid == 10);
+    CHECK(tens == 2);
+    CHECK_FALSE(d.take(WorkerKind::Nested, any, milliseconds(0)));
+    d.done(*n1, 1);
+    auto n4 = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(n4);
+    CHECK(n4->as.principal_oid == 10);
+}
+
+TEST_CASE("a batch holds one role and principal; a session is offered its own first", "[dispatcher]")
+{
+    Dispatcher d({10, 4});
+    d.add(msg(1, 1, 10));
+    d.add(msg(2, 1, 10));
+    d.add(msg(3, 1, 20, 0, false, 10));  // a SECURITY DEFINER function of role 20, called by login 10
+    d.add(msg(4, 1, 10));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    CHECK(starts(*a) == std::vector<Lsn>{1, 2});
+    CHECK(a->as == RunAs{10, 10});
+    d.done(*a, 2);
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(starts(*b) == std::vector<Lsn>{3});
+    CHECK(b->as == RunAs{20, 10});  // charged to login 10, runs as 20
+    d.done(*b, 1);
+    auto f = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(f);
+    CHECK(starts(*f) == std::vector<Lsn>{4});
+    d.done(*f, 1);
+
+    // Two lanes ready, of two roles: a session that serves role 30 gets role 30's lane first.
+    d.add(msg(10, 2, 20));
+    d.add(msg(11, 3, 30));
+    auto c = d.take(WorkerKind::Regular, RunAs{30, 30}, milliseconds(0));
+    REQUIRE(c);
+    CHECK(c->as == RunAs{30, 30});
+    auto e = d.take(WorkerKind::Regular, RunAs{30, 30}, milliseconds(0));
+    REQUIRE(e);
+    CHECK(e->as == RunAs{20, 20});  // none of its own left: another's
+}
+
+TEST_CASE("the budget is the login's: its group roles share it", "[dispatcher]")
+{
+    Dispatcher d({10, 2});
+    d.add(msg(1, 1, 101, 0, false, 100));  // login 100 after SET ROLE group 101
+    d.add(msg(2, 2, 102, 0, false, 100));  // ... group 102
+    d.add(msg(3, 3, 100, 0, false, 100));  // ... itself
+    d.add(msg(4, 4, 200));                 // someone else
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    REQUIRE(b);
+    REQUIRE(c);
+    CHECK(c->as.principal_oid == 200);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+}
+
+TEST_CASE("a condemned message is handed over alone, after the messages before it", "[dispatcher]")
+{
+    Dispatcher d({10, 2});
+    d.add(msg(1, 1));
+    d.add(msg(2, 1));
+    d.add(msg(3, 1));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    REQUIRE(starts(*a) == std::vector<Lsn>{1, 2, 3});
+    d.condemn(*a, id_of(2), atx::Verdict::Timeout);  // 2 overstayed its limit; the batch rolled back
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(starts(*b) == std::vector<Lsn>{1});
+    d.done(*b, 1);
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(c);
+    CHECK(starts(*c) == std::vector<Lsn>{2});
+    REQUIRE(c->items[0].verdict);
+    CHECK(*c->items[0].verdict == atx::Verdict::Timeout);
+    d.done(*c, 1);
+    auto e = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(e);
+    CHECK(starts(*e) == std::vector<Lsn>{3});
+    CHECK_FALSE(e->items[0].verdict);
+}
+
+TEST_CASE("a backend that exits while a message runs counts against that message only", "[dispatcher]")
+{
+    Dispatcher d({10, 2});
+    d.add(msg(1, 1));
+    d.add(msg(2, 1));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    d.lost_running(*a, id_of(2));
+    CHECK(d.suspects() == 0);  // the registry named it: nobody else is suspected
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(starts(*b) == std::vector<Lsn>{1});
+    d.done(*b, 1);
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(c);
+    CHECK(starts(*c) == std::vector<Lsn>{2});  // alone: its next loss is clearly its own
+    CHECK(c->items[0].losses == 1);
+    CHECK_FALSE(c->items[0].verdict);
+    d.lost_running(*c, id_of(2));
+    auto e = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(e);
+    REQUIRE(e->items[0].verdict);
+    CHECK(*e->items[0].verdict == atx::Verdict::BackendLost);
+}
+
+TEST_CASE("background workers for non-atomic messages are shared out by principal", "[dispatcher]")
+{
+    Dispatcher::Options o;
+    o.nonatomic_total = 2;
+    o.nonatomic_per_principal = 1;
+    Dispatcher d(o);
+    CHECK(d.acquire_nonatomic(10));
+    CHECK_FALSE(d.acquire_nonatomic(10));  // its share
+    CHECK(d.acquire_nonatomic(20));
+    CHECK_FALSE(d.acquire_nonatomic(30));  // the database's
+    d.release_nonatomic(10);
+    CHECK(d.acquire_nonatomic(30));
+    CHECK_FALSE(d.acquire_nonatomic(10));
 }
 
 TEST_CASE("take waits for work and wakes when a message arrives; stop() ends the wait", "[dispatcher]")
@@ -247,7 +437,7 @@ TEST_CASE("take waits for work and wakes when a message arrives; stop() ends the
         std::this_thread::sleep_for(milliseconds(50));
         d.add(msg(7, 1));
     });
-    auto b = d.take(WorkerKind::Regular, milliseconds(2000));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(2000));
     t.join();
     REQUIRE(b);
     CHECK(starts(*b) == std::vector<Lsn>{7});
@@ -256,7 +446,7 @@ TEST_CASE("take waits for work and wakes when a message arrives; stop() ends the
         d.stop();
     });
     const auto t0 = Clock::now();
-    CHECK_FALSE(d.take(WorkerKind::Regular, milliseconds(5000)));
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(5000)));
     CHECK(Clock::now() - t0 < milliseconds(2000));
     s.join();
 }
@@ -267,12 +457,140 @@ TEST_CASE("release gives a batch back for later, handled ones excepted", "[dispa
     d.add(msg(1, 1));
     d.add(msg(2, 1));
     d.add(msg(3, 1));
-    auto a = d.take(WorkerKind::Regular, milliseconds(0));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(a);
     d.release_after(*a, 1, Clock::now() + milliseconds(50));
     CHECK(d.queued() == 2);
-    CHECK_FALSE(d.take(WorkerKind::Regular, milliseconds(0)));
-    auto b = d.take(WorkerKind::Regular, milliseconds(500));
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(500));
     REQUIRE(b);
     CHECK(starts(*b) == std::vector<Lsn>{2, 3});
+}
+
+namespace {
+std::vector<Lsn> starts(const std::vector<Pending>& v)
+{
+    std::vector<Lsn> out;
+    for (const auto& p : v)
+        out.push_back(p.start);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+std::vector<Id> ids(const std::vector<Pending>& v)
+{
+    std::vector<Id> out;
+    for (const auto& p : v)
+        out.push_back(p.id);
+    return out;
+}
+const auto kLongAgo = Clock::now() - std::chrono::hours(1);   // nothing is older
+auto later() { return Clock::now() + std::chrono::hours(1); }  // everything is older
+}  // namespace
+
+TEST_CASE("messages behind a long-running batch of their lane are parked, and run from their lane afterwards",
+          "[dispatcher][park]")
+{
+    Dispatcher d({1, 2});
+    for (Lsn i = 1; i <= 3; ++i)
+        d.add(msg(i, 1));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(d.park_candidates(kLongAgo, 100).empty());  // nothing has waited long enough
+    auto c = d.park_candidates(later(), 100);
+    CHECK(starts(c) == std::vector<Lsn>{2, 3});
+    // While they are parked, their lane is not taken, even once its batch is done.
+    d.done(*b, 1);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    CHECK(d.park_candidates(later(), 100).empty());  // not handed out twice
+    d.parked(ids(c), ids(c));
+    CHECK(d.parked_queued() == 2);
+    auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b2);
+    CHECK(starts(*b2) == std::vector<Lsn>{2});
+    CHECK(b2->items[0].parked);
+    CHECK(d.park_candidates(later(), 100).empty());  // 3 is parked already; nothing else waits
+    d.done(*b2, 1);
+    CHECK(d.parked_queued() == 1);
+}
+
+TEST_CASE("a backlog that moves is not parked; a principal stalled in one lane has its other lanes parked",
+          "[dispatcher][park]")
+{
+    Dispatcher d({1, 2});
+    // principal 7: lane 1 runs long, lane 2 waits; principal 8: lane 3 waits, nothing of it runs.
+    d.add(msg(1, 1, 7));
+    d.add(msg(2, 1, 7));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    d.add(msg(3, 2, 7));
+    d.add(msg(4, 3, 8));
+    CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{2, 3});
+    d.park_failed();
+    CHECK(d.parked_queued() == 0);
+    // Without a long-running batch nothing is parked, however old the queue.
+    Dispatcher fresh({1, 2});
+    for (Lsn i = 1; i <= 5; ++i)
+        fresh.add(msg(i, static_cast<uint8_t>(i)));
+    CHECK(fresh.park_candidates(later(), 100).empty());
+}
+
+TEST_CASE("an atx_exec child its running parent waits for is not parked; a lane waiting for a retry is",
+          "[dispatcher][park]")
+{
+    Dispatcher d({1, 4});
+    d.add(msg(1, 1, 7));
+    auto parent = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(parent);
+    d.add(nested(2, 1, 7));
+    CHECK(d.park_candidates(later(), 100).empty());
+    // A lane that failed transiently and waits for its retry time.
+    d.add(msg(3, 2, 9));
+    d.add(msg(4, 2, 9));
+    auto b = d.take(WorkerKind::Regular, std::optional<RunAs>(RunAs{9, 9}), milliseconds(0));
+    REQUIRE(b);
+    REQUIRE(starts(*b) == std::vector<Lsn>{3});
+    d.retry_later(*b, 0, Clock::now() + std::chrono::hours(1), 1);
+    CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{3, 4});
+}
+
+TEST_CASE("a lane whose batch ran longer than park_after gets batches of one, each parked first", "[dispatcher][park]")
+{
+    Dispatcher::Options o;
+    o.batch_size = 10;
+    o.role_budget = 2;
+    o.park_after = milliseconds(20);
+    Dispatcher d(o);
+    for (Lsn i = 1; i <= 5; ++i)
+        d.add(msg(i, 1));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(b->items.size() == 5);
+    std::this_thread::sleep_for(milliseconds(30));
+    d.done(*b, 1);  // the batch stopped after its first message, which took 30 ms
+    // Its next message has waited 30 ms: it is parked before it runs.
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    auto c = d.park_candidates(Clock::now() - o.park_after, 100);
+    CHECK(starts(c) == std::vector<Lsn>{2, 3, 4, 5});
+    d.parked(ids(c), ids(c));
+    auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b2);
+    CHECK(starts(*b2) == std::vector<Lsn>{2});  // one at a time while the lane is slow
+    d.done(*b2, 1);                              // fast this time: the lane is no longer slow
+    auto b3 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b3);
+    CHECK(starts(*b3) == std::vector<Lsn>{3, 4, 5});
+    d.done(*b3, 3);
+    // When atx.park fails, a slow lane does not wait for it.
+    for (Lsn i = 6; i <= 7; ++i)
+        d.add(msg(i, 2));
+    auto b4 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b4);
+    std::this_thread::sleep_for(milliseconds(30));
+    d.done(*b4, 1);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    REQUIRE(d.park_candidates(Clock::now() - o.park_after, 100).size() == 1);
+    d.park_failed();
+    auto b5 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b5);
+    CHECK(starts(*b5) == std::vector<Lsn>{7});
 }

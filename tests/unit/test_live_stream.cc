@@ -7,6 +7,7 @@
 #include <chrono>
 #include <thread>
 
+#include "frame.h"
 #include "live_cluster.h"
 #include "message.h"
 #include "pg_conn.h"
@@ -54,7 +55,7 @@ TEST_CASE("a rolled-back atx_log message streams and decodes", "[live]")
     REQUIRE(frame);
     REQUIRE(frame->payload.size() > 9);
     CHECK(frame->payload[0] == 'M');
-    const AtxFrame f = parse_atx_frame(frame->payload);
+    const Frame f = parse_frame(frame->payload);
     CHECK(f.start > 0);
     CHECK(f.start < frame->data_start);  // data_start: the end of the record
 

@@ -21,8 +21,9 @@ using namespace std::string_literals;
 namespace {
 
 // Parses one logfmt line "TIMESTAMP k=v k="quoted \"v\"" ..." into its fields; the timestamp is
-// the first token, without '='. Quoted values are unescaped (\" \\ \n \r \t \xNN). Returns false
-// on anything else.
+// the first token, without '='. Quoted values are unescaped (\" \\ \n \r \t \xNN \uXXXX). Returns
+// false on anything else, and on a raw byte a Unicode-aware reader takes as a line break (NEL,
+// U+2028, U+2029).
 bool parse_logfmt(const std::string& line, std::vector<std::pair<std::string, std::string>>* fields)
 {
     size_t i = line.find(' ');
@@ -48,6 +49,9 @@ bool parse_logfmt(const std::string& line, std::vector<std::pair<std::string, st
                     break;
                 }
                 if (c != '\\') {
+                    if (line.compare(i - 1, 2, "\xc2\x85") == 0 || line.compare(i - 1, 3, "\xe2\x80\xa8") == 0 ||
+                        line.compare(i - 1, 3, "\xe2\x80\xa9") == 0)
+                        return false;
                     value += c;
                     continue;
                 }
@@ -61,6 +65,17 @@ bool parse_logfmt(const std::string& line, std::vector<std::pair<std::string, st
                 else if (e == 'x' && i + 2 <= line.size()) {
                     value += static_cast<char>(std::stoi(line.substr(i, 2), nullptr, 16));
                     i += 2;
+                } else if (e == 'u' && i + 4 <= line.size()) {
+                    const unsigned cp = static_cast<unsigned>(std::stoi(line.substr(i, 4), nullptr, 16));
+                    i += 4;
+                    if (cp < 0x800) {
+                        value += static_cast<char>(0xc0 | (cp >> 6));
+                        value += static_cast<char>(0x80 | (cp & 0x3f));
+                    } else {
+                        value += static_cast<char>(0xe0 | (cp >> 12));
+                        value += static_cast<char>(0x80 | ((cp >> 6) & 0x3f));
+                        value += static_cast<char>(0x80 | (cp & 0x3f));
+                    }
                 } else
                     return false;
             }
@@ -98,6 +113,14 @@ TEST_CASE("logq leaves plain values alone and quotes the rest", "[logging]")
     CHECK(logq("\x01\x1b[31m") == "\"\\x01\\x1b[31m\"");
     CHECK(logq("\x7f") == "\"\\x7f\"");
     CHECK(logq("a\0b"s) == "\"a\\x00b\"");
+    // What a Unicode-aware reader takes as a line break, or as text running the other way.
+    CHECK(logq("a\xc2\x85" "b") == "\"a\\u0085b\"");        // NEL
+    CHECK(logq("a\xe2\x80\xa8" "b") == "\"a\\u2028b\"");    // LINE SEPARATOR
+    CHECK(logq("a\xe2\x80\xa9" "b") == "\"a\\u2029b\"");    // PARAGRAPH SEPARATOR
+    CHECK(logq("\xe2\x80\xae" "evil") == "\"\\u202eevil\""); // RIGHT-TO-LEFT OVERRIDE
+    // Bytes that are not UTF-8 are escaped one by one.
+    CHECK(logq("\xff\xc3") == "\"\\xff\\xc3\"");
+    CHECK(logq("\xed\xa0\x80") == "\"\\xed\\xa0\\x80\"");  // a surrogate
 }
 
 TEST_CASE("log levels parse", "[logging]")
@@ -128,7 +151,9 @@ TEST_CASE("no value can forge a log line or a field", "[logging]")
         "\xff\xfe\xc2\x85\xe2\x80\xa8",
     };
     std::mt19937 rng(20261129);
-    const std::string alphabet = " \"=\\\n\r\tab\x01\x7f\xc3\xa9"s + '\0';
+    const std::vector<std::string> alphabet = {" ", "\"", "=", "\\", "\n", "\r", "\t", "a", "b", "\x01", "\x7f",
+                                               "\xc3\xa9", "\xc2\x85", "\xe2\x80\xa8", "\xe2\x80\xa9", "\xe2\x80\xae",
+                                               "\xff", "\xc3", std::string(1, '\0')};
     for (int i = 0; i < 500; ++i) {
         std::string v;
         const int n = static_cast<int>(rng() % 12);

@@ -146,16 +146,16 @@ TEST_CASE("bad magic throws", "[message]")
 TEST_CASE("an unknown format version throws UnsupportedVersion", "[message]")
 {
     std::string payload = payload_of(full_message());
-    payload[3] = 3;
-    CHECK(peek_version(payload) == 3);
+    payload[3] = kFormatVersion + 1;
+    CHECK(peek_version(payload) == kFormatVersion + 1);
     try {
         decode_payload(payload);
         FAIL("no exception");
     } catch (const UnsupportedVersion& e) {
-        CHECK(e.version == 3);
+        CHECK(e.version == kFormatVersion + 1);
     }
     // Even a bare header of a newer version is reported as such, not as truncated.
-    CHECK_THROWS_AS(decode_payload(std::string("ATX\x03", 4)), UnsupportedVersion);
+    CHECK_THROWS_AS(decode_payload(std::string("ATX\x04", 4)), UnsupportedVersion);
     payload[3] = 0;
     CHECK_THROWS_AS(decode_payload(payload), UnsupportedVersion);
     // UnsupportedVersion is a DecodeError.
@@ -169,7 +169,7 @@ TEST_CASE("unknown or inconsistent flag bits are rejected", "[message]")
 
     SECTION("message flags: every unknown bit")
     {
-        for (int bit = 2; bit < 8; ++bit) {
+        for (int bit = 3; bit < 8; ++bit) {
             std::string bad = payload;
             bad[4] = static_cast<char>(bad[4] | (1 << bit));
             INFO("bit " << bit);
@@ -357,8 +357,28 @@ TEST_CASE("a version 1 payload decodes with a zero lane and no session user", "[
     newer.gucs[0].privileged = true;
     CHECK_THROWS_AS(encode_body(newer), std::invalid_argument);
     newer = m;
-    newer.version = 3;
+    newer.version = kFormatVersion + 1;
     CHECK_THROWS_AS(encode_body(newer), std::invalid_argument);
+}
+
+TEST_CASE("the cancel-if-abandoned flag is version 3's", "[message]")
+{
+    Message m = full_message();
+    m.waited = true;
+    m.cancel_if_abandoned = true;
+    const std::string payload = payload_of(m);
+    CHECK(static_cast<uint8_t>(payload[4]) & kFlagCancelIfAbandoned);
+    CHECK(decode_payload(payload).message == m);
+    // A version 2 message cannot carry it: refused, not silently dropped ...
+    Message v2 = m;
+    v2.version = 2;
+    CHECK_THROWS_AS(encode_body(v2), std::invalid_argument);
+    v2.cancel_if_abandoned = false;
+    std::string p2 = payload_of(v2);
+    CHECK(decode_payload(p2).message == v2);
+    // ... and a version 2 payload with the bit set is malformed.
+    p2[4] = static_cast<char>(p2[4] | kFlagCancelIfAbandoned);
+    CHECK_THROWS_AS(decode_payload(p2), DecodeError);
 }
 
 TEST_CASE("an unknown flag on a carried setting is rejected", "[message]")

@@ -23,6 +23,7 @@ import time
 import traceback
 
 import bench_env
+import bench_isolation
 import bench_pending
 import bench_report
 import bench_steps
@@ -31,7 +32,7 @@ import bench_triggers
 
 ROOT = bench_env.ROOT
 DEFAULT_MWP = 8     # PostgreSQL's default max_worker_processes
-STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb")
+STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb", "isolation")
 
 
 def parse_args():
@@ -227,6 +228,17 @@ def main():
                 applier, results["tpcb"] = bench_steps.tpcb(cluster, new_applier, applier, 1 if q else 2,
                                                             3 if q else 15, log)
             step("tpcb", tpcb)
+        if "isolation" in steps:
+            def isolation():
+                nonlocal applier
+                log("9. isolation under attack (issue 21)")
+                applier.stop()
+                try:
+                    results["isolation"] = bench_isolation.run(cluster, new_applier, q, log)
+                finally:
+                    applier = new_applier().start()
+                    bench_env.wait_streaming(cluster)
+            step("isolation", isolation)
         results["ratios"] = ratios(results, mwp_hi)
         completed = True
     finally:

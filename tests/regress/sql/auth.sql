@@ -51,18 +51,18 @@ SELECT count(*) FROM auth_t WHERE v = 'authentic';
 
 -- A role that is not an applier: no EXECUTE ...
 SET ROLE regress_atx_other;
-SELECT regress_try(format('SELECT * FROM atx.apply_batch(ARRAY[%L]::pg_lsn[], ''{1}'', ''{NULL}'', 1, 0, true)', lsn)) FROM msg;
+SELECT regress_try(format('SELECT * FROM atx.apply_batch(ARRAY[%L]::pg_lsn[], ''{1}'', ''{NULL}'', 1, 0, true, ''regress'')', lsn)) FROM msg;
 SELECT regress_try(format('SELECT atx.apply(%L)', lsn)) FROM msg;
 RESET ROLE;
 -- ... and with EXECUTE granted, still refused by the function itself.
 GRANT USAGE ON SCHEMA atx TO regress_atx_other;
-GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean), atx.apply(pg_lsn)
+GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int), atx.apply(pg_lsn)
     TO regress_atx_other;
 SET ROLE regress_atx_other;
-SELECT regress_try(format('SELECT * FROM atx.apply_batch(ARRAY[%L]::pg_lsn[], ''{1}'', ''{NULL}'', 1, 0, true)', lsn)) FROM msg;
+SELECT regress_try(format('SELECT * FROM atx.apply_batch(ARRAY[%L]::pg_lsn[], ''{1}'', ''{NULL}'', 1, 0, true, ''regress'')', lsn)) FROM msg;
 SELECT regress_try(format('SELECT atx.apply(%L)', lsn)) FROM msg;
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean), atx.apply(pg_lsn)
+REVOKE EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int), atx.apply(pg_lsn)
     FROM regress_atx_other;
 REVOKE USAGE ON SCHEMA atx FROM regress_atx_other;
 SELECT count(*) FROM auth_t WHERE v = 'authentic';
@@ -100,7 +100,7 @@ SELECT 'truncated', substr(p, 1, 20) FROM msg
 UNION ALL
 SELECT 'bad magic', set_byte(p, 0, ascii('B')) FROM msg
 UNION ALL
-SELECT 'format version 3', set_byte(p, 3, 3) FROM msg;
+SELECT 'format version 4', set_byte(p, 3, 4) FROM msg;
 SELECT label, regexp_replace(regress_try(format('SELECT atx.verify_payload(%L)', p)),
                              '[0-9]+ bytes at offset [0-9]+, have [0-9]+', 'N bytes at offset N, have N') AS result
   FROM tampered ORDER BY label;

@@ -1,6 +1,6 @@
 -- What the server remembers of handled messages: atx.applied, the horizon that atx.prune()
--- moves to the slot's confirmed position, atx.unapplied() (the failover check), and the same
--- message named twice in one batch.
+-- moves to the slot's confirmed position, atx.unapplied() (the failover check), the same
+-- message named twice in one batch, and parked messages.
 SELECT atx.ensure_slot() = regress_slot() AS slot_created;
 CREATE TABLE hz(v int);
 GRANT INSERT ON hz TO regress_atx_user;
@@ -11,7 +11,7 @@ CREATE TABLE hz_msg AS SELECT n, lsn FROM regress_take();
 -- The first two are applied; the same LSN twice in one batch runs once.
 SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM hz_msg WHERE n <= 2) ||
                                      (SELECT lsn FROM hz_msg WHERE n = 2),
-                                     '{1,1,1}', '{NULL,NULL,NULL}', 1, 0, true) a;
+                                     '{1,1,1}', '{NULL,NULL,NULL}', 1, 0, true, 'regress') a;
 SELECT array_agg(v ORDER BY v) FROM hz;
 -- The third is not handled: atx.unapplied names it, in FROM and in the select list.
 SELECT (SELECT n FROM hz_msg WHERE lsn = u) AS unapplied
@@ -29,10 +29,50 @@ SELECT count(*) AS records_left FROM atx.applied WHERE lsn < (SELECT lsn FROM at
 -- Below the horizon a message counts as handled: also the third, which never ran (the
 -- applier confirms nothing it has not handled; whoever moved the slot by hand skipped it).
 SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM hz_msg), '{1,1,1}',
-                                     '{NULL,NULL,NULL}', 1, 0, true) a;
+                                     '{NULL,NULL,NULL}', 1, 0, true, 'regress') a;
 SELECT count(*) AS unapplied_below_horizon FROM atx.unapplied((SELECT array_agg(lsn) FROM hz_msg));
 SELECT regexp_replace(regress_try(format('SELECT atx.apply(%L)', (SELECT lsn FROM hz_msg WHERE n = 1))),
                       '[0-9A-F]+/[0-9A-F]+', '<lsn>', 'g') AS refused;
 SELECT array_agg(v ORDER BY v) FROM hz;
+
+-- Parked (atx.park): a message copied into its atx.applied record so that the slot may pass it
+-- before it runs. It runs from that copy, below the horizon, once; prune keeps the copy until
+-- then; a handled message is not parked; an operator can dead-letter a parked one.
+CREATE TABLE pk(v int);
+GRANT INSERT ON pk TO regress_atx_user;
+SET ROLE regress_atx_user;
+SELECT count(atx_log('INSERT INTO pk VALUES ($1)', g)) FROM generate_series(1, 4) g;
+RESET ROLE;
+CREATE TABLE pk_msg AS SELECT n, lsn FROM regress_take();
+SELECT a.status FROM atx.apply_batch(ARRAY[(SELECT lsn FROM pk_msg WHERE n = 1)], '{1}', '{NULL}', 1, 0, true,
+                                     'regress') a;
+SELECT (SELECT n FROM pk_msg m WHERE m.lsn = p.lsn) AS n, p.status
+  FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM pk_msg)) p ORDER BY 1;
+SELECT (SELECT n FROM pk_msg m WHERE m.lsn = p.lsn) AS n, p.status
+  FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM pk_msg)) p ORDER BY 1;
+SELECT m.n, a.status, a.payload IS NOT NULL AS has_copy FROM atx.applied a JOIN pk_msg m USING (lsn) ORDER BY m.n;
+-- The slot stands past all four (regress_take): prune moves the horizon past them and keeps the
+-- parked records only.
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT m.n, a.status FROM atx.applied a JOIN pk_msg m USING (lsn) ORDER BY m.n;
+-- An operator dead-letters the fourth without running it; the second and third run from their
+-- copies, the first counts as handled before.
+SELECT atx.dead_letter_message((SELECT lsn FROM pk_msg WHERE n = 4), 'operator') IS NOT NULL AS dead_lettered;
+SELECT (SELECT n FROM pk_msg m WHERE m.lsn = a.lsn) AS n, a.status
+  FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM pk_msg), '{1,1,1,1}', '{NULL,NULL,NULL,NULL}', 1, 0,
+                       true, 'regress') a ORDER BY 1;
+SELECT array_agg(v ORDER BY v) AS applied_once FROM pk;
+SELECT m.n, a.status, a.payload IS NOT NULL AS has_copy FROM atx.applied a JOIN pk_msg m USING (lsn) ORDER BY m.n;
+SELECT sqlstate, statement FROM atx.dead_letter WHERE source_lsn = (SELECT lsn FROM pk_msg WHERE n = 4);
+-- Once more: everything was handled, nothing runs again.
+SELECT a.status
+  FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM pk_msg), '{1,1,1,1}', '{NULL,NULL,NULL,NULL}', 1, 0,
+                       true, 'regress') a;
+SELECT array_agg(v ORDER BY v) AS applied_once FROM pk;
+-- Only the applier parks.
+SET ROLE regress_atx_user;
+SELECT regress_try($$SELECT atx.park('{0/0}')$$);
+RESET ROLE;
+DROP TABLE pk, pk_msg;
 DROP TABLE hz, hz_msg;
 SELECT pg_drop_replication_slot(regress_slot());

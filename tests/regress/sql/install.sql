@@ -68,7 +68,7 @@ CREATE FUNCTION regress_apply(lsn pg_lsn)
 RETURNS TABLE (status text, sqlstate text, error text, failure text, command text, rows bigint) LANGUAGE sql
 AS $$
 SELECT status, sqlstate, error, failure, command, rows
-  FROM atx.apply_batch(ARRAY[lsn], '{1}', '{NULL}', 1, 0, true)
+  FROM atx.apply_batch(ARRAY[lsn], '{1}', '{NULL}', 1, 0, true, 'regress')
 $$;
 
 -- Runs a statement and shows SQLSTATE, message, detail and hint of its error.

@@ -1,4 +1,4 @@
-// Running one verified message as its caller (execute.cc).
+// Running one verified message as its caller (run_as_caller.cc).
 #pragma once
 
 #include "atx_ext.h"
@@ -30,14 +30,18 @@ struct AtxOutcome {
     bool truncated;
 };
 
-// Runs m in an internal subtransaction of the current transaction, as its caller role, with
-// its settings, its parameters bound, at most timeout_ms (0: no limit of its own). Errors of
-// the statement are caught into out (the subtransaction is rolled back); an external cancel
-// (the applier stopping, pg_cancel_backend) is rethrown so that the whole batch rolls back.
-// Whatever the statement left in the session (cursors, session advisory locks, lastval(),
-// the random seed) is cleared before returning. For a waited message the rows are captured
-// and a caller that gave up is honoured.
-void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out);
+// Runs m (read at lsn) in an internal subtransaction of the current transaction, as its caller
+// role, with its settings, its parameters bound, at most timeout_ms (0: no limit of its own):
+// cancelled then by a timer of its own, and recorded in the apply registry with that deadline,
+// past which the applier ends the backend. Every error of the statement, a cancel included, is
+// caught into out (the subtransaction is rolled back): nothing the statement raises can make the
+// batch fail as a whole. Whatever the statement left in the session (cursors, session advisory
+// locks, lastval(), the random seed) is cleared before returning. For a waited message the rows
+// are captured, and a caller that stopped waiting is honoured (cancel_if_abandoned).
+void atx_execute_message(const AtxMessageC* m, XLogRecPtr lsn, int timeout_ms, AtxOutcome* out);
+
+// The fixed text of a message cancelled because its atx_exec caller stopped waiting.
+const char* atx_cancelled_text(void);
 
 // Human-readable name of a failure class (logs, dead letters).
 const char* atx_failure_name(AtxFailure f);

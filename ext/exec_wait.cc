@@ -5,88 +5,20 @@
 // (the parent's id) and another apply session serves it. A wait that can never end is refused
 // or detected: more than 16 levels (54001), or a deadlock with the caller (40P01).
 //
-// Giving up (timeout, deadlock, cancel): with atx.exec_on_abandon = cancel (the default) a
-// message that has not begun to commit is cancelled: the apply side dead-letters it (57014)
-// instead of committing it, as Oracle never applies the autonomous change after ORA-00060.
+// Giving up (timeout, deadlock, cancel, the session ending): with atx.exec_on_abandon = cancel
+// (the default, carried in the message) a message that has not begun to commit is cancelled:
+// the apply side finds no waiter and dead-letters it (57014) instead of committing it, as Oracle
+// never applies the autonomous change after ORA-00060.
 //
 // Plain C style (see pg_guard.h): PG_TRY, condition variables and ereport.
+#include "apply_registry.h"
 #include "codec_bridge.h"
 #include "emit.h"
-#include "exec_shmem.h"
 #include "pg_guard.h"
+#include "waiters.h"
 
 #define DEADLOCK_CHECK_INTERVAL_MS 100
 #define MAX_BLOCKER_WALK 64
-
-static bool exit_callback_registered = false;
-static uint8 registered_id[16];
-static bool registered = false;
-
-static void release_at_exit(int code, Datum arg)
-{
-    (void)code;
-    (void)arg;
-    if (registered)
-        (void)atx_exec_give_up(registered_id, ATX_GAVE_UP_CANCEL, true);
-    registered = false;
-}
-
-static int my_slot_index(void)
-{
-#if PG_VERSION_NUM >= 170000
-    return MyProcNumber;
-#else
-    return MyBackendId - 1;
-#endif
-}
-
-static void register_waiter(const uint8 id[16], const char* fname)
-{
-    AtxExecShared* sh = atx_exec_shared();
-    AtxExecSlot* s;
-    int i = my_slot_index();
-
-    if (i < 0 || i >= sh->nslots)
-        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                        errmsg("%s cannot run in this process (slot %d)", fname, i)));
-    if (!exit_callback_registered) {
-        before_shmem_exit(release_at_exit, (Datum)0);
-        exit_callback_registered = true;
-    }
-    s = atx_exec_slot(i);
-    LWLockAcquire(sh->lock, LW_EXCLUSIVE);
-    // A slot left by an earlier backend with this number that died is taken over.
-    if (s->state == ATX_EXEC_FREE)
-        pg_atomic_fetch_add_u32(&sh->n_waiting, 1);
-    s->state = ATX_EXEC_WAITING;
-    s->waiter_pid = MyProcPid;
-    s->dboid = MyDatabaseId;
-    memcpy(s->id, id, 16);
-    s->json_len = 0;
-    LWLockRelease(sh->lock);
-    memcpy(registered_id, id, 16);
-    registered = true;
-}
-
-// The live apply sessions of this database (pids), at most max.
-static int apply_pids(int* out, int max)
-{
-    AtxExecShared* sh = atx_exec_shared();
-    int n = 0, k = 0;
-
-    LWLockAcquire(sh->lock, LW_SHARED);
-    for (int i = 0; i < ATX_EXEC_MAX_APPLY_PIDS && n < max; i++)
-        if (sh->apply[i].pid != 0 && sh->apply[i].dboid == MyDatabaseId && sh->apply[i].pid != MyProcPid)
-            out[n++] = sh->apply[i].pid;
-    LWLockRelease(sh->lock);
-    // Drop the ones that are gone (or whose pid now belongs to another database).
-    for (int i = 0; i < n; i++) {
-        PGPROC* proc = BackendPidGetProc(out[i]);
-        if (proc != NULL && proc->databaseId == MyDatabaseId)
-            out[k++] = out[i];
-    }
-    return k;
-}
 
 // Is pid blocked, directly or through a chain of other blocked backends, by this backend?
 // Walks pg_blocking_pids() breadth first.
@@ -128,9 +60,9 @@ static bool blocked_by_me(int start_pid)
     return found;
 }
 
-static int slot_state(AtxExecSlot* s)
+static int slot_state(AtxWaiterSlot* s)
 {
-    AtxExecShared* sh = atx_exec_shared();
+    AtxWaiters* sh = atx_waiters();
     int state;
     LWLockAcquire(sh->lock, LW_SHARED);
     state = s->state;
@@ -162,7 +94,7 @@ static const char* fate_detail(int state_seen, const char* fname, const char* id
 // unless the message is already being committed (then the outcome follows in moments).
 // statement_timeout and cancel arrive through CHECK_FOR_INTERRUPTS inside
 // ConditionVariableTimedSleep and are handled by the caller's PG_CATCH.
-static void wait_for_outcome(AtxExecSlot* s, const uint8 id[16], const char* fname, const char* id_text)
+static void wait_for_outcome(AtxWaiterSlot* s, const uint8 id[16], const char* fname, const char* id_text)
 {
     TimestampTz start = GetCurrentTimestamp();
     long next_check = DEADLOCK_CHECK_INTERVAL_MS;
@@ -178,10 +110,9 @@ static void wait_for_outcome(AtxExecSlot* s, const uint8 id[16], const char* fna
         elapsed = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
         if ((state == ATX_EXEC_WAITING || state == ATX_EXEC_RUNNING) && atx_exec_timeout > 0 &&
             elapsed >= atx_exec_timeout) {
-            int seen = atx_exec_give_up(id, ATX_GAVE_UP_TIMEOUT, false);
+            int seen = atx_waiter_give_up(id, false);
             if (seen == ATX_EXEC_WAITING || seen == ATX_EXEC_RUNNING) {
-                bool have_applier = apply_pids(pids, lengthof(pids)) > 0;
-                registered = false;
+                bool have_applier = atx_registry_pids(pids, lengthof(pids)) > 0;
                 ConditionVariableCancelSleep();
                 ereport(ERROR,
                         (errcode(ERRCODE_LOCK_NOT_AVAILABLE),
@@ -196,14 +127,13 @@ static void wait_for_outcome(AtxExecSlot* s, const uint8 id[16], const char* fna
             continue;  // being committed: the outcome is moments away
         }
         if ((state == ATX_EXEC_WAITING || state == ATX_EXEC_RUNNING) && elapsed >= next_check) {
-            int n = apply_pids(pids, lengthof(pids));
+            int n = atx_registry_pids(pids, lengthof(pids));
             for (int i = 0; i < n; i++) {
                 if (!blocked_by_me(pids[i]))
                     continue;
-                int seen = atx_exec_give_up(id, ATX_GAVE_UP_DEADLOCK, false);
+                int seen = atx_waiter_give_up(id, false);
                 if (seen != ATX_EXEC_WAITING && seen != ATX_EXEC_RUNNING)
                     break;
-                registered = false;
                 ConditionVariableCancelSleep();
                 ereport(ERROR, (errcode(ERRCODE_T_R_DEADLOCK_DETECTED),
                                 errmsg("deadlock detected: %s waits for pg_atx message %s, and the apply session "
@@ -231,7 +161,7 @@ static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
     char id_text[37];
     char* payload;
     size_t len;
-    AtxExecSlot* slot;
+    AtxWaiterSlot* slot;
     volatile bool written = false;
     MemoryContext ctx = CurrentMemoryContext;
     const char* fname = raise ? "atx_exec" : "atx_exec_noraise";
@@ -240,7 +170,7 @@ static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
     int code;
     char *error, *detail, *hint;
 
-    if (!atx_exec_available())
+    if (!atx_waiters_available())
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                         errmsg("%s requires pg_atx in shared_preload_libraries", fname),
                         errdetail("Waiting for the applier uses a shared memory segment that only a preloaded "
@@ -252,8 +182,7 @@ static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
     atx_uuid_text(id, id_text);
 
     // Registered before the message exists: the apply side can then never miss the waiter.
-    register_waiter(id, fname);
-    slot = atx_exec_slot(my_slot_index());
+    slot = atx_waiter_register(id, fname);
     PG_TRY();
     {
         atx_write_message(payload, len, id);
@@ -266,10 +195,9 @@ static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
         int seen;
 
         ConditionVariableCancelSleep();
-        if (LWLockHeldByMe(atx_exec_shared()->lock))
-            LWLockRelease(atx_exec_shared()->lock);
-        seen = registered ? atx_exec_give_up(id, ATX_GAVE_UP_CANCEL, true) : ATX_EXEC_FREE;
-        registered = false;
+        if (LWLockHeldByMe(atx_waiters()->lock))
+            LWLockRelease(atx_waiters()->lock);
+        seen = atx_waiter_give_up(id, true);
         MemoryContextSwitchTo(ctx);
         edata = CopyErrorData();
         if (!written || seen == ATX_EXEC_FREE || edata->sqlerrcode != ERRCODE_QUERY_CANCELED)
@@ -288,8 +216,7 @@ static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
     error = pstrdup(slot->error);
     detail = slot->detail[0] ? pstrdup(slot->detail) : NULL;
     hint = slot->hint[0] ? pstrdup(slot->hint) : NULL;
-    (void)atx_exec_give_up(id, ATX_GAVE_UP_CANCEL, true);
-    registered = false;
+    (void)atx_waiter_give_up(id, true);
 
     if (raise && strcmp(status, "failed") == 0)
         ereport(ERROR, (errcode(code), errmsg_internal("%s", error),

@@ -1,8 +1,8 @@
-// atx_exec's shared memory; see exec_shmem.h for the slot life cycle.
+// Waiting atx_exec callers in shared memory; see waiters.h for the slot life cycle.
 //
 // Plain C style (see pg_guard.h). Nothing here may raise while the LWLock is held, and nothing
 // in the transaction callbacks may raise at all.
-#include "exec_shmem.h"
+#include "waiters.h"
 
 #include "codec_bridge.h"
 
@@ -12,21 +12,21 @@ int atx_exec_timeout = 30000;
 int atx_exec_max_result_bytes = 16384;
 int atx_exec_on_abandon = ATX_ABANDON_CANCEL;
 
-static AtxExecShared* shared = NULL;
+static AtxWaiters* shared = NULL;
 static shmem_request_hook_type prev_shmem_request_hook = NULL;
 static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
 
 // The outcome's envelope (status, id, command, error, detail, hint, all escaped) next to the rows.
 static int json_capacity(void) { return atx_exec_max_result_bytes + 16384; }
 
-static Size slot_stride(void) { return MAXALIGN(offsetof(AtxExecSlot, json) + (Size)json_capacity() + 1); }
+static Size slot_stride(void) { return MAXALIGN(offsetof(AtxWaiterSlot, json) + (Size)json_capacity() + 1); }
 
 static Size shared_size(void)
 {
-    return add_size(MAXALIGN(sizeof(AtxExecShared)), mul_size((Size)MaxBackends, slot_stride()));
+    return add_size(MAXALIGN(sizeof(AtxWaiters)), mul_size((Size)MaxBackends, slot_stride()));
 }
 
-static void exec_shmem_request(void)
+static void waiters_shmem_request(void)
 {
     if (prev_shmem_request_hook)
         prev_shmem_request_hook();
@@ -34,14 +34,14 @@ static void exec_shmem_request(void)
     RequestNamedLWLockTranche("pg_atx_exec", 1);
 }
 
-static void exec_shmem_startup(void)
+static void waiters_shmem_startup(void)
 {
     bool found;
 
     if (prev_shmem_startup_hook)
         prev_shmem_startup_hook();
     LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
-    shared = (AtxExecShared*)ShmemInitStruct("pg_atx_exec", shared_size(), &found);
+    shared = (AtxWaiters*)ShmemInitStruct("pg_atx_exec", shared_size(), &found);
     if (!found) {
         memset(shared, 0, shared_size());
         shared->lock = &(GetNamedLWLockTranche("pg_atx_exec"))->lock;
@@ -50,31 +50,32 @@ static void exec_shmem_startup(void)
         shared->json_capacity = json_capacity();
         shared->stride = slot_stride();
         for (int i = 0; i < shared->nslots; i++)
-            ConditionVariableInit(&atx_exec_slot(i)->cv);
+            ConditionVariableInit(&atx_waiter_slot(i)->cv);
     }
     LWLockRelease(AddinShmemInitLock);
 }
 
-void atx_exec_install_shmem_hooks(void)
+void atx_waiters_install_shmem_hooks(void)
 {
     prev_shmem_request_hook = shmem_request_hook;
-    shmem_request_hook = exec_shmem_request;
+    shmem_request_hook = waiters_shmem_request;
     prev_shmem_startup_hook = shmem_startup_hook;
-    shmem_startup_hook = exec_shmem_startup;
+    shmem_startup_hook = waiters_shmem_startup;
 }
 
-bool atx_exec_available(void) { return shared != NULL; }
-AtxExecShared* atx_exec_shared(void) { return shared; }
+bool atx_waiters_available(void) { return shared != NULL; }
+AtxWaiters* atx_waiters(void) { return shared; }
 
-AtxExecSlot* atx_exec_slot(int i)
+AtxWaiterSlot* atx_waiter_slot(int i)
 {
-    return (AtxExecSlot*)((char*)shared + MAXALIGN(sizeof(AtxExecShared)) + (Size)i * shared->stride);
+    return (AtxWaiterSlot*)((char*)shared + MAXALIGN(sizeof(AtxWaiters)) + (Size)i * shared->stride);
 }
 
-AtxExecSlot* atx_exec_find_slot(const uint8 id[16])
+// Caller holds the lock: the WAITING/COMMITTING/RUNNING/DONE slot of id in this database, or NULL.
+static AtxWaiterSlot* find_slot(const uint8 id[16])
 {
     for (int i = 0; i < shared->nslots; i++) {
-        AtxExecSlot* s = atx_exec_slot(i);
+        AtxWaiterSlot* s = atx_waiter_slot(i);
         if (s->state != ATX_EXEC_FREE && s->dboid == MyDatabaseId && memcmp(s->id, id, 16) == 0)
             return s;
     }
@@ -116,9 +117,9 @@ char* atx_exec_outcome_json(const AtxExecOutcome* o)
     append_kv(&b, "message_id", id);
     if (failed) {
         append_kv(&b, "sqlstate", unpack_sql_state(o->sqlerrcode));
-        append_kv(&b, "error", clip(o->error, sizeof(((AtxExecSlot*)0)->error)));
-        append_kv(&b, "detail", clip(o->detail, sizeof(((AtxExecSlot*)0)->detail)));
-        append_kv(&b, "hint", clip(o->hint, sizeof(((AtxExecSlot*)0)->hint)));
+        append_kv(&b, "error", clip(o->error, sizeof(((AtxWaiterSlot*)0)->error)));
+        append_kv(&b, "detail", clip(o->detail, sizeof(((AtxWaiterSlot*)0)->detail)));
+        append_kv(&b, "hint", clip(o->hint, sizeof(((AtxWaiterSlot*)0)->hint)));
     } else if (strcmp(o->status, "applied") == 0) {
         append_kv(&b, "command", o->command);
         appendStringInfo(&b, ", \"rows\": " INT64_FORMAT, o->rows);
@@ -133,34 +134,7 @@ char* atx_exec_outcome_json(const AtxExecOutcome* o)
 
 // --- apply side ---------------------------------------------------------------------------------
 
-void atx_exec_note_apply_backend(void)
-{
-    static bool noted = false;
-    int free_i = -1;
-
-    if (shared == NULL || noted)
-        return;
-    LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-    for (int i = 0; i < ATX_EXEC_MAX_APPLY_PIDS; i++) {
-        AtxApplyPid* a = &shared->apply[i];
-        if (a->pid == MyProcPid) {
-            free_i = -2;
-            a->dboid = MyDatabaseId;
-            break;
-        }
-        // A slot of a backend that is gone (or a pid reused elsewhere) is free.
-        if (free_i == -1 && (a->pid == 0 || BackendPidGetProc(a->pid) == NULL))
-            free_i = i;
-    }
-    if (free_i >= 0) {
-        shared->apply[free_i].pid = MyProcPid;
-        shared->apply[free_i].dboid = MyDatabaseId;
-    }
-    LWLockRelease(shared->lock);
-    noted = true;
-}
-
-bool atx_exec_is_waited(const uint8 id[16])
+bool atx_waiter_present(const uint8 id[16])
 {
     bool found;
 
@@ -172,15 +146,17 @@ bool atx_exec_is_waited(const uint8 id[16])
     if (pg_atomic_read_u32(&shared->n_waiting) == 0)
         return false;
     LWLockAcquire(shared->lock, LW_SHARED);
-    found = atx_exec_find_slot(id) != NULL;
+    {
+        AtxWaiterSlot* w = find_slot(id);
+        found = w != NULL && w->state != ATX_EXEC_DONE;
+    }
     LWLockRelease(shared->lock);
     return found;
 }
 
-// Slots this backend marked COMMITTING in the current transaction (reverted at abort).
-#define MAX_COMMITTING 64
-static uint8 committing[MAX_COMMITTING][16];
-static int n_committing = 0;
+// Ids whose slots this backend marked COMMITTING in the current transaction (reverted at
+// abort), in TopTransactionContext.
+static List* committing = NIL;
 
 // Pending outcomes of the current transaction, in TopTransactionContext.
 struct PendingOutcome {
@@ -199,7 +175,7 @@ static bool callbacks_registered = false;
 static void copy_str(char* dst, size_t size, const char* src) { strlcpy(dst, src ? src : "", size); }
 
 // Caller holds the lock exclusively.
-static void fill_done(AtxExecSlot* s, const char* status, int sqlerrcode, const char* error, const char* detail,
+static void fill_done(AtxWaiterSlot* s, const char* status, int sqlerrcode, const char* error, const char* detail,
                       const char* hint, const char* json)
 {
     size_t len = json ? strlen(json) : 0;
@@ -216,15 +192,15 @@ static void fill_done(AtxExecSlot* s, const char* status, int sqlerrcode, const 
     s->state = ATX_EXEC_DONE;
 }
 
-void atx_exec_publish_now(const uint8 id[16], const char* status, int sqlerrcode, const char* error,
-                          const char* detail, const char* hint, const char* json)
+void atx_waiter_publish_now(const uint8 id[16], const char* status, int sqlerrcode, const char* error,
+                            const char* detail, const char* hint, const char* json)
 {
-    AtxExecSlot* s;
+    AtxWaiterSlot* s;
 
     if (shared == NULL)
         return;
     LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-    s = atx_exec_find_slot(id);
+    s = find_slot(id);
     if (s != NULL && s->state != ATX_EXEC_DONE)
         fill_done(s, status, sqlerrcode, error, detail, hint, json);
     else
@@ -236,16 +212,17 @@ void atx_exec_publish_now(const uint8 id[16], const char* status, int sqlerrcode
 
 static void revert_committing(void)
 {
-    if (n_committing == 0)
+    ListCell* lc;
+    if (committing == NIL)
         return;
     LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-    for (int i = 0; i < n_committing; i++) {
-        AtxExecSlot* s = atx_exec_find_slot(committing[i]);
+    foreach (lc, committing) {
+        AtxWaiterSlot* s = find_slot((const uint8*)lfirst(lc));
         if (s != NULL && s->state == ATX_EXEC_COMMITTING)
             s->state = ATX_EXEC_WAITING;
     }
     LWLockRelease(shared->lock);
-    n_committing = 0;
+    committing = NIL;
 }
 
 static void exec_xact_callback(XactEvent event, void* arg)
@@ -260,21 +237,22 @@ static void exec_xact_callback(XactEvent event, void* arg)
         if (shared != NULL)
             foreach (lc, pending) {
                 PendingOutcome* p = (PendingOutcome*)lfirst(lc);
-                atx_exec_publish_now(p->id, p->status, p->sqlerrcode, p->error, p->detail, p->hint, p->json);
+                atx_waiter_publish_now(p->id, p->status, p->sqlerrcode, p->error, p->detail, p->hint, p->json);
             }
         pending = NIL;
-        n_committing = 0;
+        committing = NIL;
         break;
     case XACT_EVENT_ABORT:
     case XACT_EVENT_PARALLEL_ABORT:
         if (shared != NULL)
             revert_committing();
         pending = NIL;  // memory goes with TopTransactionContext
+        committing = NIL;
         break;
     case XACT_EVENT_PARALLEL_COMMIT:
     case XACT_EVENT_PREPARE:
         pending = NIL;
-        n_committing = 0;
+        committing = NIL;
         break;
     default:
         break;
@@ -314,73 +292,60 @@ static void register_callbacks(void)
     callbacks_registered = true;
 }
 
-// Caller holds the lock.
-static bool find_abandoned(const uint8 id[16], int* reason)
+// The decision of begin_commit / begin_running: whether a waited message may go on, and its
+// slot's new state. A message whose waiter is gone (gave up, cancelled, died) goes on only when
+// its caller did not ask for cancellation.
+static bool begin(const uint8 id[16], bool cancel_if_abandoned, int new_state)
 {
-    for (int i = 0; i < ATX_EXEC_ABANDONED; i++) {
-        AtxAbandoned* a = &shared->abandoned[i];
-        if (a->dboid == MyDatabaseId && memcmp(a->id, id, 16) == 0) {
-            *reason = a->reason;
-            return true;
-        }
-    }
-    return false;
-}
-
-bool atx_exec_abandoned(const uint8 id[16], int* reason)
-{
-    bool found;
-    if (shared == NULL)
-        return false;
-    LWLockAcquire(shared->lock, LW_SHARED);
-    found = find_abandoned(id, reason);
-    LWLockRelease(shared->lock);
-    return found;
-}
-
-bool atx_exec_begin_commit(const uint8 id[16], int* reason)
-{
-    AtxExecSlot* s;
-    bool abandoned = false;
+    AtxWaiterSlot* s;
+    bool go_on;
+    bool transitioned = false;
 
     if (shared == NULL)
-        return false;
+        return !cancel_if_abandoned;
     register_callbacks();
+    if (new_state == ATX_EXEC_COMMITTING) {
+        // Listed before the lock (nothing may raise while it is held), unlisted below if this
+        // backend did not make the transition.
+        MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+        uint8* copy = (uint8*)palloc(16);
+        memcpy(copy, id, 16);
+        committing = lappend(committing, copy);
+        MemoryContextSwitchTo(old);
+    }
     LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-    abandoned = find_abandoned(id, reason);
-    if (!abandoned) {
-        s = atx_exec_find_slot(id);
-        if (s != NULL && s->state == ATX_EXEC_WAITING) {
-            s->state = ATX_EXEC_COMMITTING;
-            if (n_committing < MAX_COMMITTING)
-                memcpy(committing[n_committing++], id, 16);
-        }
+    s = find_slot(id);
+    if (s != NULL && s->state == ATX_EXEC_WAITING) {
+        s->state = new_state;
+        go_on = true;
+        transitioned = true;
+    } else {
+        // COMMITTING, RUNNING or DONE: an earlier copy of the same message (a nested emit
+        // written again by its retried parent) is past the point of no return; the outcome goes
+        // to the waiter either way. No slot: nobody waits any more.
+        go_on = s != NULL || !cancel_if_abandoned;
     }
     LWLockRelease(shared->lock);
-    return abandoned;
+    // Only a transition of our own is reverted at abort: another backend may be committing an
+    // earlier copy.
+    if (new_state == ATX_EXEC_COMMITTING && !transitioned)
+        committing = list_delete_last(committing);
+    return go_on;
 }
 
-bool atx_exec_begin_running(const uint8 id[16], int* reason)
+bool atx_waiter_begin_commit(const uint8 id[16], bool cancel_if_abandoned)
 {
-    AtxExecSlot* s;
-    bool abandoned;
+    return begin(id, cancel_if_abandoned, ATX_EXEC_COMMITTING);
+}
 
-    if (shared == NULL)
-        return false;
-    LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-    abandoned = find_abandoned(id, reason);
-    if (!abandoned) {
-        s = atx_exec_find_slot(id);
-        if (s != NULL && s->state == ATX_EXEC_WAITING)
-            s->state = ATX_EXEC_RUNNING;
-    }
-    LWLockRelease(shared->lock);
-    return abandoned;
+bool atx_waiter_begin_running(const uint8 id[16], bool cancel_if_abandoned)
+{
+    return begin(id, cancel_if_abandoned, ATX_EXEC_RUNNING);
 }
 
 static char* dup_or_null(const char* s) { return s ? pstrdup(s) : NULL; }
 
-void atx_exec_queue_outcome(const AtxExecOutcome* o)
+void atx_waiter_queue_outcome(const AtxExecOutcome* o)
 {
     MemoryContext old;
     PendingOutcome* p;
@@ -404,32 +369,79 @@ void atx_exec_queue_outcome(const AtxExecOutcome* o)
 
 // --- waiter side --------------------------------------------------------------------------------
 
-int atx_exec_give_up(const uint8 id[16], int reason, bool force)
+static bool exit_callback_registered = false;
+static uint8 registered_id[16];
+static bool registered = false;
+
+// A backend that exits while it waits (terminated, its connection lost) stops waiting: a message
+// whose caller asked for cancellation is then not applied.
+static void release_at_exit(int code, Datum arg)
 {
-    AtxExecSlot* s;
+    (void)code;
+    (void)arg;
+    if (registered)
+        (void)atx_waiter_give_up(registered_id, true);
+    registered = false;
+}
+
+static int my_slot_index(void)
+{
+#if PG_VERSION_NUM >= 170000
+    return MyProcNumber;
+#else
+    return MyBackendId - 1;
+#endif
+}
+
+AtxWaiterSlot* atx_waiter_register(const uint8 id[16], const char* fname)
+{
+    AtxWaiterSlot* s;
+    int i = my_slot_index();
+
+    if (i < 0 || i >= shared->nslots)
+        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                        errmsg("%s cannot run in this process (slot %d)", fname, i)));
+    if (!exit_callback_registered) {
+        before_shmem_exit(release_at_exit, (Datum)0);
+        exit_callback_registered = true;
+    }
+    s = atx_waiter_slot(i);
+    LWLockAcquire(shared->lock, LW_EXCLUSIVE);
+    // A slot left by an earlier backend with this number that died is taken over.
+    if (s->state == ATX_EXEC_FREE)
+        pg_atomic_fetch_add_u32(&shared->n_waiting, 1);
+    s->state = ATX_EXEC_WAITING;
+    s->waiter_pid = MyProcPid;
+    s->dboid = MyDatabaseId;
+    memcpy(s->id, id, 16);
+    s->json_len = 0;
+    LWLockRelease(shared->lock);
+    memcpy(registered_id, id, 16);
+    registered = true;
+    return s;
+}
+
+int atx_waiter_give_up(const uint8 id[16], bool force)
+{
+    AtxWaiterSlot* s;
     int state = ATX_EXEC_FREE;
 
     if (shared == NULL)
         return state;
     LWLockAcquire(shared->lock, LW_EXCLUSIVE);
-    s = atx_exec_find_slot(id);
+    s = find_slot(id);
     if (s != NULL && s->waiter_pid == MyProcPid) {
         state = s->state;
         if (!force && state != ATX_EXEC_WAITING && state != ATX_EXEC_RUNNING) {
             LWLockRelease(shared->lock);
             return state;
         }
-        if (state == ATX_EXEC_WAITING && atx_exec_on_abandon == ATX_ABANDON_CANCEL) {
-            AtxAbandoned* a = &shared->abandoned[shared->next_abandoned];
-            shared->next_abandoned = (shared->next_abandoned + 1) % ATX_EXEC_ABANDONED;
-            a->dboid = MyDatabaseId;
-            memcpy(a->id, id, 16);
-            a->reason = reason;
-        }
         s->state = ATX_EXEC_FREE;
         s->waiter_pid = 0;
         pg_atomic_fetch_sub_u32(&shared->n_waiting, 1);
     }
     LWLockRelease(shared->lock);
+    if (memcmp(id, registered_id, 16) == 0)
+        registered = false;
     return state;
 }

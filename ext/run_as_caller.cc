@@ -1,4 +1,4 @@
-// Running one verified message as its caller; see execute.h.
+// Running one verified message as its caller; see run_as_caller.h.
 //
 // Identity: SetUserIdAndSecContext(caller, SECURITY_RESTRICTED_OPERATION), as PostgreSQL runs
 // untrusted code during maintenance and as PostgreSQL 17 runs subscription apply. SET ROLE,
@@ -15,15 +15,17 @@
 // statements and LISTEN registrations. A later message, of any role, starts clean.
 //
 // Plain C style (see pg_guard.h): subtransactions, SPI and longjmps.
-#include "execute.h"
+#include "run_as_caller.h"
 
+#include "apply_registry.h"
 #include "current_message.h"
-#include "exec_shmem.h"
 #include "guc_capture.h"
+#include "param_binder.h"
 #include "pg_guard.h"
 #include "plan_cache.h"
 #include "result_receiver.h"
 #include "spi_util.h"
+#include "waiters.h"
 
 extern "C" {
 #include "catalog/namespace.h"
@@ -122,10 +124,13 @@ static bool needs_top_level(const ErrorData* e)
                                        e->sqlerrcode == ERRCODE_ACTIVE_SQL_TRANSACTION);
 }
 
-// PostgreSQL refuses to queue a deferred trigger in a security-restricted operation.
+// PostgreSQL refuses to queue a deferred trigger in a security-restricted operation. Recognised
+// by where the server raised it and its untranslated text, which user code cannot choose (a
+// RAISE has message_id "%s" and its own file): a private assumption, see design.md.
 static bool deferred_trigger_refused(const ErrorData* e)
 {
-    return e->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE && e->filename && strcmp(e->filename, "trigger.c") == 0;
+    return e->sqlerrcode == ERRCODE_INSUFFICIENT_PRIVILEGE && e->filename && strcmp(e->filename, "trigger.c") == 0 &&
+           e->message_id && strstr(e->message_id, "deferred trigger") != NULL;
 }
 
 const char* atx_failure_name(AtxFailure f)
@@ -257,40 +262,6 @@ static void reset_session_state(bool unrestricted)
 
 // --- running the statement ----------------------------------------------------------------------
 
-// Converts the message's parameters to Datums, in the switched user context.
-static void decode_params(const AtxMessageC* m, Oid* types, Datum* values, char* nulls)
-{
-    for (int i = 0; i < m->nparams; i++) {
-        const AtxParamC* p = &m->params[i];
-        Oid fn, ioparam;
-
-        types[i] = p->type_oid;
-        if (!SearchSysCacheExists1(TYPEOID, ObjectIdGetDatum(p->type_oid)))
-            ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-                            errmsg("type %s (OID %u) of parameter $%d does not exist", p->type_name, p->type_oid,
-                                   i + 1)));
-        if (p->is_null) {
-            values[i] = (Datum)0;
-            nulls[i] = 'n';
-            continue;
-        }
-        nulls[i] = ' ';
-        if (p->binary) {
-            StringInfoData buf;
-            getTypeBinaryInputInfo(p->type_oid, &fn, &ioparam);
-            initStringInfo(&buf);
-            appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
-            values[i] = OidReceiveFunctionCall(fn, &buf, ioparam, -1);
-            if (buf.cursor != buf.len)
-                ereport(ERROR, (errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
-                                errmsg("incorrect binary data format in parameter $%d", i + 1)));
-        } else {
-            getTypeInputInfo(p->type_oid, &fn, &ioparam);
-            values[i] = OidInputFunctionCall(fn, (char*)p->value, ioparam, -1);
-        }
-    }
-}
-
 // Records the key of m for its role; false when that role (or, for keys recorded before 0.2,
 // any role) applied it before. As the applier: the key table is not the caller's business.
 static bool claim_key(const AtxMessageC* m)
@@ -326,10 +297,8 @@ static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxO
 {
     Oid save_userid;
     int save_sec_context;
-    int n = m->nparams;
-    Oid* types = (Oid*)palloc0(sizeof(Oid) * (n ? n : 1));
-    Datum* values = (Datum*)palloc0(sizeof(Datum) * (n ? n : 1));
-    char* nulls = (char*)palloc0(n + 1);
+    Oid* types = (Oid*)palloc0(sizeof(Oid) * (m->nparams ? m->nparams : 1));
+    ParamListInfo params;
     int nestlevel, rc;
     const char* tag = NULL;
     DestReceiver* dest = None_Receiver;
@@ -358,10 +327,10 @@ static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxO
                                             (restricted ? SECURITY_RESTRICTED_OPERATION : 0));
     nestlevel = NewGUCNestLevel();
     atx_restore_settings(m->gucs, m->nguc, superuser_arg(m->role_oid), GUC_ACTION_SAVE);
-    decode_params(m, types, values, nulls);
+    params = atx_bind_params(m, types);
 
     arm_timeout(timeout_ms);
-    rc = atx_execute_cached(m->statement, n, types, values, nulls, dest, &tag);
+    rc = atx_execute_cached(m, types, params, dest, &tag);
     if (rc == SPI_ERROR_TRANSACTION)
         ereport(ERROR, (errcode(ERRCODE_INVALID_TRANSACTION_TERMINATION),
                         errmsg("transaction control statements cannot run in an atomic pg_atx message")));
@@ -376,7 +345,7 @@ static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxO
     // Deferred triggers and constraints fire now, as the caller, not at the applier's COMMIT
     // as the applier. (Only possible unrestricted: see the top of this file.)
     if (!restricted) {
-        rc = atx_execute_cached("SET CONSTRAINTS ALL IMMEDIATE", 0, NULL, NULL, NULL, None_Receiver, &tag);
+        rc = atx_execute_uncached("SET CONSTRAINTS ALL IMMEDIATE", None_Receiver, &tag);
         if (rc < 0)
             elog(ERROR, "SET CONSTRAINTS failed: %s", SPI_result_code_string(rc));
     }
@@ -390,7 +359,13 @@ static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxO
     *rr_out = rr;
 }
 
-void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
+const char* atx_cancelled_text(void)
+{
+    return "cancelled: the atx_exec call waiting for this message stopped waiting (atx.exec_timeout, a deadlock with "
+           "its caller, a cancel, or its session ended) before it was applied";
+}
+
+void atx_execute_message(const AtxMessageC* m, XLogRecPtr lsn, int timeout_ms, AtxOutcome* out)
 {
     MemoryContext outer = CurrentMemoryContext;
     ResourceOwner oldowner = CurrentResourceOwner;
@@ -401,6 +376,9 @@ void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
     memset(out, 0, sizeof *out);
     GetUserIdAndSecContext(&save_userid, &save_sec_context);
     note_portals_before();
+    // The applier's watchdog ends the backend if the statement outlives its limit (it is
+    // cancelled at the limit first: a statement may catch that).
+    atx_registry_begin(lsn, m->id, m->role_oid, timeout_ms);
 
     for (;;) {
         AtxCurrentMessage saved = atx_current_message_push(m, false);
@@ -411,17 +389,13 @@ void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
         MemoryContextSwitchTo(outer);
         PG_TRY();
         {
-            int reason = 0;
             run_once(m, timeout_ms, restricted, out, &rr, outer);
-            // A caller that gave up on this message (atx.exec_on_abandon = cancel) gets it
-            // cancelled; otherwise it can no longer give up: the commit follows.
-            if (m->waited && strcmp(out->status, "applied") == 0 && atx_exec_begin_commit(m->id, &reason)) {
+            // A caller that stopped waiting and asked for cancellation gets it cancelled;
+            // otherwise it can no longer give up: the commit follows.
+            if (m->waited && strcmp(out->status, "applied") == 0 &&
+                !atx_waiter_begin_commit(m->id, m->cancel_if_abandoned)) {
                 raising_abandon = true;
-                ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED),
-                                errmsg("cancelled: the atx_exec call waiting for this message gave up (%s)",
-                                       reason == ATX_GAVE_UP_DEADLOCK  ? "deadlock with its caller"
-                                       : reason == ATX_GAVE_UP_TIMEOUT ? "atx.exec_timeout"
-                                                                       : "cancelled by its caller"),
+                ereport(ERROR, (errcode(ERRCODE_QUERY_CANCELED), errmsg("%s", atx_cancelled_text()),
                                 errdetail("atx.exec_on_abandon is cancel: the statement was rolled back.")));
             }
             atx_current_message_pop(&saved);
@@ -450,13 +424,10 @@ void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
             MemoryContextSwitchTo(outer);
             CurrentResourceOwner = oldowner;
             SetUserIdAndSecContext(save_userid, save_sec_context);
-
-            if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !ours && !abandoned) {
-                // Not our timeout, not an abandoned wait: the applier (or an administrator) is
-                // stopping this apply. Nothing of the batch may commit.
-                reset_session_state(!restricted);
-                ReThrowError(edata);
-            }
+            // A cancel this file did not raise (user code raising query_canceled, an
+            // administrator's pg_cancel_backend, a statement_timeout the statement set) is the
+            // message's own failure: nothing a statement raises is taken as word from the
+            // applier. The applier never cancels a batch; it ends the backend.
             if (restricted && deferred_trigger_refused(edata)) {
                 retry_unrestricted = true;
             } else {
@@ -472,7 +443,10 @@ void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
                 out->truncated = false;
                 if (ours) {
                     out->failure = ATX_FAIL_TIMEOUT;
+                    out->sqlerrcode = ERRCODE_QUERY_CANCELED;
                     out->error = psprintf("canceling statement due to the pg_atx apply timeout (%d ms)", timeout_ms);
+                    out->detail = NULL;
+                    out->hint = NULL;
                 } else if (abandoned) {
                     out->failure = ATX_FAIL_CANCELLED;
                 } else if (needs_top_level(edata)) {
@@ -491,4 +465,5 @@ void atx_execute_message(const AtxMessageC* m, int timeout_ms, AtxOutcome* out)
             break;
         restricted = false;
     }
+    atx_registry_end();
 }
