@@ -22,15 +22,6 @@
 . "$TESTLIB_DIR/old_release.sh"
 
 FROM=$UPGRADE_FROM
-# Two refusals of 0.2 are not in this tree yet (issue 22): the daemon refuses only 0.1 until
-# database_worker.cc calls extension_compatible() (applier/version.h), and the 0.3 extension takes
-# the 0.2 applier's atx.apply_batch calls until the lead's 0.3 apply functions refuse that
-# signature. Their checks are TAP TODOs (listed, not counted) until then.
-TODO_DAEMON="" TODO_EXT=""
-if [ "$UPGRADE_FROM" != 0.1 ]; then
-    TODO_DAEMON=" # TODO until database_worker.cc calls extension_compatible()"
-    TODO_EXT=" # TODO until the 0.3 apply functions refuse the 0.2 atx.apply_batch signature"
-fi
 TO=$(sed -n "s/^default_version = '\(.*\)'/\1/p" "$ATX_BUILD_DIR/sql/pg_atx.control" 2>/dev/null)
 use_seed
 
@@ -193,9 +184,9 @@ rc=0
 timeout 60 "$NEW_APPLIER" --conninfo "$APP_CONNINFO" --dbname postgres --state-dir "$TEST_DIR/state-wrong" \
     --http-listen off --once >"$TEST_DIR/new-too-early.log" 2>&1 || rc=$?
 refused=$(grep -c "event=not_ready error=\"extension pg_atx is at version $FROM in database postgres" "$TEST_DIR/new-too-early.log")
-if [ "$rc" = 1 ] && [ "$refused" -ge 1 ]; then ok "the new applier refuses extension $FROM (exit 1, event=not_ready)$TODO_DAEMON"
-else not_ok "the new applier refuses extension $FROM (exit $rc; $(tail -n 2 "$TEST_DIR/new-too-early.log" | tr '\n' ' '))$TODO_DAEMON"; fi
-check_eq "and applied nothing$TODO_DAEMON" "$before" "$(numbers)"
+if [ "$rc" = 1 ] && [ "$refused" -ge 1 ]; then ok "the new applier refuses extension $FROM (exit 1, event=not_ready)"
+else not_ok "the new applier refuses extension $FROM (exit $rc; $(tail -n 2 "$TEST_DIR/new-too-early.log" | tr '\n' ' '))"; fi
+check_eq "and applied nothing" "$before" "$(numbers)"
 
 out=$(psql -qAtX -v ON_ERROR_STOP=1 -c "ALTER EXTENSION pg_atx UPDATE" 2>&1)
 check "ALTER EXTENSION pg_atx UPDATE ($out)" test $? = 0
@@ -209,10 +200,10 @@ dead_before=$(q -c "SELECT count(*) FROM atx.dead_letter")
 daemon_start old-late "$OLD_APPLIER" --http-listen off
 sleep 8
 daemon_stop old-late
-check_eq "the old applier applied nothing through the new extension$TODO_EXT" "$before" "$(numbers)"
+check_eq "the old applier applied nothing through the new extension" "$before" "$(numbers)"
 check_eq "and dead-lettered nothing" "$dead_before" "$(q -c "SELECT count(*) FROM atx.dead_letter")"
 # (Before 17 a restart may set it back to its last checkpointed value: a replay, harmless.)
-check "and confirmed nothing past the waiting messages$TODO_EXT" \
+check "and confirmed nothing past the waiting messages" \
     test "$(q -c "SELECT confirmed_flush_lsn <= '$WAITING_FROM' FROM pg_replication_slots WHERE plugin = 'pg_atx'")" = t
 case $FROM in
 0.1)
@@ -222,15 +213,16 @@ case $FROM in
         grep -q 'sqlstate=42501 .*permission denied for function pg_replication_origin_session_setup' "$TEST_DIR/old-late.log"
     ;;
 *)
-    # The old apply_batch signature must raise 55000 naming both versions (the lead's part of
-    # issue 22: the 0.3 apply functions).
+    # The old apply_batch signature is kept to refuse: 0A000 naming both versions (ext/apply_batch.cc).
     out=$(psql -X -v VERBOSITY=verbose -qAt -h "$TEST_DIR" -p "$(cat "$TEST_DIR/port")" -U atx_app -d postgres \
         -c "SELECT * FROM atx.apply_batch('{}'::pg_lsn[], '{}'::int[], '{}'::timestamptz[], 8, 1000, false)" 2>&1)
-    if grep -q "ERROR:  55000: .*$FROM.*" <<<"$out" && grep -q "$TO" <<<"$out"; then
-        ok "the $FROM apply_batch signature raises 55000 naming $FROM and $TO$TODO_EXT"
+    if grep -q "ERROR:  0A000: .*older than extension pg_atx $TO" <<<"$out" && grep -q "DETAIL: .*pg_atx $FROM" <<<"$out"; then
+        ok "the $FROM apply_batch signature raises 0A000 naming $FROM and $TO"
     else
-        not_ok "the $FROM apply_batch signature raises 55000 naming $FROM and $TO$TODO_EXT (got: $(echo "$out" | head -n 2 | tr '\n' ' '))"
+        not_ok "the $FROM apply_batch signature raises 0A000 naming $FROM and $TO (got: $(echo "$out" | head -n 3 | tr '\n' ' '))"
     fi
+    check "the old applier's log says so (event=batch_failed sqlstate=0A000)" \
+        grep -q "event=batch_failed .*sqlstate=0A000 .*older than extension pg_atx $TO" "$TEST_DIR/old-late.log"
     ;;
 esac
 
