@@ -1,5 +1,6 @@
 // Per-database worker; see database_worker.h, and progress.h for the confirmation rule.
 #include "database_worker.h"
+#include "version.h"
 
 #include <algorithm>
 
@@ -189,9 +190,9 @@ void DatabaseWorker::open_control()
                                          "WHERE extname OPERATOR(pg_catalog.=) 'pg_atx'");
     if (!version)
         throw NotReady("extension pg_atx is not installed in database " + dbname_ + " (CREATE EXTENSION pg_atx)");
-    if (*version != ATX_EXTENSION_VERSION)
-        throw NotReady("extension pg_atx is at version " + *version + " in database " + dbname_ +
-                       ", this atx-applier needs " + ATX_EXTENSION_VERSION + ": run ALTER EXTENSION pg_atx UPDATE");
+    if (!extension_compatible(*version))
+        throw NotReady(extension_incompatible_message(*version, dbname_) + ": " +
+                       extension_incompatible_hint(*version));
     // Each message's time limit is enforced from outside its statement through the server's
     // apply registry, which only a preloaded pg_atx has.
     try {

@@ -196,8 +196,8 @@ void atx_applied_update(int n, const AtxRecord* recs)
     if (n > 0)
         (void)write_records(&plan,
                             "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS
-                            "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, "
-                            "handled_at = excluded.handled_at, payload = NULL",
+                            "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, "
+                            "outcome = excluded.outcome, handled_at = excluded.handled_at, payload = NULL",
                             SPI_OK_INSERT, n, recs);
 }
 

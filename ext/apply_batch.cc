@@ -388,8 +388,8 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
 // instead of "function does not exist".
 static Datum apply_batch_old_body(FunctionCallInfo fcinfo)
 {
-    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                    errmsg("this atx-applier is older than extension pg_atx %s and cannot apply its messages",
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("this atx-applier speaks pg_atx 0.2 and cannot apply the messages of extension pg_atx %s",
                            ATX_EXTENSION_VERSION),
                     errdetail("It called the atx.apply_batch of pg_atx 0.2."),
                     errhint("Upgrade atx-applier to %s or later and restart it (docs/upgrade.md).",

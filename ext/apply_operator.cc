@@ -16,6 +16,7 @@
 #include "spi_util.h"
 
 extern "C" {
+#include "access/xlog.h"
 #include "utils/pg_lsn.h"
 }
 
@@ -260,6 +261,11 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
         onulls[2] = onulls[3] = false;
     } else {
         AtxRecord rec = record_of(&l, r.status, NULL);
+        // Recorded at the WAL position after this run: the nested messages it emitted again
+        // (under the ids of the first run's) are further on in the WAL, and atx.prune keeps the
+        // records of a message's nested emits while its own record is not below the horizon, so
+        // those copies still find them when the applier gets to them.
+        rec.lsn = GetXLogInsertRecPtr();
         if (SPI_execute_plan(del, v, NULL, false, 0) < 0)
             elog(ERROR, "could not delete the dead letter");
         atx_applied_update(1, &rec);  // it said 'dead'

@@ -65,6 +65,9 @@ d = json.load(open(sys.argv[1]))
 n = sum(r["stats"].get("messages", 0) for r in d["rounds"])
 print("%d round(s), %d messages, %d violation(s)" % (len(d["rounds"]), n, len(d["violations"])))' "$OUT/result.json")
 note "fuzz_hostile summary: seed $SEED, $summary, $((SECONDS - start)) s (replay: tools/atx fuzz-apply --seed $SEED --round N)"
+case $summary in
+"0 round(s)"*) tail -n 30 "$OUT/err.txt" | sed 's/^/# /'; not_ok "fuzz_hostile: the fuzzer ran no round (seed $SEED)" ;;
+esac
 case $rc in
 0 | 1) ;;
 124 | 137) not_ok "fuzz_hostile: the fuzzer did not finish within ${ATX_FUZZ_TIMEOUT:-170} s (seed $SEED)" ;;

@@ -213,16 +213,16 @@ case $FROM in
         grep -q 'sqlstate=42501 .*permission denied for function pg_replication_origin_session_setup' "$TEST_DIR/old-late.log"
     ;;
 *)
-    # The old apply_batch signature is kept to refuse: 0A000 naming both versions (ext/apply_batch.cc).
+    # The old apply_batch signature is kept to refuse: 55000 naming both versions (ext/apply_batch.cc).
     out=$(psql -X -v VERBOSITY=verbose -qAt -h "$TEST_DIR" -p "$(cat "$TEST_DIR/port")" -U atx_app -d postgres \
         -c "SELECT * FROM atx.apply_batch('{}'::pg_lsn[], '{}'::int[], '{}'::timestamptz[], 8, 1000, false)" 2>&1)
-    if grep -q "ERROR:  0A000: .*older than extension pg_atx $TO" <<<"$out" && grep -q "DETAIL: .*pg_atx $FROM" <<<"$out"; then
-        ok "the $FROM apply_batch signature raises 0A000 naming $FROM and $TO"
+    if grep -q "ERROR:  55000: .*pg_atx $FROM .*extension pg_atx $TO" <<<"$out" && grep -q "DETAIL: .*pg_atx $FROM" <<<"$out"; then
+        ok "the $FROM apply_batch signature raises 55000 naming $FROM and $TO"
     else
-        not_ok "the $FROM apply_batch signature raises 0A000 naming $FROM and $TO (got: $(echo "$out" | head -n 3 | tr '\n' ' '))"
+        not_ok "the $FROM apply_batch signature raises 55000 naming $FROM and $TO (got: $(echo "$out" | head -n 3 | tr '\n' ' '))"
     fi
-    check "the old applier's log says so (event=batch_failed sqlstate=0A000)" \
-        grep -q "event=batch_failed .*sqlstate=0A000 .*older than extension pg_atx $TO" "$TEST_DIR/old-late.log"
+    check "the old applier's log says so (event=batch_failed sqlstate=55000)" \
+        grep -q "event=batch_failed .*sqlstate=55000 .*extension pg_atx $TO" "$TEST_DIR/old-late.log"
     ;;
 esac
 

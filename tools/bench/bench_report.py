@@ -117,6 +117,11 @@ def print_all(r):
               f"victim {iso['victim_rate_per_s']} messages/s")
         for pattern, check, measured, target, ok in isolation_verdicts(iso):
             print(f"  {'ok  ' if ok else 'MISS'} {pattern}: {check} {measured} (target {target})")
+    if "targets" in r:
+        print("\nSpeed targets (issue 23), measured in this run:")
+        import bench_targets
+        for check, measured, target, ok in bench_targets.verdicts(r["targets"]):
+            print(f"  {'ok  ' if ok else 'MISS'} {check}: {measured} (target {target})")
     print("\nRatios")
     for k, v in r["ratios"].items():
         unit = " ms" if k.endswith(", ms") else "x"

@@ -63,8 +63,11 @@ class Violation:
 
 
 def deadlines(msgs, b, kills):
-    """message id -> the time by which it must be final: its bound from when its lane let it start
-    (its emit, or its predecessor's final state), plus a restart allowance per crash meanwhile."""
+    """message id -> the time by which it must be final: its bound from when it could start (its
+    emit, its lane's predecessor's final state, or, when it waited for its principal's budget, the
+    start of its run as the server's registry showed it), plus a restart allowance per crash
+    meanwhile. Waiting for its own role's earlier work is not its statement's doing; that the
+    others are not kept waiting is invariant 4, that the slot moves on is invariant 2."""
     lanes = {}
     for m in msgs:
         lanes.setdefault(m.lane, []).append(m)
@@ -75,6 +78,8 @@ def deadlines(msgs, b, kills):
         prev = None
         for m in ms:
             start = m.emitted if prev is None else max(m.emitted, prev)
+            if m.run_start is not None:
+                start = max(start, m.run_start)
             if "fz-poison" in (m.statement or ""):
                 d = start + b.poison()          # its own losses are in its bound
             else:

@@ -42,6 +42,8 @@ class Poller:
         self.order = []             # Msgs by LSN
         self.pending = set()
         self.seen_final = {}        # id -> (status, sqlstate, error, first seen)
+        self.run_start = {}         # id -> when its run began: atx.apply_activity() when seen running,
+                                    # else its record's handled_at (its batch began; its run was short)
         self.watch_lsn = start_lsn  # atx.applied records from here on are watched
         self.watch_time = time.time()
         self.slot = []              # (t, confirmed, horizon) as ints
@@ -115,6 +117,7 @@ class Poller:
         for mid in [i for i in self.pending if i in self.seen_final]:
             m = self.msgs[mid]
             m.status, m.sqlstate, m.error, m.final_at = self.seen_final[mid]
+            m.run_start = self.run_start.get(mid)
             self.pending.discard(mid)
 
     def watch(self):
@@ -122,9 +125,15 @@ class Poller:
             now = time.time()
             if self.poison:
                 self._kill_poison(cur, now)
-            cur.execute("SELECT message_id::text, status FROM atx.applied WHERE lsn >= %s::pg_lsn "
-                        "AND status IN ('applied', 'duplicate', 'dead')", (self.watch_lsn,))
+            cur.execute("SELECT message_id::text, status, extract(epoch FROM handled_at)::float8 FROM atx.applied "
+                        "WHERE lsn >= %s::pg_lsn AND status IN ('applied', 'duplicate', 'dead', 'cancelled')",
+                        (self.watch_lsn,))
             applied = cur.fetchall()
+            # What runs now and since when (the server's apply registry): a message waits for its
+            # lane and its principal's budget before it runs, and its bound counts from its run.
+            cur.execute("SELECT message_id::text, extract(epoch FROM started_at)::float8 FROM atx.apply_activity() "
+                        "WHERE message_id IS NOT NULL AND started_at IS NOT NULL")
+            running = cur.fetchall()
             cur.execute("SELECT message_id::text, sqlstate, left(error, 400) FROM atx.dead_letter "
                         "WHERE dead_at >= to_timestamp(%s)", (self.watch_time - 300,))
             dead = cur.fetchall()
@@ -135,9 +144,12 @@ class Poller:
             now = time.time()
             h = lsn_int(horizon) if horizon else 0
             with self.lock:
-                for mid, status in applied:
+                for mid, started in running:
+                    self.run_start.setdefault(mid, started)
+                for mid, status, handled in applied:
                     if mid not in self.seen_final:
                         self.seen_final[mid] = (status, None, None, now)
+                    self.run_start.setdefault(mid, handled)
                 for mid, sqlstate, error in dead:
                     first = self.seen_final.get(mid, (None, None, None, now))[3]
                     self.seen_final[mid] = ("dead", sqlstate, error, first)

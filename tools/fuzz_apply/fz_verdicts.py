@@ -110,8 +110,7 @@ def message_id_in(text):
 
 # --- the operator (issue 21, invariant 2: "an operator can always dead-letter or discard a message
 # by id or LSN"): the function docs/security.md lists for the applier role's own verdicts.
-OPERATOR_DEAD_LETTER_SQL = ("SELECT atx.dead_letter_message(%s::pg_lsn, '57014', "
-                            "'fuzz_apply: the operator gave up on it', 1, now())")
+OPERATOR_DEAD_LETTER_SQL = "SELECT atx.dead_letter_message(%s::pg_lsn, 'operator', 1, now())"
 # The output plugin's text format (docs/message-format.md) through the SQL interface; a line that
 # says a genuine message did not decode or authenticate is as wrong as an error.
 TEXT_FORMAT_SQL = ("SELECT count(*), count(*) FILTER (WHERE data LIKE '%% undecodable %%' "

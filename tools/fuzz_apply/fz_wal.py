@@ -19,7 +19,7 @@ class Msg:
     """One message: what its payload says and what the poller saw become of it."""
     __slots__ = ("lsn", "id", "flags", "lane", "depth", "role_oid", "role", "session_user", "emitted",
                  "settings", "statement", "seen_at", "final_at", "status", "sqlstate", "error", "round",
-                 "origin", "bound")
+                 "origin", "bound", "run_start")
 
     def __init__(self, lsn, head, seen_at):
         self.lsn = lsn
@@ -30,6 +30,7 @@ class Msg:
         self.round = None
         self.origin = None      # what the fuzzer emitted it for (fz_round), when known
         self.bound = None
+        self.run_start = None   # when its run began, as the poller saw it (fz_poller)
         parse_head(self, head)
 
     @property
@@ -76,10 +77,11 @@ class _Reader:
 
 
 def parse_head(m, head):
-    """Fills m from the payload's head (format version 2). The statement may be cut at HEAD_BYTES."""
+    """Fills m from the payload's head (format version 2 or 3: the same head; in 3 the session user
+    is the principal). The statement may be cut at HEAD_BYTES."""
     r = _Reader(bytes(head))
-    if r.take(3) != b"ATX" or r.u8() != 2:
-        raise ValueError("not a version 2 pg_atx payload")
+    if r.take(3) != b"ATX" or r.u8() not in (2, 3):
+        raise ValueError("not a version 2 or 3 pg_atx payload")
     m.flags = r.u8()
     m.id = str(uuid.UUID(bytes=r.take(16)))
     m.lane = str(uuid.UUID(bytes=r.take(16)))

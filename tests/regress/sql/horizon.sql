@@ -74,5 +74,38 @@ SET ROLE regress_atx_user;
 SELECT regress_try($$SELECT atx.park('{0/0}')$$);
 RESET ROLE;
 DROP TABLE pk, pk_msg;
+
+-- An operator's retry of a dead-lettered parent writes its nested emits again under the same
+-- ids; their first copies were applied, and their records must outlive every prune until the
+-- applier has seen the new copies (the retried parent's record stands past them).
+CREATE TABLE rn_gate(g int);
+CREATE TABLE rn_once(v text);
+GRANT SELECT ON rn_gate TO regress_atx_user;
+GRANT INSERT ON rn_once TO regress_atx_user;
+SET ROLE regress_atx_user;
+SELECT atx_log($p$DO $d$BEGIN PERFORM atx_log('INSERT INTO public.rn_once VALUES (''nested'')');
+                         PERFORM 1 / (SELECT count(*) FROM public.rn_gate)::int; END$d$$p$) IS NOT NULL AS emitted;
+RESET ROLE;
+CREATE TABLE rn_msg AS SELECT n, lsn FROM regress_take();
+SELECT a.status, a.sqlstate FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM rn_msg), '{1}', '{NULL}',
+                                                 1, 0, true, 'regress') a;
+CREATE TABLE rn_child AS SELECT n, lsn FROM regress_take();
+SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM rn_child), '{1}', '{NULL}', 1, 0, true,
+                                     'regress') a;
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT count(*) AS child_records_kept FROM atx.applied WHERE parent_id IS NOT NULL;
+-- The cause is fixed and the parent retried: its nested emit is written again.
+INSERT INTO rn_gate VALUES (1);
+SELECT status FROM atx.retry_dead_letter((SELECT id FROM atx.dead_letter WHERE statement LIKE '%rn_gate%'));
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT count(*) AS child_records_kept FROM atx.applied WHERE parent_id IS NOT NULL;
+CREATE TABLE rn_again AS SELECT n, lsn FROM regress_take();
+SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM rn_again), '{1}', '{NULL}', 1, 0, true,
+                                     'regress') a;
+SELECT v, count(*) AS applied FROM rn_once GROUP BY v;
+-- Once the slot passed the new copies, the records go.
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT count(*) AS child_records_kept FROM atx.applied WHERE parent_id IS NOT NULL;
+DROP TABLE rn_gate, rn_once, rn_msg, rn_child, rn_again;
 DROP TABLE hz, hz_msg;
 SELECT pg_drop_replication_slot(regress_slot());
