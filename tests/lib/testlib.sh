@@ -70,8 +70,9 @@ q() { psql -qAtX -v ON_ERROR_STOP=1 "$@"; }
 
 # Starts a fresh cluster with pg_atx preloaded (atx-applier needs its apply registry; a later
 # "shared_preload_libraries = ..." argument overrides it) and installs it in database postgres.
+# ATX_TEST_NAME names its directory (default: the test file's name).
 atx_test_cluster() {
-    TEST_DIR=$(atx_cluster_mkdir "$(basename "$0" .sh)")
+    TEST_DIR=$(atx_cluster_mkdir "${ATX_TEST_NAME:-$(basename "$0" .sh)}")
     atx_cluster_init "$TEST_DIR" "shared_preload_libraries = 'pg_atx'" "$@" || return 1
     atx_cluster_start "$TEST_DIR" || return 1
     eval "$(atx_cluster_env "$TEST_DIR")"
@@ -92,14 +93,16 @@ use_fault_points() {
 }
 
 # The metrics listener picks a free port (the default one may be taken by another applier);
-# a test's own --http-listen comes later and wins.
+# a test's own --http-listen comes later and wins. APPLIER_WRAP: a command that execs its arguments
+# (e.g. "ip netns exec NAME", tests/lib/netns.sh), so that APPLIER_PID is still the applier's.
 applier_start() {
     # An armed fault in a binary without fault points would silently test nothing.
     if [ -n "${ATX_FAULT:-}" ] && ! has_fault_points "$APPLIER_BIN"; then
         not_ok "ATX_FAULT=$ATX_FAULT set, but $APPLIER_BIN has no fault points (call use_fault_points)"
         done_testing
     fi
-    (trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
+    # shellcheck disable=SC2086   # APPLIER_WRAP is words on purpose
+    (trap - EXIT; exec ${APPLIER_WRAP:-} "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
         --state-dir "$TEST_DIR/state" --log-level "${APPLIER_LOG_LEVEL:-info}" --http-listen 127.0.0.1:0 "$@" \
         >>"$TEST_DIR/applier.log" 2>&1) &
     APPLIER_PID=$!
