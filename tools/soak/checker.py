@@ -29,7 +29,7 @@ EXPLAINS = {
 TRANSIENT_EXHAUSTED = DISRUPTIVE                             # other SQLSTATEs: retries ran out
 SLACK = 2.0          # seconds of clock and commit-time slack around a fault's window
 REFUSED_AT_CALL = ("42501", "25006", "55000", "42P01", "22023", "22004", "54000", "0A000")
-CALL_ID = re.compile(r'"call_id": (\d+)')
+CALL_ID = re.compile(r'\\?"call_id\\?": (\d+)')   # in the row images, a JSON string inside the JSON
 
 
 def pct(values, p):
@@ -290,7 +290,7 @@ def exits(applier_exits, res):
     res.summary["applier_exits"] = len(applier_exits)
     if other:
         res.fail("the applier never exited by itself", "; ".join(
-            "status %s with faults %s in progress: %s" % (rc, faults, why or "-") for _, rc, faults, why in other[:5]))
+            "status %s (faults since it started: %s): %s" % (rc, faults, why or "-") for _, rc, faults, why in other[:5]))
     if known:
         res.todo.append(("the applier never exited by itself",
                          "%d exits 1 at startup on a full state directory (ENOSPC opening RocksDB); the shipped "

@@ -107,7 +107,8 @@ class Nemesis(threading.Thread):
         self.patroni_busy = None    # the failover/switchover in progress
         self.applier_down = False   # killed on purpose, restart pending
         self.applier_pid = None
-        self.applier_exits = []     # exits the nemesis did not cause: (time, status, faults active, log)
+        self.applier_exits = []     # exits the nemesis did not cause: (time, status, faults, log)
+        self.since_start = set()    # kinds of fault in progress at some time since the applier started
         self.rss = []               # (time, pid, kB)
         self.errors = []
         self.lock = threading.Lock()
@@ -121,8 +122,11 @@ class Nemesis(threading.Thread):
         self.log("nemesis: " + msg)
 
     def sql(self, statement, args=None, fetch=False):
-        """One statement on the primary as postgres (a fresh connection: the primary moves)."""
-        c = psycopg2.connect(self.env.dsn, connect_timeout=3)
+        """One statement on the primary as postgres (a fresh connection: the primary moves). It
+        never waits for the standby (a GRANT must heal a revoke while the replica's stream is
+        stopped) nor for long."""
+        c = psycopg2.connect(self.env.dsn, connect_timeout=3,
+                             options="-c synchronous_commit=local -c statement_timeout=20s -c lock_timeout=10s")
         try:
             c.autocommit = True
             cur = c.cursor()
@@ -136,6 +140,7 @@ class Nemesis(threading.Thread):
         with self.lock:
             self.applier_pid = int(r["pid"]) if rc == 0 and r.get("pid") else None
             self.applier_down = False
+            self.since_start = set(self.active)
         return rc == 0
 
     def run(self):
@@ -164,7 +169,9 @@ class Nemesis(threading.Thread):
         """Stops injecting and heals whatever is still broken (also a killed applier)."""
         self._halt.set()
         self.join(60)
-        for e in list(self.active.values()):
+        # Streams first: while the replica's is stopped, every commit waits for it.
+        order = ["walsender_stall", "partition", "state_full", "server_crash", "applier_kill"]
+        for e in sorted(self.active.values(), key=lambda e: order.index(e.kind) if e.kind in order else 9):
             self._heal(e, final=True)
         if self.patroni_busy is not None:
             self._settle_patroni(self.patroni_busy)
@@ -202,6 +209,8 @@ class Nemesis(threading.Thread):
             return self._defer(e, planned, note or "injection failed")
         e.injected = time.time()
         e.status = "injected"
+        with self.lock:
+            self.since_start.add(e.kind)
         e.note = note or ""
         self.say("#%d %s injected (%s) %s" % (e.n, e.kind, json.dumps(e.arg), e.note))
         if e.kind in PATRONI:
@@ -379,9 +388,10 @@ class Nemesis(threading.Thread):
         if not down:
             r = self.env.harness.call("soak_applier_reap")[1]
             if r.get("state") in ("exited", "none"):
-                faults = ",".join(sorted(self.active)) or "none"
+                with self.lock:
+                    faults = ",".join(sorted(self.since_start | set(self.active))) or "none"
                 self.applier_exits.append((time.time(), r.get("rc"), faults, r.get("why", "")))
-                self.say("applier exited by itself (status %s; faults in progress: %s); restarting"
+                self.say("applier exited by itself (status %s; faults since it started: %s); restarting"
                          % (r.get("rc"), faults))
                 self.start_applier()
         self.push(time.time() + 1.0, self._supervise)

@@ -62,8 +62,9 @@ def parse_args(argv=None):
                     help="faults of each kind per minute (default 2: 60 of each in 30 minutes)")
     ap.add_argument("--pace", type=float, default=0.02,
                     help="mean pause between a client's calls in seconds (default 0.02)")
-    ap.add_argument("--durability", help="the applier's --durability (default: standby-flush with the pair, "
-                                         "whose confirmations the applier then decides itself; auto alone)")
+    ap.add_argument("--durability", default="auto",
+                    help="the applier's --durability (default auto: sync under the pair's synchronous_mode, local "
+                         "alone); standby-flush makes the applier decide confirmations itself (what --break breaks)")
     ap.add_argument("--applier-args", default="", help="more atx-applier options (one string)")
     ap.add_argument("--break", dest="break_", metavar="NAME",
                     help="run atx-applier-faults with ATX_BREAK=NAME (a deliberate bug the checker must catch)")
@@ -218,7 +219,7 @@ def main(argv=None):
     a = parse_args(argv)
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 10 ** 6)
     mode = "single" if a.single else "pair"
-    durability = a.durability or ("standby-flush" if mode == "pair" else "auto")
+    durability = a.durability
     bound = a.recovery_bound or (90 if mode == "pair" else 60)
     seconds = a.minutes * 60
     major = os.environ.get("ATX_PG_MAJOR", "")
@@ -226,7 +227,7 @@ def main(argv=None):
     out = a.out or os.path.join(build, "soak", "%d-%s" % (seed, time.strftime("%Y%m%d-%H%M%S")))
     os.makedirs(out, exist_ok=True)
     replay = "tools/atx soak --minutes %g --seed %d%s%s%s" % (
-        a.minutes, seed, " --single" if a.single else "", " --durability %s" % durability if a.durability else "",
+        a.minutes, seed, " --single" if a.single else "", " --durability %s" % durability if durability != "auto" else "",
         " --break %s" % a.break_ if a.break_ else "")
     started = time.time()
     tap = []
@@ -258,6 +259,13 @@ def main(argv=None):
         if not env.tmpfs:
             say("state directory full not injected: cannot mount a tmpfs (not root)")
         setup_schema(env, a.clients)
+        if durability == "standby-flush":
+            # The applier reads the standbys' flush positions from pg_stat_replication, whose
+            # columns only pg_read_all_stats members see: without it every position is NULL and
+            # standby-flush is local (tools/soak/repro/standby_flush_unprivileged.sh).
+            q1(env.dsn, "GRANT pg_read_all_stats TO atx_app")
+            say("standby-flush: GRANT pg_read_all_stats TO atx_app (without it the applier sees no standby: "
+                "tools/soak/repro/standby_flush_unprivileged.sh)")
         args = ["--durability", durability, "--status-interval-ms", "500"] + shlex.split(a.applier_args)
         h.call("soak_applier_args", *args, check=True)
         if a.break_:
@@ -344,6 +352,20 @@ def main(argv=None):
                 tap.append((c, False, d))
         for c, d in res.todo:
             say("known (TODO): %s: %s" % (c, d))
+        t = res.summary.get("total", {})
+        rs = res.summary.get("recovery", {})
+        injected = {k: f["injected"] for k, f in res.faults.items()}
+        # One row of docs/reliability.md (tools/reliability_report.sh reads "# reliability:" lines).
+        print("# reliability: randomized fault soak, %s, %g min (seed %d) | %d clients; %d faults injected (%s); "
+              "applier durability %s | %d calls, %d acknowledged, lost %d, duplicated %d, out of order %d, "
+              "result differs %d, dead letters %d (unexplained %d); recovery p50/p99/max %s/%s/%s s | %s" % (
+                  mode, a.minutes, seed, a.clients, sum(injected.values()),
+                  ", ".join("%s %d" % (k.replace("_", " "), v) for k, v in injected.items()), durability,
+                  t.get("calls", 0), t.get("ack", 0), t.get("lost", 0), t.get("duplicated", 0),
+                  t.get("out_of_order", 0), t.get("mismatched", 0), res.summary.get("dead_letters", 0),
+                  len([d for d in res.dead_letters if not d["cause"]]), checker.fmt_s(rs.get("p50")),
+                  checker.fmt_s(rs.get("p99")), checker.fmt_s(rs.get("max")), "pass" if res.ok() else "FAIL"),
+              flush=True)
         if res.ok():
             say("PASS: seed %d, %d calls, %d faults injected, in %.0f s" % (
                 seed, len(calls), sum(1 for e in events if e.injected), time.time() - started))
