@@ -226,9 +226,11 @@ def main(argv=None):
     build = os.environ.get("ATX_BUILD_DIR") or os.path.join(ROOT, "build", "pg%s" % major)
     out = a.out or os.path.join(build, "soak", "%d-%s" % (seed, time.strftime("%Y%m%d-%H%M%S")))
     os.makedirs(out, exist_ok=True)
-    replay = "tools/atx soak --minutes %g --seed %d%s%s%s" % (
+    replay = "tools/atx soak --minutes %g --seed %d%s%s%s%s%s%s%s" % (
         a.minutes, seed, " --single" if a.single else "", " --durability %s" % durability if durability != "auto" else "",
-        " --break %s" % a.break_ if a.break_ else "")
+        " --break %s" % a.break_ if a.break_ else "", " --rate %g" % a.rate if a.rate != 2.0 else "",
+        " --clients %d" % a.clients if a.clients != 8 else "", " --pace %g" % a.pace if a.pace != 0.02 else "",
+        " --applier-args %s" % shlex.quote(a.applier_args) if a.applier_args else "")
     started = time.time()
     tap = []
 
@@ -327,7 +329,8 @@ def main(argv=None):
             json.dump([e.record() for e in events], f, indent=1)
         meta = dict(seed=seed, mode=mode, minutes=a.minutes, durability=durability, kinds=kinds,
                     replay=replay, clients=a.clients, rate=a.rate, elapsed=time.time() - started,
-                    break_=a.break_, server=os.environ.get("PG_CONFIG", ""))
+                    break_=a.break_, server=os.environ.get("PG_CONFIG", ""),
+                    server_version=q1(env.dsn, "SHOW server_version")[0])
         md = checker.report_markdown(res, events, meta)
         with open(os.path.join(out, "report.md"), "w") as f:
             f.write(md + "\n")
