@@ -46,12 +46,13 @@ ha_before_stop() {
 }
 
 # --- setup ---------------------------------------------------------------------------------
-# soak_init single|pair: servers, extension, roles, the applier's state on a tmpfs, the network
-# namespace; replies what soak.py needs to connect and which faults this machine allows.
+# soak_init single|pair [NODES]: servers (a single one, or NODES Patroni nodes, default 2),
+# extension, roles, the applier's state on a tmpfs, the network namespace; replies what soak.py
+# needs to connect and which faults this machine allows.
 soak_init() {
     MODE=$1
     local why n=1
-    [ "$MODE" = pair ] && n=2
+    [ "$MODE" = pair ] && n=${2:-2}
     if why=$(netns_usable) && netns_create "$n"; then
         reply "netns=${NETNS_NAME}"
         APPLIER_WRAP="ip netns exec $NETNS_NAME"
@@ -63,7 +64,7 @@ soak_init() {
     if [ "$MODE" = single ]; then
         soak_init_single || return 1
     else
-        soak_init_pair || return 1
+        soak_init_pair "$n" || return 1
     fi
     sq -c "CREATE ROLE atx_app LOGIN REPLICATION" -c "GRANT atx_applier TO atx_app" >/dev/null || return 1
     mkdir -p "$TEST_DIR/state"
@@ -92,44 +93,56 @@ soak_init_single() {
     reply "nodes="
 }
 
+# soak_init_pair N: etcd and N Patroni nodes (synchronous_mode), the database with pg_atx, the key
+# on every node, the permanent slot on every node (docs/ha.md's order).
 soak_init_pair() {
+    local n=$1 i node primary slot nodes="" replicas
     ha_have_tools || { echo "patroni, etcd-server or python3-etcd missing" >&2; return 1; }
     ha_init soak
     if [ -n "$NETNS_NAME" ]; then
-        HA_EXTRA_ADDR[node1]=${NETNS_HOST_IP[1]}
-        HA_EXTRA_ADDR[node2]=${NETNS_HOST_IP[2]}
+        for i in $(seq 1 "$n"); do HA_EXTRA_ADDR[node$i]=${NETNS_HOST_IP[$i]}; done
         HA_EXTRA_NET=${NETNS_HOST_IP[1]%.*}.0/24
     fi
     ha_etcd_start || return 1
-    ha_nodes_start 2 sync || return 1
+    ha_nodes_start "$n" sync || return 1
     ha_wait_leader 90 || { echo "no leader within 90 s" >&2; return 1; }
-    local primary=$HA_LEADER standby
-    standby=$(ha_replicas | head -n 1)
-    ha_wait_streaming "$standby" 90 && ha_wait_sync "$standby" 60 || { echo "$standby not a sync standby" >&2; return 1; }
+    primary=$HA_LEADER
+    replicas=$(ha_replicas)
+    for node in $replicas; do
+        ha_wait_streaming "$node" 90 || { echo "$node does not stream" >&2; return 1; }
+    done
+    ha_wait 60 eval 'ha_members | grep -q " sync_standby "' || { echo "no sync standby" >&2; return 1; }
     ha_alter_system_plugins || return 1
     ha_psql "$primary" -d postgres -v ON_ERROR_STOP=1 -c "CREATE DATABASE $DB" >/dev/null || return 1
     ha_psql "$primary" -d "$DB" -v ON_ERROR_STOP=1 -c "CREATE EXTENSION pg_atx" -c "CREATE EXTENSION pg_walinspect" \
         >/dev/null || return 1
     # Every node that may be promoted needs the key (docs/ha.md, step 3).
-    install -m 0600 "$HA_DIR/$primary/data/pg_atx.key" "$HA_DIR/$standby/data/pg_atx.key" || return 1
-    [ "$(id -u)" = 0 ] && chown postgres: "$HA_DIR/$standby/data/pg_atx.key"
-    local slot
+    for node in $replicas; do
+        install -m 0600 "$HA_DIR/$primary/data/pg_atx.key" "$HA_DIR/$node/data/pg_atx.key" || return 1
+        [ "$(id -u)" = 0 ] && chown postgres: "$HA_DIR/$node/data/pg_atx.key"
+    done
     slot=pg_atx_$(ha_psql "$primary" -d "$DB" -c "SELECT oid FROM pg_database WHERE datname = current_database()")
     ha_add_logical_slot "$slot" "$DB" pg_atx || { cat "$HA_DIR/edit-config.log" >&2; return 1; }
-    ha_wait_slot "$primary" "$slot" 60 && ha_wait_slot "$standby" "$slot" 90 || { echo "slot $slot not on both" >&2; return 1; }
-    ha_wait_streaming "$standby" 90 && ha_wait_sync "$standby" 60 || { echo "$standby not back as sync standby" >&2; return 1; }
+    ha_wait_slot "$primary" "$slot" 60 || { echo "slot $slot not on $primary" >&2; return 1; }
+    for node in $replicas; do
+        ha_wait_slot "$node" "$slot" 90 && ha_wait_streaming "$node" 90 || { echo "slot $slot not on $node" >&2; return 1; }
+    done
+    ha_wait 60 eval 'ha_members | grep -q " sync_standby "' || { echo "no sync standby after the slot copies" >&2; return 1; }
     reply "dsn=$(ha_conninfo_rw "$DB")"
-    reply "nodes=node1:${HA_PG_PORT[node1]}:${HA_API_PORT[node1]} node2:${HA_PG_PORT[node2]}:${HA_API_PORT[node2]}"
+    for i in $(seq 1 "$n"); do nodes+="${nodes:+ }node$i:${HA_PG_PORT[node$i]}:${HA_API_PORT[node$i]}"; done
+    reply "nodes=$nodes"
     reply "slot=$slot"
 }
 
 # The applier's conninfo: over the namespace's veth pairs when there is one, else as the tests do.
 conninfo() {
-    local c="user=atx_app dbname=$DB"
+    local c="user=atx_app dbname=$DB" i hosts="" ports=""
     if [ "$MODE" = pair ]; then
-        local hosts=127.0.0.1,127.0.0.1
-        [ -n "$NETNS_NAME" ] && hosts=${NETNS_HOST_IP[1]},${NETNS_HOST_IP[2]}
-        echo "$c host=$hosts port=${HA_PG_PORT[node1]},${HA_PG_PORT[node2]} target_session_attrs=read-write connect_timeout=3"
+        for i in $(seq 1 "$HA_N"); do
+            hosts+="${hosts:+,}${NETNS_HOST_IP[$i]:-127.0.0.1}"
+            ports+="${ports:+,}${HA_PG_PORT[node$i]}"
+        done
+        echo "$c host=$hosts port=$ports target_session_attrs=read-write connect_timeout=3"
     elif [ -n "$NETNS_NAME" ]; then
         echo "$c host=${NETNS_HOST_IP[1]} port=$(cat "$TEST_DIR/port") connect_timeout=3"
     else
@@ -197,11 +210,15 @@ soak_failover() {
     reply "node=$l"
 }
 soak_node_start() { ha_node_start "$1"; }
+# soak_reinit NODE: a replica rebuilt from the primary (patronictl reinit; Patroni does it in the
+# background).
+soak_reinit() { ha_patronictl reinit "$HA_SCOPE" "$1" --force; }
 
-# soak_switchover: patronictl switchover to the replica, in the background (it takes seconds).
+# soak_switchover: patronictl switchover to the synchronous standby (synchronous_mode allows no
+# other), in the background (it takes seconds).
 soak_switchover() {
     local l r
-    l=$(ha_leader) && r=$(ha_replicas | head -n 1)
+    l=$(ha_leader) && r=$(ha_members | awk '$2 == "sync_standby" { print $1; exit }')
     [ -n "$l" ] && [ -n "$r" ] || return 1
     (trap - EXIT; ha_switchover "$l" "$r" || cat "$HA_DIR/switchover.log") &
     reply "from=$l"

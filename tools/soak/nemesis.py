@@ -22,6 +22,12 @@ PAIR_ONLY = ("failover", "switchover")
 PATRONI = ("failover", "switchover")
 MAX_DEFER = 60          # seconds an impossible fault is retried before it is skipped
 MAX_DEFER_PATRONI = 240  # a failover waits for the pair to be whole again (rejoin, slot copy)
+# While a failover or switchover waits for the pair, these wait too: each restarts the primary on
+# a new timeline and sends the replica back to its start, so they would keep the pair from ever
+# being whole again.
+YIELD_TO_PATRONI = ("server_crash", "backend_kill")
+PATRONI_FIRST_AFTER = 10  # seconds a Patroni fault waits before the others yield to it
+STUCK_REPLICA = 45      # seconds a replica may not stream (no Patroni fault running) before it is rebuilt
 
 
 class Event:
@@ -110,6 +116,9 @@ class Nemesis(threading.Thread):
         self.applier_exits = []     # exits the nemesis did not cause: (time, status, faults, log)
         self.since_start = set()    # kinds of fault in progress at some time since the applier started
         self.rss = []               # (time, pid, kB)
+        self.patroni_waiting = None  # since when a failover/switchover waits for the pair
+        self.replica_down_since = {}  # replica -> since when it has not streamed
+        self.reinits = []           # (time, member, why): replicas rebuilt (patronictl reinit)
         self.errors = []
         self.lock = threading.Lock()
 
@@ -190,6 +199,8 @@ class Nemesis(threading.Thread):
     def _defer(self, e, planned, why):
         limit = MAX_DEFER_PATRONI if e.kind in PATRONI else MAX_DEFER
         if time.time() - planned > limit:
+            if e.kind in PATRONI:
+                self.patroni_waiting = None
             e.status = "skipped"
             e.note = why
             self.say("#%d %s skipped: %s" % (e.n, e.kind, why))
@@ -200,7 +211,14 @@ class Nemesis(threading.Thread):
         if e.kind in self.active:
             return self._defer(e, planned, "the previous %s still in progress" % e.kind)
         if e.kind in PATRONI and (self.patroni_busy is not None or not self.env.pair_ready()):
+            if self.patroni_waiting is None:
+                self.patroni_waiting = time.time()
             return self._defer(e, planned, "pair not ready (members %s)" % self.env.members_note())
+        if e.kind in YIELD_TO_PATRONI and self.patroni_waiting is not None and \
+                time.time() - self.patroni_waiting > PATRONI_FIRST_AFTER:
+            return self._defer(e, planned, "a failover or switchover waits for the pair")
+        if e.kind in PATRONI:
+            self.patroni_waiting = None
         try:
             ok, note = getattr(self, "_inject_" + e.kind)(e)
         except (psycopg2.Error, OSError) as ex:
@@ -394,7 +412,29 @@ class Nemesis(threading.Thread):
                 self.say("applier exited by itself (status %s; faults since it started: %s); restarting"
                          % (r.get("rc"), faults))
                 self.start_applier()
+        if self.env.mode == "pair":
+            self._replica_doctor()
         self.push(time.time() + 1.0, self._supervise)
+
+    def _replica_doctor(self):
+        """What an operator does for a replica that streams no more (Patroni 3.0 starts a node whose
+        WAL went past the new primary's fork point as a replica that waits forever: "requested
+        starting point ... is not in this server's history"): patronictl reinit. Counted."""
+        state = self.env.replicas_streaming() if self.patroni_busy is None else None
+        if not state:
+            self.replica_down_since = {}
+            return
+        now = time.time()
+        for member, streaming in state.items():
+            if streaming:
+                self.replica_down_since.pop(member, None)
+                continue
+            since = self.replica_down_since.setdefault(member, now)
+            if now - since >= STUCK_REPLICA:
+                self.say("replica %s has not streamed for %.0f s: patronictl reinit" % (member, now - since))
+                self.env.harness.call("soak_reinit", member)
+                self.reinits.append((now, member, "not streaming for %d s" % STUCK_REPLICA))
+                self.replica_down_since.pop(member, None)
 
     def _sample_rss(self):
         with self.lock:

@@ -51,8 +51,10 @@ def run_section(d):
     m = r["meta"]
     s = r["summary"]
     out = []
-    title = "Deliberately broken applier (`ATX_BREAK=%s`)" % m["break_"] if m.get("break_") else \
-        "%g-minute round, %s" % (m["minutes"], "Patroni pair" if m["mode"] == "pair" else "single server")
+    shape = "single server" if m["mode"] != "pair" else (
+        "Patroni pair" if m.get("nodes", 2) == 2 else "%d Patroni nodes" % m["nodes"])
+    title = "Deliberately broken applier (`ATX_BREAK=%s`), %s" % (m["break_"], shape) if m.get("break_") else \
+        "%g-minute round, %s" % (m["minutes"], shape)
     out.append("### %s, seed %d: %s" % (title, m["seed"], "**passed**" if r["ok"] else "**failed**"))
     out.append("")
     out.append("`%s` (durability `%s`, %d clients, %g faults of each kind a minute; PostgreSQL %s; %.0f s in all)."
@@ -73,6 +75,10 @@ def run_section(d):
                    "max %d." % (rss["samples"], rss["incarnations"], rss["first_quarter_max"],
                                 rss["last_quarter_max"], rss["max"]))
     out.append("- Applier exits not caused by the nemesis: %d." % s.get("applier_exits", 0))
+    if s.get("replica_reinits"):
+        out.append("- Replicas rebuilt with `patronictl reinit` after 45 s without streaming: %d (Patroni 3.0 "
+                   "starts a node whose WAL went past the new primary's fork point as a replica that never "
+                   "streams; an operator's fix, not pg_atx's)." % s["replica_reinits"])
     for check, detail in r.get("failures", []):
         out.append("- **failed: %s**: %s" % (check, detail[:600]))
     for check, detail in r.get("todo", []):

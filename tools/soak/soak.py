@@ -57,6 +57,9 @@ def parse_args(argv=None):
     ap.add_argument("--minutes", type=float, default=3.0, help="length of the round (default 3)")
     ap.add_argument("--seed", type=int, help="seed of the schedule and the clients (default: random, printed)")
     ap.add_argument("--single", action="store_true", help="one server instead of the Patroni pair")
+    ap.add_argument("--nodes", type=int, default=2,
+                    help="Patroni nodes (default 2, the pair; 3 lets a failover or switchover follow the last "
+                         "one while its old primary still rejoins)")
     ap.add_argument("--clients", type=int, default=8, help="clients, each with its own role (default 8)")
     ap.add_argument("--rate", type=float, default=2.0,
                     help="faults of each kind per minute (default 2: 60 of each in 30 minutes)")
@@ -118,6 +121,29 @@ class Env:
     def leader_index(self):
         leader = self.leader()
         return int(leader[4:]) if leader else 1
+
+    def replicas_streaming(self):
+        """{replica: streams from the leader?}, or None while no leader runs."""
+        members = self.cluster()
+        if not any(m.get("role") == "leader" and m.get("state") == "running" for m in members):
+            return None
+        out = {}
+        for m in members:
+            if m.get("role") == "leader":
+                continue
+            pg, _ = self.nodes[m["name"]]
+            try:
+                c = psycopg2.connect(host="127.0.0.1", port=pg, user="postgres", dbname="postgres", connect_timeout=3)
+                try:
+                    cur = c.cursor()
+                    cur.execute("SELECT status FROM pg_stat_wal_receiver")
+                    row = cur.fetchone()
+                    out[m["name"]] = bool(row) and row[0] == "streaming"
+                finally:
+                    c.close()
+            except psycopg2.Error:
+                out[m["name"]] = False
+        return out
 
     def members_note(self):
         return ";".join("%s %s %s" % (m.get("name"), m.get("role"), m.get("state")) for m in self.cluster()) or "-"
@@ -230,7 +256,8 @@ def main(argv=None):
         a.minutes, seed, " --single" if a.single else "", " --durability %s" % durability if durability != "auto" else "",
         " --break %s" % a.break_ if a.break_ else "", " --rate %g" % a.rate if a.rate != 2.0 else "",
         " --clients %d" % a.clients if a.clients != 8 else "", " --pace %g" % a.pace if a.pace != 0.02 else "",
-        " --applier-args %s" % shlex.quote(a.applier_args) if a.applier_args else "")
+        " --applier-args %s" % shlex.quote(a.applier_args) if a.applier_args else "") + (
+        " --nodes %d" % a.nodes if a.nodes != 2 and not a.single else "")
     started = time.time()
     tap = []
 
@@ -240,13 +267,13 @@ def main(argv=None):
             f.write(line + "\n")
         print(("# " if a.tap else "") + line, flush=True)
 
-    say("seed %d (replay: %s); %s, %g min, durability %s; output in %s" % (seed, replay, mode, a.minutes,
-                                                                          durability, out))
+    say("seed %d (replay: %s); %s, %g min, durability %s; output in %s" % (
+        seed, replay, mode if a.single or a.nodes == 2 else "%d Patroni nodes" % a.nodes, a.minutes, durability, out))
     env_extra = {"ATX_BREAK": a.break_} if a.break_ else {}
     h = Harness(os.path.join(out, "harness.log"), env_extra)
     status = 2
     try:
-        rc, r, _ = h.call("soak_init", mode)
+        rc, r, _ = h.call("soak_init", mode, a.nodes)
         if rc != 0:
             say("setup failed; the harness log: %s" % os.path.join(out, "harness.log"))
             with open(os.path.join(out, "harness.log")) as f:
@@ -321,13 +348,13 @@ def main(argv=None):
         db = checker.load(conn)
         conn.close()
         run = dict(t_start=t_start, t_end=t_end, recovery_bound=bound, rss=nem.rss,
-                   applier_exits=nem.applier_exits, hung=hung, drained=dr)
+                   applier_exits=nem.applier_exits, hung=hung, drained=dr, reinits=nem.reinits)
         res = checker.check(calls, db, events, env.role, run)
         for err in nem.errors:
             res.notes.append("nemesis: " + err)
         with open(os.path.join(out, "events.json"), "w") as f:
             json.dump([e.record() for e in events], f, indent=1)
-        meta = dict(seed=seed, mode=mode, minutes=a.minutes, durability=durability, kinds=kinds,
+        meta = dict(seed=seed, mode=mode, nodes=1 if a.single else a.nodes, minutes=a.minutes, durability=durability, kinds=kinds,
                     replay=replay, clients=a.clients, rate=a.rate, elapsed=time.time() - started,
                     break_=a.break_, server=os.environ.get("PG_CONFIG", ""),
                     server_version=q1(env.dsn, "SHOW server_version")[0])

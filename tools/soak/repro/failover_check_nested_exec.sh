@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Reproduction (suspected from tools/atx soak, seed 5, pair, --durability standby-flush without
+# Reproduction (first seen in tools/atx soak, seed 5, pair, --durability standby-flush without
 # pg_read_all_stats, 2026-12-06: "event=messages_behind_slot count=19", then 20 s later
-# "event=messages_lost ... server closed the connection", on every reconnect): the failover check
-# (DatabaseWorker::check_failover) re-applies messages behind the slot with one synchronous
-# atx.apply_batch call before the apply sessions start. A re-applied message that waits for a
-# nested atx_exec waits for a session that does not exist yet: the check, and with it all
-# delivery of the database, stands still until the nested wait times out (atx.exec_timeout 30 s
-# here), and the parent is then dead-lettered instead of applied.
+# "event=messages_lost ... server closed the connection", again on every reconnect): the failover
+# check (DatabaseWorker::check_failover) re-applies the messages behind the slot with one
+# synchronous atx.apply_batch call before the apply sessions start.
+#  1. A re-applied message that waits for a nested atx_exec waits for a session that does not
+#     exist yet: the check, and all delivery of the database, stands still until the nested wait
+#     times out (atx.exec_timeout, 30 s).
+#  2. Whatever that call returns is logged as reapplied (outcome="skipped=1 retry=1" here), but a
+#     message behind the slot is never sent again: the parent, retried by nobody, is lost (no row,
+#     no dead letter); its child is dead-lettered 57014 (its waiter gave up). Any transient failure
+#     during the repair (a lock timeout, a serialization failure) loses its message the same way.
 #
 # Simulated on one server: a parent whose statement calls atx_exec is applied, then the server
 # "loses" its apply commit the way a failover does (its atx.applied records and effects deleted,
