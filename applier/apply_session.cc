@@ -19,7 +19,7 @@ namespace {
 constexpr const char* kApplySql =
     "SELECT lsn::text, message_id::text, status, sqlstate, error, failure, command, rows::text, backend_bytes::text "
     "FROM atx.apply_batch($1::pg_catalog.pg_lsn[], $2::pg_catalog.int4[], $3::pg_catalog.timestamptz[], "
-    "$4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.bool, $7)";
+    "$4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.bool, $7, $8::pg_catalog.int4)";
 
 std::string iso_utc(int64_t unix_us)
 {
@@ -145,15 +145,16 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     }
     set_synchronous_commit();
     const std::string a1 = pg_array_literal(lsns), a2 = pg_array_literal(attempts), a3 = pg_array_literal(first_failed);
-    const std::string a4 = std::to_string(settings_.max_attempts), a5 = std::to_string(timeout_ms);
-    const char* vals[7] = {a1.c_str(), a2.c_str(), a3.c_str(), a4.c_str(), a5.c_str(),
-                           settings_.wake_at_commit ? "true" : "false", ATX_VERSION};
+    const std::string a4 = std::to_string(settings_.max_attempts), a5 = std::to_string(timeout_ms),
+                      a8 = std::to_string(settings_.batch_budget_ms);
+    const char* vals[8] = {a1.c_str(), a2.c_str(), a3.c_str(), a4.c_str(), a5.c_str(),
+                           settings_.wake_at_commit ? "true" : "false", ATX_VERSION, a8.c_str()};
     serves_ = as;
 
     PGconn* c = conn_.get();
     if (PQenterPipelineMode(c) != 1)
         throw conn_.error_from(nullptr, "entering pipeline mode");
-    if (PQsendQueryParams(c, kApplySql, 7, nullptr, vals, nullptr, nullptr, 0) != 1 ||
+    if (PQsendQueryParams(c, kApplySql, 8, nullptr, vals, nullptr, nullptr, 0) != 1 ||
         PQsendQueryParams(c, "SELECT pg_catalog.pg_current_wal_insert_lsn()::text", 0, nullptr, nullptr, nullptr,
                           nullptr, 0) != 1 ||
         PQpipelineSync(c) != 1)

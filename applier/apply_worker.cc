@@ -340,7 +340,10 @@ void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
         return;
     }
     if (ending_for_stop_ || stop_) {
-        ctx_.dispatcher.release(b, std::chrono::steady_clock::now());
+        // The applier ended it (stopping, or starting over after its stream failed): when the
+        // stream failed because the server restarted, this backend's loss may have been the
+        // cause, and the reconnect's settle() must learn of it as of any unexplained loss.
+        ctx_.dispatcher.lost_unexplained(b, server_start);
         return;
     }
     // What the server's registry says the backend was doing when it went. (Connected without

@@ -107,6 +107,10 @@ void define_daemon_options(CLI::App& app, Config& c)
     number(app, "terminate-grace-ms", c.terminate_grace_ms, 100, 600000,
            "how long past its time limit a message that ignores the cancel may run before the applier ends its "
            "apply session");
+    number(app, "park-after-ms", c.park_after_ms, 0, 3600000,
+           "a message that has waited this long behind a statement of its own lane or role that has run as long "
+           "is copied into the server (atx.park), so that the slot moves past it; it runs later from that copy; 0: "
+           "never (the slot then waits for it)");
     number(app, "lock-timeout-ms", c.lock_timeout_ms, 0, INT32_MAX,
            "lock_timeout of the apply sessions: a longer lock wait is retried later, freeing the session");
     number(app, "apply-sessions", c.apply_sessions, 1, 64, "apply sessions per database");

@@ -42,6 +42,7 @@ struct Config {
     uint32_t max_nonatomic = 2;              // background workers for non-atomic messages at once
     uint32_t max_nonatomic_per_role = 1;     // ... per principal
     uint32_t terminate_grace_ms = 2000;      // past a message's deadline, its backend is ended after this
+    uint32_t park_after_ms = 5000;           // a message stuck behind its lane or role this long is parked; 0: never
     uint32_t session_memory_limit_mb = 128;  // an apply session holding more is recycled; 0: no limit
     uint32_t max_retry_seconds = 60;         // a transient failure is dead-lettered after this long
                                              // (its last attempt only gets what is left of it)

@@ -1,5 +1,6 @@
 // Per-database worker; see database_worker.h, and progress.h for the confirmation rule.
 #include "database_worker.h"
+#include "version.h"
 
 #include <algorithm>
 
@@ -27,6 +28,8 @@ constexpr milliseconds kStandbyPoll{1000};
 constexpr milliseconds kStopGrace{3000};
 constexpr milliseconds kNestedAfter{20};
 constexpr milliseconds kWatchEvery{250};
+constexpr milliseconds kParkEvery{1000};
+constexpr size_t kParkMax = 1000;  // messages per atx.park call
 constexpr size_t kFailoverCheckLimit = 200000;
 
 // Shutdown requested: leave without committing or confirming anything new.
@@ -53,7 +56,8 @@ DatabaseWorker::DatabaseWorker(const Config& cfg, std::string dbname, StateStore
     : cfg_(cfg), dbname_(std::move(dbname)), log_("db=" + logq(dbname_)), store_(store), stop_(stop),
       m_(metrics().db(dbname_)),
       dispatcher_(Dispatcher::Options{cfg.batch_size, cfg.max_sessions_per_role, cfg.max_nested_per_role,
-                                      cfg.max_nonatomic, cfg.max_nonatomic_per_role, cfg.max_backend_losses})
+                                      cfg.max_nonatomic, cfg.max_nonatomic_per_role, cfg.max_backend_losses,
+                                      milliseconds(cfg.park_after_ms)})
 {
     policy_.max_attempts = cfg.max_attempts;
     policy_.base = milliseconds(cfg.retry_base_ms);
@@ -186,9 +190,9 @@ void DatabaseWorker::open_control()
                                          "WHERE extname OPERATOR(pg_catalog.=) 'pg_atx'");
     if (!version)
         throw NotReady("extension pg_atx is not installed in database " + dbname_ + " (CREATE EXTENSION pg_atx)");
-    if (*version != ATX_EXTENSION_VERSION)
-        throw NotReady("extension pg_atx is at version " + *version + " in database " + dbname_ +
-                       ", this atx-applier needs " + ATX_EXTENSION_VERSION + ": run ALTER EXTENSION pg_atx UPDATE");
+    if (!extension_compatible(*version))
+        throw NotReady(extension_incompatible_message(*version, dbname_) + ": " +
+                       extension_incompatible_hint(*version));
     // Each message's time limit is enforced from outside its statement through the server's
     // apply registry, which only a preloaded pg_atx has.
     try {
@@ -349,7 +353,7 @@ void DatabaseWorker::start_workers()
                                                           cfg_.lock_timeout_ms >= cfg_.statement_timeout_ms)
                             ? std::max<uint32_t>(1, cfg_.statement_timeout_ms / 2)
                             : cfg_.lock_timeout_ms,
-                        cfg_.statement_timeout_ms, cfg_.max_attempts, !standby_flush_},
+                        cfg_.statement_timeout_ms, cfg_.max_attempts, !standby_flush_, cfg_.park_after_ms},
         policy_,
         [this](const std::vector<Pending>& items, Lsn commit) { on_handled(items, commit); },
         [this](const std::string& why) {
@@ -530,6 +534,7 @@ WorkerResult DatabaseWorker::session()
     m_.set_error("");
     m_.attempted = true;
     dispatcher_.clear();
+    load_parked();
     start_workers();
     spdlog::info("{} event=streaming slot={} from={} sessions={} role_budget={}", log_, slot_, lsn(slot_confirmed_),
                  cfg_.apply_sessions, cfg_.max_sessions_per_role);
@@ -538,6 +543,7 @@ WorkerResult DatabaseWorker::session()
     next_status_ = now0 + milliseconds(cfg_.status_interval_ms);
     next_durability_ = now0;
     next_prune_ = now0 + milliseconds(cfg_.prune_interval_ms);
+    next_park_ = now0 + kParkEvery;
     last_data_ = now0;
     for (;;) {
         m_.tick();
@@ -593,6 +599,8 @@ WorkerResult DatabaseWorker::session()
                 }
             }
         }
+        if (now >= next_park_)
+            maybe_park(now);
         maybe_grow_nested();
         if (cfg_.once && idle_and_confirmed()) {
             stop_workers(false);
@@ -621,7 +629,7 @@ void DatabaseWorker::handle_frame(const std::string& data)
     handle_message(f.start, x.data_start, f.payload);
 }
 
-void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload)
+Pending DatabaseWorker::pending_of(Lsn start, Lsn end, std::string_view payload)
 {
     Pending p;
     p.start = start;
@@ -653,13 +661,115 @@ void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload
             p.attempts = rec->attempts;
     } catch (const StateError&) {
     }
+    return p;
+}
+
+void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload)
+{
+    m_.received_lsn = end;
+    if (parked_lsns_.count(start)) {
+        // Parked before this stream began (the slot had not passed it yet): its copy runs.
+        std::lock_guard<std::mutex> lock(progress_mu_);
+        progress_.received(start, end);
+        progress_.handled(start, parked_load_lsn_);
+        return;
+    }
+    Pending p = pending_of(start, end, payload);
     ++m_.received;
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
         progress_.received(start, end);
     }
-    m_.received_lsn = end;
     dispatcher_.add(std::move(p));
+}
+
+// Messages parked before (by this applier before a restart, or by another before a failover)
+// go to their lanes before anything the stream sends: they are older. Their WAL may be gone.
+void DatabaseWorker::load_parked()
+{
+    parked_lsns_.clear();
+    PgResult r = control_.exec("SELECT lsn::text, payload FROM atx.applied WHERE payload IS NOT NULL ORDER BY lsn");
+    const int n = PQntuples(r.get());
+    if (n == 0)
+        return;
+    parked_load_lsn_ =
+        parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+    for (int i = 0; i < n; ++i) {
+        const Lsn start = parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0);
+        size_t len = 0;
+        unsigned char* raw = PQunescapeBytea(reinterpret_cast<const unsigned char*>(PQgetvalue(r.get(), i, 1)), &len);
+        if (raw == nullptr)
+            throw std::bad_alloc();
+        Pending p;
+        try {
+            p = pending_of(start, start, std::string_view(reinterpret_cast<const char*>(raw), len));
+        } catch (...) {
+            PQfreemem(raw);
+            throw;
+        }
+        PQfreemem(raw);
+        p.parked = true;
+        parked_lsns_.insert(start);
+        dispatcher_.add(std::move(p));
+    }
+    spdlog::info("{} event=parked_loaded count={} first={} action=\"they run from their copies before what the "
+                 "stream sends\"",
+                 log_, n, field(r.get(), 0, 0).value_or("-"));
+}
+
+// Messages stuck behind a long-running statement of their lane or principal are copied into
+// the server, so that the slot (and the WAL it keeps) moves past them (dispatcher.h).
+void DatabaseWorker::maybe_park(Clock::time_point now)
+{
+    next_park_ = now + kParkEvery;
+    if (cfg_.park_after_ms == 0)
+        return;
+    const std::vector<Pending> cands = dispatcher_.park_candidates(now - milliseconds(cfg_.park_after_ms), kParkMax);
+    if (cands.empty())
+        return;
+    std::vector<std::optional<std::string>> lsns;
+    for (const auto& p : cands)
+        lsns.push_back(format_lsn(p.start));
+    std::vector<Id> done;
+    size_t parked = 0;
+    try {
+        PgResult r = control_.exec("SELECT lsn::text, status FROM atx.park($1::pg_catalog.pg_lsn[])",
+                                   {pg_array_literal(lsns)});
+        const Lsn commit =
+            parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+        std::unordered_map<Lsn, std::string> status;
+        for (int i = 0; i < PQntuples(r.get()); ++i)
+            status[parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0)] = field(r.get(), i, 1).value_or("");
+        std::lock_guard<std::mutex> lock(progress_mu_);
+        for (const auto& p : cands) {
+            if (status[p.start] != "parked")
+                continue;  // handled meanwhile, or not ours: it runs, and its run says so
+            done.push_back(p.id);
+            progress_.handled(p.start, commit);
+            ++parked;
+        }
+    } catch (const PgError& e) {
+        dispatcher_.park_failed();
+        if (e.connection_lost)
+            throw;
+        if (now - last_park_error_ > std::chrono::minutes(1)) {
+            spdlog::error("{} event=park_failed sqlstate={} error={} action=\"the slot waits for these messages; "
+                          "trying again\"",
+                          log_, e.sqlstate.empty() ? "-" : e.sqlstate, logq(e.what()));
+            last_park_error_ = now;
+        }
+        return;
+    }
+    std::vector<Id> tried;
+    for (const auto& p : cands)
+        tried.push_back(p.id);
+    dispatcher_.parked(done, tried);
+    m_.parked_total += parked;
+    if (parked > 0)
+        spdlog::info("{} event=parked count={} first={} role={} reason=\"waited {} ms behind a long-running statement "
+                     "of their lane or role\" action=\"copied into atx.applied; the slot may pass them, they run "
+                     "later\"",
+                     log_, parked, lsn(cands.front().start), logq(cands.front().role_name), cfg_.park_after_ms);
 }
 
 void DatabaseWorker::on_handled(const std::vector<Pending>& items, Lsn commit_lsn)
@@ -674,8 +784,12 @@ void DatabaseWorker::on_handled(const std::vector<Pending>& items, Lsn commit_ls
         std::lock_guard<std::mutex> lock(progress_mu_);
         for (const auto& p : items) {
             // Callers of atx_exec are woken by the commit itself, unless that commit must first
-            // reach the standbys (standby-flush): then by atx.wake once it has.
-            progress_.handled(p.start, commit_lsn, p.waited && standby_flush_, p.id);
+            // reach the standbys (standby-flush): then by atx.wake once it has. A parked message
+            // counted as handled for the slot when it was parked.
+            if (!p.parked)
+                progress_.handled(p.start, commit_lsn, p.waited && standby_flush_, p.id);
+            else if (p.waited && standby_flush_)
+                progress_.handled_untracked(commit_lsn, p.id);
             last_emit = std::max(last_emit, p.emit_time);
             last = std::max(last, p.start);
         }
@@ -745,6 +859,7 @@ void DatabaseWorker::send_status()
     m_.queued = dispatcher_.queued();
     m_.in_flight = dispatcher_.in_flight();
     m_.suspects = dispatcher_.suspects();
+    m_.parked = dispatcher_.parked_queued();
     next_status_ = Clock::now() + milliseconds(cfg_.status_interval_ms);
 }
 

@@ -14,6 +14,8 @@
 // another.
 #pragma once
 
+#include <unordered_set>
+
 #include <atomic>
 #include <chrono>
 #include <memory>
@@ -68,6 +70,9 @@ private:
     void maybe_grow_nested();
     void handle_frame(const std::string& data);
     void handle_message(Lsn start, Lsn end, std::string_view payload);
+    Pending pending_of(Lsn start, Lsn end, std::string_view payload);
+    void load_parked();
+    void maybe_park(std::chrono::steady_clock::time_point now);
     void on_handled(const std::vector<Pending>& items, Lsn commit_lsn);
     void poll_durability();
     void follow_synchronous_standbys(bool log_change);
@@ -107,8 +112,10 @@ private:
     Lsn slot_confirmed_ = 0;        // the slot's confirmed_flush_lsn when the session began
     Lsn reported_flush_ = 0;
     bool streamed_ = false;
+    std::unordered_set<Lsn> parked_lsns_;  // parked before this stream began: their copies run
+    Lsn parked_load_lsn_ = 0;              // the server's WAL position when they were read
     std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_, next_rule_check_,
-        last_data_, nested_wanted_since_, next_watch_, last_watch_error_;
+        last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_, last_park_error_;
 };
 
 }  // namespace atx::applier

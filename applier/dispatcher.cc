@@ -39,6 +39,10 @@ void Dispatcher::add(Pending p)
 {
     std::lock_guard<std::mutex> lock(mu_);
     annotate(p);
+    if (p.queued_at == Clock::time_point{})
+        p.queued_at = Clock::now();
+    if (p.parked)
+        ++parked_;
     Lane& l = lanes_[p.lane];
     const bool was_empty = l.q.empty();
     const Id lane_id = p.lane;
@@ -54,9 +58,11 @@ void Dispatcher::add(Pending p)
 
 bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const
 {
-    if (l.leased || l.q.empty())
+    if (l.leased || l.parking || l.q.empty())
         return false;
     const Pending& head = l.q.front();
+    if (l.slow && waits_for_park(head))
+        return false;
     if (head.suspect && suspect_running_)
         return false;
     if (kind == WorkerKind::Nested) {
@@ -68,6 +74,15 @@ bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) con
     }
     auto busy = principal_busy_.find(head.as.principal_oid);
     return busy == principal_busy_.end() || busy->second < opt_.role_budget;
+}
+
+// Caller holds the lock: the head of a slow lane that must be parked before it runs.
+bool Dispatcher::waits_for_park(const Pending& head) const
+{
+    if (opt_.park_after.count() == 0 || head.parked || head.park_tried || (head.depth > 0 && head.waited))
+        return false;
+    const auto now = Clock::now();
+    return now >= park_broken_until_ && head.queued_at <= now - opt_.park_after;
 }
 
 void Dispatcher::promote_due(Clock::time_point now)
@@ -89,6 +104,8 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
     b.as = l.q.front().as;
     b.nested = kind == WorkerKind::Nested;
     l.leased = true;
+    l.leased_at = Clock::now();
+    l.leased_principal = l.q.front().as.principal_oid;
     const Pending& head = l.q.front();
     if (head.suspect || head.verdict || head.losses > 0 || head.attempts > 0) {
         // Alone: a suspect, so that a loss now can only be its doing; a message with a verdict,
@@ -101,7 +118,8 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
         b.items.push_back(std::move(l.q.front()));
         l.q.pop_front();
     } else {
-        while (!l.q.empty() && b.items.size() < opt_.batch_size) {
+        const size_t most = l.slow ? 1 : opt_.batch_size;
+        while (!l.q.empty() && b.items.size() < most) {
             const Pending& p = l.q.front();
             if (p.as != b.as || p.suspect || p.verdict || p.losses > 0 || p.attempts > 0)
                 break;
@@ -213,6 +231,7 @@ void Dispatcher::wake_others()
 void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 {
     Lane& l = lanes_[b.lane];
+    l.slow = opt_.park_after.count() > 0 && Clock::now() - l.leased_at >= opt_.park_after;
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
         annotate(p);
@@ -235,6 +254,8 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 void Dispatcher::forget_handled(const Batch& b, size_t n)
 {
     for (size_t i = 0; i < n && i < b.items.size(); ++i) {
+        if (b.items[i].parked && parked_ > 0)
+            --parked_;
         suspects_.erase(b.items[i].id);
         losses_.erase(b.items[i].id);
         verdicts_.erase(b.items[i].id);
@@ -334,6 +355,71 @@ void Dispatcher::settle(const std::string& server_start)
             annotate(p);
 }
 
+std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_t max)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = Clock::now();
+    std::set<uint32_t> stalled;  // principals with a batch running since before `before`
+    for (const auto& [id, l] : lanes_)
+        if (l.leased && l.leased_at <= before)
+            stalled.insert(l.leased_principal);
+    std::vector<Pending> out;
+    for (auto& [id, l] : lanes_) {
+        if (out.size() >= max)
+            break;
+        if (l.parking || l.q.empty())
+            continue;
+        const bool lane_stalled = (l.leased && l.leased_at <= before) || l.not_before > now || l.slow;
+        bool any = false;
+        for (const auto& p : l.q) {
+            if (out.size() >= max)
+                break;
+            if (p.parked || p.queued_at > before || (p.depth > 0 && p.waited && running_.count(id) > 0))
+                continue;
+            if (!lane_stalled && stalled.count(p.as.principal_oid) == 0)
+                continue;
+            out.push_back(p);
+            any = true;
+        }
+        if (any)
+            l.parking = true;
+    }
+    return out;
+}
+
+void Dispatcher::parked(const std::vector<Id>& ids, const std::vector<Id>& tried)
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    const std::unordered_set<Id, IdHash> set(ids.begin(), ids.end()), tried_set(tried.begin(), tried.end());
+    for (auto& [id, l] : lanes_) {
+        if (!l.parking)
+            continue;
+        l.parking = false;
+        for (auto& p : l.q) {
+            if (tried_set.count(p.id))
+                p.park_tried = true;
+            if (set.count(p.id) && !p.parked) {
+                p.parked = true;
+                ++parked_;
+            }
+        }
+    }
+    cv_.notify_all();
+}
+
+void Dispatcher::park_failed()
+{
+    parked({}, {});
+    std::lock_guard<std::mutex> lock(mu_);
+    park_broken_until_ = Clock::now() + std::chrono::minutes(1);
+}
+
+size_t Dispatcher::parked_queued() const
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    return parked_;
+}
+
 bool Dispatcher::acquire_nonatomic(uint32_t principal)
 {
     std::lock_guard<std::mutex> lock(mu_);
@@ -374,6 +460,7 @@ void Dispatcher::clear()
     running_.clear();
     suspect_running_ = false;
     in_flight_ = 0;
+    parked_ = 0;
     stopped_ = false;
 }
 

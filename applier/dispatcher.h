@@ -21,6 +21,15 @@
 // backend was terminated; its backend was lost too often while it ran) carries its verdict;
 // batches stop before it, and it is then taken alone, for the worker to dead-letter it.
 //
+// Parking: a queued message that has waited longer than park_after behind a batch of its own
+// lane or principal that has run that long (or behind its lane's retry wait) is handed out by
+// park_candidates(); the database worker copies it into the server (atx.park) so that the slot
+// can move past it, and marks it parked(). It stays in its lane and runs as any other, from its
+// copy. A lane being parked is not taken meanwhile. A lane whose last batch ran longer than
+// park_after is slow: it gets batches of one message, and a message of it that has waited that
+// long is parked before it runs (unless parking fails), so that a lane of slow messages holds the
+// slot for one message's run at most.
+//
 // Poison messages of a crash: when an apply backend dies and the server restarts (a crash ends
 // every backend, so which message did it cannot be seen), every message of the batches in flight
 // becomes a suspect. Suspects run alone, one at a time per database; a loss while a suspect runs
@@ -76,6 +85,9 @@ struct Pending {
     uint32_t losses = 0;          // apply backends lost while it ran
     bool suspect = false;
     std::optional<Verdict> verdict;  // the applier's decision: dead-letter it, do not run it
+    bool parked = false;             // copied into the server (atx.park): the slot may pass it
+    bool park_tried = false;         // handed to atx.park (parked, or found handled)
+    Clock::time_point queued_at{};   // when it first reached its lane
 };
 
 enum class WorkerKind { Regular, Nested };
@@ -98,6 +110,7 @@ public:
         size_t nonatomic_total = 2;        // background workers for non-atomic messages, in all
         size_t nonatomic_per_principal = 1;
         uint32_t max_backend_losses = 2;   // attributed losses before a message is condemned
+        std::chrono::milliseconds park_after{0};  // 0: never park
     };
     explicit Dispatcher(Options o) : opt_(o) {}
 
@@ -138,6 +151,19 @@ public:
     // under another start counts as lost(); the others are forgotten.
     void settle(const std::string& server_start);
 
+    // Messages to park (at most max): queued since before `before` (not running, not parked,
+    // not an atx_exec child its running parent waits for), whose lane or principal has had a
+    // batch running since before `before`, or whose lane waits for a retry time. Their lanes
+    // are not taken until parked() or park_failed().
+    std::vector<Pending> park_candidates(Clock::time_point before, size_t max);
+    // Of the candidates (tried), these were parked; the lanes being parked may be taken again.
+    void parked(const std::vector<Id>& ids, const std::vector<Id>& tried);
+    // atx.park failed: the lanes may be taken again, and for a minute slow lanes do not wait for
+    // their messages to be parked.
+    void park_failed();
+    // Parked messages not handled yet.
+    size_t parked_queued() const;
+
     // A background worker for a non-atomic message of principal: false when the principal or
     // the database already holds its share. Give it back with release_nonatomic().
     bool acquire_nonatomic(uint32_t principal);
@@ -169,6 +195,10 @@ private:
     struct Lane {
         std::deque<Pending> q;
         bool leased = false;
+        Clock::time_point leased_at{};
+        uint32_t leased_principal = 0;
+        bool parking = false;
+        bool slow = false;  // its last batch ran longer than park_after
         Clock::time_point not_before{};
     };
     struct Unexplained {
@@ -180,6 +210,7 @@ private:
     void annotate(Pending& p) const;
 
     bool eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const;
+    bool waits_for_park(const Pending& head) const;
     bool any_eligible_locked() const;
     Batch lease(const Id& lane_id, Lane& l, WorkerKind kind);
     void requeue(const Id& lane_id, Lane& l);
@@ -204,8 +235,10 @@ private:
     std::vector<Unexplained> unexplained_;
     bool suspect_running_ = false;
     size_t in_flight_ = 0;
+    size_t parked_ = 0;  // parked messages not handled yet
     bool wake_pending_ = false;  // a give-back may have made work the waiting workers can take
     bool stopped_ = false;
+    Clock::time_point park_broken_until_{};
 };
 
 }  // namespace atx::applier

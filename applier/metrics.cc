@@ -214,6 +214,10 @@ std::string Metrics::render() const
     per_db_counter("atx_apply_session_recycles_total",
                    "Apply sessions closed because their backend held more memory than --session-memory-limit-mb.",
                    &DbMetrics::session_recycles);
+    per_db_counter("atx_messages_parked_total",
+                   "Messages copied into the server (atx.park) because they waited behind a long-running statement of "
+                   "their lane or role, so that the slot could move past them.",
+                   &DbMetrics::parked_total);
     per_db_counter("atx_messages_behind_slot_total",
                    "Handled messages of which a new primary had no record while its slot stood past them.",
                    &DbMetrics::lost_found);
@@ -230,6 +234,8 @@ std::string Metrics::render() const
     per_db_gauge("atx_messages_in_flight", "Messages in batches that are running.", &DbMetrics::in_flight);
     per_db_gauge("atx_messages_suspect", "Messages that run alone after an apply session was lost.",
                  &DbMetrics::suspects);
+    per_db_gauge("atx_messages_parked", "Parked messages not handled yet (they run from their copy in atx.applied).",
+                 &DbMetrics::parked);
 
     header("atx_apply_duration_seconds", "histogram", "Duration of one apply transaction (BEGIN to COMMIT).");
     for (const auto* d : dbs)

@@ -63,12 +63,14 @@ struct DbMetrics {
     std::atomic<uint64_t> overdue_terminated{0};  // apply backends ended because a message overstayed its limit
     std::atomic<uint64_t> session_switches{0};    // fresh apply sessions for a batch of another role
     std::atomic<uint64_t> session_recycles{0};    // apply sessions ended for holding too much memory
+    std::atomic<uint64_t> parked_total{0};        // messages copied into the server so the slot could pass them
     std::atomic<uint64_t> lost_found{0};     // handled messages a new primary had no record of
     std::atomic<uint64_t> repaired{0};       // ... of which applied again from its WAL
     std::atomic<uint64_t> lost{0};           // ... of which lost for good (WAL gone)
     std::atomic<uint64_t> queued{0};         // messages waiting in their lanes (gauge)
     std::atomic<uint64_t> in_flight{0};      // messages in running batches (gauge)
     std::atomic<uint64_t> suspects{0};       // messages that run alone after a backend loss (gauge)
+    std::atomic<uint64_t> parked{0};         // parked messages not handled yet (gauge)
     Histogram apply_seconds;                 // duration of one apply transaction (BEGIN..COMMIT)
 
     // State (worker).

@@ -9,6 +9,7 @@ void Progress::reset(Lsn confirmed)
 {
     pending_.clear();
     not_durable_.clear();
+    untracked_.clear();
     woken_.clear();
     confirmed_ = confirmed;
     received_end_ = confirmed;
@@ -39,9 +40,21 @@ void Progress::handled(Lsn start, Lsn commit_lsn, bool waited, const Id& id)
         not_durable_.emplace(commit_lsn, start);
 }
 
+void Progress::handled_untracked(Lsn commit_lsn, const Id& id)
+{
+    if (commit_lsn <= durable_)
+        woken_.push_back(id);
+    else
+        untracked_.emplace(commit_lsn, id);
+}
+
 void Progress::durable_upto(Lsn lsn)
 {
     durable_ = std::max(durable_, lsn);
+    while (!untracked_.empty() && untracked_.begin()->first <= durable_) {
+        woken_.push_back(untracked_.begin()->second);
+        untracked_.erase(untracked_.begin());
+    }
     while (!not_durable_.empty() && not_durable_.begin()->first <= durable_) {
         auto it = pending_.find(not_durable_.begin()->second);
         not_durable_.erase(not_durable_.begin());

@@ -36,6 +36,10 @@ public:
     // The message at start was handled by a commit that ends at or before commit_lsn. waited:
     // an atx_exec caller is told once that commit is durable (take_durable_waited).
     void handled(Lsn start, Lsn commit_lsn, bool waited = false, const Id& id = {});
+    // A message this stream no longer tracks (parked: the slot passed it once its copy was
+    // durable) was handled by a commit ending at or before commit_lsn, and an atx_exec caller
+    // waits for it: told once that commit is durable.
+    void handled_untracked(Lsn commit_lsn, const Id& id);
     // Commits up to lsn are durable (flushed; on the standbys when that is the rule).
     void durable_upto(Lsn lsn);
 
@@ -49,7 +53,7 @@ public:
     Lsn durable() const { return durable_; }
     Lsn received_end() const { return received_end_; }
     // Handled but waiting for durability.
-    size_t not_durable() const { return not_durable_.size(); }
+    size_t not_durable() const { return not_durable_.size() + untracked_.size(); }
 
 private:
     struct Entry {
@@ -62,6 +66,7 @@ private:
 
     std::map<Lsn, Entry> pending_;            // by start LSN
     std::multimap<Lsn, Lsn> not_durable_;     // commit LSN -> start LSN of handled messages
+    std::multimap<Lsn, Id> untracked_;        // commit LSN -> waited parked messages
     std::vector<Id> woken_;
     Lsn confirmed_ = 0;
     Lsn received_end_ = 0;

@@ -196,8 +196,8 @@ void atx_applied_update(int n, const AtxRecord* recs)
     if (n > 0)
         (void)write_records(&plan,
                             "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS
-                            "ON CONFLICT (message_id) DO UPDATE SET status = excluded.status, outcome = excluded.outcome, "
-                            "handled_at = excluded.handled_at",
+                            "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, "
+                            "outcome = excluded.outcome, handled_at = excluded.handled_at, payload = NULL",
                             SPI_OK_INSERT, n, recs);
 }
 
@@ -208,16 +208,17 @@ void atx_applied_reclaim(int n, const AtxRecord* recs)
         return;
     // Under READ COMMITTED an UPDATE that waited for another transaction re-checks its WHERE on
     // the row that transaction left: a record another session took over is no longer
-    // 'cancelled', and is not counted.
+    // 'cancelled' or 'parked', and is not counted.
     if (write_records(&plan,
                       "UPDATE atx.applied a SET lsn = u.l, status = u.s, outcome = u.o::pg_catalog.jsonb, "
-                      "handled_at = pg_catalog.now() "
+                      "handled_at = pg_catalog.now(), payload = NULL "
                       "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
                       "pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
-                      "WHERE a.message_id OPERATOR(pg_catalog.=) u.i AND a.status OPERATOR(pg_catalog.=) 'cancelled'",
+                      "WHERE a.message_id OPERATOR(pg_catalog.=) u.i "
+                      "AND a.status OPERATOR(pg_catalog.=) ANY ('{cancelled,parked}'::pg_catalog.text[])",
                       SPI_OK_UPDATE, n, recs) != (uint64)n)
         ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                        errmsg("a cancelled pg_atx message was run by another session meanwhile"),
+                        errmsg("a cancelled or parked pg_atx message was run by another session meanwhile"),
                         errdetail("This batch is rolled back so that the message never runs twice.")));
 }
 
@@ -227,7 +228,7 @@ bool atx_applied_at_lsn(XLogRecPtr lsn)
     Oid types[1] = {PG_LSNOID};
     Datum v[1];
 
-    atx_keep_plan(&plan, "SELECT 1 FROM atx.applied WHERE lsn OPERATOR(pg_catalog.=) $1 LIMIT 1", 1, types);
+    atx_keep_plan(&plan, "SELECT 1 FROM atx.applied WHERE lsn OPERATOR(pg_catalog.=) $1 AND payload IS NULL LIMIT 1", 1, types);
     v[0] = LSNGetDatum(lsn);
     if (SPI_execute_plan(plan, v, NULL, true, 1) != SPI_OK_SELECT)
         elog(ERROR, "could not read atx.applied");

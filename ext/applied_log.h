@@ -14,7 +14,7 @@ XLogRecPtr atx_applied_horizon(void);
 struct AtxRecord {
     uint8 id[16];
     XLogRecPtr lsn;
-    const char* status;   // "applied", "duplicate", "dead", "cancelled", "started"
+    const char* status;   // "applied", "duplicate", "dead", "cancelled", "started", "parked"
     const char* outcome;  // jsonb text for a waited message, or NULL
     bool has_parent;      // a nested emit: parent is the message that emitted it
     uint8 parent[16];
@@ -29,7 +29,8 @@ AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, c
 // there is none), *outcome (the jsonb text stored for a waited message, or NULL) and *lsn (where
 // the recorded copy was read). By the primary key, never through the planner.
 void atx_applied_lookup(const uint8 id[16], char** status, char** outcome, XLogRecPtr* lsn);
-// Is any message recorded at this start LSN? (For a payload whose id cannot be trusted.)
+// Is any message recorded as handled at this start LSN (a parked one is not)? (For a payload
+// whose id cannot be trusted.)
 bool atx_applied_at_lsn(XLogRecPtr lsn);
 
 // Records n handled messages. A message some other transaction recorded meanwhile makes this
@@ -37,12 +38,13 @@ bool atx_applied_at_lsn(XLogRecPtr lsn);
 // the message too, must not commit. That is what keeps a message from running twice when two
 // sessions get it at once (an old apply backend of a killed applier still finishing its batch).
 void atx_applied_record(int n, const AtxRecord* recs);
-// Replaces the record of a message that says 'started' (a non-atomic run) or that an operator
-// retries.
+// Replaces the record of a message that says 'started' (a non-atomic run), 'parked', or that an
+// operator retries (a parked copy's payload goes with it).
 void atx_applied_update(int n, const AtxRecord* recs);
 // Takes over the records of cancelled messages that run after all (a nested emit written again by
-// its parent's new attempt, while that parent waits for it): raises 40001 when another
-// transaction took one over meanwhile, so that such a message never runs twice.
+// its parent's new attempt, while that parent waits for it) and of parked messages that ran from
+// their copy (parked.h): raises 40001 when another transaction took one over meanwhile, so that
+// such a message never runs twice.
 void atx_applied_reclaim(int n, const AtxRecord* recs);
 
 // Writes the dead letter of a message (texts bounded; its parameters as the caller passed them,

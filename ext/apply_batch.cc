@@ -21,6 +21,7 @@
 #include "apply_registry.h"
 #include "apply_status.h"
 #include "message_load.h"
+#include "parked.h"
 #include "pg_guard.h"
 #include "run_as_caller.h"
 #include "spi_util.h"
@@ -61,6 +62,8 @@ struct BatchArgs {
     int max_attempts;
     int timeout_ms;
     bool wake_at_commit;
+    int budget_ms;      // after this long the batch takes no further message (0: no limit)
+    bool maybe_parked;  // some message of this database is parked (parked.h)
 };
 
 // The records the batch writes at its end, in one statement each.
@@ -102,6 +105,7 @@ static void read_args(FunctionCallInfo fcinfo, BatchArgs* a)
     a->max_attempts = Max(PG_GETARG_INT32(3), 1);
     a->timeout_ms = Max(PG_GETARG_INT32(4), 0);
     a->wake_at_commit = PG_GETARG_BOOL(5);
+    a->budget_ms = PG_NARGS() > 7 && !PG_ARGISNULL(7) ? Max(PG_GETARG_INT32(7), 0) : 0;
 }
 
 static char* copy_in(MemoryContext cxt, const char* s) { return s ? MemoryContextStrdup(cxt, s) : NULL; }
@@ -161,11 +165,11 @@ static bool apply_one(const BatchArgs* a, int i, XLogRecPtr horizon, ItemResult*
     const TimestampTz first_failed = a->first_failed[i] ? a->first_failed[i] : GetCurrentTimestamp();
 
     res->lsn = a->lsns[i];
-    if (horizon != InvalidXLogRecPtr && res->lsn < horizon) {
+    if (horizon != InvalidXLogRecPtr && res->lsn < horizon && !(a->maybe_parked && atx_parked_at(res->lsn))) {
         done(res, ApplyStatus::Already);  // handled and confirmed before; its record is pruned
         return true;
     }
-    atx_load_message(res->lsn, &l);
+    atx_load_message_from(res->lsn, a->maybe_parked, &l);
     res->have_id = l.have_id;
     memcpy(res->id, l.id, 16);
     if (l.state == ATX_LOAD_REJECTED) {
@@ -201,8 +205,11 @@ static bool apply_one(const BatchArgs* a, int i, XLogRecPtr horizon, ItemResult*
         }
         return true;
     }
-    if (found && strcmp(found, "cancelled") == 0 && l.authenticated && l.m.waited && found_lsn != l.lsn &&
-        atx_waiter_present(l.id)) {
+    if (found && strcmp(found, "parked") == 0) {
+        // Parked (by the applier, so that the slot could move on): its run replaces the record.
+        reclaim = true;
+    } else if (found && strcmp(found, "cancelled") == 0 && l.authenticated && l.m.waited && found_lsn != l.lsn &&
+               atx_waiter_present(l.id)) {
         // Cancelled before, never applied, and written again by a caller that waits for it now
         // (a nested atx_exec of a parent that runs again): it runs.
         reclaim = true;
@@ -274,6 +281,7 @@ static bool apply_items(const BatchArgs* a, ItemResult* results)
     Records recs;
     bool waiters = false;
     bool go_on = true;
+    const TimestampTz started = GetCurrentTimestamp();
 
     recs.insert = (AtxRecord*)palloc0(sizeof(AtxRecord) * (a->n + 1));
     recs.reclaim = (AtxRecord*)palloc0(sizeof(AtxRecord) * (a->n + 1));
@@ -288,6 +296,10 @@ static bool apply_items(const BatchArgs* a, ItemResult* results)
         go_on = apply_one(a, i, horizon, &results[i], seen, &n_seen, &recs, &waiters, batch);
         MemoryContextSwitchTo(batch);
         MemoryContextReset(msg);
+        // A slow batch stops taking messages: the rest go back to their lane, where the applier
+        // can park them instead of holding the slot for all of them (parked.h).
+        if (go_on && a->budget_ms > 0 && TimestampDifferenceExceeds(started, GetCurrentTimestamp(), a->budget_ms))
+            go_on = false;
     }
     atx_applied_record(recs.n_insert, recs.insert);
     atx_applied_reclaim(recs.n_reclaim, recs.reclaim);
@@ -327,6 +339,7 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
     // (apply_registry.h); atx-applier refuses to work without it, a call by hand works either way.
     atx_registry_join();
     read_args(fcinfo, &a);
+    a.maybe_parked = atx_parked_any();
     results = (ItemResult*)palloc0(sizeof(ItemResult) * (a.n + 1));
     waiters = apply_items(&a, results);
     bytes = backend_bytes();
@@ -375,8 +388,8 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
 // instead of "function does not exist".
 static Datum apply_batch_old_body(FunctionCallInfo fcinfo)
 {
-    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                    errmsg("this atx-applier is older than extension pg_atx %s and cannot apply its messages",
+    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                    errmsg("this atx-applier speaks pg_atx 0.2 and cannot apply the messages of extension pg_atx %s",
                            ATX_EXTENSION_VERSION),
                     errdetail("It called the atx.apply_batch of pg_atx 0.2."),
                     errhint("Upgrade atx-applier to %s or later and restart it (docs/upgrade.md).",

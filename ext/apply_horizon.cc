@@ -43,8 +43,11 @@ static Datum wake_body(FunctionCallInfo fcinfo)
 // atx.prune() RETURNS pg_lsn: everything below the slot's confirmed position was handled (the
 // applier confirms nothing else), so the records of those messages can go, and a message below
 // the horizon is refused as handled before. Kept: the records of nested emits whose parent is
-// dead-lettered. An operator's retry of the parent writes them again under the same ids, at new
-// positions above the horizon, where only their records say they were applied.
+// dead-lettered (an operator's retry of the parent writes them again under the same ids, at new
+// positions above the horizon, where only their records say they were applied), and those of
+// parked messages, which are not handled yet (parked.h). A retried parent's record stands at the
+// WAL position after its retry (atx.retry_dead_letter): its nested emits' records stay while it
+// is not below the horizon, i.e. until the applier handled the copies the retry wrote.
 static Datum prune_body(FunctionCallInfo fcinfo)
 {
     static SPIPlanPtr plan = NULL;
@@ -61,8 +64,11 @@ static Datum prune_body(FunctionCallInfo fcinfo)
                   "WITH h AS (UPDATE atx.apply_horizon SET lsn = $1, updated_at = pg_catalog.now() "
                   "          WHERE lsn OPERATOR(pg_catalog.<) $1 RETURNING lsn) "
                   "DELETE FROM atx.applied a WHERE a.lsn OPERATOR(pg_catalog.<) (SELECT lsn FROM h) "
-                  "  AND (a.parent_id IS NULL OR NOT EXISTS (SELECT 1 FROM atx.dead_letter d "
-                  "        WHERE d.message_id OPERATOR(pg_catalog.=) a.parent_id))",
+                  "  AND a.payload IS NULL "
+                  "  AND (a.parent_id IS NULL OR (NOT EXISTS (SELECT 1 FROM atx.dead_letter d "
+                  "        WHERE d.message_id OPERATOR(pg_catalog.=) a.parent_id) "
+                  "    AND NOT EXISTS (SELECT 1 FROM atx.applied p WHERE p.message_id OPERATOR(pg_catalog.=) a.parent_id "
+                  "        AND p.lsn OPERATOR(pg_catalog.>=) (SELECT lsn FROM h))))",
                   1, types);
     v[0] = LSNGetDatum(confirmed);
     if (SPI_execute_plan(plan, v, NULL, false, 0) < 0)

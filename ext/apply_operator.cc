@@ -10,11 +10,13 @@
 #include "apply_outcome.h"
 #include "apply_status.h"
 #include "message_load.h"
+#include "parked.h"
 #include "pg_guard.h"
 #include "run_as_caller.h"
 #include "spi_util.h"
 
 extern "C" {
+#include "access/xlog.h"
 #include "utils/pg_lsn.h"
 }
 
@@ -47,7 +49,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
     lsn = PG_GETARG_LSN(0);
     AtxApplyFrame f = atx_apply_enter();
     horizon = atx_applied_horizon();
-    if (horizon != InvalidXLogRecPtr && lsn < horizon)
+    if (horizon != InvalidXLogRecPtr && lsn < horizon && !atx_parked_at(lsn))
         ereport(ERROR, (errcode(ERRCODE_UNIQUE_VIOLATION),
                         errmsg("the pg_atx message at %X/%X was handled before (it is below the horizon %X/%X)",
                                ATX_LSN_ARGS(lsn), ATX_LSN_ARGS(horizon))));
@@ -55,7 +57,7 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
     if (l.state != ATX_LOAD_OK)
         ereport(ERROR, (errcode(l.sqlerrcode), errmsg("%s", l.error)));
     atx_applied_lookup(l.id, &found, &stored, NULL);
-    if (found) {
+    if (found && strcmp(found, "parked") != 0) {
         char idtext[37];
         atx_uuid_text(l.id, idtext);
         ereport(ERROR, (errcode(ERRCODE_UNIQUE_VIOLATION),
@@ -67,7 +69,10 @@ static Datum apply_one_body(FunctionCallInfo fcinfo)
         ReThrowError(r.edata);  // the statement's own error, unchanged
     {
         AtxRecord rec = record_of(&l, r.status, NULL);
-        atx_applied_record(1, &rec);
+        if (found)  // parked: its record is taken over
+            atx_applied_reclaim(1, &rec);
+        else
+            atx_applied_record(1, &rec);
     }
 
     memset(nulls, true, sizeof nulls);
@@ -147,7 +152,8 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
     if (l.state == ATX_LOAD_REJECTED)
         ereport(ERROR, (errcode(l.sqlerrcode), errmsg("%s", l.error)));
     atx_applied_lookup(l.id, &found, &stored, NULL);
-    if (found && strcmp(found, "started") != 0) {  // handled; a started one is in doubt: dead-lettered
+    // Handled before; a started one is in doubt and a parked one not run yet: dead-lettered.
+    if (found && strcmp(found, "started") != 0 && strcmp(found, "parked") != 0) {
         atx_apply_leave(&f);
         PG_RETURN_NULL();
     }
@@ -167,7 +173,9 @@ static Datum dead_letter_message_body(FunctionCallInfo fcinfo)
         atx_waiter_queue_outcome(&eo);
     }
     rec = record_of(&l, "dead", outcome);
-    if (found)  // 'started'
+    if (found && strcmp(found, "parked") == 0)
+        atx_applied_reclaim(1, &rec);
+    else if (found)  // 'started'
         atx_applied_update(1, &rec);
     else
         atx_applied_record(1, &rec);
@@ -253,6 +261,11 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
         onulls[2] = onulls[3] = false;
     } else {
         AtxRecord rec = record_of(&l, r.status, NULL);
+        // Recorded at the WAL position after this run: the nested messages it emitted again
+        // (under the ids of the first run's) are further on in the WAL, and atx.prune keeps the
+        // records of a message's nested emits while its own record is not below the horizon, so
+        // those copies still find them when the applier gets to them.
+        rec.lsn = GetXLogInsertRecPtr();
         if (SPI_execute_plan(del, v, NULL, false, 0) < 0)
             elog(ERROR, "could not delete the dead letter");
         atx_applied_update(1, &rec);  // it said 'dead'

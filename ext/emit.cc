@@ -15,6 +15,7 @@
 #include "slot_check.h"
 #include "validate.h"
 #include "waiters.h"
+#include "wire_encoding.h"
 
 extern "C" {
 #include "common/pg_prng.h"
@@ -97,7 +98,7 @@ static void fill_param(AtxParamC* p, Oid type, Datum value, bool isnull, const c
     if (isnull)
         return;
     if (p->binary) {
-        bytea* b = OidSendFunctionCall(typsend, value);
+        bytea* b = atx_send_in_database_encoding(typsend, value);
         p->value = VARDATA_ANY(b);
         p->value_len = VARSIZE_ANY_EXHDR(b);
     } else {
@@ -160,14 +161,59 @@ static void derived_id(const uint8 parent[16], uint32 n, uint8 out[16])
     atx_name_id("pg_atx nested", name, sizeof name, out);
 }
 
+static void build_checked(const char* statement, const char* key, int nargs, const Datum* args, const Oid* types,
+                          const bool* nulls, bool waited, const char* fname, uint8 id_out[16], char** payload_out,
+                          size_t* len_out);
+
 void atx_build_message(FunctionCallInfo fcinfo, int stmt_arg, bool keyed, bool waited, const char* fname,
                        uint8 id_out[16], char** payload_out, size_t* len_out)
 {
-    AtxMessageC m;
+    const char* statement;
+    const char* key = NULL;
     Datum* args = NULL;
     Oid* types = NULL;
     bool* nulls = NULL;
     int nargs;
+
+    check_can_emit(fname);
+    if (PG_ARGISNULL(stmt_arg))
+        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("statement must not be NULL")));
+    statement = text_to_cstring(PG_GETARG_TEXT_PP(stmt_arg));
+    if (is_blank(statement))
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("statement must not be empty"),
+                        errhint("Pass the SQL statement to run as the first argument.")));
+    if (keyed) {
+        if (PG_ARGISNULL(0))
+            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("idempotency key must not be NULL"),
+                            errhint("Use atx_log() for a message without a key.")));
+        key = text_to_cstring(PG_GETARG_TEXT_PP(0));
+        if (key[0] == '\0')
+            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("idempotency key must not be empty")));
+        if (strlen(key) > PG_UINT16_MAX)
+            ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+                            errmsg("idempotency key is too long (%zu bytes, at most 65535)", strlen(key))));
+    }
+
+    // Parameters: explicit VARIADIC arrays are expanded, unknown literals become text.
+    nargs = extract_variadic_args(fcinfo, stmt_arg + 1, true, &args, &types, &nulls);
+    if (nargs < 0)
+        nargs = 0;  // VARIADIC NULL: no parameters
+    build_checked(statement, key, nargs, args, types, nulls, waited, fname, id_out, payload_out, len_out);
+}
+
+void atx_build_message_values(const char* statement, int nargs, const Datum* args, const Oid* types, const bool* nulls,
+                              bool waited, const char* fname, uint8 id_out[16], char** payload_out, size_t* len_out)
+{
+    check_can_emit(fname);
+    build_checked(statement, NULL, nargs, args, types, nulls, waited, fname, id_out, payload_out, len_out);
+}
+
+// The message of statement with its parameters, once check_can_emit passed.
+static void build_checked(const char* statement, const char* key, int nargs, const Datum* args, const Oid* types,
+                          const bool* nulls, bool waited, const char* fname, uint8 id_out[16], char** payload_out,
+                          size_t* len_out)
+{
+    AtxMessageC m;
     char* body;
     size_t body_len;
     char* payload;
@@ -176,31 +222,9 @@ void atx_build_message(FunctionCallInfo fcinfo, int stmt_arg, bool keyed, bool w
     FullTransactionId fxid;
     AtxCurrentMessage* parent = atx_current_message();
 
-    check_can_emit(fname);
-
     memset(&m, 0, sizeof m);
-    if (PG_ARGISNULL(stmt_arg))
-        ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("statement must not be NULL")));
-    m.statement = text_to_cstring(PG_GETARG_TEXT_PP(stmt_arg));
-    if (is_blank(m.statement))
-        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("statement must not be empty"),
-                        errhint("Pass the SQL statement to run as the first argument.")));
-    if (keyed) {
-        if (PG_ARGISNULL(0))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("idempotency key must not be NULL"),
-                            errhint("Use atx_log() for a message without a key.")));
-        m.key = text_to_cstring(PG_GETARG_TEXT_PP(0));
-        if (m.key[0] == '\0')
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("idempotency key must not be empty")));
-        if (strlen(m.key) > PG_UINT16_MAX)
-            ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-                            errmsg("idempotency key is too long (%zu bytes, at most 65535)", strlen(m.key))));
-    }
-
-    // Parameters: explicit VARIADIC arrays are expanded, unknown literals become text.
-    nargs = extract_variadic_args(fcinfo, stmt_arg + 1, true, &args, &types, &nulls);
-    if (nargs < 0)
-        nargs = 0;  // VARIADIC NULL: no parameters
+    m.statement = statement;
+    m.key = key;
     if (nargs > PG_UINT16_MAX)
         ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
                         errmsg("too many parameters for %s: %d (at most 65535)", fname, nargs)));

@@ -14,6 +14,7 @@
 #include "apply_registry.h"
 #include "codec_bridge.h"
 #include "emit.h"
+#include "exec_wait.h"
 #include "pg_guard.h"
 #include "waiters.h"
 
@@ -155,21 +156,8 @@ static void wait_for_outcome(AtxWaiterSlot* s, const uint8 id[16], const char* f
     ConditionVariableCancelSleep();
 }
 
-static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
+void atx_exec_require_preload(const char* fname)
 {
-    uint8 id[16];
-    char id_text[37];
-    char* payload;
-    size_t len;
-    AtxWaiterSlot* slot;
-    volatile bool written = false;
-    MemoryContext ctx = CurrentMemoryContext;
-    const char* fname = raise ? "atx_exec" : "atx_exec_noraise";
-    char* json;
-    char* status;
-    int code;
-    char *error, *detail, *hint;
-
     if (!atx_waiters_available())
         ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
                         errmsg("%s requires pg_atx in shared_preload_libraries", fname),
@@ -177,17 +165,23 @@ static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
                                   "pg_atx can create."),
                         errhint("Add pg_atx to shared_preload_libraries and restart the server, or use atx_log, "
                                 "which does not wait.")));
+}
 
-    atx_build_message(fcinfo, 0, false, true, fname, id, &payload, &len);
-    atx_uuid_text(id, id_text);
+void atx_exec_write_and_wait(const char* payload, size_t len, const uint8 id[16], const char* fname,
+                             AtxExecResult* out)
+{
+    AtxWaiterSlot* slot;
+    volatile bool written = false;
+    MemoryContext ctx = CurrentMemoryContext;
 
+    atx_uuid_text(id, out->id_text);
     // Registered before the message exists: the apply side can then never miss the waiter.
     slot = atx_waiter_register(id, fname);
     PG_TRY();
     {
         atx_write_message(payload, len, id);
         written = true;
-        wait_for_outcome(slot, id, fname, id_text);
+        wait_for_outcome(slot, id, fname, out->id_text);
     }
     PG_CATCH();
     {
@@ -205,29 +199,42 @@ static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
         // statement_timeout or cancel: say what becomes of the message.
         FlushErrorState();
         ereport(ERROR, (errcode(edata->sqlerrcode), errmsg("%s", edata->message),
-                        errdetail_internal("%s", fate_detail(seen, fname, id_text))));
+                        errdetail_internal("%s", fate_detail(seen, fname, out->id_text))));
     }
     PG_END_TRY();
 
     // DONE: the slot is ours until released; copy what we need.
-    json = pnstrdup(slot->json, slot->json_len);
-    status = pstrdup(slot->status);
-    code = slot->sqlerrcode;
-    error = pstrdup(slot->error);
-    detail = slot->detail[0] ? pstrdup(slot->detail) : NULL;
-    hint = slot->hint[0] ? pstrdup(slot->hint) : NULL;
+    out->json = pnstrdup(slot->json, slot->json_len);
+    out->status = pstrdup(slot->status);
+    out->sqlerrcode = slot->sqlerrcode;
+    out->error = pstrdup(slot->error);
+    out->detail = slot->detail[0] ? pstrdup(slot->detail) : NULL;
+    out->hint = slot->hint[0] ? pstrdup(slot->hint) : NULL;
     (void)atx_waiter_give_up(id, true);
+}
 
-    if (raise && strcmp(status, "failed") == 0)
-        ereport(ERROR, (errcode(code), errmsg_internal("%s", error),
-                        detail ? errdetail_internal("%s\nRaised by the autonomous statement of pg_atx message %s "
-                                                    "(dead-lettered).",
-                                                    detail, id_text)
-                               : errdetail_internal("Raised by the autonomous statement of pg_atx message %s "
-                                                    "(dead-lettered).",
-                                                    id_text),
-                        hint ? errhint("%s", hint) : 0));
-    PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+static Datum exec_body(FunctionCallInfo fcinfo, bool raise)
+{
+    uint8 id[16];
+    char* payload;
+    size_t len;
+    const char* fname = raise ? "atx_exec" : "atx_exec_noraise";
+    AtxExecResult r;
+
+    atx_exec_require_preload(fname);
+    atx_build_message(fcinfo, 0, false, true, fname, id, &payload, &len);
+    atx_exec_write_and_wait(payload, len, id, fname, &r);
+
+    if (raise && strcmp(r.status, "failed") == 0)
+        ereport(ERROR, (errcode(r.sqlerrcode), errmsg_internal("%s", r.error),
+                        r.detail ? errdetail_internal("%s\nRaised by the autonomous statement of pg_atx message %s "
+                                                      "(dead-lettered).",
+                                                      r.detail, r.id_text)
+                                 : errdetail_internal("Raised by the autonomous statement of pg_atx message %s "
+                                                      "(dead-lettered).",
+                                                      r.id_text),
+                        r.hint ? errhint("%s", r.hint) : 0));
+    PG_RETURN_DATUM(DirectFunctionCall1(jsonb_in, CStringGetDatum(r.json)));
 }
 
 static Datum atx_exec_body(FunctionCallInfo fcinfo) { return exec_body(fcinfo, true); }

@@ -4,6 +4,7 @@
 #include "hmac_key.h"
 #include "message.h"
 #include "name_id.h"
+#include "parked.h"
 #include "wal_message.h"
 
 static void id_of_position(AtxLoaded* l)
@@ -60,12 +61,20 @@ void atx_load_payload(const char* payload, size_t len, XLogRecPtr lsn, AtxLoaded
                       l->m.role_name));
 }
 
-void atx_load_message(XLogRecPtr lsn, AtxLoaded* l)
+void atx_load_message(XLogRecPtr lsn, AtxLoaded* l) { atx_load_message_from(lsn, true, l); }
+
+void atx_load_message_from(XLogRecPtr lsn, bool maybe_parked, AtxLoaded* l)
 {
     char* payload;
     size_t len;
     char* why = NULL;
 
+    if (maybe_parked && atx_parked_payload(lsn, &payload, &len)) {
+        // Its WAL may be gone: the slot moved past it once it was parked.
+        atx_load_payload(payload, len, lsn, l);
+        l->parked = true;
+        return;
+    }
     if (!atx_read_wal_message(lsn, &payload, &len, &why)) {
         memset(l, 0, sizeof *l);
         l->lsn = lsn;

@@ -24,13 +24,17 @@ struct AtxLoaded {
     bool have_id;
     uint8 id[16];
     bool authenticated;  // decoded and its HMAC verified: its fields may be trusted and shown
+    bool parked;         // read from its parked copy (parked.h), not from the WAL
     char* payload;
     size_t len;
     AtxMessageC m;
 };
 
-// Reads the record starting at lsn and loads it.
+// Loads the message starting at lsn: from its parked copy when it has one (parked.h), else from
+// the WAL record there.
 void atx_load_message(XLogRecPtr lsn, AtxLoaded* out);
+// The same, for a caller that knows no message is parked (atx_parked_any): the WAL only.
+void atx_load_message_from(XLogRecPtr lsn, bool maybe_parked, AtxLoaded* out);
 // Loads a payload kept elsewhere (a dead letter's), first read at lsn (may be invalid).
 void atx_load_payload(const char* payload, size_t len, XLogRecPtr lsn, AtxLoaded* out);
 

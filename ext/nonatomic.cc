@@ -106,8 +106,12 @@ static const char* claim(const AtxMessageC* m, XLogRecPtr lsn)
     memcpy(u->data, m->id, 16);
     v[0] = UUIDPGetDatum(u);
     v[1] = LSNGetDatum(lsn);
+    // A parked message is claimed from its record, which keeps the payload: found started after
+    // a crash, it is loaded from there to be dead-lettered in doubt.
     if (SPI_execute_with_args("WITH c AS (INSERT INTO atx.applied (message_id, lsn, status) VALUES ($1, $2, 'started') "
-                              "ON CONFLICT (message_id) DO NOTHING RETURNING 'claimed'::pg_catalog.text AS s) "
+                              "ON CONFLICT (message_id) DO UPDATE SET status = 'started', handled_at = pg_catalog.now() "
+                              "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked' "
+                              "RETURNING 'claimed'::pg_catalog.text AS s) "
                               "SELECT s FROM c UNION ALL "
                               "SELECT status FROM atx.applied WHERE message_id OPERATOR(pg_catalog.=) $1 "
                               "AND NOT EXISTS (SELECT 1 FROM c) LIMIT 1",
@@ -492,7 +496,7 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
                                       "Grant LOGIN to the role, or keep transaction control out of its autonomous "
                                       "statements.",
                                       sh->attempts, sh->first_failed);
-                atx_applied_record(1, &rec);
+                atx_applied_update(1, &rec);  // none, or 'parked'
                 PopActiveSnapshot();
                 SetUserIdAndSecContext(save_user, save_sec);
                 sh->sqlerrcode = ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION;

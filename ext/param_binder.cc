@@ -1,5 +1,6 @@
 // See param_binder.h. Plain C style (see pg_guard.h).
 #include "param_binder.h"
+#include "wire_encoding.h"
 
 ParamListInfo atx_bind_params(const AtxMessageC* m, Oid* types)
 {
@@ -27,7 +28,7 @@ ParamListInfo atx_bind_params(const AtxMessageC* m, Oid* types)
             // The receive function reads from a buffer it owns; the payload stays untouched.
             initStringInfo(&buf);
             appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
-            prm->value = OidReceiveFunctionCall(fn, &buf, ioparam, -1);
+            prm->value = atx_receive_in_database_encoding(fn, &buf, ioparam, -1);
             if (buf.cursor != buf.len)
                 ereport(ERROR, (errcode(ERRCODE_INVALID_BINARY_REPRESENTATION),
                                 errmsg("incorrect binary data format in parameter $%d", i + 1)));

@@ -1,7 +1,10 @@
 // See text_format.h.
 #include "text_format.h"
 
+#include "wire_encoding.h"
+
 extern "C" {
+#include "mb/pg_wchar.h"
 #include "utils/fmgrprotos.h"
 #include "utils/fmgroids.h"
 }
@@ -48,6 +51,59 @@ static const CatalogFreeType catalog_free_types[] = {
     {INTERVALOID, interval_recv, interval_out},
 };
 
+// Text-like values are read through pq_getmsgtext, which raises for bytes that are not valid in
+// the database's encoding (a message written by 0.2 from a client in another encoding carries
+// such bytes): those are checked first, and shown as hex when they would fail.
+static bool valid_text(Oid type, const char* data, int len)
+{
+    switch (type) {
+    case TEXTOID:
+    case VARCHAROID:
+    case BPCHAROID:
+    case NAMEOID:
+    case JSONOID:
+        return pg_verify_mbstr(GetDatabaseEncoding(), data, len, true);
+    case JSONBOID:
+        return len >= 1 && pg_verify_mbstr(GetDatabaseEncoding(), data + 1, len - 1, true);
+    default:
+        return true;
+    }
+}
+
+static uint32 read_u32(const char* p)
+{
+    const unsigned char* u = (const unsigned char*)p;
+    return ((uint32)u[0] << 24) | ((uint32)u[1] << 16) | ((uint32)u[2] << 8) | (uint32)u[3];
+}
+
+// Every element of an array in array_send's layout (ndim, flags, element type, ndim x (size,
+// lower bound), then each element's length or -1 and its bytes) passes valid_text.
+static bool valid_text_elements(Oid elem, const char* data, size_t len)
+{
+    size_t at = 12, n = 1;
+    if (len < 12)
+        return false;
+    const uint32 ndim = read_u32(data);
+    if (ndim > MAXDIM || read_u32(data + 8) != elem || len < 12 + (size_t)ndim * 8)
+        return false;
+    for (uint32 d = 0; d < ndim; d++, at += 8)
+        n *= read_u32(data + at);
+    if (ndim == 0)
+        n = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (len - at < 4)
+            return false;
+        const int32 elen = (int32)read_u32(data + at);
+        at += 4;
+        if (elen == -1)
+            continue;
+        if (elen < 0 || (size_t)elen > len - at || !valid_text(elem, data + at, elen))
+            return false;
+        at += (size_t)elen;
+    }
+    return true;
+}
+
 static bool append_catalog_free(StringInfo out, const AtxParamC* p)
 {
     for (size_t i = 0; i < lengthof(catalog_free_types); i++) {
@@ -57,6 +113,8 @@ static bool append_catalog_free(StringInfo out, const AtxParamC* p)
 
         if (t->type != p->type_oid)
             continue;
+        if (!valid_text(t->type, p->value, (int)p->value_len))
+            return false;
         initStringInfo(&buf);
         appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
         d = DirectFunctionCall3(t->recv, PointerGetDatum(&buf), ObjectIdGetDatum(t->type), Int32GetDatum(-1));
@@ -94,7 +152,7 @@ static bool append_array_of_catalog_free(StringInfo out, const AtxParamC* p)
     elem = ((Form_pg_type)GETSTRUCT(tup))->typelem;
     is_array = ((Form_pg_type)GETSTRUCT(tup))->typreceive == F_ARRAY_RECV && OidIsValid(elem);
     ReleaseSysCache(tup);
-    if (!is_array || !catalog_free(elem))
+    if (!is_array || !catalog_free(elem) || !valid_text_elements(elem, p->value, p->value_len))
         return false;
     initStringInfo(&buf);
     appendBinaryStringInfo(&buf, p->value, (int)p->value_len);
@@ -120,9 +178,18 @@ void atx_append_param_value(StringInfo out, const AtxParamC* p)
     // Anything else is shown as the bytes it is, so that no other receive function (some always
     // fail, e.g. pg_node_tree's; a user type's may do anything) ever runs here: a dead letter and
     // the text stream must never fail for a value.
-    if (append_catalog_free(out, p))
-        return;
-    if (IsTransactionState() && append_array_of_catalog_free(out, p))
-        return;
-    atx_append_hex(out, p->value, p->value_len);
+    // Their bytes are in the database's encoding (wire_encoding.h), whatever this session's is.
+    volatile bool done = false;
+    const int saved = atx_wire_encoding_begin();
+    PG_TRY();
+    {
+        done = append_catalog_free(out, p) || (IsTransactionState() && append_array_of_catalog_free(out, p));
+    }
+    PG_FINALLY();
+    {
+        atx_wire_encoding_end(saved);
+    }
+    PG_END_TRY();
+    if (!done)
+        atx_append_hex(out, p->value, p->value_len);
 }

@@ -32,7 +32,9 @@ namespace {
 
 // Functions the applier calls, each needing EXECUTE.
 const char* const kNeededFunctions[] = {
-    "atx.apply_batch(pg_catalog.pg_lsn[], integer[], timestamp with time zone[], integer, integer, boolean, text)",
+    "atx.apply_batch(pg_catalog.pg_lsn[], integer[], timestamp with time zone[], integer, integer, boolean, text, "
+    "integer)",
+    "atx.park(pg_catalog.pg_lsn[])",
     "atx.dead_letter_message(pg_catalog.pg_lsn, text, integer, timestamp with time zone)",
     "atx.apply_activity()",
     "atx.terminate_overdue(integer, pg_catalog.pg_lsn)",

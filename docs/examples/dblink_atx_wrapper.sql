@@ -109,4 +109,41 @@ BEGIN
            'no connection string left in the code';
 END
 $$;
+-------------------------------------------------------------------------------
+-- Second form: the error-logging procedure's body as it is, made autonomous with one statement:
+-- no _atx pair, no wrapper, no connection string. log_error keeps its name and signature, so
+-- every caller stays as it is; the caller waits until the log row is committed.
+-------------------------------------------------------------------------------
+TRUNCATE ex_dblink.error_log;
+DROP FUNCTION ex_dblink.log_error(text, text);
+CREATE FUNCTION ex_dblink.log_error(p_code text, p_message text)
+RETURNS void
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO ex_dblink.error_log (code, message) VALUES (p_code, p_message);
+END
+$$;
+SELECT atx.make_autonomous('ex_dblink.log_error(text, text)');
+
+BEGIN;
+SELECT ex_dblink.pay(1, 10);
+DO $$
+BEGIN
+    PERFORM ex_dblink.pay(2, -5);   -- fails; the error is logged, and the log survives
+EXCEPTION WHEN check_violation THEN
+    RAISE NOTICE 'payment 2 refused: %', SQLERRM;
+END
+$$;
+ROLLBACK;
+
+DO $$
+BEGIN
+    ASSERT (SELECT count(*) FROM ex_dblink.payments) = 0, 'make_autonomous: payments rolled back';
+    ASSERT (SELECT code || ' ' || message || ' ' || who FROM ex_dblink.error_log)
+           = '23514 payment 2 of -5: new row for relation "payments" violates check constraint "payments_amount_check" '
+             || current_user, 'make_autonomous: the error logged at once, as the caller';
+END
+$$;
+SELECT 'dblink_atx_wrapper with make_autonomous: ok' AS result;
 SELECT 'dblink_atx_wrapper: ok' AS result;

@@ -312,4 +312,96 @@ $atx$) ->> 'status' AS "2c block";
 COMMIT;
 SELECT expect_dept('2c', 10, 20, 30, 40, 50, 60);
 
+-------------------------------------------------------------------------------
+-- Second form: EDB's bodies as they are, each made autonomous with one statement.
+--
+-- A procedure declared with PRAGMA AUTONOMOUS_TRANSACTION keeps its body, ROLLBACK included,
+-- and atx.make_autonomous makes every call of it autonomous: the caller waits while the body
+-- runs in its own transaction (through atx-applier, as the caller, with its settings). An
+-- anonymous block cannot be made autonomous (it is no routine): its body becomes a procedure.
+-------------------------------------------------------------------------------
+DROP PROCEDURE insert_dept_70();
+DROP PROCEDURE insert_dept_70_atx();
+
+-- 2a: the autonomous block, with COMMIT, calling an ordinary insert_dept_70.
+CREATE PROCEDURE insert_dept_70()
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO dept VALUES (70,'MARKETING','LOS ANGELES');
+END
+$$;
+CREATE PROCEDURE autonomous_block()
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO dept VALUES (60,'FINANCE','CHICAGO');
+    CALL insert_dept_70();
+    COMMIT;
+END
+$$;
+SELECT atx.make_autonomous('autonomous_block()');
+
+CALL reset_dept();
+BEGIN;
+INSERT INTO dept VALUES (50,'HR','DENVER');
+CALL autonomous_block();
+SELECT expect_dept('2a with make_autonomous, inside the caller before its ROLLBACK', 10, 20, 30, 40, 50, 60, 70);
+ROLLBACK;
+SELECT expect_dept('2a with make_autonomous', 10, 20, 30, 40, 60, 70);
+
+-- 2b: insert_dept_70 ends with ROLLBACK and is not autonomous.
+CREATE OR REPLACE PROCEDURE insert_dept_70()
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO dept VALUES (70,'MARKETING','LOS ANGELES');
+    ROLLBACK;
+END
+$$;
+CALL reset_dept();
+BEGIN;
+INSERT INTO dept VALUES (50,'HR','DENVER');
+CALL autonomous_block();
+COMMIT;
+SELECT expect_dept('2b with make_autonomous', 10, 20, 30, 40, 50);
+
+-- 2c: insert_dept_70, ROLLBACK and all, is autonomous itself: nested in the autonomous block.
+SELECT atx.make_autonomous('insert_dept_70()');
+CALL reset_dept();
+BEGIN;
+INSERT INTO dept VALUES (50,'HR','DENVER');
+CALL autonomous_block();
+COMMIT;
+SELECT expect_dept('2c with make_autonomous', 10, 20, 30, 40, 50, 60);
+
+-- Nesting: an autonomous function that calls itself, 16 levels below the client's call; the 17th
+-- is refused (54001), EDB's limit.
+CREATE FUNCTION nest_autonomous(target int)
+RETURNS int
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    depth int := (atx.current_message()).depth;
+BEGIN
+    IF depth = target THEN
+        RETURN depth;
+    END IF;
+    RETURN nest_autonomous(target);
+END
+$$;
+SELECT atx.make_autonomous('nest_autonomous(int)');
+DO $$
+BEGIN
+    ASSERT ex_edb.nest_autonomous(16) = 16, '16 nested autonomous levels';
+    BEGIN
+        PERFORM ex_edb.nest_autonomous(17);
+        RAISE EXCEPTION 'a 17th level was not refused';
+    EXCEPTION WHEN statement_too_complex THEN
+        RAISE NOTICE 'a 17th level is refused: %', SQLERRM;
+    END;
+END
+$$;
+SELECT 'nesting with make_autonomous: ok' AS result;
+
 SELECT 'edb_autonomous_dept: ok' AS result;

@@ -115,4 +115,62 @@ BEGIN
               FROM empauditlog), 'dated at the call';
 END
 $$;
+-------------------------------------------------------------------------------
+-- Second form: EDB's trigger body as it is, made autonomous with one statement.
+--
+-- A trigger function itself cannot be made autonomous (NEW, OLD and TG_OP belong to the firing
+-- statement), so the trigger keeps what only it can know (which operation fired it) and calls
+-- EDB's autonomous part, unchanged, as a procedure that atx.make_autonomous makes autonomous:
+-- the INSERT runs in its own transaction and the session sees the row at once, as in EDB.
+-- SYSDATE becomes LOCALTIMESTAMP(0) and USER current_user (the caller's, also inside the body).
+-------------------------------------------------------------------------------
+TRUNCATE empauditlog;
+CREATE PROCEDURE emp_audit(v_action varchar)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO empauditlog VALUES (LOCALTIMESTAMP(0), current_user, v_action);
+END
+$$;
+SELECT atx.make_autonomous('emp_audit(varchar)');
+
+CREATE OR REPLACE FUNCTION emp_audit_trig()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_action        varchar(20);
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        v_action := 'Added employee(s)';
+    ELSIF TG_OP = 'UPDATE' THEN
+        v_action := 'Updated employee(s)';
+    ELSIF TG_OP = 'DELETE' THEN
+        v_action := 'Deleted employee(s)';
+    END IF;
+    CALL emp_audit(v_action);
+    RETURN NULL;
+END
+$$;
+
+BEGIN;
+INSERT INTO emp VALUES (9001,'SMITH','ANALYST',7782,LOCALTIMESTAMP(0),NULL,NULL,10);
+INSERT INTO emp VALUES (9002,'JONES','CLERK',7782,LOCALTIMESTAMP(0),NULL,NULL,10);
+DO $$
+BEGIN
+    ASSERT (SELECT count(*) FROM empauditlog) = 2, 'make_autonomous: both audit rows seen before the ROLLBACK';
+END
+$$;
+ROLLBACK;
+DO $$
+BEGIN
+    ASSERT (SELECT count(*) FROM emp) = 0, 'make_autonomous: the employees are rolled back';
+    ASSERT (SELECT string_agg(audit_user || ' ' || audit_desc, ', ') FROM empauditlog)
+           = current_user || ' Added employee(s), ' || current_user || ' Added employee(s)',
+           'make_autonomous: the audit rows stay, by the session''s user';
+    ASSERT (SELECT bool_and(audit_date BETWEEN localtimestamp(0) - interval '1 minute' AND localtimestamp(0))
+              FROM empauditlog), 'make_autonomous: dated at the call';
+END
+$$;
+SELECT 'edb_autonomous_trigger with make_autonomous: ok' AS result;
 SELECT 'edb_autonomous_trigger: ok' AS result;

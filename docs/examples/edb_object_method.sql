@@ -101,4 +101,42 @@ BEGIN
            format('dept is %s', (SELECT string_agg(deptno::text, ',' ORDER BY deptno) FROM dept));
 END
 $$;
+-------------------------------------------------------------------------------
+-- Second form: EDB's method body as it is, made autonomous with one statement.
+--
+-- The member procedure keeps EDB's body, COMMIT included, and its name; atx.make_autonomous
+-- turns every call of it into an autonomous transaction that the caller waits for (the body
+-- runs as the caller, through atx-applier; its COMMIT makes it a top-level CALL of its own).
+-------------------------------------------------------------------------------
+DELETE FROM dept WHERE deptno >= 50;
+DROP PROCEDURE insert_dept(insert_dept_typ);
+CREATE PROCEDURE insert_dept(self insert_dept_typ)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO dept VALUES (self.deptno, self.dname, self.loc);
+    COMMIT;
+END
+$$;
+SELECT atx.make_autonomous('insert_dept(insert_dept_typ)');
+
+DO $$
+DECLARE
+    v_dept          insert_dept_typ :=
+                      ROW(60,'FINANCE','CHICAGO');
+BEGIN
+    INSERT INTO dept VALUES (50,'HR','DENVER');
+    CALL insert_dept(v_dept);
+    ROLLBACK;
+END
+$$;
+
+DO $$
+BEGIN
+    ASSERT (SELECT string_agg(deptno || ' ' || dname || ' ' || loc, ', ' ORDER BY deptno) FROM dept)
+           = '10 ACCOUNTING NEW YORK, 20 RESEARCH DALLAS, 30 SALES CHICAGO, 40 OPERATIONS BOSTON, 60 FINANCE CHICAGO',
+           format('make_autonomous: dept is %s', (SELECT string_agg(deptno::text, ',' ORDER BY deptno) FROM dept));
+END
+$$;
+SELECT 'edb_object_method with make_autonomous: ok' AS result;
 SELECT 'edb_object_method: ok' AS result;

@@ -186,4 +186,67 @@ END
 $$;
 SELECT 'log_action launched now, read later: ok' AS result;
 
+-------------------------------------------------------------------------------
+-- 4. Second form: ora2pg's plain export of the Oracle bodies, and one statement.
+--
+-- With AUTONOMOUS_TRANSACTION 0 in ora2pg.conf, ora2pg exports each routine as it is, leaving
+-- the pragma as a comment in its DECLARE section (and the procedure its COMMIT), instead of the
+-- _atx body and a dblink or pg_background wrapper. One statement then makes every such routine
+-- autonomous; each call runs its body in its own transaction through atx-applier and waits for
+-- it, as Oracle's caller does. Below: the article's procedure, as ora2pg exports it, and its
+-- text-returning variant as a function (a function cannot COMMIT; its autonomous transaction
+-- commits when it returns).
+-------------------------------------------------------------------------------
+TRUNCATE table_tracking;
+ALTER SEQUENCE log_seq RESTART 1;
+DROP FUNCTION log_action(text, timestamp, text);
+
+CREATE OR REPLACE PROCEDURE log_action (
+        username text, event_date timestamp, msg text
+) AS $body$
+DECLARE
+-- PRAGMA AUTONOMOUS_TRANSACTION;
+BEGIN
+   INSERT INTO table_tracking VALUES (nextval('log_seq'), username, event_date, msg);
+   COMMIT;
+END;
+$body$
+LANGUAGE PLPGSQL;
+
+CREATE OR REPLACE FUNCTION log_action_id (
+        username text, event_date timestamp, msg text
+) RETURNS text AS
+$body$
+DECLARE
+-- PRAGMA AUTONOMOUS_TRANSACTION;
+   s_id integer;
+BEGIN
+   INSERT INTO table_tracking VALUES (nextval('log_seq'), username, event_date, msg) RETURNING id INTO s_id;
+   RETURN 'Message inserted into table_tracking with id: '|| s_id;
+END;
+$body$
+LANGUAGE plpgsql;
+
+-- The one statement: every routine ora2pg exported with the pragma becomes autonomous.
+SELECT atx.make_autonomous(p.oid) AS made_autonomous
+  FROM pg_proc p
+ WHERE p.pronamespace = 'ex_ora2pg'::regnamespace
+   AND p.prosrc ~* '--\s*PRAGMA\s+AUTONOMOUS_TRANSACTION'
+ ORDER BY 1;
+
+BEGIN;
+CALL log_action('gilles', localtimestamp(0), 'Add autonomous_transaction article');
+SELECT log_action_id('gilles', localtimestamp(0), 'second entry') AS result \gset
+SELECT count(*) AS rows_seen_in_the_open_transaction FROM table_tracking \gset
+ROLLBACK;
+-- The procedure's COMMIT sends it to the non-atomic path after an atomic attempt that ran up to
+-- that COMMIT: the sequence value that attempt drew is not given back (sequences never are), so
+-- the ids may have a gap where Oracle's would not.
+SELECT check_that(:'result' = 'Message inserted into table_tracking with id: '
+                              || (SELECT id FROM table_tracking WHERE msg = 'second entry')
+                  AND :'rows_seen_in_the_open_transaction' = '2'
+                  AND (SELECT string_agg(msg, ', ' ORDER BY id) FROM table_tracking)
+                      = 'Add autonomous_transaction article, second entry',
+                  'log_action with make_autonomous',
+                  concat_ws(' / ', :'result', :'rows_seen_in_the_open_transaction'));
 SELECT 'ora2pg_log_action: ok' AS result;

@@ -215,4 +215,111 @@ BEGIN
     ASSERT (SELECT bool_and(who = current_user) FROM ex_oracle.app_log), 'logged as the caller';
 END
 $$;
+-------------------------------------------------------------------------------
+-- Second form: the Oracle bodies as they are (COMMIT and ROLLBACK included), each made
+-- autonomous with one statement, in schema ex_oracle_auto.
+--
+-- atx.make_autonomous keeps the procedure's name, signature and grants; every call then runs its
+-- body in a transaction of its own through atx-applier, as the caller, and waits for it, as
+-- Oracle's caller does (atx_log above does not wait). A body with COMMIT or ROLLBACK runs as a
+-- top-level CALL of its own, so they work as in Oracle. SYSTIMESTAMP becomes clock_timestamp()
+-- and USER current_user.
+-------------------------------------------------------------------------------
+DROP SCHEMA IF EXISTS ex_oracle_auto CASCADE;
+CREATE SCHEMA ex_oracle_auto;
+CREATE TABLE ex_oracle_auto.orders (id int PRIMARY KEY, item text, qty int);
+CREATE TABLE ex_oracle_auto.app_log (
+    id bigserial PRIMARY KEY,
+    logged_at timestamptz NOT NULL,
+    who name NOT NULL,
+    action text NOT NULL,
+    detail text
+);
+CREATE TABLE ex_oracle_auto.stock (item text PRIMARY KEY, qty int NOT NULL);
+CREATE TABLE ex_oracle_auto.reservation (item text NOT NULL, qty int);
+INSERT INTO ex_oracle_auto.stock VALUES ('widget', 10);
+
+CREATE PROCEDURE ex_oracle_auto.log_action(p_action text, p_detail text)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO ex_oracle_auto.app_log (logged_at, who, action, detail)
+    VALUES (clock_timestamp(), current_user, p_action, p_detail);
+    COMMIT;
+END
+$$;
+SELECT atx.make_autonomous('ex_oracle_auto.log_action(text, text)');
+
+-- The row trigger's autonomous body; the trigger passes what only it knows (TG_OP, the ids).
+CREATE PROCEDURE ex_oracle_auto.orders_audit_row(p_op text, p_new int, p_old int)
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    INSERT INTO ex_oracle_auto.app_log (logged_at, who, action, detail)
+    VALUES (clock_timestamp(), current_user, 'orders ' || p_op, concat(p_new, '/', p_old));  -- Oracle's || skips NULLs
+    COMMIT;
+END
+$$;
+SELECT atx.make_autonomous('ex_oracle_auto.orders_audit_row(text, int, int)');
+CREATE FUNCTION ex_oracle_auto.orders_audit()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    CALL ex_oracle_auto.orders_audit_row(TG_OP, CASE WHEN TG_OP <> 'DELETE' THEN NEW.id END,
+                                         CASE WHEN TG_OP <> 'INSERT' THEN OLD.id END);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER orders_audit AFTER INSERT OR UPDATE OR DELETE ON ex_oracle_auto.orders
+    FOR EACH ROW EXECUTE FUNCTION ex_oracle_auto.orders_audit();
+
+CREATE PROCEDURE ex_oracle_auto.reserve_stock(p_item text, p_qty int)
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_left int;
+BEGIN
+    UPDATE ex_oracle_auto.stock SET qty = qty - p_qty WHERE item = p_item RETURNING qty INTO v_left;
+    INSERT INTO ex_oracle_auto.reservation (item, qty) VALUES (p_item, p_qty);
+    IF v_left < 0 THEN
+        ROLLBACK;            -- undoes the UPDATE and the INSERT above, not the caller's work
+        INSERT INTO ex_oracle_auto.app_log (logged_at, who, action, detail)
+        VALUES (clock_timestamp(), current_user, 'reservation refused', p_item);
+    END IF;
+    COMMIT;
+END
+$$;
+SELECT atx.make_autonomous('ex_oracle_auto.reserve_stock(text, int)');
+
+BEGIN;
+INSERT INTO ex_oracle_auto.orders VALUES (1, 'widget', 5);
+CALL ex_oracle_auto.log_action('order placed', 'order 1: 5 x widget');
+INSERT INTO ex_oracle_auto.orders VALUES (2, 'gadget', 1);
+UPDATE ex_oracle_auto.orders SET qty = qty + 1 WHERE id = 2;
+CALL ex_oracle_auto.reserve_stock('widget', 4);    -- stock 6, one reservation
+CALL ex_oracle_auto.reserve_stock('widget', 50);   -- its own work rolled back, refusal logged
+-- Each call returned once its work was committed: this transaction sees it already.
+DO $$
+BEGIN
+    ASSERT (SELECT count(*) FROM ex_oracle_auto.app_log) = 5, 'the autonomous rows, seen before the ROLLBACK';
+END
+$$;
+ROLLBACK;
+
+DO $$
+DECLARE
+    actions text;
+BEGIN
+    SELECT string_agg(action || ':' || detail, ', ' ORDER BY id) INTO actions FROM ex_oracle_auto.app_log;
+    ASSERT actions = 'orders INSERT:1/, order placed:order 1: 5 x widget, orders INSERT:2/, orders UPDATE:2/2, '
+                     'reservation refused:widget',
+        format('make_autonomous: app_log is %s', actions);
+    ASSERT (SELECT count(*) FROM ex_oracle_auto.orders) = 0, 'make_autonomous: the orders are rolled back';
+    ASSERT (SELECT qty FROM ex_oracle_auto.stock WHERE item = 'widget') = 6, 'make_autonomous: only the first reservation';
+    ASSERT (SELECT count(*) FROM ex_oracle_auto.reservation) = 1, 'make_autonomous: one reservation';
+    ASSERT (SELECT bool_and(who = current_user) FROM ex_oracle_auto.app_log), 'make_autonomous: logged as the caller';
+END
+$$;
+SELECT 'oracle_pragma_autonomous with make_autonomous: ok' AS result;
 SELECT 'oracle_pragma_autonomous: ok' AS result;

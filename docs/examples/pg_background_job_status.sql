@@ -174,4 +174,63 @@ BEGIN
            'exec_on_abandon = apply: applied after the batch ended';
 END
 $$;
+-------------------------------------------------------------------------------
+-- 3. Second form: the status upsert as a routine of its own, made autonomous with one statement.
+--
+-- The upsert pg_background ran in a worker is the body of a procedure, values as its arguments;
+-- atx.make_autonomous makes every call of it a transaction of its own that the caller waits
+-- for: other sessions see each status as soon as the call returned, the last one stays after
+-- the batch's ROLLBACK, and a deadlock with the batch's own lock is 40P01 at once.
+-------------------------------------------------------------------------------
+CREATE PROCEDURE ex_jobs.set_status_now(p_job text, p_state text, p_step int, p_of int)
+LANGUAGE sql
+AS $$
+    INSERT INTO ex_jobs.job_status (job, state, step, of_steps, updated_at, updated_by)
+    VALUES (p_job, p_state, p_step, p_of, clock_timestamp(), current_user)
+    ON CONFLICT (job) DO UPDATE SET state = EXCLUDED.state, step = EXCLUDED.step,
+        of_steps = EXCLUDED.of_steps, updated_at = EXCLUDED.updated_at, updated_by = EXCLUDED.updated_by;
+$$;
+SELECT atx.make_autonomous('ex_jobs.set_status_now(text, text, int, int)');
+
+BEGIN;
+CALL ex_jobs.set_status_now('weekly', 'running', 0, 2);
+INSERT INTO ex_jobs.batch_output SELECT 'weekly', 1, md5(g::text) FROM generate_series(1, 1000) g;
+CALL ex_jobs.set_status_now('weekly', 'running', 1, 2);
+-- The status is committed when the call returns: this transaction (READ COMMITTED) sees it.
+DO $$
+BEGIN
+    ASSERT (SELECT state || ' ' || step FROM ex_jobs.job_status WHERE job = 'weekly') = 'running 1',
+           'make_autonomous: the status is there as soon as the call returned';
+END
+$$;
+CALL ex_jobs.set_status_now('weekly', 'rolled back', 2, 2);
+ROLLBACK;
+
+-- The batch holds its status row's lock and waits for its autonomous update: 40P01 at once,
+-- and the update is never applied.
+INSERT INTO ex_jobs.job_status VALUES ('weekly, locked', 'running', 1, 2, clock_timestamp(), current_user);
+BEGIN;
+SELECT state FROM ex_jobs.job_status WHERE job = 'weekly, locked' FOR UPDATE;
+DO $$
+BEGIN
+    CALL ex_jobs.set_status_now('weekly, locked', 'done', 2, 2);
+    RAISE EXCEPTION 'no deadlock reported';
+EXCEPTION WHEN deadlock_detected THEN
+    RAISE NOTICE 'the batch got 40P01: %', SQLERRM;
+END
+$$;
+ROLLBACK;
+
+DO $$
+BEGIN
+    PERFORM pg_sleep(0.5);   -- a cancelled update would have been applied by now
+    ASSERT (SELECT state || ' ' || step || '/' || of_steps FROM ex_jobs.job_status WHERE job = 'weekly')
+           = 'rolled back 2/2', 'make_autonomous: the final status stays after the ROLLBACK';
+    ASSERT (SELECT count(*) FROM ex_jobs.batch_output WHERE job = 'weekly') = 0,
+           'make_autonomous: the batch''s own work is rolled back';
+    ASSERT (SELECT state FROM ex_jobs.job_status WHERE job = 'weekly, locked') = 'running',
+           'make_autonomous: the update that deadlocked with its caller is never applied';
+END
+$$;
+SELECT 'pg_background_job_status with make_autonomous: ok' AS result;
 SELECT 'pg_background_job_status: ok' AS result;

@@ -5,10 +5,14 @@
 -- that a caller waiting for the same message again (a nested emit of a parent's new attempt) can
 -- have it run; nested emits name their parent, so that atx.prune keeps their records while the
 -- parent is dead-lettered (an operator's retry of the parent writes them again).
+-- Messages that wait behind a long-running statement of their lane or role are parked here
+-- (payload), so that the slot moves past them (atx.park).
 ALTER TABLE atx.applied DROP CONSTRAINT applied_status_check;
 ALTER TABLE atx.applied ADD COLUMN parent_id uuid;
+ALTER TABLE atx.applied ADD COLUMN payload bytea;
 ALTER TABLE atx.applied ADD CONSTRAINT applied_status_check
-    CHECK (status IN ('applied', 'duplicate', 'dead', 'cancelled', 'started'));
+    CHECK (status IN ('applied', 'duplicate', 'dead', 'cancelled', 'started', 'parked'));
+CREATE INDEX applied_parked ON atx.applied (lsn) WHERE payload IS NOT NULL;
 
 COMMENT ON TABLE atx.dead_letter IS
     'messages that could not be applied; each role sees its own (row-level security); NOTIFY atx_dead_letter (no payload) for each new one';
@@ -27,17 +31,27 @@ COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, bo
     'the apply call of atx-applier 0.2: refused, with what to do';
 
 CREATE FUNCTION atx.apply_batch(lsns pg_lsn[], attempts int[], first_failed timestamptz[],
-    max_attempts int, timeout_ms int, wake_at_commit boolean, applier text,
+    max_attempts int, timeout_ms int, wake_at_commit boolean, applier text, budget_ms int DEFAULT 0,
     OUT lsn pg_lsn, OUT message_id uuid, OUT status text, OUT sqlstate text, OUT error text,
     OUT failure text, OUT command text, OUT rows bigint, OUT backend_bytes bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'atx_apply_batch'
 LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text) IS
-    'apply the pg_atx messages starting at these LSNs, in order, each once (what atx-applier calls)';
-REVOKE ALL ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text) TO atx_applier;
+COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) IS
+    'apply the pg_atx messages starting at these LSNs, in order, each once (what atx-applier calls); after budget_ms (0: none) it takes no further message';
+REVOKE ALL ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) TO atx_applier;
+
+CREATE FUNCTION atx.park(lsns pg_lsn[], OUT lsn pg_lsn, OUT status text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'atx_park'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.park(pg_lsn[]) IS
+    'copy the pg_atx messages at these LSNs into atx.applied (status parked), so that the slot may move past them before they run';
+REVOKE ALL ON FUNCTION atx.park(pg_lsn[]) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION atx.park(pg_lsn[]) TO atx_applier;
 
 CREATE FUNCTION atx.apply_activity(OUT pid int, OUT state text, OUT lsn pg_lsn, OUT message_id uuid,
     OUT role_oid oid, OUT started_at timestamptz, OUT deadline timestamptz, OUT exited_at timestamptz,

@@ -60,9 +60,12 @@ SELECT pg_catalog.pg_extension_config_dump('atx.idempotency_key', '');
 -- Every handled message: applied, duplicate (its key), dead (dead-lettered), cancelled (its
 -- atx_exec caller stopped waiting; dead-lettered), started (a non-atomic run began), in the
 -- transaction that handled it. A message id found here is never applied again (a cancelled one
--- only by a caller that waits for it again: it never ran); records below the horizon are pruned
--- (atx.prune), except those of nested emits whose parent is dead-lettered, and such messages are
--- refused as handled.
+-- only by a caller that waits for it again: it never ran; a parked one, below, by its own run);
+-- records below the horizon are pruned (atx.prune), except those of nested emits whose parent is
+-- dead-lettered, and such messages are refused as handled.
+-- Parked: a message that waits behind a long-running statement of its own lane or role is copied
+-- here (payload) by atx.park, so that the slot can move past it; it is then run from this copy,
+-- and the transaction that handles it clears the payload. A record with a payload is never pruned.
 CREATE TABLE atx.applied (
     message_id uuid PRIMARY KEY,
     lsn pg_lsn NOT NULL,
@@ -70,9 +73,12 @@ CREATE TABLE atx.applied (
     handled_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
     outcome jsonb,  -- what a waiting atx_exec was (or is to be) told
     parent_id uuid, -- a nested emit: the message that emitted it
-    CONSTRAINT applied_status_check CHECK (status IN ('applied', 'duplicate', 'dead', 'cancelled', 'started'))
+    payload bytea,  -- parked: the message, until it is handled
+    CONSTRAINT applied_status_check
+        CHECK (status IN ('applied', 'duplicate', 'dead', 'cancelled', 'started', 'parked'))
 );
 CREATE INDEX applied_lsn ON atx.applied USING brin (lsn);
+CREATE INDEX applied_parked ON atx.applied (lsn) WHERE payload IS NOT NULL;
 COMMENT ON TABLE atx.applied IS 'pg_atx messages handled and not yet below atx.apply_horizon (exactly once)';
 
 CREATE TABLE atx.apply_horizon (
@@ -90,15 +96,15 @@ GRANT SELECT ON atx.applied, atx.apply_horizon TO atx_applier;
 -- (SET clause, and again inside, in ext/apply_batch.cc); what a message runs gets the caller's
 -- own settings back in a nested GUC level.
 CREATE FUNCTION atx.apply_batch(lsns pg_lsn[], attempts int[], first_failed timestamptz[],
-    max_attempts int, timeout_ms int, wake_at_commit boolean, applier text,
+    max_attempts int, timeout_ms int, wake_at_commit boolean, applier text, budget_ms int DEFAULT 0,
     OUT lsn pg_lsn, OUT message_id uuid, OUT status text, OUT sqlstate text, OUT error text,
     OUT failure text, OUT command text, OUT rows bigint, OUT backend_bytes bigint)
 RETURNS SETOF record
 AS 'MODULE_PATHNAME', 'atx_apply_batch'
 LANGUAGE C VOLATILE SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
-COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text) IS
-    'apply the pg_atx messages starting at these LSNs, in order, each once (what atx-applier calls)';
+COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) IS
+    'apply the pg_atx messages starting at these LSNs, in order, each once (what atx-applier calls); after budget_ms (0: none) it takes no further message';
 
 -- What an atx-applier of 0.2 calls: it is told to upgrade (docs/upgrade.md).
 CREATE FUNCTION atx.apply_batch(lsns pg_lsn[], attempts int[], first_failed timestamptz[],
@@ -152,6 +158,14 @@ LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.wake(uuid[]) IS 'hand waiting atx_exec callers the stored outcomes of these messages';
 
+CREATE FUNCTION atx.park(lsns pg_lsn[], OUT lsn pg_lsn, OUT status text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'atx_park'
+LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
+    SET search_path = pg_catalog, pg_temp;
+COMMENT ON FUNCTION atx.park(pg_lsn[]) IS
+    'copy the pg_atx messages at these LSNs into atx.applied (status parked), so that the slot may move past them before they run';
+
 CREATE FUNCTION atx.prune()
 RETURNS pg_lsn
 AS 'MODULE_PATHNAME', 'atx_prune'
@@ -182,8 +196,9 @@ LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
 COMMENT ON FUNCTION atx.retry_dead_letter(bigint, int) IS
     'run a dead letter''s message again (at most timeout_ms): applied (the dead letter goes), already (it was applied before: not run, the dead letter goes) or failed (it stays, one more attempt)';
 
-REVOKE ALL ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) FROM PUBLIC;
 REVOKE ALL ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION atx.park(pg_lsn[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION atx.apply_activity() FROM PUBLIC;
 REVOKE ALL ON FUNCTION atx.terminate_overdue(int, pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION atx.apply(pg_lsn) FROM PUBLIC;
@@ -193,8 +208,9 @@ REVOKE ALL ON FUNCTION atx.prune() FROM PUBLIC;
 REVOKE ALL ON FUNCTION atx.unapplied(pg_lsn[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION atx.message_at(pg_lsn) FROM PUBLIC;
 REVOKE ALL ON FUNCTION atx.retry_dead_letter(bigint, int) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) TO atx_applier;
 GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean) TO atx_applier;
+GRANT EXECUTE ON FUNCTION atx.park(pg_lsn[]) TO atx_applier;
 GRANT EXECUTE ON FUNCTION atx.apply_activity() TO atx_applier;
 GRANT EXECUTE ON FUNCTION atx.terminate_overdue(int, pg_lsn) TO atx_applier;
 GRANT EXECUTE ON FUNCTION atx.apply(pg_lsn) TO atx_applier;

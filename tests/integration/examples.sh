@@ -28,6 +28,8 @@ check_eq "autonomous block: its own rollback undid only its work" "6|1|reservati
     "$(q -c "SELECT (SELECT qty FROM ex_oracle.stock), (SELECT count(*) FROM ex_oracle.reservation), (SELECT action FROM ex_oracle.app_log WHERE detail = 'widget')")"
 check_eq "failing autonomous statement dead-lettered, not raised in the caller" "23502|4,5" \
     "$(q -c "SELECT (SELECT string_agg(sqlstate, ',') FROM ex_oracle.dead_letters), (SELECT string_agg(id::text, ',' ORDER BY id) FROM ex_oracle.orders)")"
+check "Oracle's bodies (COMMIT, ROLLBACK) + make_autonomous: procedure, row trigger, self-rolling-back block" \
+    has_line "oracle_pragma_autonomous with make_autonomous: ok" "$out"
 
 # (b) pg_background job status: watched from a second session while the batch runs.
 run_example pg_background_job_status >"$TEST_DIR/job.out" &
@@ -52,12 +54,15 @@ check_eq "final status after the batch rolled back" "rolled back|6|0" \
 check_eq "deadlock with the caller: update cancelled (default), or applied later (exec_on_abandon = apply)" \
     "locked=running|locked, apply later=done" \
     "$(q -c "SELECT string_agg(job || '=' || state, '|' ORDER BY job) FROM ex_jobs.job_status WHERE job LIKE 'locked%'")"
+check "job-status upsert + make_autonomous: seen at once, kept after ROLLBACK, 40P01 with the batch's lock" \
+    grep -qxF "pg_background_job_status with make_autonomous: ok" "$TEST_DIR/job.out"
 
 # (c) dblink _atx wrapper.
 out=$(run_example dblink_atx_wrapper)
 check_eq "dblink_atx_wrapper.sql runs and its assertions hold" "dblink_atx_wrapper: ok" "$(tail -n 1 <<<"$out")"
 check_eq "error logged though every payment rolled back" "1|0" \
     "$(q -c "SELECT (SELECT count(*) FROM ex_dblink.error_log), (SELECT count(*) FROM ex_dblink.payments)")"
+check "the error-logging procedure's body + make_autonomous" has_line "dblink_atx_wrapper with make_autonomous: ok" "$out"
 
 # (d) EDB scenarios 1a-2c, nesting, settings.
 out=$(run_example edb_autonomous_dept)
@@ -74,6 +79,15 @@ done <<'EOF'
 settings|the caller's settings are in the autonomous block, its SETs do not come back
 nesting|16 nested atx_exec levels served, the 17th refused with 54001
 EOF
+while IFS='|' read -r line what; do
+    check "EDB with make_autonomous: $what" has_line "$line: ok" "$out"
+done <<'EOF'
+2a with make_autonomous, inside the caller before its ROLLBACK|2a: the caller sees the autonomous procedure's rows at once
+2a with make_autonomous|2a: the block's body as an autonomous procedure (COMMIT inside), caller rolls back
+2b with make_autonomous|2b: an ordinary procedure ending in ROLLBACK inside it
+2c with make_autonomous|2c: insert_dept_70's own body (ROLLBACK) made autonomous, nested
+nesting with make_autonomous|an autonomous function 16 levels deep, the 17th refused
+EOF
 check_eq "EDB 2c (nested autonomous procedure ending in ROLLBACK): dept as EDB documents" \
     "2c: ok" "$(grep -xF '2c: ok' <<<"$out" || last_error edb_autonomous_dept)"
 check_eq "edb_autonomous_dept.sql runs to its end" "edb_autonomous_dept: ok" "$(tail -n 1 <<<"$out")"
@@ -83,17 +97,21 @@ out=$(run_example edb_autonomous_trigger)
 check_eq "edb_autonomous_trigger.sql runs and its assertions hold" "edb_autonomous_trigger: ok" "$(tail -n 1 <<<"$out")"
 check_eq "trigger: no employee, two audit rows" "0|2" \
     "$(q -c "SELECT (SELECT count(*) FROM ex_edb_trigger.emp), (SELECT count(*) FROM ex_edb_trigger.empauditlog)")"
+check "trigger: EDB's INSERT as an autonomous procedure the trigger calls" \
+    has_line "edb_autonomous_trigger with make_autonomous: ok" "$out"
 
 # (f) EDB object type method.
 out=$(run_example edb_object_method)
 check_eq "edb_object_method.sql runs and its assertions hold" "edb_object_method: ok" "$(tail -n 1 <<<"$out")"
 check_eq "object method: 60 stays, 50 rolled back" "10,20,30,40,60" \
     "$(q -c "SELECT string_agg(deptno::text, ',' ORDER BY deptno) FROM ex_edb_method.dept")"
+check "object method: EDB's body (COMMIT inside) + make_autonomous" has_line "edb_object_method with make_autonomous: ok" "$out"
 
 # (g) ora2pg log_action.
 out=$(run_example ora2pg_log_action)
 check_eq "ora2pg_log_action.sql runs and its assertions hold" "ora2pg_log_action: ok" "$(tail -n 1 <<<"$out")"
-for s in "log_action without a result" "log_action with a result" "log_action launched now, read later"; do
+for s in "log_action without a result" "log_action with a result" "log_action launched now, read later" \
+    "log_action with make_autonomous"; do
     check "ora2pg: $s" has_line "$s: ok" "$out"
 done
 

@@ -83,11 +83,12 @@ PGUSER=repl q -c "SELECT pg_create_logical_replication_slot('repl_peek', 'pg_atx
 expected_privs="function atx.apply(pg_lsn) EXECUTE
 function atx.apply_activity() EXECUTE
 function atx.apply_batch(pg_lsn[],integer[],timestamp with time zone[],integer,integer,boolean) EXECUTE
-function atx.apply_batch(pg_lsn[],integer[],timestamp with time zone[],integer,integer,boolean,text) EXECUTE
+function atx.apply_batch(pg_lsn[],integer[],timestamp with time zone[],integer,integer,boolean,text,integer) EXECUTE
 function atx.dead_letter_message(pg_lsn,text,integer,timestamp with time zone) EXECUTE
 function atx.decode(bytea) EXECUTE
 function atx.ensure_slot() EXECUTE
 function atx.message_at(pg_lsn) EXECUTE
+function atx.park(pg_lsn[]) EXECUTE
 function atx.prune() EXECUTE
 function atx.retry_dead_letter(bigint,integer) EXECUTE
 function atx.run_nonatomic(pg_lsn,integer,timestamp with time zone,integer,text,text,text,text) EXECUTE
@@ -251,7 +252,7 @@ check_eq "finding 4: bob's statement still ran once" 1 "$(count bob_t)"
 # --- PUBLIC role (alice) -------------------------------------------------------------------------
 for f in "atx.apply('$L')" "atx.message_at('$L')" "atx.verify_payload(p) FROM cap" "atx.decode(p) FROM cap" \
     "* FROM atx.apply_batch(ARRAY['$L']::pg_lsn[], '{1}', '{NULL}', 1, 0, false, 'test')" "atx.prune()" \
-    "atx.dead_letter_message('$L', 'operator')" "atx.retry_dead_letter(1)" "atx.wake('{}')" \
+    "* FROM atx.park(ARRAY['$L']::pg_lsn[])" "atx.dead_letter_message('$L', 'operator')" "atx.retry_dead_letter(1)" "atx.wake('{}')" \
     "* FROM atx.unapplied(ARRAY['$L']::pg_lsn[])" "atx.ensure_emit_origin()" "atx.ensure_slot()" \
     "pg_replication_origin_session_setup('pg_atx')" "pg_read_binary_file('$KEY')" "* FROM atx.applied" \
     "* FROM atx.idempotency_key"; do

@@ -158,7 +158,9 @@ _settled() {
                                         WHERE application_name LIKE 'atx-applier apply%' AND xact_start IS NOT NULL)" 2>/dev/null)" = t ]
 }
 
-# Waits until atx-applier created the slot of the current database and streams it.
+# Waits until atx-applier created the slot of the current database and streams it. Streams: the
+# backend holding it is a walsender (while the slot is being created, the creating backend holds
+# it, and atx_log still refuses: the slot is not persistent yet).
 wait_for_slot() {
-    wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots WHERE slot_name = atx.slot_name() AND active\" | grep -q 1"
+    wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = atx.slot_name() AND a.backend_type = 'walsender'\" | grep -q 1"
 }

@@ -100,6 +100,7 @@ std::vector<Case> every_option()
         {"max-retry-seconds", "77", [](const Config& c) { return c.max_retry_seconds == 77; }},
         {"max-backend-losses", "6", [](const Config& c) { return c.max_backend_losses == 6; }},
         {"terminate-grace-ms", "1500", [](const Config& c) { return c.terminate_grace_ms == 1500; }},
+        {"park-after-ms", "0", [](const Config& c) { return c.park_after_ms == 0; }},
         {"max-nested-per-role", "7", [](const Config& c) { return c.max_nested_per_role == 7; }},
         {"max-nonatomic", "5", [](const Config& c) { return c.max_nonatomic == 5; }},
         {"max-nonatomic-per-role", "1", [](const Config& c) { return c.max_nonatomic_per_role == 1; }},

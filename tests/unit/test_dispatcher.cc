@@ -1,6 +1,7 @@
 // Lanes, batches, budgets and suspects (applier/dispatcher.h).
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <thread>
 
 #include "dispatcher.h"
@@ -464,4 +465,132 @@ TEST_CASE("release gives a batch back for later, handled ones excepted", "[dispa
     auto b = d.take(WorkerKind::Regular, any, milliseconds(500));
     REQUIRE(b);
     CHECK(starts(*b) == std::vector<Lsn>{2, 3});
+}
+
+namespace {
+std::vector<Lsn> starts(const std::vector<Pending>& v)
+{
+    std::vector<Lsn> out;
+    for (const auto& p : v)
+        out.push_back(p.start);
+    std::sort(out.begin(), out.end());
+    return out;
+}
+std::vector<Id> ids(const std::vector<Pending>& v)
+{
+    std::vector<Id> out;
+    for (const auto& p : v)
+        out.push_back(p.id);
+    return out;
+}
+const auto kLongAgo = Clock::now() - std::chrono::hours(1);   // nothing is older
+auto later() { return Clock::now() + std::chrono::hours(1); }  // everything is older
+}  // namespace
+
+TEST_CASE("messages behind a long-running batch of their lane are parked, and run from their lane afterwards",
+          "[dispatcher][park]")
+{
+    Dispatcher d({1, 2});
+    for (Lsn i = 1; i <= 3; ++i)
+        d.add(msg(i, 1));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(d.park_candidates(kLongAgo, 100).empty());  // nothing has waited long enough
+    auto c = d.park_candidates(later(), 100);
+    CHECK(starts(c) == std::vector<Lsn>{2, 3});
+    // While they are parked, their lane is not taken, even once its batch is done.
+    d.done(*b, 1);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    CHECK(d.park_candidates(later(), 100).empty());  // not handed out twice
+    d.parked(ids(c), ids(c));
+    CHECK(d.parked_queued() == 2);
+    auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b2);
+    CHECK(starts(*b2) == std::vector<Lsn>{2});
+    CHECK(b2->items[0].parked);
+    CHECK(d.park_candidates(later(), 100).empty());  // 3 is parked already; nothing else waits
+    d.done(*b2, 1);
+    CHECK(d.parked_queued() == 1);
+}
+
+TEST_CASE("a backlog that moves is not parked; a principal stalled in one lane has its other lanes parked",
+          "[dispatcher][park]")
+{
+    Dispatcher d({1, 2});
+    // principal 7: lane 1 runs long, lane 2 waits; principal 8: lane 3 waits, nothing of it runs.
+    d.add(msg(1, 1, 7));
+    d.add(msg(2, 1, 7));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    d.add(msg(3, 2, 7));
+    d.add(msg(4, 3, 8));
+    CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{2, 3});
+    d.park_failed();
+    CHECK(d.parked_queued() == 0);
+    // Without a long-running batch nothing is parked, however old the queue.
+    Dispatcher fresh({1, 2});
+    for (Lsn i = 1; i <= 5; ++i)
+        fresh.add(msg(i, static_cast<uint8_t>(i)));
+    CHECK(fresh.park_candidates(later(), 100).empty());
+}
+
+TEST_CASE("an atx_exec child its running parent waits for is not parked; a lane waiting for a retry is",
+          "[dispatcher][park]")
+{
+    Dispatcher d({1, 4});
+    d.add(msg(1, 1, 7));
+    auto parent = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(parent);
+    d.add(nested(2, 1, 7));
+    CHECK(d.park_candidates(later(), 100).empty());
+    // A lane that failed transiently and waits for its retry time.
+    d.add(msg(3, 2, 9));
+    d.add(msg(4, 2, 9));
+    auto b = d.take(WorkerKind::Regular, std::optional<RunAs>(RunAs{9, 9}), milliseconds(0));
+    REQUIRE(b);
+    REQUIRE(starts(*b) == std::vector<Lsn>{3});
+    d.retry_later(*b, 0, Clock::now() + std::chrono::hours(1), 1);
+    CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{3, 4});
+}
+
+TEST_CASE("a lane whose batch ran longer than park_after gets batches of one, each parked first", "[dispatcher][park]")
+{
+    Dispatcher::Options o;
+    o.batch_size = 10;
+    o.role_budget = 2;
+    o.park_after = milliseconds(20);
+    Dispatcher d(o);
+    for (Lsn i = 1; i <= 5; ++i)
+        d.add(msg(i, 1));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(b->items.size() == 5);
+    std::this_thread::sleep_for(milliseconds(30));
+    d.done(*b, 1);  // the batch stopped after its first message, which took 30 ms
+    // Its next message has waited 30 ms: it is parked before it runs.
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    auto c = d.park_candidates(Clock::now() - o.park_after, 100);
+    CHECK(starts(c) == std::vector<Lsn>{2, 3, 4, 5});
+    d.parked(ids(c), ids(c));
+    auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b2);
+    CHECK(starts(*b2) == std::vector<Lsn>{2});  // one at a time while the lane is slow
+    d.done(*b2, 1);                              // fast this time: the lane is no longer slow
+    auto b3 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b3);
+    CHECK(starts(*b3) == std::vector<Lsn>{3, 4, 5});
+    d.done(*b3, 3);
+    // When atx.park fails, a slow lane does not wait for it.
+    for (Lsn i = 6; i <= 7; ++i)
+        d.add(msg(i, 2));
+    auto b4 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b4);
+    std::this_thread::sleep_for(milliseconds(30));
+    d.done(*b4, 1);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    REQUIRE(d.park_candidates(Clock::now() - o.park_after, 100).size() == 1);
+    d.park_failed();
+    auto b5 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b5);
+    CHECK(starts(*b5) == std::vector<Lsn>{7});
 }

@@ -138,3 +138,26 @@ TEST_CASE("many messages in random completion order", "[progress]")
         CHECK(p.confirm_position() == static_cast<Lsn>(i == 0 ? n * 10 + 10 : 10));
     }
 }
+
+TEST_CASE("a parked message is passed once its copy is durable; its waiter is woken by its run's commit",
+          "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    p.received(10, 20);  // parked: the park's commit ends at 300
+    p.received(20, 30);
+    p.handled(10, 300);
+    p.handled(20, 310);
+    p.durable_upto(320);
+    CHECK(p.confirm_position() == 30);  // the slot may pass it although it has not run
+    Id id{};
+    id[0] = 7;
+    p.handled_untracked(900, id);  // its run commits later, and an atx_exec caller waits
+    CHECK(p.not_durable() == 1);
+    CHECK(p.take_durable_waited().empty());
+    p.durable_upto(899);
+    CHECK(p.take_durable_waited().empty());
+    p.durable_upto(900);
+    CHECK(p.take_durable_waited() == std::vector<Id>{id});
+    CHECK(p.not_durable() == 0);
+}

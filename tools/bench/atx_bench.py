@@ -22,16 +22,19 @@ import tempfile
 import time
 import traceback
 
+import bench_autonomous
 import bench_env
+import bench_isolation
 import bench_pending
 import bench_report
 import bench_steps
+import bench_targets
 import bench_sweep
 import bench_triggers
 
 ROOT = bench_env.ROOT
 DEFAULT_MWP = 8     # PostgreSQL's default max_worker_processes
-STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb")
+STEPS = ("sweep", "drain", "e2e", "triggers", "audit", "pending", "tpcb", "autonomous", "isolation", "targets")
 
 
 def parse_args():
@@ -227,6 +230,28 @@ def main():
                 applier, results["tpcb"] = bench_steps.tpcb(cluster, new_applier, applier, 1 if q else 2,
                                                             3 if q else 15, log)
             step("tpcb", tpcb)
+        if "autonomous" in steps:
+            def autonomous():
+                log("9. autonomous routine against atx_exec and ora2pg's dblink and pg_background wrappers")
+                results["autonomous"] = bench_autonomous.run(cluster, ci, has_bgw, q, log)
+            step("autonomous", autonomous)
+        if "isolation" in steps:
+            def isolation():
+                nonlocal applier
+                log("10. isolation under attack (issue 21)")
+                applier.stop()
+                try:
+                    results["isolation"] = bench_isolation.run(cluster, new_applier, q, log)
+                finally:
+                    applier = new_applier().start()
+                    bench_env.wait_streaming(cluster)
+            step("isolation", isolation)
+        if "targets" in steps:
+            def targets():
+                nonlocal applier
+                log("11. the speed targets of issue 23")
+                applier, results["targets"] = bench_targets.run(cluster, applier, new_applier, q, log)
+            step("targets", targets)
         results["ratios"] = ratios(results, mwp_hi)
         completed = True
     finally:
@@ -401,6 +426,9 @@ def ratios(r, mwp_hi):
     blocked = pend.get("end-to-end with a blocked message", {}).get("with a blocked message")
     if blocked:
         out["end-to-end p99 with a blocked message, ms"] = blocked["p99_ms"]
+    for k in ("autonomous / atx_exec, median latency, 1 client", "autonomous / atx_exec, throughput, 8 clients"):
+        if r.get("autonomous", {}).get(k):
+            out[k + " (issue 24: within 10%)"] = r["autonomous"][k]
     if r.get("tpcb"):
         t = r["tpcb"]
         out["TPC-B with slot, idle / without"] = t["slot, idle"] / t["no slot"]

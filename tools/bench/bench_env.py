@@ -99,14 +99,7 @@ class Applier:
         return self
 
     def peak_rss_kb(self):
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as f:
-                for line in f:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1])
-        except (OSError, AttributeError):
-            pass
-        return None
+        return proc_status_kb(self.proc.pid, "VmHWM") if self.proc else None
 
     def stop(self):
         if self.proc and self.proc.poll() is None:
@@ -117,6 +110,18 @@ class Applier:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def proc_status_kb(pid, field):
+    """A kB field of /proc/<pid>/status (VmRSS, VmHWM ...); None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def applier_help(binary):

@@ -111,10 +111,26 @@ def print_all(r):
         if "skipped" not in v:
             for line in pending_lines(name, v):
                 print("    " + line)
+    if "isolation" in r:
+        iso = r["isolation"]
+        print(f"\nIsolation under attack: {iso['window_s']} s per pattern, message limit {iso['message_limit_ms']} ms, "
+              f"victim {iso['victim_rate_per_s']} messages/s")
+        for pattern, check, measured, target, ok in isolation_verdicts(iso):
+            print(f"  {'ok  ' if ok else 'MISS'} {pattern}: {check} {measured} (target {target})")
+    if "targets" in r:
+        print("\nSpeed targets (issue 23), measured in this run:")
+        import bench_targets
+        for check, measured, target, ok in bench_targets.verdicts(r["targets"]):
+            print(f"  {'ok  ' if ok else 'MISS'} {check}: {measured} (target {target})")
     print("\nRatios")
     for k, v in r["ratios"].items():
         unit = " ms" if k.endswith(", ms") else "x"
         print(f"  {k:<66} " + (f"{v:8.2f}{unit}" if isinstance(v, (int, float)) else str(v)))
+
+
+def isolation_verdicts(iso):
+    import bench_isolation
+    return bench_isolation.verdicts(iso)
 
 
 def point_text(p):
@@ -181,5 +197,19 @@ def markdown(r):
                 out.append(f"| {name} | {t['seconds']:.3f} s | {t['rows_per_s']:,.0f} | {t['autonomous_rows']:,} |")
             else:
                 out.append(f"| {name} | **failed**: {t['error']} | - | {t['autonomous_rows']:,} before the failure |")
+        out.append("")
+    if "isolation" in r:
+        iso = r["isolation"]
+        out.append(f"#### Isolation under attack ({iso['window_s']} s per pattern, message limit "
+                   f"{iso['message_limit_ms'] / 1000:g} s)\n")
+        out.append("| pattern | victim p99 / max, ms (plain; nested; non-atomic) | hostile final | hostile run to final, "
+                   "max | slot lag, max | apply backend RSS, max |")
+        out.append("|---|---|---|---|---|---|")
+        for name, p in iso["patterns"].items():
+            v = "; ".join(f"{p['victim'][k]['p99_ms']:.1f} / {p['victim'][k]['max_ms']:.0f}"
+                          for k in ("log", "nested", "nonatomic") if k in p["victim"])
+            out.append(f"| {name} | {v} | {p['hostile_final']}/{p['hostile_messages']} | "
+                       f"{p['hostile_run_to_final_max_s']} s | {p['slot_lag_max_s']} s | "
+                       f"{p['apply_backend_rss_max_mb']} MB |")
         out.append("")
     return "\n".join(out) + "\n"

@@ -56,13 +56,13 @@ SELECT regress_try(format('SELECT atx.apply(%L)', lsn)) FROM msg;
 RESET ROLE;
 -- ... and with EXECUTE granted, still refused by the function itself.
 GRANT USAGE ON SCHEMA atx TO regress_atx_other;
-GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text), atx.apply(pg_lsn)
+GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int), atx.apply(pg_lsn)
     TO regress_atx_other;
 SET ROLE regress_atx_other;
 SELECT regress_try(format('SELECT * FROM atx.apply_batch(ARRAY[%L]::pg_lsn[], ''{1}'', ''{NULL}'', 1, 0, true, ''regress'')', lsn)) FROM msg;
 SELECT regress_try(format('SELECT atx.apply(%L)', lsn)) FROM msg;
 RESET ROLE;
-REVOKE EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text), atx.apply(pg_lsn)
+REVOKE EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int), atx.apply(pg_lsn)
     FROM regress_atx_other;
 REVOKE USAGE ON SCHEMA atx FROM regress_atx_other;
 SELECT count(*) FROM auth_t WHERE v = 'authentic';

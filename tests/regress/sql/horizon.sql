@@ -1,6 +1,6 @@
 -- What the server remembers of handled messages: atx.applied, the horizon that atx.prune()
--- moves to the slot's confirmed position, atx.unapplied() (the failover check), and the same
--- message named twice in one batch.
+-- moves to the slot's confirmed position, atx.unapplied() (the failover check), the same
+-- message named twice in one batch, and parked messages.
 SELECT atx.ensure_slot() = regress_slot() AS slot_created;
 CREATE TABLE hz(v int);
 GRANT INSERT ON hz TO regress_atx_user;
@@ -34,5 +34,78 @@ SELECT count(*) AS unapplied_below_horizon FROM atx.unapplied((SELECT array_agg(
 SELECT regexp_replace(regress_try(format('SELECT atx.apply(%L)', (SELECT lsn FROM hz_msg WHERE n = 1))),
                       '[0-9A-F]+/[0-9A-F]+', '<lsn>', 'g') AS refused;
 SELECT array_agg(v ORDER BY v) FROM hz;
+
+-- Parked (atx.park): a message copied into its atx.applied record so that the slot may pass it
+-- before it runs. It runs from that copy, below the horizon, once; prune keeps the copy until
+-- then; a handled message is not parked; an operator can dead-letter a parked one.
+CREATE TABLE pk(v int);
+GRANT INSERT ON pk TO regress_atx_user;
+SET ROLE regress_atx_user;
+SELECT count(atx_log('INSERT INTO pk VALUES ($1)', g)) FROM generate_series(1, 4) g;
+RESET ROLE;
+CREATE TABLE pk_msg AS SELECT n, lsn FROM regress_take();
+SELECT a.status FROM atx.apply_batch(ARRAY[(SELECT lsn FROM pk_msg WHERE n = 1)], '{1}', '{NULL}', 1, 0, true,
+                                     'regress') a;
+SELECT (SELECT n FROM pk_msg m WHERE m.lsn = p.lsn) AS n, p.status
+  FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM pk_msg)) p ORDER BY 1;
+SELECT (SELECT n FROM pk_msg m WHERE m.lsn = p.lsn) AS n, p.status
+  FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM pk_msg)) p ORDER BY 1;
+SELECT m.n, a.status, a.payload IS NOT NULL AS has_copy FROM atx.applied a JOIN pk_msg m USING (lsn) ORDER BY m.n;
+-- The slot stands past all four (regress_take): prune moves the horizon past them and keeps the
+-- parked records only.
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT m.n, a.status FROM atx.applied a JOIN pk_msg m USING (lsn) ORDER BY m.n;
+-- An operator dead-letters the fourth without running it; the second and third run from their
+-- copies, the first counts as handled before.
+SELECT atx.dead_letter_message((SELECT lsn FROM pk_msg WHERE n = 4), 'operator') IS NOT NULL AS dead_lettered;
+SELECT (SELECT n FROM pk_msg m WHERE m.lsn = a.lsn) AS n, a.status
+  FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM pk_msg), '{1,1,1,1}', '{NULL,NULL,NULL,NULL}', 1, 0,
+                       true, 'regress') a ORDER BY 1;
+SELECT array_agg(v ORDER BY v) AS applied_once FROM pk;
+SELECT m.n, a.status, a.payload IS NOT NULL AS has_copy FROM atx.applied a JOIN pk_msg m USING (lsn) ORDER BY m.n;
+SELECT sqlstate, statement FROM atx.dead_letter WHERE source_lsn = (SELECT lsn FROM pk_msg WHERE n = 4);
+-- Once more: everything was handled, nothing runs again.
+SELECT a.status
+  FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM pk_msg), '{1,1,1,1}', '{NULL,NULL,NULL,NULL}', 1, 0,
+                       true, 'regress') a;
+SELECT array_agg(v ORDER BY v) AS applied_once FROM pk;
+-- Only the applier parks.
+SET ROLE regress_atx_user;
+SELECT regress_try($$SELECT atx.park('{0/0}')$$);
+RESET ROLE;
+DROP TABLE pk, pk_msg;
+
+-- An operator's retry of a dead-lettered parent writes its nested emits again under the same
+-- ids; their first copies were applied, and their records must outlive every prune until the
+-- applier has seen the new copies (the retried parent's record stands past them).
+CREATE TABLE rn_gate(g int);
+CREATE TABLE rn_once(v text);
+GRANT SELECT ON rn_gate TO regress_atx_user;
+GRANT INSERT ON rn_once TO regress_atx_user;
+SET ROLE regress_atx_user;
+SELECT atx_log($p$DO $d$BEGIN PERFORM atx_log('INSERT INTO public.rn_once VALUES (''nested'')');
+                         PERFORM 1 / (SELECT count(*) FROM public.rn_gate)::int; END$d$$p$) IS NOT NULL AS emitted;
+RESET ROLE;
+CREATE TABLE rn_msg AS SELECT n, lsn FROM regress_take();
+SELECT a.status, a.sqlstate FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM rn_msg), '{1}', '{NULL}',
+                                                 1, 0, true, 'regress') a;
+CREATE TABLE rn_child AS SELECT n, lsn FROM regress_take();
+SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM rn_child), '{1}', '{NULL}', 1, 0, true,
+                                     'regress') a;
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT count(*) AS child_records_kept FROM atx.applied WHERE parent_id IS NOT NULL;
+-- The cause is fixed and the parent retried: its nested emit is written again.
+INSERT INTO rn_gate VALUES (1);
+SELECT status FROM atx.retry_dead_letter((SELECT id FROM atx.dead_letter WHERE statement LIKE '%rn_gate%'));
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT count(*) AS child_records_kept FROM atx.applied WHERE parent_id IS NOT NULL;
+CREATE TABLE rn_again AS SELECT n, lsn FROM regress_take();
+SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM rn_again), '{1}', '{NULL}', 1, 0, true,
+                                     'regress') a;
+SELECT v, count(*) AS applied FROM rn_once GROUP BY v;
+-- Once the slot passed the new copies, the records go.
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT count(*) AS child_records_kept FROM atx.applied WHERE parent_id IS NOT NULL;
+DROP TABLE rn_gate, rn_once, rn_msg, rn_child, rn_again;
 DROP TABLE hz, hz_msg;
 SELECT pg_drop_replication_slot(regress_slot());

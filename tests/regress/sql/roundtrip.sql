@@ -63,6 +63,32 @@ SELECT atx.decode(payload)->'params'->0 AS param FROM rt_msg WHERE n = 3;
 SELECT t.n, a.command, a.rows FROM rt_msg t, LATERAL atx.apply(t.lsn) a ORDER BY t.n;
 SELECT i, t, ta FROM rt ORDER BY i;
 
+-- The caller's client_encoding and the applying session's are not the values'
+-- encoding: send and receive run in the database's encoding. Text with é (U+00E9),
+-- a composite and an array holding it, emitted under LATIN1, UTF8 and WIN1252
+-- and each applied under another of them, arrive as the caller's value.
+TRUNCATE rt;
+SET ROLE regress_atx_user;
+SET client_encoding = 'LATIN1';
+SELECT atx_log('INSERT INTO public.rt (i, t, ta, p) VALUES ($1, $2, $3, $4)', 8, U&'caf\00E9', ARRAY[U&'\00E9t\00E9'],
+               ROW(8, U&'na\00EFve')::regress_pair) IS NOT NULL AS emitted;
+RESET client_encoding;
+SELECT atx_log('INSERT INTO public.rt (i, t) VALUES ($1, $2)', 9, U&'caf\00E9') IS NOT NULL AS emitted;
+SET client_encoding = 'WIN1252';
+SELECT atx_log('INSERT INTO public.rt (i, t) VALUES ($1, $2)', 10, U&'caf\00E9') IS NOT NULL AS emitted;
+RESET client_encoding;
+RESET ROLE;
+CREATE TEMP TABLE rt_enc AS SELECT * FROM regress_take();
+SET client_encoding = 'WIN1252';
+SELECT t.n, a.command, a.rows FROM rt_enc t, LATERAL atx.apply(t.lsn) a WHERE t.n = 1;
+SET client_encoding = 'LATIN1';
+SELECT t.n, a.command, a.rows FROM rt_enc t, LATERAL atx.apply(t.lsn) a WHERE t.n = 2;
+RESET client_encoding;
+SELECT t.n, a.command, a.rows FROM rt_enc t, LATERAL atx.apply(t.lsn) a WHERE t.n = 3;
+SELECT i, t = U&'caf\00E9' AS t_ok,
+       i <> 8 OR (ta = ARRAY[U&'\00E9t\00E9'] AND p = ROW(8, U&'na\00EFve')::regress_pair) AS array_composite_ok
+  FROM rt ORDER BY i;
+
 SELECT pg_drop_replication_slot(regress_slot());
 DROP TABLE rt, rt_orig;
 DROP TYPE regress_pair;

@@ -1,0 +1,158 @@
+// See parked.h. Plain C style (see pg_guard.h).
+#include "parked.h"
+
+#include "applied_log.h"
+#include "apply_common.h"
+#include "message_load.h"
+#include "pg_guard.h"
+#include "spi_util.h"
+
+extern "C" {
+#include "access/genam.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/pg_lsn.h"
+#include "utils/snapmgr.h"
+}
+
+#define MAX_PARK 10000
+
+// The partial index of parked records (lsn WHERE payload IS NOT NULL) and its table; never
+// through the planner, which would prepare a plan once per backend for whatever the table held.
+static void parked_index(Oid* relid, Oid* indexid)
+{
+    Oid nsp = get_namespace_oid("atx", false);
+    *relid = get_relname_relid("applied", nsp);
+    *indexid = get_relname_relid("applied_parked", nsp);
+    if (!OidIsValid(*relid) || !OidIsValid(*indexid))
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("atx.applied or its index applied_parked is missing"),
+                        errhint("Reinstall the extension: ALTER EXTENSION pg_atx UPDATE, or DROP and CREATE it.")));
+}
+
+static Snapshot read_snapshot(void) { return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(); }
+
+bool atx_parked_any(void)
+{
+    Oid relid, indexid;
+    Relation rel;
+    SysScanDesc scan;
+    bool any;
+
+    parked_index(&relid, &indexid);
+    rel = table_open(relid, AccessShareLock);
+    scan = systable_beginscan(rel, indexid, true, read_snapshot(), 0, NULL);
+    any = systable_getnext(scan) != NULL;
+    systable_endscan(scan);
+    table_close(rel, AccessShareLock);
+    return any;
+}
+
+bool atx_parked_payload(XLogRecPtr lsn, char** payload, size_t* len)
+{
+    Oid relid, indexid;
+    Relation rel;
+    SysScanDesc scan;
+    ScanKeyData key;
+    HeapTuple tuple;
+    AttrNumber payload_att, lsn_att;
+    bool found = false;
+
+    parked_index(&relid, &indexid);
+    payload_att = get_attnum(relid, "payload");
+    lsn_att = get_attnum(relid, "lsn");
+    if (payload_att == InvalidAttrNumber || lsn_att == InvalidAttrNumber)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("atx.applied lacks its payload or lsn column")));
+    rel = table_open(relid, AccessShareLock);
+    // systable_beginscan takes the table's attribute number and maps it to the index's.
+    ScanKeyInit(&key, lsn_att, BTEqualStrategyNumber, F_PG_LSN_EQ, LSNGetDatum(lsn));
+    scan = systable_beginscan(rel, indexid, true, read_snapshot(), 1, &key);
+    if ((tuple = systable_getnext(scan)) != NULL) {
+        bool isnull;
+        Datum d = heap_getattr(tuple, payload_att, RelationGetDescr(rel), &isnull);
+        if (!isnull) {
+            bytea* b = DatumGetByteaPP(d);  // detoasted: a copy that outlives the scan
+            *len = VARSIZE_ANY_EXHDR(b);
+            *payload = (char*)palloc(*len + 1);
+            memcpy(*payload, VARDATA_ANY(b), *len);
+            found = true;
+        }
+    }
+    systable_endscan(scan);
+    table_close(rel, AccessShareLock);
+    return found;
+}
+
+bool atx_parked_at(XLogRecPtr lsn)
+{
+    char* payload;
+    size_t len;
+    return atx_parked_payload(lsn, &payload, &len);
+}
+
+// atx.park(lsns pg_lsn[]) RETURNS SETOF (lsn, status): for each message, read from the WAL like
+// any apply, its record with its payload: 'parked'; 'handled' when a record of it exists already
+// (it was handled, or parked before: the record is left as it is); 'rejected' when no pg_atx
+// message starts there (nothing written; the applier's apply will say the same). Messages that
+// do not authenticate are parked by position like any other: their run dead-letters them.
+static Datum park_body(FunctionCallInfo fcinfo)
+{
+    static SPIPlanPtr plan = NULL;
+    ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
+    Oid types[4] = {UUIDOID, PG_LSNOID, UUIDOID, BYTEAOID};
+    Datum* d;
+    bool* nulls;
+    int n;
+
+    InitMaterializedSRF(fcinfo, 0);
+    AtxApplyFrame f = atx_apply_enter();
+    deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), PG_LSNOID, sizeof(XLogRecPtr), true, TYPALIGN_DOUBLE, &d, &nulls, &n);
+    if (n > MAX_PARK)
+        ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("at most %d messages per call", MAX_PARK)));
+    // ON CONFLICT DO NOTHING waits for a transaction that is recording the same message (its
+    // apply): once that commits, the message is handled and not parked.
+    atx_keep_plan(&plan,
+                  "INSERT INTO atx.applied (message_id, lsn, status, parent_id, payload) "
+                  "VALUES ($1, $2, 'parked', $3, $4) ON CONFLICT (message_id) DO NOTHING",
+                  4, types);
+    for (int i = 0; i < n; i++) {
+        AtxLoaded l;
+        Datum v[4], out[2];
+        char vnulls[4] = {' ', ' ', ' ', ' '};
+        bool onulls[2] = {false, false};
+        const char* status;
+        bytea* p;
+
+        if (nulls[i])
+            continue;
+        atx_load_message(DatumGetLSN(d[i]), &l);
+        if (l.state == ATX_LOAD_REJECTED) {
+            status = "rejected";
+        } else if (l.parked) {
+            status = "handled";  // parked before
+        } else {
+            const AtxRecord rec = atx_record(l.id, l.lsn, l.authenticated ? &l.m : NULL, "parked", NULL);
+            p = (bytea*)palloc(VARHDRSZ + l.len);
+            SET_VARSIZE(p, VARHDRSZ + l.len);
+            memcpy(VARDATA(p), l.payload, l.len);
+            v[0] = atx_uuid_datum(rec.id);
+            v[1] = LSNGetDatum(rec.lsn);
+            if (rec.has_parent)
+                v[2] = atx_uuid_datum(rec.parent);
+            else
+                vnulls[2] = 'n';
+            v[3] = PointerGetDatum(p);
+            if (SPI_execute_plan(plan, v, vnulls, false, 0) != SPI_OK_INSERT)
+                elog(ERROR, "could not park a message in atx.applied");
+            status = SPI_processed == 1 ? "parked" : "handled";
+        }
+        out[0] = d[i];
+        out[1] = CStringGetTextDatum(status);
+        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, onulls);
+    }
+    atx_apply_leave(&f);
+    return (Datum)0;
+}
+
+ATX_ENTRY(atx_park, park_body)

@@ -1,0 +1,1 @@
+../pg_atx--0.3.d/50-autonomous.sql
