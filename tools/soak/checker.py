@@ -282,22 +282,14 @@ def check(calls, db, events, role_of, run, res=None):
 
 
 def exits(applier_exits, res):
-    """An applier that exits by itself is a finding. One kind is known (reported, issue 25's soak):
-    started while its state directory is full, RocksDB cannot open it and the applier exits 1,
-    which the shipped unit (RestartPreventExitStatus=1) takes as a configuration error and never
-    restarts, although space may come back seconds later. The soak restarts it as a supervisor
-    that retries would; those exits are a TODO, any other exit fails."""
-    known = [x for x in applier_exits if x[1] == "1" and "No space left on device" in (x[3] or "")
-             and "state_full" in x[2]]
-    other = [x for x in applier_exits if x not in known]
+    """An applier that exits by itself is a finding. (Started while its state directory was full,
+    it used to exit 1, which the shipped unit does not restart; it now waits for room, so that
+    exit is a failure like any other.)"""
     res.summary["applier_exits"] = len(applier_exits)
-    if other:
+    if applier_exits:
         res.fail("the applier never exited by itself", "; ".join(
-            "status %s (faults since it started: %s): %s" % (rc, faults, why or "-") for _, rc, faults, why in other[:5]))
-    if known:
-        res.todo.append(("the applier never exited by itself",
-                         "%d exits 1 at startup on a full state directory (ENOSPC opening RocksDB); the shipped "
-                         "unit would not restart it (RestartPreventExitStatus=1)" % len(known)))
+            "status %s (faults since it started: %s): %s" % (rc, faults, why or "-")
+            for _, rc, faults, why in applier_exits[:5]))
 
 
 def recovery(calls, by_call, events, run, res):

@@ -288,13 +288,6 @@ def main(argv=None):
         if not env.tmpfs:
             say("state directory full not injected: cannot mount a tmpfs (not root)")
         setup_schema(env, a.clients)
-        if durability == "standby-flush":
-            # The applier reads the standbys' flush positions from pg_stat_replication, whose
-            # columns only pg_read_all_stats members see: without it every position is NULL and
-            # standby-flush is local (tools/soak/repro/standby_flush_unprivileged.sh).
-            q1(env.dsn, "GRANT pg_read_all_stats TO atx_app")
-            say("standby-flush: GRANT pg_read_all_stats TO atx_app (without it the applier sees no standby: "
-                "tools/soak/repro/standby_flush_unprivileged.sh)")
         args = ["--durability", durability, "--status-interval-ms", "500"] + shlex.split(a.applier_args)
         h.call("soak_applier_args", *args, check=True)
         if a.break_:
