@@ -84,7 +84,8 @@ void HttpServer::start()
     } else {
         if (!svr.bind_to_port(addr_.host, addr_.port))
             throw std::runtime_error("cannot bind the HTTP listener to " + addr_.host + ":" +
-                                     std::to_string(addr_.port) + " (in use by another process? --http-listen off disables it)");
+                                     std::to_string(addr_.port) +
+                                     " (in use by another process? --http-listen off disables it)");
         bound_port_ = addr_.port;
     }
     thread_ = std::thread([this] {

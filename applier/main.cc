@@ -73,6 +73,9 @@ constexpr int kExitOk = 0;
 constexpr int kExitConfig = 1;
 constexpr int kExitSlotLost = 3;
 constexpr double kStaleAfterSeconds = 60;  // a worker loop silent this long is unhealthy
+// Binding the default metrics address again while another process holds it.
+constexpr std::chrono::seconds kHttpRetryFirst{1};
+constexpr std::chrono::seconds kHttpRetryMax{30};
 
 // Per database state for systemd's STATUS= line.
 std::string status_line()
@@ -175,32 +178,38 @@ int main(int argc, char** argv)
     retention.max_records = cfg.state_retention_records;
     store->start_retention(retention, std::chrono::milliseconds(cfg.state_retention_interval_ms));
     spdlog::info("event=state_retention records={} max_age_days={} max_records_per_database={} interval_ms={}{}",
-                 store->record_count(), retention.max_age_days, retention.max_records,
-                 cfg.state_retention_interval_ms, retention.enabled() ? "" : " warning=\"off: the history grows forever\"");
+                 store->record_count(), retention.max_age_days, retention.max_records, cfg.state_retention_interval_ms,
+                 retention.enabled() ? "" : " warning=\"off: the history grows forever\"");
+    // The listener. An address given explicitly that cannot be bound is a startup error; the
+    // default one may be held for a while (another applier on this host, a restart of this one
+    // while the old process still exits): it is tried again with backoff until it is free, and
+    // the daemon works meanwhile.
     std::unique_ptr<HttpServer> http;
-    if (cfg.http_listen != "off") {
+    std::string http_error;
+    auto try_listen = [&]() -> bool {
         try {
-            http = std::make_unique<HttpServer>(parse_listen(cfg.http_listen),
-                                                static_cast<double>(cfg.ready_max_lag_seconds),
-                                                kStaleAfterSeconds);
-            http->start();
+            auto h = std::make_unique<HttpServer>(parse_listen(cfg.http_listen),
+                                                  static_cast<double>(cfg.ready_max_lag_seconds), kStaleAfterSeconds);
+            h->start();
+            http = std::move(h);
             spdlog::info("event=http_listening address={} port={} url={}", logq(http->address()), http->port(),
                          logq("http://" + http->address() + "/metrics"));
+            return true;
         } catch (const std::exception& e) {
-            http.reset();
-            if (!cfg.http_listen_explicit) {
-                // The default address is taken (another applier on this host, a test running
-                // next to another): run without the listener rather than not at all.
-                spdlog::warn("event=http_disabled error={} action=\"running without /metrics; set "
-                              "http-listen to a free address or 'off'\"",
-                              logq(e.what()));
-            } else {
-                spdlog::error("event=startup_failed error={}", logq(e.what()));
-                store.reset();
-                remove_pid();
-                return kExitConfig;
-            }
+            http_error = e.what();
+            return false;
         }
+    };
+    if (cfg.http_listen != "off" && !try_listen()) {
+        if (cfg.http_listen_explicit) {
+            spdlog::error("event=startup_failed error={}", logq(http_error));
+            store.reset();
+            remove_pid();
+            return kExitConfig;
+        }
+        spdlog::warn("event=http_bind_waiting error={} action=\"serving no /metrics until the default address is "
+                     "free, trying again every {} s at most; set http-listen to a free address or 'off'\"",
+                     logq(http_error), kHttpRetryMax.count());
     }
     auto monitor = std::make_unique<ServerMonitor>(cfg.conninfo, cfg.dbnames, cfg.monitor_interval_ms);
     monitor->start();
@@ -219,6 +228,8 @@ int main(int argc, char** argv)
     const auto wd_interval = sd::watchdog_interval();
     Clock::time_point next_watchdog{}, next_status{};
     std::string last_status;
+    auto http_retry = kHttpRetryFirst;
+    Clock::time_point next_http_try = Clock::now() + http_retry;
     for (;;) {
         bool all_done = true;
         for (const auto& w : workers)
@@ -254,6 +265,12 @@ int main(int argc, char** argv)
             } else {
                 spdlog::warn("event=watchdog_withheld reason={}", logq(why));
                 next_watchdog = now + std::chrono::seconds(5);
+            }
+        }
+        if (!http && cfg.http_listen != "off" && !stop && now >= next_http_try) {
+            if (!try_listen()) {
+                http_retry = std::min(http_retry * 2, kHttpRetryMax);
+                next_http_try = now + http_retry;
             }
         }
         if (g_hup) {

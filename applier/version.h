@@ -16,7 +16,7 @@
 
 namespace atx::applier {
 
-inline constexpr const char* kApplierVersion = ATX_VERSION;          // e.g. 0.3.0
+inline constexpr const char* kApplierVersion = ATX_VERSION;             // e.g. 0.3.0
 inline constexpr const char* kExtensionNewest = ATX_EXTENSION_VERSION;  // e.g. 0.3
 inline constexpr const char* kExtensionOldest = ATX_EXTENSION_OLDEST;
 

@@ -18,16 +18,25 @@ const char* take_string(AtxGucStateReader* r)
     return s;
 }
 
-// A native integer of `size` bytes (at most 8) into *out, sign-extended for 1, 2, 4 bytes.
+// A native integer of type T at p (unaligned).
+template <typename T>
+int64_t load(const char* p)
+{
+    T v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+}
+
+// A native integer of `size` bytes (1, 2, 4 or 8) into *out, sign-extended.
 bool take_int(AtxGucStateReader* r, size_t size, int64_t* out)
 {
-    if (size == 0 || size > 8 || static_cast<size_t>(r->end - r->p) < size)
+    if (static_cast<size_t>(r->end - r->p) < size)
         return false;
     switch (size) {
-    case 1: { int8_t v; std::memcpy(&v, r->p, 1); *out = v; break; }
-    case 2: { int16_t v; std::memcpy(&v, r->p, 2); *out = v; break; }
-    case 4: { int32_t v; std::memcpy(&v, r->p, 4); *out = v; break; }
-    case 8: { int64_t v; std::memcpy(&v, r->p, 8); *out = v; break; }
+    case 1: *out = load<int8_t>(r->p); break;
+    case 2: *out = load<int16_t>(r->p); break;
+    case 4: *out = load<int32_t>(r->p); break;
+    case 8: *out = load<int64_t>(r->p); break;
     default: return false;
     }
     r->p += size;

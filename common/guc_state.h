@@ -25,7 +25,7 @@ struct AtxGucStateLayout {
 };
 
 struct AtxGucStateEntry {
-    const char* name;        // NUL-terminated, inside the buffer
+    const char* name;  // NUL-terminated, inside the buffer
     const char* value;
     const char* sourcefile;  // "" when none
     int sourceline;          // 0 when there is no sourcefile

@@ -28,19 +28,33 @@ extern "C" {
 // Carried even when unchanged: the apply session's own values would otherwise show through.
 static const char* const atx_default_gucs[] = {"search_path", "TimeZone", "DateStyle", "IntervalStyle"};
 
+// clang-format off: grouped by reason, one group per line
 static const char* const denied_gucs[] = {
     // identity: refused inside a security-restricted operation anyway
-    "role", "session_authorization", "is_superuser",
+    "role",
+    "session_authorization",
+    "is_superuser",
     // the caller's transaction and connection
-    "transaction_isolation", "transaction_read_only", "transaction_deferrable",
-    "default_transaction_isolation", "default_transaction_read_only", "default_transaction_deferrable",
-    "application_name", "client_encoding",
+    "transaction_isolation",
+    "transaction_read_only",
+    "transaction_deferrable",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "default_transaction_deferrable",
+    "application_name",
+    "client_encoding",
     // what the applier controls
-    "statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout", "idle_session_timeout",
-    "transaction_timeout", "synchronous_commit", "client_min_messages",
+    "statement_timeout",
+    "lock_timeout",
+    "idle_in_transaction_session_timeout",
+    "idle_session_timeout",
+    "transaction_timeout",
+    "synchronous_commit",
+    "client_min_messages",
     // this very mechanism
     "atx.capture_gucs",
 };
+// clang-format on
 
 bool atx_guc_denied(const char* name)
 {
@@ -66,10 +80,8 @@ static bool changed_by_session(const struct config_generic* g)
     case PGC_S_USER:
     case PGC_S_DATABASE_USER:
     case PGC_S_CLIENT:
-    case PGC_S_SESSION:
-        return g->context == PGC_USERSET || g->context == PGC_SUSET;
-    default:
-        return false;
+    case PGC_S_SESSION: return g->context == PGC_USERSET || g->context == PGC_SUSET;
+    default: return false;
     }
 }
 
@@ -85,14 +97,13 @@ static const struct config_generic* denied_vars[lengthof(denied_gucs)];
 // written, rather than carry settings read from the wrong bytes.
 [[noreturn]] static void layout_mismatch(const char* where, const char* what, const char* name)
 {
-    ereport(ERROR,
-            (errcode(ERRCODE_INTERNAL_ERROR),
-             errmsg("pg_atx cannot read this session's settings: %s%s%s", what, name ? ", parameter " : "",
-                    name ? name : ""),
-             errdetail("pg_atx reads %s, private to the server, and checks what it reads; this server (%s) does "
-                       "not have the layout pg_atx %s was built for (PostgreSQL %s).",
-                       where, GetConfigOption("server_version", false, false), ATX_VERSION, PG_VERSION),
-             errhint("Install the pg_atx built for this server's version. Nothing was written.")));
+    ereport(ERROR, (errcode(ERRCODE_INTERNAL_ERROR),
+                    errmsg("pg_atx cannot read this session's settings: %s%s%s", what, name ? ", parameter " : "",
+                           name ? name : ""),
+                    errdetail("pg_atx reads %s, private to the server, and checks what it reads; this server (%s) does "
+                              "not have the layout pg_atx %s was built for (PostgreSQL %s).",
+                              where, GetConfigOption("server_version", false, false), ATX_VERSION, PG_VERSION),
+                    errhint("Install the pg_atx built for this server's version. Nothing was written.")));
 }
 
 // Our reading of a string or enum entry against the server's own formatting of it.
@@ -108,8 +119,8 @@ static void check_entry(const struct config_generic* g, const char* name, enum c
         ours = config_enum_lookup_by_value((struct config_enum*)g, *((const struct config_enum*)g)->variable);
     server = GetConfigOption(name, false, false);
     if (ours == NULL || server == NULL || strcmp(ours, server) != 0)
-        layout_mismatch("the parameter table (utils/guc_tables.h)", "a value read from an entry differs from the server's",
-                        name);
+        layout_mismatch("the parameter table (utils/guc_tables.h)",
+                        "a value read from an entry differs from the server's", name);
 }
 
 static void resolve_vars(void)
@@ -208,7 +219,8 @@ static void check_serialized(const AtxGucStateEntry* e, const struct config_gene
 {
     const char* file = g->sourcefile ? g->sourcefile : "";
     bool same = g->source != PGC_S_DEFAULT && (int)g->source == e->source && (int)g->scontext == e->scontext &&
-                g->srole == e->srole && strcmp(file, e->sourcefile) == 0 && (!file[0] || g->sourceline == e->sourceline);
+                g->srole == e->srole && strcmp(file, e->sourcefile) == 0 &&
+                (!file[0] || g->sourceline == e->sourceline);
     if (same && g->vartype == PGC_STRING) {
         const char* v = *((const struct config_string*)g)->variable;
         same = strcmp(v ? v : "", e->value) == 0;
@@ -278,8 +290,8 @@ AtxGucC* atx_capture_settings(int* count)
         char* raw = pstrdup(atx_capture_gucs);
         List* extra = NIL;
         if (!SplitIdentifierString(raw, ',', &extra))
-            ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-                            errmsg("invalid list syntax in atx.capture_gucs")));
+            ereport(ERROR,
+                    (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("invalid list syntax in atx.capture_gucs")));
         foreach (lc, extra)
             add_named(&out, (const char*)lfirst(lc));
     }

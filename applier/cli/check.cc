@@ -54,8 +54,11 @@ struct Checks {
         list.push_back({{"check", what}, {"result", level}, {"detail", detail}});
         if (level == "fail")
             bad = true;
-        human += "  " + std::string(level == "ok" ? "ok  " : level == "warn" ? "WARN" : "FAIL") + "  " +
-                 printable(what, 200) + ": " + printable(detail, 1000) + "\n";
+        human += "  " +
+                 std::string(level == "ok"     ? "ok  "
+                             : level == "warn" ? "WARN"
+                                               : "FAIL") +
+                 "  " + printable(what, 200) + ": " + printable(detail, 1000) + "\n";
     }
 };
 
@@ -65,7 +68,8 @@ void check_server(PgConn& conn, Checks& ck)
 {
     const std::string wal_level = conn.scalar("SELECT pg_catalog.current_setting('wal_level')").value_or("");
     ck.add("wal_level", wal_level == "logical" ? "ok" : "fail",
-           wal_level + (wal_level == "logical" ? "" : " (needs logical: ALTER SYSTEM SET wal_level = logical; restart)"));
+           wal_level +
+               (wal_level == "logical" ? "" : " (needs logical: ALTER SYSTEM SET wal_level = logical; restart)"));
     const auto slots = conn.scalar("SELECT pg_catalog.current_setting('max_replication_slots')").value_or("0");
     const auto senders = conn.scalar("SELECT pg_catalog.current_setting('max_wal_senders')").value_or("0");
     ck.add("max_replication_slots / max_wal_senders", slots != "0" && senders != "0" ? "ok" : "fail",
@@ -97,9 +101,11 @@ void check_libraries(Db& d, Checks& ck, bool loaded)
     const auto opl = setting(conn, "output_plugin_libraries", &hidden);
     if (hidden) {
         const auto slot = d.slot();
-        const bool streams = slot && is_true(try_scalar(conn,
-            "SELECT s.active::pg_catalog.text FROM pg_catalog.pg_replication_slots s "
-            "WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name", {*slot}));
+        const bool streams =
+            slot && is_true(try_scalar(conn,
+                                       "SELECT s.active::pg_catalog.text FROM pg_catalog.pg_replication_slots s "
+                                       "WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
+                                       {*slot}));
         ck.add("output_plugin_libraries", streams ? "ok" : "warn",
                std::string("not readable by this role (pg_read_all_settings); ") +
                    (streams ? "the slot streams, so pg_atx loads as an output plugin"
@@ -109,27 +115,31 @@ void check_libraries(Db& d, Checks& ck, bool loaded)
         ck.add("output_plugin_libraries", has ? "ok" : "fail",
                "'" + *opl + "'" + (has ? "" : " (add pg_atx: ALTER SYSTEM SET output_plugin_libraries = ..., pg_atx)"));
     } else {
-        ck.add("output_plugin_libraries", "ok", "parameter does not exist on this server (before 15.19): nothing to do");
+        ck.add("output_plugin_libraries", "ok",
+               "parameter does not exist on this server (before 15.19): nothing to do");
     }
     auto spl = setting(conn, "shared_preload_libraries", &hidden);
     bool preloaded;
     std::string shown_value;
     if (hidden && !loaded) {
-        ck.add("shared_preload_libraries", "warn", "not readable by this role (pg_read_all_settings), and without "
-                                                   "the extension there is nothing else to tell");
+        ck.add("shared_preload_libraries", "warn",
+               "not readable by this role (pg_read_all_settings), and without "
+               "the extension there is nothing else to tell");
         return;
     }
     if (hidden) {
-        preloaded = try_scalar(conn, "SELECT pg_catalog.current_setting('atx.exec_max_result_bytes', true)").has_value();
+        preloaded =
+            try_scalar(conn, "SELECT pg_catalog.current_setting('atx.exec_max_result_bytes', true)").has_value();
         shown_value = "pg_atx " + std::string(preloaded ? "is" : "is not") + " preloaded";
     } else {
         preloaded = spl.value_or("").find("pg_atx") != std::string::npos;
         shown_value = "'" + spl.value_or("") + "'";
     }
     ck.add("shared_preload_libraries", preloaded ? "ok" : "fail",
-           shown_value + (preloaded ? "" : " (without pg_atx there atx-applier cannot bound each message's time and "
-                                           "does not apply, and atx_exec refuses with 55000; atx_log works. "
-                                           "ALTER SYSTEM SET shared_preload_libraries = ..., pg_atx; restart)"));
+           shown_value + (preloaded ? ""
+                                    : " (without pg_atx there atx-applier cannot bound each message's time and "
+                                      "does not apply, and atx_exec refuses with 55000; atx_log works. "
+                                      "ALTER SYSTEM SET shared_preload_libraries = ..., pg_atx; restart)"));
 }
 
 // The login role: enough to apply, nothing more (docs/security.md).
@@ -145,29 +155,36 @@ void check_role(PgConn& conn, Checks& ck, bool have_extension)
     const bool member = is_true(field(role.get(), 0, 2));
     const std::string me = field(role.get(), 0, 3).value_or("?");
     ck.add("role REPLICATION", repl || super ? "ok" : "fail",
-           super ? "superuser" : repl ? "yes" : "missing (ALTER ROLE " + me + " REPLICATION)");
+           super  ? "superuser"
+           : repl ? "yes"
+                  : "missing (ALTER ROLE " + me + " REPLICATION)");
     ck.add("role in atx_applier", member || super ? "ok" : "fail",
-           super ? "superuser" : member ? "member" : "not a member (GRANT atx_applier TO " + me + ")");
+           super    ? "superuser"
+           : member ? "member"
+                    : "not a member (GRANT atx_applier TO " + me + ")");
     if (super) {
         ck.add("least privilege", "warn",
-               "the applier's role " + me + " is a superuser: it can write atx.applied and atx.dead_letter and "
-               "set up replication origins; a REPLICATION role in atx_applier is enough");
+               "the applier's role " + me +
+                   " is a superuser: it can write atx.applied and atx.dead_letter and "
+                   "set up replication origins; a REPLICATION role in atx_applier is enough");
     } else {
         // What the role must not be able to do: tag WAL records as pg_atx's, or forge the records
         // the server trusts (what was applied, what is dead).
-        const bool origin = is_true(try_scalar(
-            conn, "SELECT pg_catalog.has_function_privilege("
-                  "'pg_catalog.pg_replication_origin_session_setup(text)', 'EXECUTE')::pg_catalog.text"));
+        const bool origin = is_true(
+            try_scalar(conn, "SELECT pg_catalog.has_function_privilege("
+                             "'pg_catalog.pg_replication_origin_session_setup(text)', 'EXECUTE')::pg_catalog.text"));
         ck.add("no replication origin setup", origin ? "fail" : "ok",
-               origin ? me + " can execute pg_replication_origin_session_setup (REVOKE EXECUTE ON FUNCTION "
-                             "pg_catalog.pg_replication_origin_session_setup(text) FROM " + me +
-                             ", and from atx_applier)"
+               origin ? me +
+                            " can execute pg_replication_origin_session_setup (REVOKE EXECUTE ON FUNCTION "
+                            "pg_catalog.pg_replication_origin_session_setup(text) FROM " +
+                            me + ", and from atx_applier)"
                       : "cannot execute pg_replication_origin_session_setup");
         if (have_extension) {
             for (const char* table : {"atx.applied", "atx.dead_letter", "atx.idempotency_key", "atx.apply_horizon"}) {
-                const bool writes = is_true(try_scalar(
-                    conn, "SELECT pg_catalog.has_table_privilege($1::pg_catalog.text, 'INSERT, UPDATE, DELETE, TRUNCATE')::pg_catalog.text",
-                    {std::string(table)}));
+                const bool writes = is_true(try_scalar(conn,
+                                                       "SELECT pg_catalog.has_table_privilege($1::pg_catalog.text, "
+                                                       "'INSERT, UPDATE, DELETE, TRUNCATE')::pg_catalog.text",
+                                                       {std::string(table)}));
                 ck.add(std::string("no writes to ") + table, writes ? "fail" : "ok",
                        writes ? me + " may write it (REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON " + table + " FROM " +
                                     me + "): only the extension's functions write it"
@@ -176,7 +193,9 @@ void check_role(PgConn& conn, Checks& ck, bool have_extension)
             std::string missing;
             for (const char* f : kNeededFunctions)
                 if (!is_true(try_scalar(
-                        conn, "SELECT pg_catalog.has_function_privilege($1::pg_catalog.text, 'EXECUTE')::pg_catalog.text", {std::string(f)})))
+                        conn,
+                        "SELECT pg_catalog.has_function_privilege($1::pg_catalog.text, 'EXECUTE')::pg_catalog.text",
+                        {std::string(f)})))
                     missing += (missing.empty() ? "" : ", ") + std::string(f).substr(0, std::string(f).find('('));
             ck.add("apply functions", missing.empty() ? "ok" : "fail",
                    missing.empty() ? "may execute atx.apply_batch and the others"
@@ -186,12 +205,13 @@ void check_role(PgConn& conn, Checks& ck, bool have_extension)
     // Settings of the login role (ALTER ROLE ... SET) are in every apply session before each
     // message's own settings are applied: whatever a message does not set itself, it inherits.
     const auto settings = try_scalar(
-        conn, "SELECT pg_catalog.array_to_string(pg_catalog.array_agg(u.c), ', ') "
-              "FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) u(c) "
-              "WHERE s.setrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r "
-              "  WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) "
-              "AND s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0::pg_catalog.oid, (SELECT d.oid "
-              "  FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())])");
+        conn,
+        "SELECT pg_catalog.array_to_string(pg_catalog.array_agg(u.c), ', ') "
+        "FROM pg_catalog.pg_db_role_setting s, pg_catalog.unnest(s.setconfig) u(c) "
+        "WHERE s.setrole OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r "
+        "  WHERE r.rolname OPERATOR(pg_catalog.=) SESSION_USER) "
+        "AND s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0::pg_catalog.oid, (SELECT d.oid "
+        "  FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())])");
     ck.add("settings of the login role", settings ? "warn" : "ok",
            settings ? "ALTER ROLE ... SET " + *settings +
                           ": apply sessions start with these, and a message that does not set a parameter itself "
@@ -231,9 +251,10 @@ void check_key(PgConn& conn, Checks& ck)
     if (!looked)
         ck.add("key file", "ok", "atx.key_file = '" + *key_file + "' (not inspected: this role may not stat files)");
     else if (!size)
-        ck.add("key file", "warn", "atx.key_file = '" + *key_file +
-                                       "' does not exist yet: it is created on first use; copy the same key to "
-                                       "every node that may apply messages");
+        ck.add("key file", "warn",
+               "atx.key_file = '" + *key_file +
+                   "' does not exist yet: it is created on first use; copy the same key to "
+                   "every node that may apply messages");
     else if (*size != "32")
         ck.add("key file", "fail", "atx.key_file = '" + *key_file + "' is " + *size + " bytes long, not 32");
     else
@@ -257,7 +278,10 @@ void check_slot(Db& d, Checks& ck)
     const std::string ws = field(s.get(), 0, 1).value_or("");
     const bool active = field(s.get(), 0, 2).value_or("") == "true";
     ck.add("slot " + *slot + " plugin", plugin == "pg_atx" ? "ok" : "fail", plugin);
-    ck.add("slot " + *slot + " wal_status", ws == "lost" ? "fail" : ws == "unreserved" ? "warn" : "ok",
+    ck.add("slot " + *slot + " wal_status",
+           ws == "lost"         ? "fail"
+           : ws == "unreserved" ? "warn"
+                                : "ok",
            ws + (ws == "lost" ? " (invalidated: its messages are gone; drop the slot to resume)" : ""));
     ck.add("slot " + *slot + " active", active ? "ok" : "warn",
            active ? "a walsender streams it" : "no applier is streaming it");
@@ -278,7 +302,8 @@ std::string lsn_of_hex(const std::string& hex)
 void check_upgrade(Db& d, Checks& ck)
 {
     PgConn& conn = *d.conn;
-    const int major = std::stoi(conn.scalar("SELECT pg_catalog.current_setting('server_version_num')").value_or("0")) / 10000;
+    const int major =
+        std::stoi(conn.scalar("SELECT pg_catalog.current_setting('server_version_num')").value_or("0")) / 10000;
     const std::string drain =
         "drain before pg_upgrade: stop the callers, run the applier once more with --once (atx-applier --config "
         "FILE --once exits when everything is applied and confirmed), then run this check again";
@@ -289,7 +314,8 @@ void check_upgrade(Db& d, Checks& ck)
                            "WHERE s.slot_name OPERATOR(pg_catalog.=) $1::pg_catalog.name",
                            {*slot});
     if (PQntuples(s.get()) == 0) {
-        ck.add("messages waiting in the slot", "ok", "no slot " + *slot + " (atx_log refuses without one: nothing waits)");
+        ck.add("messages waiting in the slot", "ok",
+               "no slot " + *slot + " (atx_log refuses without one: nothing waits)");
     } else if (field(s.get(), 0, 0).value_or("") == "true") {
         ck.add("messages waiting in the slot", "fail",
                "an applier streams " + *slot + ": stop it (systemctl stop atx-applier), then run this check again");
@@ -303,10 +329,11 @@ void check_upgrade(Db& d, Checks& ck)
         for (int i = 0; i < PQntuples(m.get()); ++i)
             lsns.push_back(lsn_of_hex(field(m.get(), i, 0).value_or("")));
         const std::string unapplied =
-            lsns.empty() ? "0"
-                         : conn.scalar("SELECT pg_catalog.count(*)::pg_catalog.text FROM atx.unapplied($1::pg_catalog.pg_lsn[])",
-                                       {pg_array_literal(lsns)})
-                               .value_or("?");
+            lsns.empty()
+                ? "0"
+                : conn.scalar("SELECT pg_catalog.count(*)::pg_catalog.text FROM atx.unapplied($1::pg_catalog.pg_lsn[])",
+                              {pg_array_literal(lsns)})
+                      .value_or("?");
         if (unapplied == "0" && (lsns.empty() || major < 17))
             ck.add("messages waiting in the slot", "ok",
                    lsns.empty() ? std::string("none")
@@ -319,8 +346,7 @@ void check_upgrade(Db& d, Checks& ck)
                        ": pg_upgrade refuses a slot that has not consumed all WAL; " + drain);
         else
             ck.add("messages waiting in the slot", "fail",
-                   unapplied + " message" + (unapplied == "1" ? "" : "s") + " in " + *slot +
-                       " not applied yet: " +
+                   unapplied + " message" + (unapplied == "1" ? "" : "s") + " in " + *slot + " not applied yet: " +
                        (major < 17 ? "pg_upgrade from PostgreSQL " + std::to_string(major) +
                                          " does not carry logical slots, so they would be lost; "
                                    : std::string("pg_upgrade refuses a slot that has not consumed all WAL; ")) +
@@ -359,7 +385,8 @@ int run_check(Context& c)
             j["database"] = d->name;
             ck.human += "database " + printable(d->name) + ":\n";
             ck.add("connection", "ok",
-                   "connected as " + d->conn->scalar("SELECT CURRENT_USER::pg_catalog.text").value_or("?") + ", server " +
+                   "connected as " + d->conn->scalar("SELECT CURRENT_USER::pg_catalog.text").value_or("?") +
+                       ", server " +
                        d->conn->scalar("SELECT pg_catalog.current_setting('server_version')").value_or("?"));
         } catch (const PgError& e) {
             ck.human += "database " + (name.empty() ? std::string("(default)") : printable(name)) + ":\n";
@@ -400,8 +427,8 @@ int run_check(Context& c)
     if (!c.opt.state_dir.empty()) {
         human += "state directory " + printable(c.opt.state_dir) + ":\n";
         const bool okdir = c.state != nullptr;
-        human += std::string("  ") + (okdir ? "ok  " : "WARN") + "  RocksDB: " +
-                 (okdir ? "readable" : printable(c.state_why)) + "\n";
+        human += std::string("  ") + (okdir ? "ok  " : "WARN") +
+                 "  RocksDB: " + (okdir ? "readable" : printable(c.state_why)) + "\n";
     }
     json result{{"ok", !bad}, {"databases", out}};
     c.print(result, human + (bad ? "problems found\n" : "all checks passed\n"));

@@ -30,7 +30,9 @@ read -r seq0 idx0 kseq0 kidx0 <<<"$(read_stats)"
 applier_start --batch-size 100 --prune-interval-ms 3600000
 check "drained" wait_for 120 eval "[ \"\$(q -c 'SELECT count(*) FROM numbers')\" = $MESSAGES ]"
 applier_stop
-sleep 1.5   # the apply backends have exited and reported their statistics
+# A backend reports its statistics as it exits, before it leaves pg_stat_activity.
+wait_for 30 eval "[ \"\$(q -c \"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'atx-applier%'\")\" = 0 ]" ||
+    note "applier backends still there"
 read -r seq1 idx1 kseq1 kidx1 <<<"$(read_stats)"
 read_rows=$((seq1 - seq0))
 probes=$((idx1 - idx0))

@@ -17,14 +17,14 @@ SQL
 applier_start --statement-timeout-ms 5000 --lock-timeout-ms 500 --retry-base-ms 200 --max-attempts 20
 wait_for_slot || not_ok "applier created the slot"
 
-# 1. A rolled-back caller's statement is applied within a second on an idle server.
+# 1. A rolled-back caller's statement is applied (the time it took is a note: bounds are the
+#    benchmark's, tools/atx bench).
 t0=$(date +%s%N)
 q -c "BEGIN" -c "SELECT atx_log('INSERT INTO audit(msg, who) VALUES (\$1, current_user)', 'rolled back'::text)" -c "ROLLBACK" >/dev/null
 wait_for 10 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM audit WHERE msg = 'rolled back'\") = 1 ]"
 ms=$((($(date +%s%N) - t0) / 1000000))
 note "round trip took ${ms} ms"
 check_eq "rolled-back caller's row applied once" 1 "$(q -c "SELECT count(*) FROM audit WHERE msg = 'rolled back'")"
-check "applied within a second (${ms} ms)" test "$ms" -lt 1000
 
 # 2. Every parameter type survives emit -> WAL -> applier -> bind.
 q <<'SQL' >/dev/null
@@ -76,7 +76,7 @@ check_eq "bad message dead-lettered with its SQLSTATE" "42P01|INSERT INTO no_suc
 # 5. A transient failure (a lock held past the lock timeout) is retried, then applied.
 psql -qAtX -c "BEGIN" -c "LOCK TABLE locked IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(3)" -c "COMMIT" >/dev/null &
 locker=$!
-sleep 0.5
+wait_for_lock 10 locked || not_ok "the lock holder has its lock"
 q -c "SELECT atx_log('INSERT INTO locked VALUES (1)')" >/dev/null
 wait "$locker"
 wait_for 20 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM locked') = 1 ]"

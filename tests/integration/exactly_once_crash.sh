@@ -121,7 +121,7 @@ check_eq "5 server crashes" 5 "$CRASHES"
 touch "$TEST_DIR/gate.stop"
 wait "$GATE_PID"
 wait_for 180 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM numbers') -ge $TOTAL ] && [ \$(psql -qAtX -c 'SELECT count(*) FROM nested_numbers') -ge $PARENTS ]"
-sleep 2   # anything applied twice would show up now
+wait_settled 60 || note "the applier did not settle"   # anything applied twice has been by then
 read -r total distinct < <(q -F ' ' -c 'SELECT count(*), count(DISTINCT n) FROM numbers')
 read -r ntotal ndistinct < <(q -F ' ' -c 'SELECT count(*), count(DISTINCT n) FROM nested_numbers')
 note "rows $total, distinct $distinct, expected $TOTAL; nested rows $ntotal, distinct $ndistinct, expected $PARENTS"

@@ -7,12 +7,14 @@
 # lands on one side only. The comparison itself is checked too: each kind of difference it must
 # see is made on a copy of the fresh database, and must show.
 . "$(dirname "$0")/../lib/testlib.sh"
+# shellcheck source=../lib/ext_schema.sh
 . "$TESTLIB_DIR/ext_schema.sh"
 
 atx_test_cluster || { not_ok "cluster start"; done_testing; }
 default=$(q -c "SELECT default_version FROM pg_available_extensions WHERE name = 'pg_atx'")
 sharedir=$(pg_config --sharedir)/extension
-note "default version $default; scripts: $(cd "$sharedir" && ls pg_atx--*.sql | tr '\n' ' ')"
+scripts=("$sharedir"/pg_atx--*.sql)
+note "default version $default; scripts: ${scripts[*]##*/}"
 check "the default version has a full install script (pg_atx--$default.sql)" test -f "$sharedir/pg_atx--$default.sql"
 
 # The chain: every released version, oldest first, each one step from the one before.

@@ -45,7 +45,7 @@ q -c "BEGIN" -c "SELECT atx_log('INSERT INTO marker VALUES (\$1)', 'running'::te
 atx_cluster_crash "$TEST_DIR"
 atx_cluster_start "$TEST_DIR" || not_ok "server restart"
 wait_for 60 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM marker') -ge 2 ]"
-sleep 1
+wait_settled 30 || note "the applier did not settle"
 m=$(q -c "SELECT string_agg(tag, ',' ORDER BY tag) FROM marker")
 check_eq "rolled back + immediate crash: applied once after restart (applier stopped / running)" "running,stopped" "$m"
 reliability "rollback then immediate server crash" \

@@ -39,7 +39,9 @@ if mount -t tmpfs -o size=16m tmpfs "$STATE" 2>"$TEST_DIR/mount.err"; then
     check "applier logged the state write failure (event=state_write_failed)" test $? = 0
     note "$(grep -m1 'event=state_write_failed' "$TEST_DIR/applier.log" | cut -c1-300)"
     c1=$(confirmed_lsn); n1=$(q -c "SELECT count(*) FROM numbers")
-    sleep 4
+    # Until a worker logged the failure a second time: it kept retrying (and not confirming) that long.
+    wait_for 30 eval "grep -o 'event=state_write_failed worker=[0-9]*' '$TEST_DIR/applier.log' | sort | uniq -c | awk '\$1 >= 2' | grep -q ." ||
+        note "no worker logged the failure twice"
     c2=$(confirmed_lsn); n2=$(q -c "SELECT count(*) FROM numbers")
     note "during the fault: applied rows $applied0 -> $n1 -> $n2, slot confirmed $c1 -> $c2"
     check_eq "slot not confirmed further while the state cannot be written" "$c1" "$c2"

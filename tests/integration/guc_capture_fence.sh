@@ -17,6 +17,7 @@ ALTER ROLE clerk SET statement_timeout = '45s';          -- denied: never carrie
 ALTER ROLE clerk SET DateStyle = 'SQL, DMY';              -- ALTER ROLE
 ALTER ROLE clerk IN DATABASE postgres SET extra_float_digits = 2;   -- ALTER ROLE IN DATABASE
 ALTER ROLE clerk SET app.region = 'north';                -- a placeholder from ALTER ROLE
+ALTER ROLE clerk SET log_statement = 'ddl';               -- superuser-only, set by a superuser
 SQL
 applier_start
 wait_for_slot || not_ok "applier streams"
@@ -58,5 +59,12 @@ check_eq "denied: statement_timeout is the applier's" "$(q -c "SELECT setting FR
     "$(seen clerk statement_timeout | sed 's/^0$/0/')"
 check "denied: application_name is not the caller's" test "$(seen clerk application_name)" != "psql"
 check_eq "a superuser's SET log_statement" "mod" "$(seen superuser log_statement)"
+# The rule of guc_capture.cc: a setting made with superuser rights in the caller's session (here
+# a superuser's ALTER ROLE ... SET of a superuser-only parameter) is applied with them, although
+# the caller is no superuser; the clerk could not SET it itself.
+check_eq "ALTER ROLE ... SET by a superuser of a superuser-only parameter reaches a non-superuser's message" \
+    "ddl" "$(seen clerk log_statement)"
+out=$(psql -qAtX -U clerk -c "SET log_statement = 'all'" 2>&1)
+check "which the clerk may not set itself" grep -q "permission denied" <<<"$out"
 check_eq "no statement failed" 0 "$(q -c "SELECT count(*) FROM atx.dead_letter")"
 done_testing

@@ -102,6 +102,12 @@ clients_resumed() {
     done
 }
 marks() { local k; for k in 1 2 3 4; do echo -n "$(last_ack $(($1 * 10 + k))) "; done; }
+# clients_past CASE COUNT: every client of CASE acknowledged more than COUNT numbers.
+clients_past() {
+    local k m=()
+    for k in 1 2 3 4; do m+=($((($1 * 10 + k) * 100000 + $2))); done
+    clients_resumed "$1" "${m[@]}"
+}
 
 # qp: psql on the current leader, in the test database.
 qp() { ha_psql "$HA_LEADER" -d "$DB" -v ON_ERROR_STOP=1 "$@"; }
@@ -145,7 +151,7 @@ drain() {
     SENTINEL=$((SENTINEL + 1))
     qp -c "SELECT atx_log('INSERT INTO ha_sentinel VALUES (\$1)', $SENTINEL)" >/dev/null || return 1
     ha_wait "$1" eval "[ \"\$(qp -c 'SELECT count(*) FROM ha_sentinel WHERE k = $SENTINEL' 2>/dev/null)\" = 1 ]" || return 1
-    sleep 2   # anything applied twice shows up now
+    wait_settled 30 qp   # anything applied twice has been by then
 }
 
 # count_case CASE LABEL: per client kind acknowledged / applied once / lost / duplicated; checks.
@@ -269,8 +275,7 @@ note "applier conninfo: $(conninfo)"
 # --- case 1: walsender stall, then the primary host crashes ---------------------------------
 ha_phase "case 1: emit before the fault"
 clients_start 1
-sleep 4
-check "every client acknowledged numbers before the fault" clients_resumed 1 0 0 0 0
+check "every client acknowledged numbers before the fault" ha_wait 60 clients_past 1 100
 ha_phase "case 1: walsender stalled"
 ha_stall_walsenders "$PRIMARY" || not_ok "stall the walsender of $PRIMARY"
 sleep "$STALL"
@@ -319,7 +324,7 @@ if ha_wait_streaming "$PRIMARY" 60 && ha_wait_sync "$PRIMARY" 30 && ha_wait_slot
     note "$PRIMARY on rejoining: $(grep -c 'pg_rewind exit code=0' "$HA_DIR/$PRIMARY/patroni.log") pg_rewind run(s), $(grep -c 'Copying logical slots' "$HA_DIR/$PRIMARY/patroni.log") slot copies (each restarts it)"
     ha_phase "case 2: emit before the switchover"
     clients_start 2
-    sleep 4
+    ha_wait 60 clients_past 2 100 || note "case 2: not every client acknowledged 100 numbers"
     MARK=$(marks 2)
     ha_phase "case 2: switchover"
     t0=$SECONDS

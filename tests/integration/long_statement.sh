@@ -8,11 +8,12 @@ atx_test_cluster "wal_sender_timeout = 3s" || { not_ok "cluster start"; done_tes
 q -c "CREATE TABLE locked(v int)" >/dev/null
 applier_start --statement-timeout-ms 30000
 wait_for_slot || not_ok "applier created the slot"
-sleep 1
+wait_for 10 eval "[ \"\$(q -c \"SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'atx-applier apply%'\")\" -gt 0 ]" ||
+    not_ok "the apply sessions connected"
 
 psql -qAtX -c "BEGIN" -c "LOCK TABLE locked IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(7)" -c "COMMIT" >/dev/null &
 locker=$!
-sleep 0.5
+wait_for_lock 10 locked || not_ok "the lock holder has its lock"
 q -c "SELECT atx_log('INSERT INTO locked VALUES (1)')" >/dev/null
 check "apply backend is waiting on the lock" wait_for 5 bash -c \
     "psql -qAtX -c \"SELECT 1 FROM pg_stat_activity WHERE application_name LIKE 'atx-applier apply%' AND wait_event_type = 'Lock'\" | grep -q 1"

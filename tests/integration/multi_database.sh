@@ -20,7 +20,7 @@ check_eq "slot names are pg_atx_<database oid>" "pg_atx_$(q -c "SELECT oid FROM 
 # shop's statement waits on a lock for 6 s; billing's messages must not wait with it.
 psql -qAtX -d shop -c "BEGIN" -c "LOCK TABLE t IN ACCESS EXCLUSIVE MODE" -c "SELECT pg_sleep(6)" -c "COMMIT" >/dev/null &
 locker=$!
-sleep 0.5
+PGDATABASE=shop wait_for_lock 10 t || not_ok "the lock holder has its lock"
 psql -qAtX -d shop -c "SELECT atx_log('INSERT INTO t VALUES (1)')" >/dev/null
 t0=$(date +%s%N)
 for i in $(seq 1 20); do

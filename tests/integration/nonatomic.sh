@@ -96,7 +96,7 @@ q -c "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type 
 wait_for 20 bash -c "[ \$(psql -qAtX -c \"SELECT count(*) FROM atx.dead_letter WHERE statement = 'CALL commit_then_sleep()'\") = 1 ]"
 check_eq "interrupted: dead-lettered as in doubt (40003)" 40003 \
     "$(q -c "SELECT sqlstate FROM atx.dead_letter WHERE statement = 'CALL commit_then_sleep()'")"
-sleep 2
+wait_settled 30 || note "the applier did not settle"
 check_eq "... the part it committed stays, the rest never ran, nothing ran twice" "1|0" \
     "$(q -c "SELECT count(*) FILTER (WHERE n = -3), count(*) FILTER (WHERE n = -4) FROM loaded")"
 
@@ -138,12 +138,14 @@ check_eq "... and the index is built once the caller ended" t \
 # 10. Applier SIGKILLed while a top-level run goes on: the run finishes, the message is not run
 #    again after the restart.
 B -c "TRUNCATE loaded" -c "SELECT atx_log('CALL batch_load(40)')" >/dev/null
-sleep 0.3
+wait_for 20 eval "[ \"\$(q -c \"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_atx non-atomic message'\")\" -gt 0 ]" ||
+    note "the top-level run had not started"
 applier_kill
 applier_start --statement-timeout-ms 20000
 B -c "SELECT atx_log('INSERT INTO loaded VALUES (1000, current_user, session_user)')" >/dev/null
 wait_for 20 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM loaded WHERE n = 1000') = 1 ]"
-sleep 1
+wait_for 30 eval "[ \"\$(q -c \"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_atx non-atomic message'\")\" = 0 ]"
+wait_settled 30 || note "the applier did not settle"
 check_eq "applier killed during a top-level run: no row twice" 0 \
     "$(q -c "SELECT count(*) FROM (SELECT n FROM loaded WHERE n BETWEEN 1 AND 40 GROUP BY n HAVING count(*) > 1) d")"
 note "rows of the interrupted batch: $(q -c "SELECT count(*) FROM loaded WHERE n BETWEEN 1 AND 40"); dead letters: $(q -c "SELECT string_agg(sqlstate, ',') FROM atx.dead_letter WHERE statement = 'CALL batch_load(\$1)'")"

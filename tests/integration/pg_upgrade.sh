@@ -15,8 +15,10 @@
 # Runs with the newer server (PG_CONFIG of 18); the older one is ATX_UPGRADE_FROM_PG_CONFIG, else
 # Debian's 15. Both run from copies (tests/lib/old_release.sh): nothing is installed into them.
 . "$(dirname "$0")/../lib/testlib.sh"
+# shellcheck source=../lib/old_release.sh
 . "$TESTLIB_DIR/old_release.sh"
 use_seed
+# shellcheck source=../lib/workload.sh
 . "$TESTLIB_DIR/workload.sh"
 
 OLD_PG_CONFIG=${ATX_UPGRADE_FROM_PG_CONFIG:-/usr/lib/postgresql/15/bin/pg_config}
@@ -127,7 +129,10 @@ _pg_upgrade_cleanup() {
 trap _pg_upgrade_cleanup EXIT
 
 # --- 15: messages applied, then waiting -------------------------------------------------------
-cluster old "$OLD_BIN" && start old || { not_ok "PostgreSQL $old_major cluster"; done_testing; }
+if ! cluster old "$OLD_BIN" || ! start old; then
+    not_ok "PostgreSQL $old_major cluster"
+    done_testing
+fi
 use old
 q <<'SQL' >/dev/null
 CREATE EXTENSION pg_atx;

@@ -36,7 +36,10 @@ wait_for 10 grep -q event=streaming "$TEST_DIR/applier_a.log"
 start b
 wait_for 10 grep -q event=standby "$TEST_DIR/applier_b.log"
 check "b waits as a standby" grep -q 'event=standby' "$TEST_DIR/applier_b.log"
-sleep 2.5
+# b tries the slot again every second; each try is an error in the server's log. Two more tries.
+tries=$(grep -c 'is active for PID' "$TEST_DIR/server.log")
+wait_for 20 eval "[ \$(grep -c 'is active for PID' '$TEST_DIR/server.log') -ge $((tries + 2)) ]" ||
+    not_ok "b tried the slot again"
 check_eq "b logs the standby state once, not an error storm" 0 \
     "$(grep -c 'level=error' "$TEST_DIR/applier_b.log")"
 
@@ -75,7 +78,7 @@ fi
 wait "${emitters[@]}"
 EXPECTED=$TOTAL   # atx_log survives the callers' ROLLBACKs
 wait_for 60 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM numbers') -ge $EXPECTED ]"
-sleep 1
+wait_settled 30 || note "the applier did not settle"
 check_eq "every number exactly once (count)" "$EXPECTED" "$(q -c 'SELECT count(*) FROM numbers')"
 check_eq "every number exactly once (distinct)" "$EXPECTED" "$(q -c 'SELECT count(DISTINCT n) FROM numbers')"
 check_eq "no dead letters" 0 "$(q -c 'SELECT count(*) FROM atx.dead_letter')"

@@ -151,24 +151,29 @@ if ! "${NETNS[@]}" true 2>/dev/null; then
     note "no network namespace available: the default-address tests use this host's 127.0.0.1:9478"
     NETNS=()
 fi
-# default_start [--hold]: the applier without --http-listen, in the namespace, optionally with a
-# process holding 127.0.0.1:9478 first. APPLIER_PID is the applier (or the holder, which passes
-# SIGTERM on and exits with the applier's status).
+# default_start [SECONDS]: the applier without --http-listen, in the namespace, optionally with a
+# process holding 127.0.0.1:9478 first, for SECONDS. APPLIER_PID is the applier (or the holder,
+# which passes SIGTERM on and exits with the applier's status).
 default_start() {
-    local hold=${1:-}
+    local hold=${1:-0}
     : >"$TEST_DIR/applier.log"
     (trap - EXIT; exec ${NETNS[@]+"${NETNS[@]}"} python3 -c '
-import signal, socket, subprocess, sys
-if sys.argv[1] == "--hold":
+import signal, socket, subprocess, sys, threading
+hold = float(sys.argv[1])
+if hold > 0:
     s = socket.socket()
     try:
         s.bind(("127.0.0.1", 9478)); s.listen()
-        print("# holder: listening on 127.0.0.1:9478", flush=True)
+        print("# holder: listening on 127.0.0.1:9478 for %g s" % hold, flush=True)
+        def release():
+            s.close()
+            print("# holder: released 127.0.0.1:9478", flush=True)
+        threading.Timer(hold, release).start()
     except OSError as e:
         print("# holder: 127.0.0.1:9478 already taken (%s)" % e, flush=True)
 p = subprocess.Popen(sys.argv[2:])
 signal.signal(signal.SIGTERM, lambda *_: p.terminate())
-sys.exit(p.wait())' "${hold:-none}" "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres \
+sys.exit(p.wait())' "$hold" "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname postgres \
         --state-dir "$TEST_DIR/state" >>"$TEST_DIR/applier.log" 2>&1) &
     APPLIER_PID=$!
 }
@@ -179,13 +184,21 @@ if [ ${#NETNS[@]} -gt 0 ]; then
         grep -q "event=http_listening address=127.0.0.1:9478 port=9478 url=http://127.0.0.1:9478/metrics" "$TEST_DIR/applier.log"
     applier_stop
 fi
-default_start --hold
+# Held for 4 s: the applier streams meanwhile, says once that it waits for the address, and
+# listens as soon as it is free (tries after 1, 2, 4, 8 s ...).
+default_start 4
 wait_for 10 grep -q event=streaming "$TEST_DIR/applier.log"
-note "$(grep '# holder' "$TEST_DIR/applier.log")"
+note "$(grep '# holder' "$TEST_DIR/applier.log" | head -n 1)"
 check "default address busy: still streams" grep -q event=streaming "$TEST_DIR/applier.log"
-check "and logs event=http_disabled" grep -q event=http_disabled "$TEST_DIR/applier.log"
-check "and no listener" bash -c "! grep -q event=http_listening '$TEST_DIR/applier.log'"
+check "and logs event=http_bind_waiting" grep -q event=http_bind_waiting "$TEST_DIR/applier.log"
+check "and no listener yet" bash -c "! grep -q event=http_listening '$TEST_DIR/applier.log'"
+if [ ${#NETNS[@]} -gt 0 ]; then
+    wait_for 20 grep -q event=http_listening "$TEST_DIR/applier.log"
+    check "once the holder is gone it listens on 127.0.0.1:9478" \
+        grep -q "event=http_listening address=127.0.0.1:9478 port=9478" "$TEST_DIR/applier.log"
+    check_eq "having said it waits only once" 1 "$(grep -c event=http_bind_waiting "$TEST_DIR/applier.log")"
+fi
 applier_stop
-check_eq "SIGTERM exits 0 without the listener too" 0 "$?"
+check_eq "SIGTERM exits 0" 0 "$?"
 
 done_testing

@@ -3,5 +3,6 @@
 # slot, upgraded with its applier to this tree in the order docs/upgrade.md gives; the wrong orders
 # refused; every message applied exactly once, every row readable (tests/lib/upgrade_from.sh).
 . "$(dirname "$0")/../lib/testlib.sh"
-UPGRADE_FROM=0.2
+export UPGRADE_FROM=0.2
+# shellcheck source=../lib/upgrade_from.sh
 . "$TESTLIB_DIR/upgrade_from.sh"

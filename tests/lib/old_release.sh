@@ -51,6 +51,7 @@ server_copy() {
     done
     chmod -R a+rX "$dir"
     ATX_PG_BINDIR=$dir$("$PG_CONFIG" --bindir)
+    export ATX_PG_BINDIR
     COPY_PKGLIBDIR=$dir$("$PG_CONFIG" --pkglibdir)
     COPY_SHAREDIR=$dir$("$PG_CONFIG" --sharedir)
 }

@@ -3,6 +3,8 @@
 #
 #   . tests/lib/testlib.sh; . tests/lib/patroni.sh
 #   ha_init NAME                     HA_DIR (also TEST_DIR: testlib keeps it when a check failed)
+#   HA_EXTRA_ADDR[NODE]=IP, HA_EXTRA_NET=CIDR (before ha_nodes_start): NODE's server also listens
+#                                    on IP, and CIDR may connect (e.g. from a namespace, netns.sh)
 #   ha_budget SECONDS; ha_phase LABEL; ha_phases       timing budget and per-phase durations
 #   ha_etcd_start                    one etcd member on 127.0.0.1, free client and peer ports
 #   ha_nodes_start N [sync]          N Patroni nodes (node1..nodeN); sync: synchronous_mode true
@@ -17,6 +19,7 @@
 #   ha_stall_walsenders NODE / ha_resume_walsenders    SIGSTOP / SIGCONT the physical walsenders
 #   ha_kill_postgres NODE            SIGKILL the postmaster and all its children, by pid
 #   ha_kill_node NODE                SIGKILL the node's Patroni, then its postgres (a host crash)
+#   ha_expire_leader                 delete the leader key in etcd (what its ttl would do later)
 #   ha_switchover LEADER CANDIDATE   patronictl switchover --force
 #   ha_stop_all                      stop everything (also runs from the EXIT trap)
 #
@@ -39,7 +42,8 @@ HA_ETCD_PEER_PORT=""
 HA_SYNC=false
 HA_PORTS_TAKEN=" "
 HA_STOPPED_PIDS=()
-declare -A HA_PG_PORT HA_API_PORT HA_PATRONI_PID HA_RUNUSER_PID
+HA_EXTRA_NET=""
+declare -A HA_PG_PORT HA_API_PORT HA_PATRONI_PID HA_RUNUSER_PID HA_EXTRA_ADDR
 
 ha_have_tools() {
     command -v patroni >/dev/null && command -v patronictl >/dev/null && command -v etcd >/dev/null &&
@@ -163,7 +167,7 @@ bootstrap:
   - encoding: UTF8
   - locale: C.UTF-8
 postgresql:
-  listen: 127.0.0.1:${HA_PG_PORT[$node]}
+  listen: 127.0.0.1${HA_EXTRA_ADDR[$node]:+,${HA_EXTRA_ADDR[$node]}}:${HA_PG_PORT[$node]}
   connect_address: 127.0.0.1:${HA_PG_PORT[$node]}
   data_dir: $d/data
   bin_dir: $ATX_PG_BINDIR
@@ -183,6 +187,7 @@ postgresql:
   - host all all 127.0.0.1/32 trust
   - host replication all 127.0.0.1/32 trust
 EOF
+    [ -z "$HA_EXTRA_NET" ] || printf '  - host all all %s trust\n  - host replication all %s trust\n' "$HA_EXTRA_NET" "$HA_EXTRA_NET"
 }
 
 # ha_nodes_start N [sync]: writes node1..nodeN's configuration and starts them.
@@ -361,6 +366,14 @@ ha_kill_patroni() {
 ha_kill_node() {
     ha_kill_patroni "$1"
     ha_kill_postgres "$1"
+}
+
+# ha_expire_leader: the leader key gone at once, as ttl seconds after a host crash: the replicas
+# hold their election at their next loop instead of ttl later.
+ha_expire_leader() {
+    local key
+    key=$(printf '/service/%s/leader' "$HA_SCOPE" | base64 -w0)
+    curl -fsS -m 5 -X POST "http://127.0.0.1:$HA_ETCD_CLIENT_PORT/v3/kv/deleterange" -d "{\"key\": \"$key\"}" >/dev/null
 }
 
 ha_switchover() {

@@ -5,6 +5,8 @@
 #   applier_start [args]; applier_stop; applier_kill
 #   use_fault_points             # this test arms ATX_FAULT: run atx-applier-faults from now on
 #   ok "description" / not_ok "description" / check "description" test-command...
+#   wait_for SECONDS CMD... / wait_for_lock SECONDS TABLE / wait_settled SECONDS: waits on a
+#   condition, never a sleep that hopes it holds by then
 #   done_testing                 # exits non-zero if anything failed
 set -uo pipefail
 
@@ -70,8 +72,9 @@ q() { psql -qAtX -v ON_ERROR_STOP=1 "$@"; }
 
 # Starts a fresh cluster with pg_atx preloaded (atx-applier needs its apply registry; a later
 # "shared_preload_libraries = ..." argument overrides it) and installs it in database postgres.
+# ATX_TEST_NAME names its directory (default: the test file's name).
 atx_test_cluster() {
-    TEST_DIR=$(atx_cluster_mkdir "$(basename "$0" .sh)")
+    TEST_DIR=$(atx_cluster_mkdir "${ATX_TEST_NAME:-$(basename "$0" .sh)}")
     atx_cluster_init "$TEST_DIR" "shared_preload_libraries = 'pg_atx'" "$@" || return 1
     atx_cluster_start "$TEST_DIR" || return 1
     eval "$(atx_cluster_env "$TEST_DIR")"
@@ -92,14 +95,16 @@ use_fault_points() {
 }
 
 # The metrics listener picks a free port (the default one may be taken by another applier);
-# a test's own --http-listen comes later and wins.
+# a test's own --http-listen comes later and wins. APPLIER_WRAP: a command that execs its arguments
+# (e.g. "ip netns exec NAME", tests/lib/netns.sh), so that APPLIER_PID is still the applier's.
 applier_start() {
     # An armed fault in a binary without fault points would silently test nothing.
     if [ -n "${ATX_FAULT:-}" ] && ! has_fault_points "$APPLIER_BIN"; then
         not_ok "ATX_FAULT=$ATX_FAULT set, but $APPLIER_BIN has no fault points (call use_fault_points)"
         done_testing
     fi
-    (trap - EXIT; exec "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
+    # shellcheck disable=SC2086   # APPLIER_WRAP is words on purpose
+    (trap - EXIT; exec ${APPLIER_WRAP:-} "$APPLIER_BIN" --conninfo "$(conninfo)" --dbname "${PGDATABASE}" \
         --state-dir "$TEST_DIR/state" --log-level "${APPLIER_LOG_LEVEL:-info}" --http-listen 127.0.0.1:0 "$@" \
         >>"$TEST_DIR/applier.log" 2>&1) &
     APPLIER_PID=$!
@@ -129,6 +134,28 @@ wait_for() {
         [ $SECONDS -ge $deadline ] && return 1
         sleep 0.1
     done
+}
+
+# wait_for_lock SECONDS TABLE [MODE]: until some backend holds MODE (default AccessExclusiveLock)
+# on TABLE of the current database: a lock holder started in the background has its lock.
+wait_for_lock() { wait_for "$1" _lock_held "$2" "${3:-AccessExclusiveLock}"; }
+_lock_held() {
+    [ "$(q -c "SELECT count(*) > 0 FROM pg_locks WHERE relation = '$1'::regclass AND mode = '$2' AND granted" 2>/dev/null)" = t ]
+}
+
+# wait_settled SECONDS [SQL_FN]: until the applier is done with everything the WAL holds now: the
+# slot of the current database confirmed past the WAL written so far (every message before it
+# handled durably, never sent again) and no apply session inside a transaction. Whatever was
+# going to be applied twice has been by then. SQL_FN runs psql (default q).
+wait_settled() {
+    local fn=${2:-q} lsn
+    lsn=$($fn -c "SELECT pg_current_wal_insert_lsn()") || return 1
+    wait_for "$1" _settled "$fn" "$lsn"
+}
+_settled() {
+    [ "$($1 -c "SELECT (SELECT confirmed_flush_lsn >= '$2' FROM pg_replication_slots WHERE slot_name = atx.slot_name())
+                       AND NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                                        WHERE application_name LIKE 'atx-applier apply%' AND xact_start IS NOT NULL)" 2>/dev/null)" = t ]
 }
 
 # Waits until atx-applier created the slot of the current database and streams it. Streams: the

@@ -112,7 +112,7 @@ verify_exact() {
     local label=$1 c
     exp_load
     wait_drained "${2:-90}" || note "$label: not drained in time"
-    sleep 2   # anything applied twice would show up now
+    wait_settled 60 || note "$label: the applier did not settle"   # anything applied twice has been by then
     read -r -a c < <(counts)
     VERIFY_SUMMARY="good ${c[3]}/${c[0]} once, bad ${c[4]}/${c[1]} dead-lettered once, in-flight ${c[2]} (${c[8]} landed, ${c[5]} twice), stray rows ${c[6]}, stray dead letters ${c[7]}"
     note "$label: $VERIFY_SUMMARY"

@@ -109,7 +109,8 @@ check "a manual page" test -f /usr/share/man/man8/atx-applier.8.gz
 PORT=""
 for _ in $(seq 1 50); do
     p=$((20000 + RANDOM % 20000))
-    if ! ss -Hltn "sport = :$p" 2>/dev/null | grep -q . && [ ! -e "/var/run/postgresql/.s.PGSQL.$p" ]; then
+    # Nothing listens on it (bash's own TCP connect), and no socket of another cluster is there.
+    if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null && [ ! -e "/var/run/postgresql/.s.PGSQL.$p" ]; then
         PORT=$p
         break
     fi

@@ -91,7 +91,8 @@ TEST_CASE("SerializeGUCState: no entries")
 
 TEST_CASE("SerializeGUCState: every truncation is reported, nothing is read past the byte count")
 {
-    const std::string entries = entry("work_mem", "8192", "", 0, 14, 4, 10) + entry("lc_messages", "C", "/f", 3, 3, 2, 10);
+    const std::string entries =
+        entry("work_mem", "8192", "", 0, 14, 4, 10) + entry("lc_messages", "C", "/f", 3, 3, 2, 10);
     for (size_t cut = 0; cut < entries.size(); ++cut) {
         INFO("entries cut to " << cut << " bytes");
         // The byte count says `cut`: whatever follows in the buffer is not read.
@@ -127,8 +128,8 @@ TEST_CASE("SerializeGUCState: a layout that grew a field is not read as the old 
     // A release that wrote four more bytes per entry: the old reading ends out of step. Either
     // it fails here, or it yields names that are no parameters (guc_capture.cc looks each up).
     const std::string four(4, '\0');
-    const Read r = read_all(state(entry("work_mem", "8192", "", 0, 14, 4, 10, four) +
-                                  entry("search_path", "app", "", 0, 14, 4, 10, four)));
+    const Read r = read_all(
+        state(entry("work_mem", "8192", "", 0, 14, 4, 10, four) + entry("search_path", "app", "", 0, 14, 4, 10, four)));
     bool misread = r.rc == -1;
     for (const auto& e : r.entries)
         misread = misread || (std::strcmp(e.name, "work_mem") != 0 && std::strcmp(e.name, "search_path") != 0);
@@ -137,7 +138,8 @@ TEST_CASE("SerializeGUCState: a layout that grew a field is not read as the old 
     AtxGucStateLayout wide = kLayout;
     wide.srole = 8;
     const Read w = read_all(state(entry("work_mem", "8192", "", 0, 14, 4, 10) + entry("x", "y", "", 0, 14, 4, 10)));
-    const Read w2 = read_all(state(entry("work_mem", "8192", "", 0, 14, 4, 10) + entry("x", "y", "", 0, 14, 4, 10)), wide);
+    const Read w2 =
+        read_all(state(entry("work_mem", "8192", "", 0, 14, 4, 10) + entry("x", "y", "", 0, 14, 4, 10)), wide);
     CHECK(w.rc == 0);
     CHECK((w2.rc == -1 || w2.entries.size() != 2 || std::strcmp(w2.entries[1].name, "x") != 0));
 }

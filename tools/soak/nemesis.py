@@ -1,0 +1,450 @@
+"""The soak's nemesis: a schedule of faults drawn from the seed alone (kind, moment, how long,
+target), played against the running cluster, overlapping where the draw makes them overlap.
+
+Each fault is injected at its moment and healed after its hold (a fault of the same kind still in
+progress, or a cluster not ready for it, defers it; one that stays impossible is skipped and
+reported). The times it was really injected and healed go to the report: the checker explains
+dead letters and measures recovery from them."""
+import json
+import heapq
+import os
+import random
+import signal
+import threading
+import time
+import urllib.request
+
+import psycopg2
+
+KINDS = ["applier_kill", "backend_kill", "server_crash", "walsender_stall", "failover", "switchover",
+         "partition", "state_full", "privilege_revoke"]
+PAIR_ONLY = ("failover", "switchover")
+PATRONI = ("failover", "switchover")
+MAX_DEFER = 60          # seconds an impossible fault is retried before it is skipped
+MAX_DEFER_PATRONI = 240  # a failover waits for the pair to be whole again (rejoin, slot copy)
+# While a failover or switchover waits for the pair, these wait too: each restarts the primary on
+# a new timeline and sends the replica back to its start, so they would keep the pair from ever
+# being whole again.
+YIELD_TO_PATRONI = ("server_crash", "backend_kill")
+PATRONI_FIRST_AFTER = 10  # seconds a Patroni fault waits before the others yield to it
+STUCK_REPLICA = 45      # seconds a replica may not stream (no Patroni fault running) before it is rebuilt
+
+
+class Event:
+    def __init__(self, n, kind, at, hold, arg):
+        self.n, self.kind, self.at, self.hold, self.arg = n, kind, at, hold, arg
+        self.injected = None    # wall-clock time of the injection
+        self.healed = None      # ... when the nemesis stopped acting (restarted, resumed, mended)
+        self.settled = None     # ... when the cluster was whole again (promotion, switchover done)
+        self.status = "planned"
+        self.note = ""
+
+    def plan(self):
+        return {"n": self.n, "kind": self.kind, "at": round(self.at, 2), "hold": round(self.hold, 2),
+                "arg": self.arg}
+
+    def record(self):
+        d = self.plan()
+        d.update(injected=self.injected, healed=self.healed, settled=self.settled, status=self.status,
+                 note=self.note)
+        return d
+
+
+def available_kinds(mode, netns, tmpfs):
+    kinds = []
+    for k in KINDS:
+        if k in PAIR_ONLY and mode != "pair":
+            continue
+        if k == "partition" and not netns:
+            continue
+        if k == "state_full" and not tmpfs:
+            continue
+        kinds.append(k)
+    return kinds
+
+
+def make_schedule(seed, seconds, kinds, per_minute, roles, mode, warmup=8.0, cooldown=8.0):
+    """The whole schedule, from the seed and the run's shape only (so that --seed replays it)."""
+    rng = random.Random("%s/nemesis" % seed)
+    lo, hi = warmup, max(warmup + 1, seconds - cooldown)
+    events = []
+    for kind in kinds:
+        count = max(1, round(per_minute * seconds / 60.0))
+        for _ in range(count):
+            at = rng.uniform(lo, hi)
+            hold, arg = 0.0, {}
+            if kind == "applier_kill":
+                hold = rng.uniform(0, 3)                       # dead this long before the restart
+            elif kind == "backend_kill":
+                arg = {"pick": rng.random()}                   # which apply backend
+            elif kind == "server_crash":
+                hold = rng.uniform(0, 2)                       # down this long (single server)
+            elif kind == "walsender_stall":
+                arg = {"which": rng.choice(["logical", "physical"]) if mode == "pair" else "logical"}
+                hold = rng.uniform(1, 6)
+            elif kind == "failover":
+                # Half of them at the worst moment: the replica's stream stopped before the crash.
+                arg = {"stall": round(rng.uniform(1, 3), 2) if rng.random() < 0.5 else 0}
+                hold = rng.uniform(0, 5)                       # old primary back this long after promotion
+            elif kind == "partition":
+                hold = rng.uniform(2, 12)
+            elif kind == "state_full":
+                hold = rng.uniform(2, 8)
+            elif kind == "privilege_revoke":
+                arg = {"role": rng.choice(roles)}
+                hold = rng.uniform(1, 6)
+            events.append((at, kind, hold, arg))
+    events.sort(key=lambda e: e[0])
+    return [Event(i + 1, k, at, hold, arg) for i, (at, k, hold, arg) in enumerate(events)]
+
+
+class Nemesis(threading.Thread):
+    def __init__(self, env, events, log):
+        super().__init__(name="nemesis", daemon=True)
+        self.env = env
+        self.events = events
+        self.log = log
+        self.t0 = None
+        self.stop_at = None
+        self._q = []
+        self._seq = 0
+        self._halt = threading.Event()
+        self.active = {}            # kind -> event in progress (one per kind at a time)
+        self.patroni_busy = None    # the failover/switchover in progress
+        self.applier_down = False   # killed on purpose, restart pending
+        self.applier_pid = None
+        self.applier_exits = []     # exits the nemesis did not cause: (time, status, faults, log)
+        self.since_start = set()    # kinds of fault in progress at some time since the applier started
+        self.rss = []               # (time, pid, kB)
+        self.patroni_waiting = None  # since when a failover/switchover waits for the pair
+        self.replica_down_since = {}  # replica -> since when it has not streamed
+        self.reinits = []           # (time, member, why): replicas rebuilt (patronictl reinit)
+        self.errors = []
+        self.lock = threading.Lock()
+
+    # --- plumbing ------------------------------------------------------------------------------
+    def push(self, when, fn, *args):
+        self._seq += 1
+        heapq.heappush(self._q, (when, self._seq, fn, args))
+
+    def say(self, msg):
+        self.log("nemesis: " + msg)
+
+    def sql(self, statement, args=None, fetch=False):
+        """One statement on the primary as postgres (a fresh connection: the primary moves). It
+        never waits for the standby (a GRANT must heal a revoke while the replica's stream is
+        stopped) nor for long."""
+        c = psycopg2.connect(self.env.dsn, connect_timeout=3,
+                             options="-c synchronous_commit=local -c statement_timeout=20s -c lock_timeout=10s")
+        try:
+            c.autocommit = True
+            cur = c.cursor()
+            cur.execute(statement, args)
+            return cur.fetchall() if fetch else None
+        finally:
+            c.close()
+
+    def start_applier(self):
+        rc, r, _ = self.env.harness.call("soak_applier_start")
+        with self.lock:
+            self.applier_pid = int(r["pid"]) if rc == 0 and r.get("pid") else None
+            self.applier_down = False
+            self.since_start = set(self.active)
+        return rc == 0
+
+    def run(self):
+        self.t0 = time.time()
+        for e in self.events:
+            self.push(self.t0 + e.at, self._inject, e, self.t0 + e.at)
+        self.push(self.t0 + 1, self._supervise)
+        self.push(self.t0 + 1, self._sample_rss)
+        while not self._halt.is_set():
+            if not self._q:
+                self._halt.wait(0.2)
+                continue
+            when, _, fn, args = self._q[0]
+            now = time.time()
+            if when > now:
+                self._halt.wait(min(0.2, when - now))
+                continue
+            heapq.heappop(self._q)
+            try:
+                fn(*args)
+            except Exception as ex:   # a broken action must not end the schedule
+                self.errors.append("%s%s: %r" % (fn.__name__, args[:1], ex))
+                self.say("error in %s: %r" % (fn.__name__, ex))
+
+    def finish(self):
+        """Stops injecting and heals whatever is still broken (also a killed applier)."""
+        self._halt.set()
+        self.join(60)
+        # Streams first: while the replica's is stopped, every commit waits for it.
+        order = ["walsender_stall", "partition", "state_full", "server_crash", "applier_kill"]
+        for e in sorted(self.active.values(), key=lambda e: order.index(e.kind) if e.kind in order else 9):
+            self._heal(e, final=True)
+        if self.patroni_busy is not None:
+            self._settle_patroni(self.patroni_busy)
+        for e in self.events:
+            if e.status == "planned":
+                e.status = "not reached"
+        with self.lock:
+            down = self.applier_down
+        r = self.env.harness.call("soak_applier_reap")[1]
+        if down or r.get("state") != "running":
+            if r.get("state") == "exited":
+                self.applier_exits.append((time.time(), r.get("rc"), "at the end", r.get("why", "")))
+            self.start_applier()
+
+    # --- the schedule --------------------------------------------------------------------------
+    def _defer(self, e, planned, why):
+        limit = MAX_DEFER_PATRONI if e.kind in PATRONI else MAX_DEFER
+        if time.time() - planned > limit:
+            if e.kind in PATRONI:
+                self.patroni_waiting = None
+            e.status = "skipped"
+            e.note = why
+            self.say("#%d %s skipped: %s" % (e.n, e.kind, why))
+            return
+        self.push(time.time() + 1.0, self._inject, e, planned)
+
+    def _inject(self, e, planned):
+        if e.kind in self.active:
+            return self._defer(e, planned, "the previous %s still in progress" % e.kind)
+        if e.kind in PATRONI and (self.patroni_busy is not None or not self.env.pair_ready()):
+            if self.patroni_waiting is None:
+                self.patroni_waiting = time.time()
+            return self._defer(e, planned, "pair not ready (members %s)" % self.env.members_note())
+        if e.kind in YIELD_TO_PATRONI and self.patroni_waiting is not None and \
+                time.time() - self.patroni_waiting > PATRONI_FIRST_AFTER:
+            return self._defer(e, planned, "a failover or switchover waits for the pair")
+        if e.kind in PATRONI:
+            self.patroni_waiting = None
+        try:
+            ok, note = getattr(self, "_inject_" + e.kind)(e)
+        except (psycopg2.Error, OSError) as ex:
+            ok, note = False, str(ex).strip().splitlines()[0] if str(ex).strip() else repr(ex)
+        if not ok:
+            return self._defer(e, planned, note or "injection failed")
+        e.injected = time.time()
+        e.status = "injected"
+        with self.lock:
+            self.since_start.add(e.kind)
+        e.note = note or ""
+        self.say("#%d %s injected (%s) %s" % (e.n, e.kind, json.dumps(e.arg), e.note))
+        if e.kind in PATRONI:
+            self.patroni_busy = e
+            self.push(time.time() + 0.5, self._wait_patroni, e)
+        elif e.hold > 0 or e.kind in ("applier_kill", "server_crash"):
+            self.active[e.kind] = e
+            self.push(e.injected + e.hold, self._heal, e)
+        else:
+            e.healed = e.settled = e.injected
+            e.status = "done"
+
+    def _heal(self, e, final=False):
+        if self.active.get(e.kind) is not e:
+            return
+        ok = False
+        for attempt in range(120 if final else 1):
+            try:
+                ok = getattr(self, "_heal_" + e.kind)(e)
+            except (psycopg2.Error, OSError) as ex:
+                ok = False
+                e.note += " heal: %s" % (str(ex).strip().splitlines() or [repr(ex)])[0]
+            if ok or not final:
+                break
+            time.sleep(1)
+        if not ok and not final:
+            self.push(time.time() + 1.0, self._heal, e)   # e.g. GRANT while the server is down
+            return
+        e.healed = e.settled = time.time()
+        e.status = "done" if ok else "heal failed"
+        del self.active[e.kind]
+        self.say("#%d %s healed" % (e.n, e.kind))
+
+    # --- each fault ----------------------------------------------------------------------------
+    def _inject_applier_kill(self, e):
+        with self.lock:
+            self.applier_down = True
+        self.env.harness.call("soak_applier_kill")
+        return True, ""
+
+    def _heal_applier_kill(self, e):
+        return self.start_applier()
+
+    def _inject_backend_kill(self, e):
+        rows = self.sql("SELECT pid FROM pg_stat_activity WHERE application_name LIKE 'atx-applier apply%%' "
+                        "ORDER BY state = 'active' DESC, pid", fetch=True)
+        if not rows:
+            return False, "no apply backend"
+        active = [r[0] for r in rows]
+        pid = active[min(len(active) - 1, int(e.arg["pick"] * len(active)))]
+        os.kill(pid, signal.SIGKILL)
+        return True, "pid %d" % pid
+
+    def _inject_server_crash(self, e):
+        rc = self.env.harness.call("soak_crash")[0]
+        return rc == 0, "" if rc == 0 else "no running primary"
+
+    def _heal_server_crash(self, e):
+        if self.env.mode == "pair":
+            return True      # Patroni starts it again itself
+        return self.env.harness.call("soak_server_start")[0] == 0
+
+    def _inject_walsender_stall(self, e):
+        rc, r, _ = self.env.harness.call("soak_stall", e.arg["which"])
+        return rc == 0, "pid %s" % r.get("pid", "-") if rc == 0 else "no %s walsender" % e.arg["which"]
+
+    def _heal_walsender_stall(self, e):
+        return self.env.harness.call("soak_resume")[0] == 0
+
+    def _inject_failover(self, e):
+        if e.arg.get("stall"):
+            rc = self.env.harness.call("soak_stall", "physical")[0]
+            if rc != 0:
+                return False, "no physical walsender to stall"
+            time.sleep(e.arg["stall"])
+        rc, r, _ = self.env.harness.call("soak_failover")
+        if rc != 0:
+            self.env.harness.call("soak_resume")
+            return False, "host crash failed"
+        e.arg["node"] = r.get("node")
+        return True, "killed %s%s" % (r.get("node"), " %.1f s into a replica stall" % e.arg["stall"]
+                                          if e.arg.get("stall") else "")
+
+    def _inject_switchover(self, e):
+        rc, r, _ = self.env.harness.call("soak_switchover")
+        if rc != 0:
+            return False, "no leader and replica"
+        e.arg["from"], e.arg["to"] = r.get("from"), r.get("to")
+        return True, "%s -> %s" % (r.get("from"), r.get("to"))
+
+    def _wait_patroni(self, e):
+        """Follows a failover or switchover until a new primary takes writes; a failover's old
+        primary is started again after its hold (it rejoins by pg_rewind)."""
+        if e.settled is not None or self.patroni_busy is not e:
+            return
+        old = e.arg.get("node") or e.arg.get("from")
+        leader = self.env.leader()
+        if leader and leader != old and self.env.writable():
+            e.healed = e.injected
+            e.settled = time.time()
+            e.note += "; new primary %s after %.1f s" % (leader, e.settled - e.injected)
+            if e.kind == "failover":
+                self.push(time.time() + e.hold, self._rejoin, e)
+            else:
+                self._patroni_done(e)
+            return
+        if time.time() - e.injected > 120:
+            e.note += "; no new primary within 120 s"
+            e.settled = time.time()
+            if e.kind == "failover":
+                self._rejoin(e)
+            else:
+                self._patroni_done(e)
+            return
+        self.push(time.time() + 0.5, self._wait_patroni, e)
+
+    def _rejoin(self, e):
+        if e.arg.get("rejoined"):
+            return
+        e.arg["rejoined"] = True
+        self.env.harness.call("soak_node_start", e.arg["node"])
+        e.note += "; %s restarted" % e.arg["node"]
+        self._patroni_done(e)
+
+    def _patroni_done(self, e):
+        if e.healed is None:
+            e.healed = e.injected
+        if e.settled is None:
+            e.settled = time.time()
+        e.status = "done"
+        self.patroni_busy = None
+        self.say("#%d %s done: %s" % (e.n, e.kind, e.note))
+
+    def _settle_patroni(self, e):
+        """At the end: the failover or switchover in progress finished now, the old primary back."""
+        deadline = time.time() + 120
+        while e.settled is None and time.time() < deadline:
+            self._wait_patroni(e)   # sets settled once a new primary takes writes
+            if e.settled is None:
+                time.sleep(0.5)
+        if e.kind == "failover" and not e.arg.get("rejoined"):
+            self._rejoin(e)
+        elif self.patroni_busy is e:
+            self._patroni_done(e)
+
+    def _inject_partition(self, e):
+        e.arg["pair"] = self.env.leader_index()
+        rc = self.env.harness.call("soak_partition", e.arg["pair"])[0]
+        return rc == 0, "applier cut from %s" % (self.env.leader() or "the server")
+
+    def _heal_partition(self, e):
+        return self.env.harness.call("soak_heal", e.arg["pair"])[0] == 0
+
+    def _inject_state_full(self, e):
+        rc, r, _ = self.env.harness.call("soak_fill")
+        return rc == 0, "%s kB left" % r.get("free_kb", "?")
+
+    def _heal_state_full(self, e):
+        return self.env.harness.call("soak_unfill")[0] == 0
+
+    def _inject_privilege_revoke(self, e):
+        self.sql("REVOKE INSERT ON soak_applied, soak_audited FROM %s" % self.env.role(e.arg["role"]))
+        return True, self.env.role(e.arg["role"])
+
+    def _heal_privilege_revoke(self, e):
+        self.sql("GRANT INSERT ON soak_applied, soak_audited TO %s" % self.env.role(e.arg["role"]))
+        return True
+
+    # --- watchers ------------------------------------------------------------------------------
+    def _supervise(self):
+        """What a service manager does: an applier that exited by itself is started again (and
+        counted: the report lists each exit with the faults in progress then)."""
+        with self.lock:
+            down = self.applier_down
+        if not down:
+            r = self.env.harness.call("soak_applier_reap")[1]
+            if r.get("state") in ("exited", "none"):
+                with self.lock:
+                    faults = ",".join(sorted(self.since_start | set(self.active))) or "none"
+                self.applier_exits.append((time.time(), r.get("rc"), faults, r.get("why", "")))
+                self.say("applier exited by itself (status %s; faults since it started: %s); restarting"
+                         % (r.get("rc"), faults))
+                self.start_applier()
+        if self.env.mode == "pair":
+            self._replica_doctor()
+        self.push(time.time() + 1.0, self._supervise)
+
+    def _replica_doctor(self):
+        """What an operator does for a replica that streams no more (Patroni 3.0 starts a node whose
+        WAL went past the new primary's fork point as a replica that waits forever: "requested
+        starting point ... is not in this server's history"): patronictl reinit. Counted."""
+        state = self.env.replicas_streaming() if self.patroni_busy is None else None
+        if not state:
+            self.replica_down_since = {}
+            return
+        now = time.time()
+        for member, streaming in state.items():
+            if streaming:
+                self.replica_down_since.pop(member, None)
+                continue
+            since = self.replica_down_since.setdefault(member, now)
+            if now - since >= STUCK_REPLICA:
+                self.say("replica %s has not streamed for %.0f s: patronictl reinit" % (member, now - since))
+                self.env.harness.call("soak_reinit", member)
+                self.reinits.append((now, member, "not streaming for %d s" % STUCK_REPLICA))
+                self.replica_down_since.pop(member, None)
+
+    def _sample_rss(self):
+        with self.lock:
+            pid = self.applier_pid
+        if pid:
+            try:
+                with open("/proc/%d/status" % pid) as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            self.rss.append((time.time(), pid, int(line.split()[1])))
+            except OSError:
+                pass
+        self.push(time.time() + 2.0, self._sample_rss)
