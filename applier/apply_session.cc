@@ -144,7 +144,8 @@ void ApplySession::set_synchronous_commit()
 {
     if (sync_ == want_sync_)
         return;
-    conn_.exec("SELECT pg_catalog.set_config('synchronous_commit', $1, false)", {std::string(want_sync_ ? "on" : "off")});
+    conn_.exec("SELECT pg_catalog.set_config('synchronous_commit', $1, false)",
+               {std::string(want_sync_ ? "on" : "off")});
     sync_ = want_sync_;
 }
 
@@ -171,8 +172,9 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     const std::string a1 = pg_array_literal(lsns), a2 = pg_array_literal(attempts), a3 = pg_array_literal(first_failed);
     const std::string a4 = std::to_string(settings_.max_attempts), a5 = std::to_string(timeout_ms),
                       a8 = std::to_string(settings_.batch_budget_ms);
-    const char* vals[8] = {a1.c_str(), a2.c_str(), a3.c_str(), a4.c_str(), a5.c_str(),
-                           settings_.wake_at_commit ? "true" : "false", ATX_VERSION, a8.c_str()};
+    const char* vals[8] = {a1.c_str(),  a2.c_str(), a3.c_str(),
+                           a4.c_str(),  a5.c_str(), settings_.wake_at_commit ? "true" : "false",
+                           ATX_VERSION, a8.c_str()};
     serves_ = as;
 
     PGconn* c = conn_.get();
@@ -260,7 +262,8 @@ NonatomicResult ApplySession::run_nonatomic(const Pending& p, Lsn* commit_lsn)
     a.sqlstate = field(r.get(), 0, 1).value_or("");
     a.error = field(r.get(), 0, 2).value_or("");
     a.command = field(r.get(), 0, 3).value_or("");
-    *commit_lsn = parse_lsn(conn_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+    *commit_lsn =
+        parse_lsn(conn_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
     return a;
 }
 
@@ -268,19 +271,21 @@ bool ApplySession::dead_letter(const Pending& p, Verdict v, Lsn* commit_lsn)
 {
     set_synchronous_commit();
     const int64_t first = p.first_failed_us ? p.first_failed_us : unix_now_us();
-    auto id = conn_.scalar("SELECT atx.dead_letter_message($1::pg_catalog.pg_lsn, $2, $3::pg_catalog.int4, "
-                           "$4::pg_catalog.timestamptz)::text",
-                           {format_lsn(p.start), std::string(verdict_name(v)), std::to_string(p.attempts + 1),
-                            iso_utc(first)});
-    *commit_lsn = parse_lsn(conn_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+    auto id = conn_.scalar(
+        "SELECT atx.dead_letter_message($1::pg_catalog.pg_lsn, $2, $3::pg_catalog.int4, "
+        "$4::pg_catalog.timestamptz)::text",
+        {format_lsn(p.start), std::string(verdict_name(v)), std::to_string(p.attempts + 1), iso_utc(first)});
+    *commit_lsn =
+        parse_lsn(conn_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
     return id.has_value();
 }
 
 std::optional<std::string> ApplySession::registry_state(int pid, Lsn* lsn)
 {
-    PgResult r = conn_.exec("SELECT state, lsn::text FROM atx.apply_activity() WHERE pid OPERATOR(pg_catalog.=) "
-                            "$1::pg_catalog.int4 ORDER BY state OPERATOR(pg_catalog.=) 'exited', exited_at DESC LIMIT 1",
-                            {std::to_string(pid)});
+    PgResult r =
+        conn_.exec("SELECT state, lsn::text FROM atx.apply_activity() WHERE pid OPERATOR(pg_catalog.=) "
+                   "$1::pg_catalog.int4 ORDER BY state OPERATOR(pg_catalog.=) 'exited', exited_at DESC LIMIT 1",
+                   {std::to_string(pid)});
     if (PQntuples(r.get()) == 0)
         return std::nullopt;
     *lsn = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);

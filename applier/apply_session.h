@@ -44,7 +44,7 @@ struct SessionSettings {
     uint32_t lock_timeout_ms = 10000;
     uint32_t statement_timeout_ms = 60000;  // per message, enforced by apply_batch and the watchdog
     uint32_t max_attempts = 8;
-    bool wake_at_commit = true;  // atx_exec callers are woken by the commit itself
+    bool wake_at_commit = true;    // atx_exec callers are woken by the commit itself
     uint32_t batch_budget_ms = 0;  // a batch takes no further message after this long (0: none)
 };
 

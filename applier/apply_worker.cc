@@ -292,9 +292,10 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             records.push_back(rec);
             sync = true;
             handled.push_back(p);
-            spdlog::warn("{} event=dead_lettered message_id={} lsn={} role={} sqlstate={} class={} attempts={} error={}",
-                         ctx_.log, rec.message_id, lsn(p.start), logq(p.role_name), r.sqlstate, logq(r.failure),
-                         rec.attempts, logq(bounded(r.error)));
+            spdlog::warn(
+                "{} event=dead_lettered message_id={} lsn={} role={} sqlstate={} class={} attempts={} error={}",
+                ctx_.log, rec.message_id, lsn(p.start), logq(p.role_name), r.sqlstate, logq(r.failure), rec.attempts,
+                logq(bounded(r.error)));
             break;
         case ApplyStatus::Retry: {
             ++ctx_.metrics.retried;
@@ -336,7 +337,8 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
                              ctx_.log, lsn(p.start), r.sqlstate, logq(r.error));
             record(records, sync);
             ctx_.on_handled(handled, durable_commit);
-            ctx_.dispatcher.release_after(b, handled.size(), std::chrono::steady_clock::now() + std::chrono::seconds(5));
+            ctx_.dispatcher.release_after(b, handled.size(),
+                                          std::chrono::steady_clock::now() + std::chrono::seconds(5));
             ctx_.on_fatal("the server rejected the message at " + lsn(p.start) + ": " + r.error);
             return;
         }

@@ -47,7 +47,7 @@ struct WorkerContext {
 
 // What the database worker's watchdog sees of a worker (read from its thread).
 struct WorkerActivity {
-    int backend_pid = 0;                       // 0: not connected
+    int backend_pid = 0;                          // 0: not connected
     std::chrono::steady_clock::time_point since;  // the batch in flight began (epoch: none)
 };
 
@@ -79,8 +79,7 @@ private:
     void connect(bool settle = true);
     // Runs a message that needs a top-level statement; false when it did not run (no worker
     // share, the session broke): the caller gives the batch back.
-    bool run_top_level(const Pending& p, const ApplyResult& r, const RunAs& as, Lsn* commit_lsn,
-                       DeliveryRecord* rec);
+    bool run_top_level(const Pending& p, const ApplyResult& r, const RunAs& as, Lsn* commit_lsn, DeliveryRecord* rec);
     // Dead-letters b's single message without running it; false when the session broke.
     bool condemn(const Batch& b, Verdict v);
     void record(const std::vector<DeliveryRecord>& records, bool sync);

@@ -65,8 +65,7 @@ std::string footer()
 std::unique_ptr<CLI::App> make_app(Config& c)
 {
     auto app = std::make_unique<CLI::App>(
-        "Applies pg_atx autonomous statements, exactly once, from each database's pg_atx logical slot.",
-        "atx-applier");
+        "Applies pg_atx autonomous statements, exactly once, from each database's pg_atx logical slot.", "atx-applier");
     app->set_help_flag("-h,--help", "print this help and exit");
     app->set_version_flag("--version", std::string("atx-applier ") + kApplierVersion, "print the version and exit");
     app->get_formatter()->column_width(36);
@@ -94,8 +93,7 @@ void define_daemon_options(CLI::App& app, Config& c)
            "trace|debug|info|warning|error|critical|off")
         ->type_name("LEVEL")
         ->default_str("info")
-        ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels)))
-                    .description(""))
+        ->check(CLI::IsMember(std::vector<std::string>(std::begin(kLogLevels), std::end(kLogLevels))).description(""))
         ->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
     number(app, "batch-size", c.batch_size, 1, 100000, "messages per apply transaction at most");
     number(app, "batch-delay-ms", c.batch_delay_ms, 0, 60000,
@@ -145,7 +143,8 @@ void define_daemon_options(CLI::App& app, Config& c)
            "how often the retention sweep runs");
     text(app, "durability", c.durability,
          "what must hold before the slot is confirmed past a message: auto (sync while "
-         "synchronous_standby_names is set, else local; read again every status interval), local (flushed here), sync (synchronous apply "
+         "synchronous_standby_names is set, else local; read again every status interval), local (flushed here), sync "
+         "(synchronous apply "
          "commits), standby-flush (flushed by every streaming standby)",
          "MODE")
         ->capture_default_str()

@@ -28,10 +28,10 @@ struct Config {
     std::vector<std::string> dbnames;  // databases to serve
     std::string state_dir;             // RocksDB directory (required)
     std::string config_file;
-    std::string log_file;              // empty: stderr
+    std::string log_file;  // empty: stderr
     spdlog::level::level_enum log_level = spdlog::level::info;
     uint32_t batch_size = 500;
-    uint32_t batch_delay_ms = 0;  // 0: apply what has arrived; batches form by themselves under load
+    uint32_t batch_delay_ms = 0;             // 0: apply what has arrived; batches form by themselves under load
     uint32_t statement_timeout_ms = 60000;   // longest run of one message
     uint32_t lock_timeout_ms = 10000;        // a lock wait longer than this is retried later
     uint32_t apply_sessions = 4;             // regular apply sessions per database
@@ -59,14 +59,14 @@ struct Config {
     std::string pid_file;
     bool once = false;
     uint32_t idle_exit_ms = 2000;
-    bool log_level_from_cli = false;   // SIGHUP reloads the level only when the file owns it
-    std::string http_listen = "127.0.0.1:9478";  // metrics/health listener; "off" disables it
-    bool http_listen_explicit = false;           // given on the command line or in the file: a
-                                                 // port that cannot be bound is then fatal
-    uint32_t ready_max_lag_seconds = 60;         // /readyz fails above this lag
-    uint32_t monitor_interval_ms = 5000;         // how often the server is asked for slot/lag/dead letters
-    uint32_t state_retention_days = 7;           // delivery history older than this is deleted; 0: no age limit
-    uint32_t state_retention_records = 1000000;  // newest records kept per database; 0: no count limit
+    bool log_level_from_cli = false;               // SIGHUP reloads the level only when the file owns it
+    std::string http_listen = "127.0.0.1:9478";    // metrics/health listener; "off" disables it
+    bool http_listen_explicit = false;             // given on the command line or in the file: a
+                                                   // port that cannot be bound is then fatal
+    uint32_t ready_max_lag_seconds = 60;           // /readyz fails above this lag
+    uint32_t monitor_interval_ms = 5000;           // how often the server is asked for slot/lag/dead letters
+    uint32_t state_retention_days = 7;             // delivery history older than this is deleted; 0: no age limit
+    uint32_t state_retention_records = 1000000;    // newest records kept per database; 0: no count limit
     uint32_t state_retention_interval_ms = 60000;  // how often the retention sweep runs
 };
 

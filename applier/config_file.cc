@@ -125,8 +125,7 @@ std::vector<ConfigEntry> parse_config_text(std::istream& in, const std::map<std:
         }
         if (auto it = index.find(name); it != index.end()) {
             if (!k->second)
-                fail(line, "'" + name + "' set twice (first on line " +
-                               std::to_string(entries[it->second].line) + ")");
+                fail(line, "'" + name + "' set twice (first on line " + std::to_string(entries[it->second].line) + ")");
             auto& v = entries[it->second].values;
             v.insert(v.end(), values.begin(), values.end());
             continue;
@@ -141,8 +140,8 @@ std::map<std::string, bool> configurable_names(const CLI::App& app)
 {
     std::map<std::string, bool> names;
     for (const CLI::Option* o : app.get_options()) {
-        if (!o->get_configurable() || o->get_lnames().empty() || o == app.get_config_ptr() ||
-            o == app.get_help_ptr() || o == app.get_version_ptr())
+        if (!o->get_configurable() || o->get_lnames().empty() || o == app.get_config_ptr() || o == app.get_help_ptr() ||
+            o == app.get_version_ptr())
             continue;
         names[o->get_lnames().front()] = o->get_items_expected_max() > 1;
     }

@@ -52,8 +52,7 @@ std::string lsn(Lsn l) { return format_lsn(l); }
 
 }  // namespace
 
-DatabaseWorker::DatabaseWorker(const Config& cfg, std::string dbname, StateStore& store,
-                               const std::atomic<bool>& stop)
+DatabaseWorker::DatabaseWorker(const Config& cfg, std::string dbname, StateStore& store, const std::atomic<bool>& stop)
     : cfg_(cfg), dbname_(std::move(dbname)), log_("db=" + logq(dbname_)), store_(store), stop_(stop),
       m_(metrics().db(dbname_)),
       dispatcher_(Dispatcher::Options{cfg.batch_size, cfg.max_sessions_per_role, cfg.max_nested_per_role,
@@ -166,7 +165,7 @@ void DatabaseWorker::run()
     result_ = res;
     m_.set_state(res == WorkerResult::SlotLost ? DbState::SlotLost : DbState::Stopped);
     spdlog::info("{} event=worker_exit result={}", log_,
-                 res == WorkerResult::Finished ? "finished"
+                 res == WorkerResult::Finished   ? "finished"
                  : res == WorkerResult::SlotLost ? "slot_lost"
                  : res == WorkerResult::Failed   ? "failed"
                                                  : "stopped");
@@ -212,7 +211,9 @@ void DatabaseWorker::open_control()
     if (cfg_.durability == "auto")
         follow_synchronous_standbys(false);
     spdlog::info("{} event=connected oid={} slot={} extension={} durability={}{}", log_, oid_, slot_, *version,
-                 sync_commits_ ? "sync" : standby_flush_ ? "standby-flush" : "local",
+                 sync_commits_    ? "sync"
+                 : standby_flush_ ? "standby-flush"
+                                  : "local",
                  cfg_.durability == "auto" ? " (auto)" : "");
     check_slot(true);
 }
@@ -265,7 +266,8 @@ void DatabaseWorker::check_slot(bool initial)
     if (plugin != "pg_atx")
         throw NotReady("slot " + slot_ + " uses output plugin '" + plugin + "', not pg_atx; drop it or rename it");
     if (wal_status == "lost")
-        throw SlotLost("slot " + slot_ + " has wal_status 'lost' (invalidated by max_slot_wal_keep_size); "
+        throw SlotLost("slot " + slot_ +
+                       " has wal_status 'lost' (invalidated by max_slot_wal_keep_size); "
                        "messages it held are gone");
     if (wal_status == "unreserved")
         spdlog::warn("{} event=slot_at_risk slot={} wal_status=unreserved warning=\"the slot is about to be "
@@ -299,7 +301,8 @@ void DatabaseWorker::check_failover()
         spdlog::error("{} event=state_write_failed error={}", log_, logq(e.what()));
     }
 
-    const Lsn horizon = parse_lsn(control_.scalar("SELECT lsn::text FROM atx.apply_horizon").value_or("0/0")).value_or(0);
+    const Lsn horizon =
+        parse_lsn(control_.scalar("SELECT lsn::text FROM atx.apply_horizon").value_or("0/0")).value_or(0);
     std::vector<DeliveryRecord> handled;
     try {
         handled = store_.list(scope_, kFailoverCheckLimit, horizon, slot_confirmed_);
@@ -331,9 +334,11 @@ void DatabaseWorker::check_failover()
     std::map<std::string, size_t> outcome;
     try {
         for (size_t i = 0; i < gone.size(); i += kParkMax) {
-            const std::vector<std::optional<std::string>> part(gone.begin() + static_cast<long>(i),
-                                                               gone.begin() + static_cast<long>(std::min(gone.size(), i + kParkMax)));
-            PgResult r = control_.exec("SELECT status FROM atx.park($1::pg_catalog.pg_lsn[])", {pg_array_literal(part)});
+            const std::vector<std::optional<std::string>> part(
+                gone.begin() + static_cast<long>(i),
+                gone.begin() + static_cast<long>(std::min(gone.size(), i + kParkMax)));
+            PgResult r =
+                control_.exec("SELECT status FROM atx.park($1::pg_catalog.pg_lsn[])", {pg_array_literal(part)});
             for (int j = 0; j < PQntuples(r.get()); ++j)
                 ++outcome[field(r.get(), j, 0).value_or("?")];
         }
@@ -360,17 +365,15 @@ void DatabaseWorker::start_workers()
     ctx_.reset(new WorkerContext{
         cfg_, dbname_, log_, scope_, dispatcher_, store_, m_,
         // A lock wait must end (and be retried) before the statement's own limit ends it for good.
-        SessionSettings{
-                        cfg_.statement_timeout_ms > 0 && (cfg_.lock_timeout_ms == 0 ||
-                                                          cfg_.lock_timeout_ms >= cfg_.statement_timeout_ms)
+        SessionSettings{cfg_.statement_timeout_ms > 0 &&
+                                (cfg_.lock_timeout_ms == 0 || cfg_.lock_timeout_ms >= cfg_.statement_timeout_ms)
                             ? std::max<uint32_t>(1, cfg_.statement_timeout_ms / 2)
                             : cfg_.lock_timeout_ms,
                         cfg_.statement_timeout_ms, cfg_.max_attempts, !standby_flush_,
                         // A batch stops taking messages well before park_after, so that one that runs that
                         // long has a slow message in it, not just many (dispatcher.h: slow lanes, parking).
                         cfg_.park_after_ms > 0 ? std::max<uint32_t>(1, cfg_.park_after_ms / 4) : 0},
-        policy_,
-        [this](const std::vector<Pending>& items, Lsn commit) { on_handled(items, commit); },
+        policy_, [this](const std::vector<Pending>& items, Lsn commit) { on_handled(items, commit); },
         [this](const std::string& why) {
             std::lock_guard<std::mutex> lock(fatal_mu_);
             fatal_ = why;
@@ -400,8 +403,9 @@ void DatabaseWorker::end_backends(const std::vector<ApplyWorker*>& ws)
             PgConn fresh;
             PgConn* c = &control_;
             if (!control_.connected()) {
-                fresh.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier control"},
-                                              {"connect_timeout", "2"}});
+                fresh.connect(
+                    cfg_.conninfo,
+                    {{"dbname", dbname_}, {"application_name", "atx-applier control"}, {"connect_timeout", "2"}});
                 c = &fresh;
             }
             c->exec("SELECT pg_catalog.pg_terminate_backend(p) FROM pg_catalog.unnest($1::pg_catalog.int4[]) p",
@@ -463,7 +467,8 @@ void DatabaseWorker::watch_deadlines()
         return;
     PgResult r = control_.exec(
         "SELECT pid::text, lsn::text FROM atx.apply_activity() WHERE state OPERATOR(pg_catalog.=) 'running' "
-        "AND deadline IS NOT NULL AND now OPERATOR(pg_catalog.>=) (deadline OPERATOR(pg_catalog.+) $1::pg_catalog.interval)",
+        "AND deadline IS NOT NULL AND now OPERATOR(pg_catalog.>=) (deadline OPERATOR(pg_catalog.+) "
+        "$1::pg_catalog.interval)",
         {std::to_string(cfg_.terminate_grace_ms) + " milliseconds"});
     for (int i = 0; i < PQntuples(r.get()); ++i) {
         const int pid = std::stoi(field(r.get(), i, 0).value_or("0"));
@@ -475,9 +480,10 @@ void DatabaseWorker::watch_deadlines()
         if (owner == nullptr)
             continue;  // not this applier's (another database's worker, an operator's session)
         owner->ending_for_overdue(parse_lsn(at).value_or(0));
-        const bool ended = control_.scalar("SELECT atx.terminate_overdue($1::pg_catalog.int4, $2::pg_catalog.pg_lsn)"
-                                           "::pg_catalog.text",
-                                           {std::to_string(pid), at})
+        const bool ended = control_
+                               .scalar("SELECT atx.terminate_overdue($1::pg_catalog.int4, $2::pg_catalog.pg_lsn)"
+                                       "::pg_catalog.text",
+                                       {std::to_string(pid), at})
                                .value_or("false") == "true";
         if (!ended)
             owner->ending_for_overdue(0);  // it moved on meanwhile
@@ -769,8 +775,8 @@ void DatabaseWorker::maybe_park(Clock::time_point now)
     std::vector<Id> done;
     size_t parked = 0;
     try {
-        PgResult r = control_.exec("SELECT lsn::text, status FROM atx.park($1::pg_catalog.pg_lsn[])",
-                                   {pg_array_literal(lsns)});
+        PgResult r =
+            control_.exec("SELECT lsn::text, status FROM atx.park($1::pg_catalog.pg_lsn[])", {pg_array_literal(lsns)});
         const Lsn commit =
             parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
         std::unordered_map<Lsn, std::string> status;
@@ -847,13 +853,13 @@ void DatabaseWorker::poll_durability()
     if (standby_flush_) {
         // Through the extension: this role cannot read pg_stat_replication's positions itself
         // (they need pg_read_all_stats), and NULLs would read as "no standby".
-        PgResult r = control_.exec(
-            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, atx.standby_flush_lsn()::text");
+        PgResult r = control_.exec("SELECT pg_catalog.pg_current_wal_flush_lsn()::text, atx.standby_flush_lsn()::text");
         durable = parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0);
         if (auto standby = field(r.get(), 0, 1))
             durable = std::min(durable, parse_lsn(*standby).value_or(0));
     } else {
-        durable = parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_flush_lsn()::text").value_or("")).value_or(0);
+        durable =
+            parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_flush_lsn()::text").value_or("")).value_or(0);
     }
     std::vector<Id> woken;
     {

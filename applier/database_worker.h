@@ -109,17 +109,18 @@ private:
     std::atomic<bool> has_fatal_{false};
     uint32_t oid_ = 0;
     std::string slot_, scope_;
-    bool sync_commits_ = false;     // apply commits are synchronous: durable on return (auto: may change)
-    bool standby_flush_ = false;    // durability = flushed by every streaming standby
-    Lsn slot_confirmed_ = 0;        // the slot's confirmed_flush_lsn when the session began
+    bool sync_commits_ = false;   // apply commits are synchronous: durable on return (auto: may change)
+    bool standby_flush_ = false;  // durability = flushed by every streaming standby
+    Lsn slot_confirmed_ = 0;      // the slot's confirmed_flush_lsn when the session began
     Lsn reported_flush_ = 0;
     bool streamed_ = false;
-    std::unordered_set<Lsn> parked_lsns_;  // parked before this stream began: their copies run
+    std::unordered_set<Lsn> parked_lsns_;                // parked before this stream began: their copies run
     std::unordered_map<Id, uint32_t, IdHash> retrying_;  // attempts of messages being retried when
                                                          // this stream began (the state store says)
-    Lsn parked_load_lsn_ = 0;              // the server's WAL position when they were read
-    std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_, next_rule_check_,
-        last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_, last_park_error_;
+    Lsn parked_load_lsn_ = 0;                            // the server's WAL position when they were read
+    std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_,
+        next_rule_check_, last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_,
+        last_park_error_;
 };
 
 }  // namespace atx::applier

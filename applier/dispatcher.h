@@ -95,8 +95,8 @@ enum class WorkerKind { Regular, Nested };
 
 // A lane leased to one worker: its next messages, in order, all of one RunAs.
 struct Batch {
-    Id lane{};               // the lane it was taken for
-    std::vector<Id> lanes;   // every lane whose messages it holds (today: lane only), all leased
+    Id lane{};              // the lane it was taken for
+    std::vector<Id> lanes;  // every lane whose messages it holds (today: lane only), all leased
     RunAs as;
     bool suspect = false;  // a suspect running alone
     bool nested = false;   // taken by the nested pool
@@ -107,12 +107,12 @@ class Dispatcher {
 public:
     struct Options {
         size_t batch_size = 500;
-        size_t role_budget = 2;            // regular sessions per principal
-        size_t nested_budget = 16;         // nested-pool sessions per principal
-        size_t nonatomic_total = 2;        // background workers for non-atomic messages, in all
+        size_t role_budget = 2;      // regular sessions per principal
+        size_t nested_budget = 16;   // nested-pool sessions per principal
+        size_t nonatomic_total = 2;  // background workers for non-atomic messages, in all
         size_t nonatomic_per_principal = 1;
-        uint32_t max_backend_losses = 2;   // attributed losses before a message is condemned
-        std::chrono::milliseconds park_after{0};  // 0: never park
+        uint32_t max_backend_losses = 2;           // attributed losses before a message is condemned
+        std::chrono::milliseconds park_after{0};   // 0: never park
         std::chrono::milliseconds batch_delay{0};  // a lane with less than a batch waits this long
     };
     explicit Dispatcher(Options o) : opt_(o) {}
@@ -227,20 +227,20 @@ private:
     mutable std::mutex mu_;
     std::condition_variable cv_;
     std::unordered_map<Id, Lane, IdHash> lanes_;
-    std::deque<Id> ready_;                         // lanes with messages, not leased, due
+    std::deque<Id> ready_;                          // lanes with messages, not leased, due
     std::multimap<Clock::time_point, Id> delayed_;  // lanes waiting for a retry time
     std::map<uint32_t, size_t> principal_busy_;     // regular workers per principal
     std::map<uint32_t, size_t> nested_busy_;        // nested-pool workers per principal
     std::map<uint32_t, size_t> nonatomic_busy_;     // background workers per principal
     size_t nonatomic_total_ = 0;
-    std::unordered_set<Id, IdHash> running_;        // ids of the messages in leased batches
+    std::unordered_set<Id, IdHash> running_;  // ids of the messages in leased batches
     std::unordered_set<Id, IdHash> suspects_;
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;
     std::vector<Unexplained> unexplained_;
     bool suspect_running_ = false;
     size_t in_flight_ = 0;
-    size_t parked_ = 0;  // parked messages not handled yet
+    size_t parked_ = 0;          // parked messages not handled yet
     bool wake_pending_ = false;  // a give-back may have made work the waiting workers can take
     bool stopped_ = false;
     Clock::time_point park_broken_until_{};

@@ -39,8 +39,7 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         FILE* f = std::fopen(path_.c_str(), "a");
         if (!f) {
-            std::fprintf(stderr, "atx-applier: cannot reopen log file %s: %s\n", path_.c_str(),
-                         std::strerror(errno));
+            std::fprintf(stderr, "atx-applier: cannot reopen log file %s: %s\n", path_.c_str(), std::strerror(errno));
             return;
         }
         std::fclose(file_);
@@ -68,29 +67,34 @@ std::shared_ptr<ReopenableFileSink> g_file_sink;
 
 spdlog::level::level_enum parse_log_level(const std::string& name)
 {
-    if (name == "trace") return spdlog::level::trace;
-    if (name == "debug") return spdlog::level::debug;
-    if (name == "info") return spdlog::level::info;
-    if (name == "warning" || name == "warn") return spdlog::level::warn;
-    if (name == "error") return spdlog::level::err;
-    if (name == "critical") return spdlog::level::critical;
-    if (name == "off") return spdlog::level::off;
-    throw std::invalid_argument("unknown log level '" + name +
-                                "' (trace, debug, info, warning, error, critical, off)");
+    if (name == "trace")
+        return spdlog::level::trace;
+    if (name == "debug")
+        return spdlog::level::debug;
+    if (name == "info")
+        return spdlog::level::info;
+    if (name == "warning" || name == "warn")
+        return spdlog::level::warn;
+    if (name == "error")
+        return spdlog::level::err;
+    if (name == "critical")
+        return spdlog::level::critical;
+    if (name == "off")
+        return spdlog::level::off;
+    throw std::invalid_argument("unknown log level '" + name + "' (trace, debug, info, warning, error, critical, off)");
 }
 
 void init_logging(const std::string& log_file, spdlog::level::level_enum level)
 {
     std::shared_ptr<spdlog::logger> logger;
     if (log_file.empty()) {
-        logger = std::make_shared<spdlog::logger>("atx",
-                                                  std::make_shared<spdlog::sinks::stderr_sink_mt>());
+        logger = std::make_shared<spdlog::logger>("atx", std::make_shared<spdlog::sinks::stderr_sink_mt>());
     } else {
         g_file_sink = std::make_shared<ReopenableFileSink>(log_file);
         logger = std::make_shared<spdlog::logger>("atx", g_file_sink);
     }
-    logger->set_formatter(std::make_unique<spdlog::pattern_formatter>(
-        "%Y-%m-%dT%H:%M:%S.%fZ level=%l %v", spdlog::pattern_time_type::utc));
+    logger->set_formatter(std::make_unique<spdlog::pattern_formatter>("%Y-%m-%dT%H:%M:%S.%fZ level=%l %v",
+                                                                      spdlog::pattern_time_type::utc));
     logger->set_level(level);
     logger->flush_on(spdlog::level::trace);
     spdlog::set_default_logger(logger);
@@ -104,10 +108,7 @@ void reopen_log()
 
 void set_log_level(spdlog::level::level_enum level) { spdlog::default_logger()->set_level(level); }
 
-void shutdown_logging()
-{
-    spdlog::default_logger()->flush();
-}
+void shutdown_logging() { spdlog::default_logger()->flush(); }
 
 std::string logq(std::string_view v)
 {

@@ -26,8 +26,7 @@ const char* to_string(DbState s)
 
 int64_t wall_now_us()
 {
-    return std::chrono::duration_cast<std::chrono::microseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
@@ -35,10 +34,14 @@ std::string prom_label(const std::string& v)
 {
     std::string out;
     for (char c : v) {
-        if (c == '\\') out += "\\\\";
-        else if (c == '"') out += "\\\"";
-        else if (c == '\n') out += "\\n";
-        else out += c;
+        if (c == '\\')
+            out += "\\\\";
+        else if (c == '"')
+            out += "\\\"";
+        else if (c == '\n')
+            out += "\\n";
+        else
+            out += c;
     }
     return out;
 }
@@ -77,8 +80,7 @@ void Histogram::render(std::string& out, const std::string& name, const std::str
     uint64_t cum = 0;
     for (size_t i = 0; i < kBounds.size(); ++i) {
         cum += buckets_[i].load(std::memory_order_relaxed);
-        out += name + "_bucket{" + labels + ",le=\"" + fmt_double(kBounds[i]) + "\"} " +
-               std::to_string(cum) + "\n";
+        out += name + "_bucket{" + labels + ",le=\"" + fmt_double(kBounds[i]) + "\"} " + std::to_string(cum) + "\n";
     }
     cum += buckets_[kBounds.size()].load(std::memory_order_relaxed);
     out += name + "_bucket{" + labels + ",le=\"+Inf\"} " + std::to_string(cum) + "\n";
@@ -180,8 +182,7 @@ std::string Metrics::render() const
         out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
     };
     auto lbl = [](const DbMetrics* d) { return "database=\"" + prom_label(d->dbname) + "\""; };
-    auto per_db_counter = [&](const char* name, const char* help,
-                              const std::atomic<uint64_t> DbMetrics::*field) {
+    auto per_db_counter = [&](const char* name, const char* help, const std::atomic<uint64_t> DbMetrics::*field) {
         header(name, "counter", help);
         for (const auto* d : dbs)
             out += std::string(name) + "{" + lbl(d) + "} " + std::to_string((d->*field).load()) + "\n";
@@ -221,8 +222,8 @@ std::string Metrics::render() const
     per_db_counter("atx_messages_behind_slot_total",
                    "Handled messages of which a new primary had no record while its slot stood past them.",
                    &DbMetrics::lost_found);
-    per_db_counter("atx_messages_reapplied_total", "Of those, messages copied from the WAL (parked) to be applied again.",
-                   &DbMetrics::repaired);
+    per_db_counter("atx_messages_reapplied_total",
+                   "Of those, messages copied from the WAL (parked) to be applied again.", &DbMetrics::repaired);
     per_db_counter("atx_messages_lost_total", "Of those, messages whose WAL was gone: lost. Alert on any.",
                    &DbMetrics::lost);
     auto per_db_gauge = [&](const char* name, const char* help, const std::atomic<uint64_t> DbMetrics::*field) {
@@ -246,14 +247,12 @@ std::string Metrics::render() const
            "waits, the emit-to-commit time of the last applied message.");
     for (const auto* d : dbs)
         out += "atx_lag_seconds{" + lbl(d) + "} " + fmt_double(d->lag_seconds(now)) + "\n";
-    header("atx_lag_bytes", "gauge",
-           "pg_current_wal_flush_lsn() minus the slot's confirmed_flush_lsn (-1: unknown).");
+    header("atx_lag_bytes", "gauge", "pg_current_wal_flush_lsn() minus the slot's confirmed_flush_lsn (-1: unknown).");
     for (const auto* d : dbs)
         out += "atx_lag_bytes{" + lbl(d) + "} " + std::to_string(d->lag_bytes.load()) + "\n";
     header("atx_last_applied_timestamp_seconds", "gauge", "Unix time of the last commit that applied messages.");
     for (const auto* d : dbs)
-        out += "atx_last_applied_timestamp_seconds{" + lbl(d) + "} " +
-               fmt_time(d->last_applied_at_us.load()) + "\n";
+        out += "atx_last_applied_timestamp_seconds{" + lbl(d) + "} " + fmt_time(d->last_applied_at_us.load()) + "\n";
     header("atx_last_applied_lsn", "gauge", "LSN (as a number) of the last message handled by a commit.");
     for (const auto* d : dbs)
         out += "atx_last_applied_lsn{" + lbl(d) + "} " + std::to_string(d->last_applied_lsn.load()) + "\n";
@@ -280,14 +279,12 @@ std::string Metrics::render() const
         out += "atx_server_up{" + lbl(d) + "} " + (d->server_up ? "1" : "0") + "\n";
 
     header("atx_database_state", "gauge", "1 for the worker's current state.");
-    static const DbState kStates[] = {DbState::Starting, DbState::Connecting, DbState::Streaming,
-                                      DbState::Standby,  DbState::NotReady,   DbState::SlotLost,
-                                      DbState::Stopped};
+    static const DbState kStates[] = {DbState::Starting, DbState::Connecting, DbState::Streaming, DbState::Standby,
+                                      DbState::NotReady, DbState::SlotLost,   DbState::Stopped};
     for (const auto* d : dbs) {
         const DbState cur = d->get_state();
         for (DbState s : kStates)
-            out += "atx_database_state{" + lbl(d) + ",state=\"" + to_string(s) + "\"} " +
-                   (cur == s ? "1" : "0") + "\n";
+            out += "atx_database_state{" + lbl(d) + ",state=\"" + to_string(s) + "\"} " + (cur == s ? "1" : "0") + "\n";
     }
 
     header("atx_state_store_bytes", "gauge", "Approximate size of the RocksDB state (SST files + memtables).");
@@ -306,8 +303,7 @@ bool Metrics::healthy(double stale_after_s, std::string* reason) const
     const int64_t now = wall_now_us();
     const int64_t limit = static_cast<int64_t>(stale_after_s * 1e6);
     if (now - main_tick_us.load() > limit) {
-        *reason = "main loop has not ticked for " +
-                  std::to_string((now - main_tick_us.load()) / 1000000) + " s";
+        *reason = "main loop has not ticked for " + std::to_string((now - main_tick_us.load()) / 1000000) + " s";
         return false;
     }
     for (const auto* d : all()) {
@@ -316,8 +312,8 @@ bool Metrics::healthy(double stale_after_s, std::string* reason) const
             continue;
         const int64_t t = d->last_tick_us.load();
         if (t != 0 && now - t > limit) {
-            *reason = "worker of database " + d->dbname + " has not ticked for " +
-                      std::to_string((now - t) / 1000000) + " s";
+            *reason =
+                "worker of database " + d->dbname + " has not ticked for " + std::to_string((now - t) / 1000000) + " s";
             return false;
         }
     }
@@ -341,8 +337,7 @@ bool Metrics::ready(double max_lag_s, std::string* reason) const
         }
         const double lag = d->lag_seconds(now);
         if (lag > max_lag_s)
-            why += "database " + d->dbname + " lags " + fmt_double(lag) + " s (max " +
-                   fmt_double(max_lag_s) + "); ";
+            why += "database " + d->dbname + " lags " + fmt_double(lag) + " s (max " + fmt_double(max_lag_s) + "); ";
     }
     if (why.empty()) {
         *reason = "ready";

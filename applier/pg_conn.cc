@@ -88,8 +88,8 @@ PgResult PgConn::exec(const std::string& sql, const std::vector<TextParam>& para
         std::vector<const char*> vals;
         for (const auto& p : params)
             vals.push_back(p ? p->c_str() : nullptr);
-        r.reset(PQexecParams(conn_, sql.c_str(), static_cast<int>(vals.size()), nullptr, vals.data(),
-                             nullptr, nullptr, 0));
+        r.reset(
+            PQexecParams(conn_, sql.c_str(), static_cast<int>(vals.size()), nullptr, vals.data(), nullptr, nullptr, 0));
     }
     if (!r || PQresultStatus(r.get()) != want)
         throw error_from(r.get(), sql.substr(0, sql.find_first_of("\n")));

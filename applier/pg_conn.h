@@ -18,8 +18,7 @@ namespace atx::applier {
 class PgError : public std::runtime_error {
 public:
     PgError(std::string message, std::string sqlstate, bool connection_lost)
-        : std::runtime_error(std::move(message)), sqlstate(std::move(sqlstate)),
-          connection_lost(connection_lost)
+        : std::runtime_error(std::move(message)), sqlstate(std::move(sqlstate)), connection_lost(connection_lost)
     {
     }
     std::string sqlstate;

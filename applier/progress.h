@@ -64,9 +64,9 @@ private:
     };
     void finish(std::map<Lsn, Entry>::iterator it);
 
-    std::map<Lsn, Entry> pending_;            // by start LSN
-    std::multimap<Lsn, Lsn> not_durable_;     // commit LSN -> start LSN of handled messages
-    std::multimap<Lsn, Id> untracked_;        // commit LSN -> waited parked messages
+    std::map<Lsn, Entry> pending_;         // by start LSN
+    std::multimap<Lsn, Lsn> not_durable_;  // commit LSN -> start LSN of handled messages
+    std::multimap<Lsn, Id> untracked_;     // commit LSN -> waited parked messages
     std::vector<Id> woken_;
     Lsn confirmed_ = 0;
     Lsn received_end_ = 0;

@@ -56,8 +56,7 @@ std::string build_status_update(Lsn write, Lsn flush, Lsn apply, int64_t send_ti
 std::string format_lsn(Lsn lsn)
 {
     char buf[32];
-    std::snprintf(buf, sizeof buf, "%X/%X", static_cast<unsigned>(lsn >> 32),
-                  static_cast<unsigned>(lsn & 0xffffffffu));
+    std::snprintf(buf, sizeof buf, "%X/%X", static_cast<unsigned>(lsn >> 32), static_cast<unsigned>(lsn & 0xffffffffu));
     return buf;
 }
 
@@ -69,10 +68,14 @@ std::optional<Lsn> parse_lsn(std::string_view text)
         uint64_t v = 0;
         for (char c : s) {
             int d;
-            if (c >= '0' && c <= '9') d = c - '0';
-            else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-            else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-            else return std::nullopt;
+            if (c >= '0' && c <= '9')
+                d = c - '0';
+            else if (c >= 'a' && c <= 'f')
+                d = c - 'a' + 10;
+            else if (c >= 'A' && c <= 'F')
+                d = c - 'A' + 10;
+            else
+                return std::nullopt;
             v = (v << 4) | static_cast<uint64_t>(d);
         }
         return v;

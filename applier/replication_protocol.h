@@ -39,7 +39,6 @@ using CopyMessage = std::variant<XLogData, Keepalive>;
 // empty, truncated, has trailing bytes (keepalive) or an unknown type byte.
 CopyMessage parse_copy_data(std::string_view data);
 
-
 // Builds the 'r' standby status update.
 std::string build_status_update(Lsn write, Lsn flush, Lsn apply, int64_t send_time, bool reply_requested);
 

@@ -12,9 +12,8 @@ namespace atx::applier {
 void ReplicationStream::connect(const std::string& base_conninfo, const std::string& dbname)
 {
     close();
-    conn_.connect(base_conninfo, {{"dbname", dbname},
-                                  {"replication", "database"},
-                                  {"application_name", "atx-applier"}});
+    conn_.connect(base_conninfo,
+                  {{"dbname", dbname}, {"replication", "database"}, {"application_name", "atx-applier"}});
 }
 
 ReplicationStream::Identity ReplicationStream::identify()
@@ -31,8 +30,8 @@ ReplicationStream::Identity ReplicationStream::identify()
 void ReplicationStream::start(const std::string& slot, Lsn start)
 {
     // Slot names are [a-z0-9_] (checked by the server), so the identifier needs no quoting.
-    const std::string sql = "START_REPLICATION SLOT " + slot + " LOGICAL " + format_lsn(start) +
-                            " (\"format\" 'binary')";
+    const std::string sql =
+        "START_REPLICATION SLOT " + slot + " LOGICAL " + format_lsn(start) + " (\"format\" 'binary')";
     PgResult r(PQexec(conn_.get(), sql.c_str()));
     if (!r || PQresultStatus(r.get()) != PGRES_COPY_BOTH)
         throw conn_.error_from(r.get(), "START_REPLICATION");
@@ -81,8 +80,7 @@ std::optional<std::string> ReplicationStream::read(std::chrono::milliseconds tim
     if (rc < 0) {
         if (errno == EINTR)
             return std::nullopt;
-        throw PgError(std::string("select() on the replication socket failed: ") + std::strerror(errno),
-                      "08006", true);
+        throw PgError(std::string("select() on the replication socket failed: ") + std::strerror(errno), "08006", true);
     }
     if (rc == 0)
         return std::nullopt;
@@ -94,8 +92,7 @@ std::optional<std::string> ReplicationStream::read(std::chrono::milliseconds tim
 void ReplicationStream::send_status(Lsn write, Lsn flush, Lsn apply)
 {
     const std::string msg = build_status_update(write, flush, apply, pg_now(), false);
-    if (PQputCopyData(conn_.get(), msg.data(), static_cast<int>(msg.size())) <= 0 ||
-        PQflush(conn_.get()) != 0)
+    if (PQputCopyData(conn_.get(), msg.data(), static_cast<int>(msg.size())) <= 0 || PQflush(conn_.get()) != 0)
         throw conn_.error_from(nullptr, "sending a standby status update");
 }
 

@@ -64,12 +64,11 @@ void ServerMonitor::run()
                                           {"application_name", "atx-applier monitor"},
                                           {"connect_timeout", "5"},
                                           {"options", "-c statement_timeout=5000 -c lock_timeout=1000"}});
-                PgResult r = c.exec(
-                    "SELECT wal_status, active::int::text, "
-                    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
-                    "(pg_current_wal_flush_lsn() - confirmed_flush_lsn)::bigint::text END "
-                    "FROM pg_replication_slots WHERE slot_name = 'pg_atx_' || "
-                    "(SELECT oid FROM pg_database WHERE datname = current_database())");
+                PgResult r = c.exec("SELECT wal_status, active::int::text, "
+                                    "CASE WHEN pg_is_in_recovery() THEN NULL ELSE "
+                                    "(pg_current_wal_flush_lsn() - confirmed_flush_lsn)::bigint::text END "
+                                    "FROM pg_replication_slots WHERE slot_name = 'pg_atx_' || "
+                                    "(SELECT oid FROM pg_database WHERE datname = current_database())");
                 if (PQntuples(r.get()) == 0) {
                     m.set_wal_status("missing");
                     m.slot_active = -1;

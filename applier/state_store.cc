@@ -120,8 +120,7 @@ std::string lsn_key(const std::string& prefix, uint64_t lsn, const std::string& 
 
 int64_t unix_now_us()
 {
-    return std::chrono::duration_cast<std::chrono::microseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
@@ -190,12 +189,30 @@ public:
         spdlog::level::level_enum to = spdlog::level::debug;
         const char* name = "info";
         switch (level) {
-        case rocksdb::InfoLogLevel::DEBUG_LEVEL: to = spdlog::level::trace; name = "debug"; break;
-        case rocksdb::InfoLogLevel::INFO_LEVEL: to = spdlog::level::debug; name = "info"; break;
-        case rocksdb::InfoLogLevel::WARN_LEVEL: to = spdlog::level::warn; name = "warn"; break;
-        case rocksdb::InfoLogLevel::ERROR_LEVEL: to = spdlog::level::err; name = "error"; break;
-        case rocksdb::InfoLogLevel::FATAL_LEVEL: to = spdlog::level::err; name = "fatal"; break;
-        default: to = spdlog::level::debug; name = "header"; break;
+        case rocksdb::InfoLogLevel::DEBUG_LEVEL:
+            to = spdlog::level::trace;
+            name = "debug";
+            break;
+        case rocksdb::InfoLogLevel::INFO_LEVEL:
+            to = spdlog::level::debug;
+            name = "info";
+            break;
+        case rocksdb::InfoLogLevel::WARN_LEVEL:
+            to = spdlog::level::warn;
+            name = "warn";
+            break;
+        case rocksdb::InfoLogLevel::ERROR_LEVEL:
+            to = spdlog::level::err;
+            name = "error";
+            break;
+        case rocksdb::InfoLogLevel::FATAL_LEVEL:
+            to = spdlog::level::err;
+            name = "fatal";
+            break;
+        default:
+            to = spdlog::level::debug;
+            name = "header";
+            break;
         }
         spdlog::logger* lg = spdlog::default_logger_raw();
         if (!lg || !lg->should_log(to))
@@ -241,7 +258,7 @@ struct StateStore::Impl {
     enum class Durability { Buffered, Synced };
 
     std::string dir;
-    rocksdb::DB* db = nullptr;  // null only after a reopen failed (until the next one succeeds)
+    rocksdb::DB* db = nullptr;                          // null only after a reopen failed (until the next one succeeds)
     std::vector<rocksdb::ColumnFamilyHandle*> handles;  // ours first, in ColumnFamilyID order,
                                                         // then any unknown ones found on disk
     // Lock order: write_mutex, then rw. Writers (record/put_meta/sweep) hold write_mutex for
@@ -273,8 +290,10 @@ struct StateStore::Impl {
     void require_open(const char* op) const
     {
         if (!db)
-            throw StateError(std::string("state store: ") + op + " failed: the store is closed after a failed "
-                             "write (" + last_error + "); it is reopened on the next write");
+            throw StateError(std::string("state store: ") + op +
+                             " failed: the store is closed after a failed "
+                             "write (" +
+                             last_error + "); it is reopened on the next write");
     }
 
     static rocksdb::Options make_options()
@@ -452,9 +471,8 @@ struct StateStore::Impl {
     // One scope's sweep; see StateStore::sweep.
     size_t sweep_scope(const std::string& prefix, const RetentionPolicy& policy, int64_t now_us)
     {
-        const int64_t cutoff = policy.max_age_days != 0
-                                   ? now_us - static_cast<int64_t>(policy.max_age_days) * 86400 * 1000000
-                                   : INT64_MIN;
+        const int64_t cutoff =
+            policy.max_age_days != 0 ? now_us - static_cast<int64_t>(policy.max_age_days) * 86400 * 1000000 : INT64_MIN;
         std::string resume = prefix;  // the next chunk looks at by_lsn keys >= resume
         size_t deleted = 0;
         for (bool done = false; !done && !stopping;) {
@@ -468,7 +486,8 @@ struct StateStore::Impl {
             {
                 std::shared_lock<std::shared_mutex> read_lock(rw);
                 require_open("sweep");
-                std::unique_ptr<rocksdb::Iterator> it(db->NewIterator(rocksdb::ReadOptions(), cf(ColumnFamilyID::ByLsn)));
+                std::unique_ptr<rocksdb::Iterator> it(
+                    db->NewIterator(rocksdb::ReadOptions(), cf(ColumnFamilyID::ByLsn)));
                 size_t visited = 0;
                 for (it->Seek(resume);; it->Next()) {
                     if (!it->Valid() || !starts_with(it->key(), prefix)) {
@@ -597,8 +616,8 @@ void StateStore::record(const std::string& scope, const std::vector<DeliveryReco
                 old_lsn = old->source_lsn;
             }
             if (old_lsn && *old_lsn != r.source_lsn)
-                check("record (batch)", batch.Delete(impl_->cf(ColumnFamilyID::ByLsn),
-                                                     lsn_key(prefix, *old_lsn, r.message_id)));
+                check("record (batch)",
+                      batch.Delete(impl_->cf(ColumnFamilyID::ByLsn), lsn_key(prefix, *old_lsn, r.message_id)));
             if (!old_lsn)
                 ++added;
 
@@ -620,8 +639,7 @@ void StateStore::record(const std::string& scope, const std::vector<DeliveryReco
     impl_->adjust_count(prefix, added);
 }
 
-std::optional<DeliveryRecord> StateStore::find_message(const std::string& scope,
-                                                       const std::string& message_id) const
+std::optional<DeliveryRecord> StateStore::find_message(const std::string& scope, const std::string& message_id) const
 {
     const std::string prefix = scope_prefix(scope);
     std::shared_lock<std::shared_mutex> lock(impl_->rw);

@@ -34,11 +34,11 @@ size_t utf8_char(std::string_view s, size_t i, uint32_t* cp)
 
 bool display_control(uint32_t cp)
 {
-    return (cp >= 0x80 && cp <= 0x9F) ||                                       // C1 controls
-           cp == 0x2028 || cp == 0x2029 ||                                     // line/paragraph separator
+    return (cp >= 0x80 && cp <= 0x9F) ||                                        // C1 controls
+           cp == 0x2028 || cp == 0x2029 ||                                      // line/paragraph separator
            (cp >= 0x202A && cp <= 0x202E) || (cp >= 0x2066 && cp <= 0x2069) ||  // bidi embed/override/isolate
-           cp == 0x200E || cp == 0x200F || cp == 0x061C ||                     // bidi marks
-           cp == 0xFEFF;                                                       // byte order mark
+           cp == 0x200E || cp == 0x200F || cp == 0x061C ||                      // bidi marks
+           cp == 0xFEFF;                                                        // byte order mark
 }
 
 }  // namespace atx::applier

@@ -14,15 +14,15 @@ std::string encode_body(const Message& m)
     const bool v1 = m.version == 1;
     if (m.version < kOldestFormatVersion || m.version > kFormatVersion)
         throw std::invalid_argument("cannot encode pg_atx message format version " + std::to_string(m.version));
-    if (v1 && (m.waited || m.depth != 0 || m.lane != Uuid{} || m.session_role_oid != 0 ||
-               !m.session_role_name.empty()))
+    if (v1 && (m.waited || m.depth != 0 || m.lane != Uuid{} || m.session_role_oid != 0 || !m.session_role_name.empty()))
         throw std::invalid_argument("format version 1 has no waited flag, lane, depth or session user");
     if (m.version < 3 && m.cancel_if_abandoned)
         throw std::invalid_argument("format versions 1 and 2 have no cancel-if-abandoned flag");
     ByteWriter w;
     w.bytes(std::string_view(kMagic, sizeof kMagic));
     w.u8(m.version);
-    w.u8((m.key ? kFlagHasKey : 0) | (m.waited ? kFlagWaited : 0) | (m.cancel_if_abandoned ? kFlagCancelIfAbandoned : 0));
+    w.u8((m.key ? kFlagHasKey : 0) | (m.waited ? kFlagWaited : 0) |
+         (m.cancel_if_abandoned ? kFlagCancelIfAbandoned : 0));
     w.bytes(std::string_view(reinterpret_cast<const char*>(m.id.data()), m.id.size()));
     if (!v1) {
         w.bytes(std::string_view(reinterpret_cast<const char*>(m.lane.data()), m.lane.size()));
@@ -50,8 +50,7 @@ std::string encode_body(const Message& m)
     }
     w.str32(m.statement);
     if (m.params.size() > UINT16_MAX)
-        throw std::length_error("too many parameters: " + std::to_string(m.params.size()) +
-                                " (at most 65535)");
+        throw std::length_error("too many parameters: " + std::to_string(m.params.size()) + " (at most 65535)");
     w.u16(static_cast<uint16_t>(m.params.size()));
     for (const auto& p : m.params) {
         w.u32(p.type_oid);
@@ -157,17 +156,16 @@ bool operator==(const GucSetting& a, const GucSetting& b)
 
 bool operator==(const Param& a, const Param& b)
 {
-    return a.type_oid == b.type_oid && a.type_name == b.type_name && a.is_null == b.is_null &&
-           a.binary == b.binary && a.value == b.value;
+    return a.type_oid == b.type_oid && a.type_name == b.type_name && a.is_null == b.is_null && a.binary == b.binary &&
+           a.value == b.value;
 }
 
 bool operator==(const Message& a, const Message& b)
 {
-    return a.version == b.version && a.id == b.id && a.lane == b.lane && a.depth == b.depth &&
-           a.waited == b.waited && a.cancel_if_abandoned == b.cancel_if_abandoned && a.database_oid == b.database_oid && a.role_oid == b.role_oid &&
-           a.role_name == b.role_name && a.session_role_oid == b.session_role_oid &&
-           a.session_role_name == b.session_role_name && a.caller_xid == b.caller_xid &&
-           a.emit_time == b.emit_time &&
+    return a.version == b.version && a.id == b.id && a.lane == b.lane && a.depth == b.depth && a.waited == b.waited &&
+           a.cancel_if_abandoned == b.cancel_if_abandoned && a.database_oid == b.database_oid &&
+           a.role_oid == b.role_oid && a.role_name == b.role_name && a.session_role_oid == b.session_role_oid &&
+           a.session_role_name == b.session_role_name && a.caller_xid == b.caller_xid && a.emit_time == b.emit_time &&
            a.gucs == b.gucs && a.statement == b.statement && a.params == b.params && a.key == b.key;
 }
 
@@ -188,9 +186,12 @@ std::string uuid_to_string(const Uuid& id)
 std::optional<Uuid> uuid_from_string(std::string_view s)
 {
     auto nib = [](char c) -> int {
-        if (c >= '0' && c <= '9') return c - '0';
-        if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-        if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+        if (c >= '0' && c <= '9')
+            return c - '0';
+        if (c >= 'a' && c <= 'f')
+            return c - 'a' + 10;
+        if (c >= 'A' && c <= 'F')
+            return c - 'A' + 10;
         return -1;
     };
     Uuid out{};

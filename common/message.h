@@ -93,9 +93,9 @@ struct Param {
 struct Message {
     uint8_t version = kFormatVersion;  // as decoded; encode_body writes this version
     Uuid id{};
-    Uuid lane{};         // zero for version 1
-    uint8_t depth = 0;   // 0: emitted by a client session
-    bool waited = false; // an atx_exec caller waits for the outcome
+    Uuid lane{};                       // zero for version 1
+    uint8_t depth = 0;                 // 0: emitted by a client session
+    bool waited = false;               // an atx_exec caller waits for the outcome
     bool cancel_if_abandoned = false;  // version 3: not applied once its waiter stopped waiting
     uint32_t database_oid = 0;
     uint32_t role_oid = 0;

@@ -19,7 +19,6 @@ extern "C" {
 #define MAX_ERROR_TEXT 8000
 #define MAX_DETAIL_TEXT 2000
 
-
 // s made valid in the database encoding: a byte that starts no valid character becomes '?'.
 // (Error texts may quote bytes of a payload that did not authenticate.)
 static const char* valid_text(const char* s, int len)
@@ -97,7 +96,8 @@ void atx_applied_lookup(const uint8 id[16], char** status, char** outcome, XLogR
     outcome_att = get_attnum(relid, "outcome");
     lsn_att = get_attnum(relid, "lsn");
     if (status_att == InvalidAttrNumber || outcome_att == InvalidAttrNumber || lsn_att == InvalidAttrNumber)
-        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("atx.applied lacks its status, outcome or lsn column")));
+        ereport(ERROR,
+                (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("atx.applied lacks its status, outcome or lsn column")));
     snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
 
     rel = table_open(relid, AccessShareLock);
@@ -147,17 +147,17 @@ static void record_arrays(int n, const AtxRecord* recs, Datum* values)
     values[1] = PointerGetDatum(construct_array(l, n, PG_LSNOID, sizeof(XLogRecPtr), true, TYPALIGN_DOUBLE));
     values[2] = PointerGetDatum(construct_array(st, n, TEXTOID, -1, false, TYPALIGN_INT));
     values[3] = PointerGetDatum(construct_md_array(oc, ocnull, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-    values[4] = PointerGetDatum(construct_md_array(par, parnull, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
+    values[4] =
+        PointerGetDatum(construct_md_array(par, parnull, 1, dims, lbs, UUIDOID, UUID_LEN, false, TYPALIGN_CHAR));
 }
 
 static Oid record_types[5] = {UUIDARRAYOID, PG_LSNARRAYOID, TEXTARRAYOID, TEXTARRAYOID, UUIDARRAYOID};
 
-#define ATX_RECORD_ROWS                                                                                        \
-    "SELECT i, l, s, o::pg_catalog.jsonb, p FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), "   \
+#define ATX_RECORD_ROWS                                                                                     \
+    "SELECT i, l, s, o::pg_catalog.jsonb, p FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), " \
     "pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
 
-AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, const char* status,
-                     const char* outcome)
+AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, const char* status, const char* outcome)
 {
     AtxRecord r;
     memset(&r, 0, sizeof r);
@@ -186,7 +186,8 @@ void atx_applied_record(int n, const AtxRecord* recs)
 {
     static SPIPlanPtr plan = NULL;
     if (n > 0)
-        (void)write_records(&plan, "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS,
+        (void)write_records(&plan,
+                            "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS,
                             SPI_OK_INSERT, n, recs);
 }
 
@@ -228,7 +229,8 @@ bool atx_applied_at_lsn(XLogRecPtr lsn)
     Oid types[1] = {PG_LSNOID};
     Datum v[1];
 
-    atx_keep_plan(&plan, "SELECT 1 FROM atx.applied WHERE lsn OPERATOR(pg_catalog.=) $1 AND payload IS NULL LIMIT 1", 1, types);
+    atx_keep_plan(&plan, "SELECT 1 FROM atx.applied WHERE lsn OPERATOR(pg_catalog.=) $1 AND payload IS NULL LIMIT 1", 1,
+                  types);
     v[0] = LSNGetDatum(lsn);
     if (SPI_execute_plan(plan, v, NULL, true, 1) != SPI_OK_SELECT)
         elog(ERROR, "could not read atx.applied");
@@ -252,21 +254,21 @@ void atx_dead_letter_write(const AtxMessageC* m, XLogRecPtr lsn, const char* pay
                            TimestampTz first_failed)
 {
     static SPIPlanPtr plan = NULL;
-    Oid types[17] = {UUIDOID, PG_LSNOID, NAMEOID,  OIDOID,  NAMEOID, XID8OID, TIMESTAMPTZOID, TEXTOID, JSONBOID,
-                     TEXTOID, BYTEAOID,  TEXTOID,  TEXTOID, TEXTOID, TEXTOID, INT4OID,        TIMESTAMPTZOID};
+    Oid types[17] = {UUIDOID, PG_LSNOID, NAMEOID, OIDOID,  NAMEOID, XID8OID, TIMESTAMPTZOID, TEXTOID,       JSONBOID,
+                     TEXTOID, BYTEAOID,  TEXTOID, TEXTOID, TEXTOID, TEXTOID, INT4OID,        TIMESTAMPTZOID};
     Datum v[17];
     char nulls[17];
     bytea* p = (bytea*)palloc(VARHDRSZ + len);
     const char* session_user = m->session_role_name && m->session_role_name[0] ? m->session_role_name : NULL;
 
     atx_keep_plan(&plan,
-         "WITH d AS (INSERT INTO atx.dead_letter (message_id, source_lsn, caller_role, caller_role_oid, "
-         "caller_session_user, caller_xid, emitted_at, statement, params, idempotency_key, payload, sqlstate, "
-         "error, detail, hint, attempts, first_failed_at) "
-         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
-         "ON CONFLICT (message_id) DO NOTHING RETURNING message_id) "
-         "SELECT pg_catalog.pg_notify('atx_dead_letter', '') FROM d",
-         17, types);
+                  "WITH d AS (INSERT INTO atx.dead_letter (message_id, source_lsn, caller_role, caller_role_oid, "
+                  "caller_session_user, caller_xid, emitted_at, statement, params, idempotency_key, payload, sqlstate, "
+                  "error, detail, hint, attempts, first_failed_at) "
+                  "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) "
+                  "ON CONFLICT (message_id) DO NOTHING RETURNING message_id) "
+                  "SELECT pg_catalog.pg_notify('atx_dead_letter', '') FROM d",
+                  17, types);
     memset(nulls, ' ', sizeof nulls);
     SET_VARSIZE(p, VARHDRSZ + len);
     memcpy(VARDATA(p), payload, len);

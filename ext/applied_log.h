@@ -22,8 +22,7 @@ struct AtxRecord {
 
 // The record of a message read at lsn, recorded under id (its own, or for a payload that did not
 // authenticate an id of its position: m NULL then). A nested emit names its parent (m's lane).
-AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, const char* status,
-                     const char* outcome);
+AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, const char* status, const char* outcome);
 
 // The record of id: *status ("applied", "duplicate", "dead", "cancelled", "started"; NULL when
 // there is none), *outcome (the jsonb text stored for a waited message, or NULL) and *lsn (where

@@ -82,7 +82,8 @@ static void read_args(FunctionCallInfo fcinfo, BatchArgs* a)
 
     for (int i = 0; i < 6; i++)
         if (PG_ARGISNULL(i))
-            ereport(ERROR, (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("arguments of atx.apply_batch must not be NULL")));
+            ereport(ERROR,
+                    (errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), errmsg("arguments of atx.apply_batch must not be NULL")));
     deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), PG_LSNOID, sizeof(XLogRecPtr), true, TYPALIGN_DOUBLE, &d, &nulls,
                       &a->n);
     if (a->n > MAX_BATCH)
@@ -97,8 +98,8 @@ static void read_args(FunctionCallInfo fcinfo, BatchArgs* a)
     a->attempts = (int*)palloc(sizeof(int) * (a->n + 1));
     for (int i = 0; i < a->n; i++)
         a->attempts[i] = (i < n2 && !nulls[i]) ? Max(DatumGetInt32(d[i]), 1) : 1;
-    deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), TIMESTAMPTZOID, sizeof(TimestampTz), true, TYPALIGN_DOUBLE, &d,
-                      &nulls, &n3);
+    deconstruct_array(PG_GETARG_ARRAYTYPE_P(2), TIMESTAMPTZOID, sizeof(TimestampTz), true, TYPALIGN_DOUBLE, &d, &nulls,
+                      &n3);
     a->first_failed = (TimestampTz*)palloc(sizeof(TimestampTz) * (a->n + 1));
     for (int i = 0; i < a->n; i++)
         a->first_failed[i] = (i < n3 && !nulls[i]) ? DatumGetTimestampTz(d[i]) : 0;
@@ -222,11 +223,10 @@ static bool apply_one(const BatchArgs* a, int i, XLogRecPtr horizon, ItemResult*
     }
 
     if (l.state == ATX_LOAD_DEAD) {
-        atx_dead_letter_write(atx_loaded_view(&l), l.lsn, l.payload, l.len, l.sqlerrcode, l.error, NULL, NULL,
-                              attempts, first_failed);
+        atx_dead_letter_write(atx_loaded_view(&l), l.lsn, l.payload, l.len, l.sqlerrcode, l.error, NULL, NULL, attempts,
+                              first_failed);
         // A payload that did not decode or authenticate: nothing of it may be trusted.
-        failed(res, ApplyStatus::Dead, l.sqlerrcode, l.error, l.authenticated ? "permanent" : "unauthenticated",
-               batch);
+        failed(res, ApplyStatus::Dead, l.sqlerrcode, l.error, l.authenticated ? "permanent" : "unauthenticated", batch);
         add_record(recs, reclaim, &l, "dead", NULL, batch);
         return true;
     }
@@ -262,9 +262,8 @@ static bool apply_one(const BatchArgs* a, int i, XLogRecPtr horizon, ItemResult*
     }
     outcome = settle_waiter(&l, &r, a, waiters);
     add_record(recs, reclaim, &l,
-               res->status == ApplyStatus::Dead
-                   ? (r.failure == ATX_FAIL_CANCELLED ? "cancelled" : "dead")
-                   : apply_status_name(res->status),
+               res->status == ApplyStatus::Dead ? (r.failure == ATX_FAIL_CANCELLED ? "cancelled" : "dead")
+                                                : apply_status_name(res->status),
                outcome, batch);
     return true;
 }
@@ -347,8 +346,8 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
     waiters = apply_items(&a, results);
     // Walking every memory context costs more than a small batch: measured after a batch that
     // took long enough to have grown the backend (a huge statement does), and every 16th.
-    bytes = (++batches % 16 == 0 || TimestampDifferenceExceeds(started, GetCurrentTimestamp(), 20)) ? backend_bytes()
-                                                                                                     : -1;
+    bytes =
+        (++batches % 16 == 0 || TimestampDifferenceExceeds(started, GetCurrentTimestamp(), 20)) ? backend_bytes() : -1;
     for (int i = 0; i < a.n; i++) {
         ItemResult* it = &results[i];
         Datum v[9];
@@ -394,12 +393,12 @@ static Datum apply_batch_body(FunctionCallInfo fcinfo)
 // instead of "function does not exist".
 static Datum apply_batch_old_body(FunctionCallInfo fcinfo)
 {
-    ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                    errmsg("this atx-applier speaks pg_atx 0.2 and cannot apply the messages of extension pg_atx %s",
-                           ATX_EXTENSION_VERSION),
-                    errdetail("It called the atx.apply_batch of pg_atx 0.2."),
-                    errhint("Upgrade atx-applier to %s or later and restart it (docs/upgrade.md).",
-                            ATX_EXTENSION_VERSION)));
+    ereport(ERROR,
+            (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+             errmsg("this atx-applier speaks pg_atx 0.2 and cannot apply the messages of extension pg_atx %s",
+                    ATX_EXTENSION_VERSION),
+             errdetail("It called the atx.apply_batch of pg_atx 0.2."),
+             errhint("Upgrade atx-applier to %s or later and restart it (docs/upgrade.md).", ATX_EXTENSION_VERSION)));
     PG_RETURN_NULL();
 }
 

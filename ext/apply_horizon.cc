@@ -60,16 +60,17 @@ static Datum prune_body(FunctionCallInfo fcinfo)
         atx_apply_leave(&f);
         PG_RETURN_NULL();
     }
-    atx_keep_plan(&plan,
-                  "WITH h AS (UPDATE atx.apply_horizon SET lsn = $1, updated_at = pg_catalog.now() "
-                  "          WHERE lsn OPERATOR(pg_catalog.<) $1 RETURNING lsn) "
-                  "DELETE FROM atx.applied a WHERE a.lsn OPERATOR(pg_catalog.<) (SELECT lsn FROM h) "
-                  "  AND a.payload IS NULL "
-                  "  AND (a.parent_id IS NULL OR (NOT EXISTS (SELECT 1 FROM atx.dead_letter d "
-                  "        WHERE d.message_id OPERATOR(pg_catalog.=) a.parent_id) "
-                  "    AND NOT EXISTS (SELECT 1 FROM atx.applied p WHERE p.message_id OPERATOR(pg_catalog.=) a.parent_id "
-                  "        AND p.lsn OPERATOR(pg_catalog.>=) (SELECT lsn FROM h))))",
-                  1, types);
+    atx_keep_plan(
+        &plan,
+        "WITH h AS (UPDATE atx.apply_horizon SET lsn = $1, updated_at = pg_catalog.now() "
+        "          WHERE lsn OPERATOR(pg_catalog.<) $1 RETURNING lsn) "
+        "DELETE FROM atx.applied a WHERE a.lsn OPERATOR(pg_catalog.<) (SELECT lsn FROM h) "
+        "  AND a.payload IS NULL "
+        "  AND (a.parent_id IS NULL OR (NOT EXISTS (SELECT 1 FROM atx.dead_letter d "
+        "        WHERE d.message_id OPERATOR(pg_catalog.=) a.parent_id) "
+        "    AND NOT EXISTS (SELECT 1 FROM atx.applied p WHERE p.message_id OPERATOR(pg_catalog.=) a.parent_id "
+        "        AND p.lsn OPERATOR(pg_catalog.>=) (SELECT lsn FROM h))))",
+        1, types);
     v[0] = LSNGetDatum(confirmed);
     if (SPI_execute_plan(plan, v, NULL, false, 0) < 0)
         elog(ERROR, "could not prune atx.applied");

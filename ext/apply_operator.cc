@@ -211,9 +211,8 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
     if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
         elog(ERROR, "return type must be a row type");
     AtxApplyFrame f = atx_apply_enter();
-    atx_keep_plan(&sel,
-                  "SELECT payload, source_lsn FROM atx.dead_letter WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE", 1,
-                  t1);
+    atx_keep_plan(&sel, "SELECT payload, source_lsn FROM atx.dead_letter WHERE id OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+                  1, t1);
     atx_keep_plan(&del, "DELETE FROM atx.dead_letter WHERE id OPERATOR(pg_catalog.=) $1", 1, t1);
     atx_keep_plan(&upd,
                   "UPDATE atx.dead_letter SET sqlstate = $2, error = $3, attempts = attempts OPERATOR(pg_catalog.+) 1, "
@@ -232,8 +231,7 @@ static Datum retry_dead_letter_body(FunctionCallInfo fcinfo)
         lsn = InvalidXLogRecPtr;
     atx_load_payload(VARDATA_ANY(payload), VARSIZE_ANY_EXHDR(payload), lsn, &l);
     if (l.state != ATX_LOAD_OK)
-        ereport(ERROR, (errcode(l.sqlerrcode),
-                        errmsg("the dead letter's payload cannot run: %s", l.error)));
+        ereport(ERROR, (errcode(l.sqlerrcode), errmsg("the dead letter's payload cannot run: %s", l.error)));
     // Applied before under its own id (a dead letter of a payload that did not authenticate at
     // the time, e.g. while another key was in use): never run twice.
     atx_applied_lookup(l.id, &found, &stored, NULL);

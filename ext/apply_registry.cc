@@ -31,7 +31,7 @@ struct ApplySlot {
     TimestampTz started_at;
     TimestampTz deadline;  // 0: none
     TimestampTz exited_at;
-    bool terminated;       // by atx.terminate_overdue
+    bool terminated;  // by atx.terminate_overdue
 };
 
 struct Registry {
@@ -123,8 +123,7 @@ void atx_registry_join(void)
             free_i = i;
             break;
         }
-        if (s->state == SLOT_EXITED &&
-            (oldest_exit < 0 || s->exited_at < registry->slots[oldest_exit].exited_at))
+        if (s->state == SLOT_EXITED && (oldest_exit < 0 || s->exited_at < registry->slots[oldest_exit].exited_at))
             oldest_exit = i;
     }
     // No free slot: the oldest exit record goes (the applier read it long ago, or never will).
@@ -195,10 +194,10 @@ int atx_registry_pids(int* out, int max)
 static void require_registry(void)
 {
     if (registry == NULL)
-        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                        errmsg("pg_atx is not in shared_preload_libraries"),
-                        errdetail("The apply registry lives in shared memory that only a preloaded pg_atx creates."),
-                        errhint("Add pg_atx to shared_preload_libraries and restart the server.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("pg_atx is not in shared_preload_libraries"),
+                 errdetail("The apply registry lives in shared memory that only a preloaded pg_atx creates."),
+                 errhint("Add pg_atx to shared_preload_libraries and restart the server.")));
 }
 
 static const char* state_name(int state)

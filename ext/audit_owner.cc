@@ -36,8 +36,8 @@ static uint64 exec_as_owner(Oid relid, const char* sql, int nargs, Oid* types, D
     GetUserIdAndSecContext(&save_userid, &save_sec_context);
     SetUserIdAndSecContext(owner, save_sec_context | SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
     nestlevel = NewGUCNestLevel();
-    (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true,
-                            0, false);
+    (void)set_config_option("search_path", "pg_catalog, pg_temp", PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
+                            false);
 
     if (SPI_connect() != SPI_OK_CONNECT)
         elog(ERROR, "SPI_connect failed");
@@ -69,8 +69,8 @@ static char* qualified_name(Oid relid)
 static Datum audit_write_body(FunctionCallInfo fcinfo)
 {
     const int n = 12;
-    Oid types[12] = {OIDOID,    TEXTOID, TEXTOID,        JSONBOID, NAMEOID, NAMEOID,
-                     TEXTOID,   INETOID, XID8OID,        TIMESTAMPTZOID, UUIDOID, TEXTOID};
+    Oid types[12] = {OIDOID,  TEXTOID, TEXTOID, JSONBOID,       NAMEOID, NAMEOID,
+                     TEXTOID, INETOID, XID8OID, TIMESTAMPTZOID, UUIDOID, TEXTOID};
     Datum values[12];
     char nulls[12];
     Oid relid;
@@ -113,9 +113,9 @@ static Datum rows_caller_may_update(const char* name)
         for (uint64 i = 0; i < SPI_processed; i++) {
             bool isnull;
             ItemPointer tid = (ItemPointer)palloc(sizeof(ItemPointerData));
-            ItemPointerCopy((ItemPointer)DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1,
-                                                              &isnull)),
-                            tid);
+            ItemPointerCopy(
+                (ItemPointer)DatumGetPointer(SPI_getbinval(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1, &isnull)),
+                tid);
             tids = lappend(tids, tid);
         }
         MemoryContextSwitchTo(old);
@@ -149,14 +149,15 @@ static Datum audit_resolve_body(FunctionCallInfo fcinfo)
                         errmsg("permission denied to resolve outcomes in audit table %s", name),
                         errhint("Run atx.resolve_outcomes() as a role with UPDATE on the audit table.")));
     values[0] = rows_caller_may_update(name);
-    sql = psprintf("UPDATE %s a SET outcome = s.outcome"
-                   "  FROM (SELECT x, atx.xact_outcome(x) AS outcome"
-                   "          FROM (SELECT DISTINCT caller_xid AS x FROM %s"
-                   "                 WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)) d) s"
-                   " WHERE a.ctid OPERATOR(pg_catalog.=) ANY ($1) AND a.outcome IS NULL"
-                   "   AND a.caller_xid IS NOT DISTINCT FROM s.x"
-                   "   AND s.outcome OPERATOR(pg_catalog.=) ANY ('{committed,aborted,no transaction}'::pg_catalog.text[])",
-                   name, name);
+    sql = psprintf(
+        "UPDATE %s a SET outcome = s.outcome"
+        "  FROM (SELECT x, atx.xact_outcome(x) AS outcome"
+        "          FROM (SELECT DISTINCT caller_xid AS x FROM %s"
+        "                 WHERE ctid OPERATOR(pg_catalog.=) ANY ($1)) d) s"
+        " WHERE a.ctid OPERATOR(pg_catalog.=) ANY ($1) AND a.outcome IS NULL"
+        "   AND a.caller_xid IS NOT DISTINCT FROM s.x"
+        "   AND s.outcome OPERATOR(pg_catalog.=) ANY ('{committed,aborted,no transaction}'::pg_catalog.text[])",
+        name, name);
     PG_RETURN_INT64((int64)exec_as_owner(relid, sql, 1, types, values, NULL));
 }
 

@@ -35,17 +35,17 @@ struct CallState {
     char* routine_text;  // regprocedure text, for messages
     char* statement;
     int nargs;
-    Oid* argtypes;       // as resolved at this call site
+    Oid* argtypes;  // as resolved at this call site
     bool procedure;
     bool retset;
     bool is_void;
-    TupleDesc tupdesc;   // a row result (blessed): composite, OUT parameters, TABLE
-    Oid value_type;      // what each encoded value is read as
+    TupleDesc tupdesc;  // a row result (blessed): composite, OUT parameters, TABLE
+    Oid value_type;     // what each encoded value is read as
     int32 value_typmod;
     Oid recv_ioparam, in_ioparam;
     FmgrInfo recv, in;
     bool have_recv, have_in;
-    char* out_sql;       // a procedure with OUT parameters: its CALL's row into the declared types
+    char* out_sql;  // a procedure with OUT parameters: its CALL's row into the declared types
 };
 
 static void add_type_io(CallState* s, MemoryContext mcxt)
@@ -132,13 +132,13 @@ static CallState* call_state(FunctionCallInfo fcinfo)
     s->retset = p->proretset;
     body = atx_autonomous_find_body(tup);
     if (!OidIsValid(body))
-        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                        errmsg("the body of autonomous routine %s is missing", s->routine_text),
-                        errdetail("Its body lives in schema %s; a dump that left that schema out, or a routine "
-                                  "renamed while event triggers were off, has none.",
-                                  ATX_AUTONOMOUS_SCHEMA),
-                        errhint("Restore schema %s, or CREATE OR REPLACE the routine with its body.",
-                                ATX_AUTONOMOUS_SCHEMA)));
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                 errmsg("the body of autonomous routine %s is missing", s->routine_text),
+                 errdetail("Its body lives in schema %s; a dump that left that schema out, or a routine "
+                           "renamed while event triggers were off, has none.",
+                           ATX_AUTONOMOUS_SCHEMA),
+                 errhint("Restore schema %s, or CREATE OR REPLACE the routine with its body.", ATX_AUTONOMOUS_SCHEMA)));
     body_name = quote_qualified_identifier(ATX_AUTONOMOUS_SCHEMA, get_func_name(body));
 
     s->nargs = PG_NARGS();
@@ -181,21 +181,21 @@ static CallState* call_state(FunctionCallInfo fcinfo)
         s->is_void = true;
         appendStringInfo(&sql, "SELECT %s(%s)", body_name, args);
     } else if (fclass == TYPEFUNC_RECORD || fclass == TYPEFUNC_OTHER) {
-        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                        errmsg("autonomous routine %s returns a record whose columns it does not declare",
-                               s->routine_text),
-                        errhint("Declare its columns with OUT parameters or RETURNS TABLE.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                 errmsg("autonomous routine %s returns a record whose columns it does not declare", s->routine_text),
+                 errhint("Declare its columns with OUT parameters or RETURNS TABLE.")));
     } else if (!s->retset) {
         appendStringInfo(&sql, "SELECT atx._autonomous_encode(%s(%s)) AS v", body_name, args);
     } else if (fclass == TYPEFUNC_SCALAR) {
         appendStringInfo(&sql, "SELECT atx._autonomous_encode(v) AS v FROM %s(%s) AS atx_t(v)", body_name, args);
     } else if (fclass == TYPEFUNC_COMPOSITE) {
-        appendStringInfo(&sql, "SELECT atx._autonomous_encode(\"atx.row\") AS v FROM %s(%s) AS \"atx.row\"",
-                         body_name, args);
+        appendStringInfo(&sql, "SELECT atx._autonomous_encode(\"atx.row\") AS v FROM %s(%s) AS \"atx.row\"", body_name,
+                         args);
     } else {
-        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                        errmsg("autonomous routine %s returns a set of a domain over a composite type",
-                               s->routine_text)));
+        ereport(ERROR,
+                (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+                 errmsg("autonomous routine %s returns a set of a domain over a composite type", s->routine_text)));
     }
     s->statement = sql.data;
     if (!s->procedure && !s->is_void)
@@ -213,12 +213,12 @@ static JsonbContainer* result_rows(CallState* s, const AtxExecResult* r)
 
     v = getKeyJsonValueFromContainer(&outcome->root, "result_truncated", strlen("result_truncated"), NULL);
     if (v != NULL && v->type == jbvBool && v->val.boolean)
-        ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-                        errmsg("the result of autonomous routine %s is larger than atx.exec_max_result_bytes",
-                               s->routine_text),
-                        errdetail("The routine ran and committed (pg_atx message %s); only its result is lost.",
-                                  r->id_text),
-                        errhint("Raise atx.exec_max_result_bytes (server start), or return less.")));
+        ereport(
+            ERROR,
+            (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+             errmsg("the result of autonomous routine %s is larger than atx.exec_max_result_bytes", s->routine_text),
+             errdetail("The routine ran and committed (pg_atx message %s); only its result is lost.", r->id_text),
+             errhint("Raise atx.exec_max_result_bytes (server start), or return less.")));
     v = getKeyJsonValueFromContainer(&outcome->root, "result", strlen("result"), NULL);
     if (v == NULL || v->type != jbvBinary)
         return NULL;
@@ -365,8 +365,8 @@ static Datum autonomous_call_body(FunctionCallInfo fcinfo)
     ctx.arg = s;
     ctx.previous = error_context_stack;
     error_context_stack = &ctx;
-    atx_build_message_values(s->statement, s->nargs, values, s->argtypes, nulls, true, AUTONOMOUS_FNAME, id,
-                             &payload, &len);
+    atx_build_message_values(s->statement, s->nargs, values, s->argtypes, nulls, true, AUTONOMOUS_FNAME, id, &payload,
+                             &len);
     atx_exec_write_and_wait(payload, len, id, AUTONOMOUS_FNAME, &r);
     if (strcmp(r.status, "failed") == 0)
         // The body's own error, as an ordinary call would raise it; the context names the routine

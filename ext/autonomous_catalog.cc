@@ -238,8 +238,7 @@ static void privileged_begin(Privileged* p)
     GetUserIdAndSecContext(&p->user, &p->sec);
     SetUserIdAndSecContext(BOOTSTRAP_SUPERUSERID, p->sec | SECURITY_LOCAL_USERID_CHANGE);
     p->nest = NewGUCNestLevel();
-    (void)set_config_option("check_function_bodies", "off", PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0,
-                            false);
+    (void)set_config_option("check_function_bodies", "off", PGC_SUSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
 }
 
 static void privileged_end(Privileged* p)
@@ -250,7 +249,10 @@ static void privileged_end(Privileged* p)
 
 static bool owns(Oid owner) { return superuser() || has_privs_of_role(GetUserId(), owner); }
 
-static ObjectType object_type_of(char prokind) { return prokind == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION; }
+static ObjectType object_type_of(char prokind)
+{
+    return prokind == PROKIND_PROCEDURE ? OBJECT_PROCEDURE : OBJECT_FUNCTION;
+}
 
 // The body follows the routine in everything its owner may ALTER: owner, SECURITY DEFINER,
 // settings, strictness, leakproofness, cost, rows, its name (a renamed routine's body is renamed
@@ -297,8 +299,8 @@ static void sync_body(HeapTuple routine, Oid body)
     values[Anum_pg_proc_proisstrict - 1] = BoolGetDatum(r->proisstrict);
     values[Anum_pg_proc_procost - 1] = Float4GetDatum(r->procost);
     values[Anum_pg_proc_prorows - 1] = Float4GetDatum(r->prorows);
-    for (int att : {Anum_pg_proc_proowner, Anum_pg_proc_prosecdef, Anum_pg_proc_proleakproof,
-                    Anum_pg_proc_proisstrict, Anum_pg_proc_proconfig, Anum_pg_proc_proacl})
+    for (int att : {Anum_pg_proc_proowner, Anum_pg_proc_prosecdef, Anum_pg_proc_proleakproof, Anum_pg_proc_proisstrict,
+                    Anum_pg_proc_proconfig, Anum_pg_proc_proacl})
         repl[att - 1] = true;
     // A procedure has no cost to ALTER; its stub's is C's default (write_stub).
     repl[Anum_pg_proc_procost - 1] = repl[Anum_pg_proc_prorows - 1] = r->prokind != PROKIND_PROCEDURE;
@@ -521,12 +523,12 @@ static Datum make_autonomous_body(FunctionCallInfo fcinfo)
                                    "the declared volatility and parallel safety.")));
     (void)SysCacheGetAttr(PROCOID, tup, Anum_pg_proc_proconfig, &isnull);
     if (p->prosecdef && isnull)
-        ereport(WARNING, (errmsg("SECURITY DEFINER %s has no SET search_path", format_procedure(routine)),
-                          errdetail("Its body runs with the caller's search_path, as an ordinary call would, "
-                                    "so a caller can choose what its unqualified names mean."),
-                          errhint("ALTER %s %s SET search_path = <its schemas>, pg_temp;",
-                                  p->prokind == PROKIND_PROCEDURE ? "PROCEDURE" : "FUNCTION",
-                                  format_procedure(routine))));
+        ereport(WARNING,
+                (errmsg("SECURITY DEFINER %s has no SET search_path", format_procedure(routine)),
+                 errdetail("Its body runs with the caller's search_path, as an ordinary call would, "
+                           "so a caller can choose what its unqualified names mean."),
+                 errhint("ALTER %s %s SET search_path = <its schemas>, pg_temp;",
+                         p->prokind == PROKIND_PROCEDURE ? "PROCEDURE" : "FUNCTION", format_procedure(routine))));
     PG_RETURN_OID(routine);
 }
 
@@ -681,9 +683,9 @@ static void reconcile(Oid oid, Oid nsp, const char* probin)
         // CREATE OR REPLACE of an autonomous routine: its new definition becomes the body.
         bool changed;
         (void)wrap(tup, body, probin, &changed);
-        ereport(NOTICE, (errmsg("%s stays autonomous: its new definition is its body", format_procedure(oid)),
-                         errhint("SELECT atx.make_ordinary('%s'); makes it an ordinary routine.",
-                                 format_procedure(oid))));
+        ereport(NOTICE,
+                (errmsg("%s stays autonomous: its new definition is its body", format_procedure(oid)),
+                 errhint("SELECT atx.make_ordinary('%s'); makes it an ordinary routine.", format_procedure(oid))));
     }
 }
 
@@ -706,7 +708,8 @@ static Datum autonomous_ddl_body(FunctionCallInfo fcinfo)
         elog(ERROR, "SPI_connect failed");
     if (SPI_execute("SELECT objid, command_tag IN ('GRANT', 'REVOKE') FROM pg_catalog.pg_event_trigger_ddl_commands() "
                     "WHERE classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_proc'::pg_catalog.regclass "
-                    "   OR (command_tag IN ('GRANT', 'REVOKE') AND pg_catalog.lower(object_type) IN ('function', 'procedure', 'routine'))",
+                    "   OR (command_tag IN ('GRANT', 'REVOKE') AND pg_catalog.lower(object_type) IN ('function', "
+                    "'procedure', 'routine'))",
                     true, 0) != SPI_OK_SELECT)
         elog(ERROR, "could not read the DDL commands");
     for (uint64 i = 0; i < SPI_processed; i++) {

@@ -22,19 +22,19 @@ struct AtxParamC {
 };
 
 struct AtxMessageC {
-    int version;        // as decoded (1 to 3); encoding always writes the current version
+    int version;  // as decoded (1 to 3); encoding always writes the current version
     uint8 id[16];
-    uint8 lane[16];     // ordering lane (see common/message.h); zero for version 1
-    int depth;          // nesting depth, 0: emitted by a client session
-    bool waited;        // an atx_exec caller waits for the outcome
+    uint8 lane[16];            // ordering lane (see common/message.h); zero for version 1
+    int depth;                 // nesting depth, 0: emitted by a client session
+    bool waited;               // an atx_exec caller waits for the outcome
     bool cancel_if_abandoned;  // ... and asked for cancellation when it stops waiting (version 3)
     Oid database_oid;
     Oid role_oid;
     const char* role_name;
     Oid session_role_oid;           // the principal (common/message.h); InvalidOid for version 1
     const char* session_role_name;  // "" for version 1
-    uint64 caller_xid;  // top-level FullTransactionId, 0 if none
-    int64 emit_time;    // TimestampTz
+    uint64 caller_xid;              // top-level FullTransactionId, 0 if none
+    int64 emit_time;                // TimestampTz
     int nguc;
     AtxGucC* gucs;
     const char* statement;

@@ -24,8 +24,7 @@ static void clear_at_xact_end(XactEvent event, void* arg)
         if (!current.across_xacts)
             memset(&current, 0, sizeof current);
         break;
-    default:
-        break;
+    default: break;
     }
 }
 
@@ -45,7 +44,6 @@ AtxCurrentMessage atx_current_message_push(const AtxMessageC* m, bool across_xac
 void atx_current_message_pop(const AtxCurrentMessage* saved) { current = *saved; }
 
 AtxCurrentMessage* atx_current_message(void) { return current.m != NULL ? &current : NULL; }
-
 
 // atx.current_message(OUT id uuid, OUT caller_role name, OUT caller_role_oid oid,
 //     OUT caller_xid xid8, OUT emitted_at timestamptz, OUT idempotency_key text,

@@ -6,9 +6,9 @@
 #include "codec_bridge.h"
 
 struct AtxCurrentMessage {
-    const AtxMessageC* m;   // not copied: must stay valid while current
-    uint32 nested_emits;    // emits made so far by this message's statement (derived ids)
-    bool across_xacts;      // a non-atomic run: survives the transactions its statement ends
+    const AtxMessageC* m;  // not copied: must stay valid while current
+    uint32 nested_emits;   // emits made so far by this message's statement (derived ids)
+    bool across_xacts;     // a non-atomic run: survives the transactions its statement ends
 };
 
 // Makes m current and returns what was current before (restore it afterwards, also on error:

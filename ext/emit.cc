@@ -36,15 +36,14 @@ static void check_can_emit(const char* fname)
     // The autonomous statement writes (or may write) what a read-only caller promised not to.
     if (XactReadOnly && !atx_allow_in_read_only)
         ereport(ERROR,
-                (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
-                 errmsg("%s cannot run in a read-only transaction", fname),
+                (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION), errmsg("%s cannot run in a read-only transaction", fname),
                  errdetail("The autonomous statement would run outside this transaction's read-only promise."),
                  errhint("Call it from a read-write transaction, or have a superuser set "
                          "atx.allow_in_read_only = on for the roles that may.")));
     if (wal_level < WAL_LEVEL_LOGICAL)
-        ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                        errmsg("%s requires wal_level = logical", fname),
-                        errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
+        ereport(ERROR,
+                (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE), errmsg("%s requires wal_level = logical", fname),
+                 errhint("Set wal_level = logical in postgresql.conf and restart the server.")));
     if (!atx_have_slot_for_database(MyDatabaseId))
         ereport(ERROR,
                 (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -367,8 +366,7 @@ static void batch_xact_callback(XactEvent event, void* arg)
         batch_depth = 0;
         batch_lsn = InvalidXLogRecPtr;
         break;
-    default:
-        break;
+    default: break;
     }
 }
 

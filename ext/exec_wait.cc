@@ -115,15 +115,15 @@ static void wait_for_outcome(AtxWaiterSlot* s, const uint8 id[16], const char* f
             if (seen == ATX_EXEC_WAITING || seen == ATX_EXEC_RUNNING) {
                 bool have_applier = atx_registry_pids(pids, lengthof(pids)) > 0;
                 ConditionVariableCancelSleep();
-                ereport(ERROR,
-                        (errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-                         errmsg("%s timed out after %d ms waiting for pg_atx message %s", fname, atx_exec_timeout,
-                                id_text),
-                         errdetail_internal("%s", fate_detail(seen, fname, id_text)),
-                         have_applier ? errhint("Raise atx.exec_timeout, or look for what holds up the apply sessions "
-                                                "(application_name 'atx-applier apply <n>' in pg_stat_activity).")
-                                      : errhint("No atx-applier apply session has connected to this database since "
-                                                "the server started: is atx-applier running?")));
+                ereport(
+                    ERROR,
+                    (errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+                     errmsg("%s timed out after %d ms waiting for pg_atx message %s", fname, atx_exec_timeout, id_text),
+                     errdetail_internal("%s", fate_detail(seen, fname, id_text)),
+                     have_applier ? errhint("Raise atx.exec_timeout, or look for what holds up the apply sessions "
+                                            "(application_name 'atx-applier apply <n>' in pg_stat_activity).")
+                                  : errhint("No atx-applier apply session has connected to this database since "
+                                            "the server started: is atx-applier running?")));
             }
             continue;  // being committed: the outcome is moments away
         }
@@ -167,8 +167,7 @@ void atx_exec_require_preload(const char* fname)
                                 "which does not wait.")));
 }
 
-void atx_exec_write_and_wait(const char* payload, size_t len, const uint8 id[16], const char* fname,
-                             AtxExecResult* out)
+void atx_exec_write_and_wait(const char* payload, size_t len, const uint8 id[16], const char* fname, AtxExecResult* out)
 {
     AtxWaiterSlot* slot;
     volatile bool written = false;

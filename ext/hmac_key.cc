@@ -115,21 +115,20 @@ static void create_key_file(const char* path)
 const uint8* atx_hmac_key(void)
 {
     if (!key_loaded) {
-        char* path = (atx_key_file && atx_key_file[0]) ? pstrdup(atx_key_file)
-                                                        : psprintf("%s/%s", DataDir, ATX_KEY_FILE);
+        char* path =
+            (atx_key_file && atx_key_file[0]) ? pstrdup(atx_key_file) : psprintf("%s/%s", DataDir, ATX_KEY_FILE);
         if (!read_key_file(path)) {
             // Only CREATE EXTENSION makes a key. A backend that finds none elsewhere must not
             // make its own: its messages would not authenticate anywhere else (a standby set up
             // without the key, or atx.key_file lost to a session's connection option).
             if (!creating_extension)
-                ereport(ERROR,
-                        (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-                         errmsg("pg_atx key file \"%s\" does not exist", path),
-                         errdetail("CREATE EXTENSION pg_atx creates it; every server that writes or applies "
-                                   "messages needs the same key."),
-                         errhint("Copy the primary's key file here (mode 0600), or, if atx.key_file names "
-                                 "another file, check that this session sees that setting (preload pg_atx with "
-                                 "shared_preload_libraries).")));
+                ereport(ERROR, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+                                errmsg("pg_atx key file \"%s\" does not exist", path),
+                                errdetail("CREATE EXTENSION pg_atx creates it; every server that writes or applies "
+                                          "messages needs the same key."),
+                                errhint("Copy the primary's key file here (mode 0600), or, if atx.key_file names "
+                                        "another file, check that this session sees that setting (preload pg_atx with "
+                                        "shared_preload_libraries).")));
             create_key_file(path);
             if (!read_key_file(path))
                 ereport(ERROR, (errcode_for_file_access(), errmsg("could not read file \"%s\": %m", path)));

@@ -57,8 +57,7 @@ void atx_load_payload(const char* payload, size_t len, XLogRecPtr lsn, AtxLoaded
     // A dropped role is an error, never a fallback to another role.
     if (!SearchSysCacheExists1(AUTHOID, ObjectIdGetDatum(l->m.role_oid)))
         fail(l, ATX_LOAD_DEAD, ERRCODE_UNDEFINED_OBJECT,
-             psprintf("role with OID %u (\"%s\") of the pg_atx message does not exist", l->m.role_oid,
-                      l->m.role_name));
+             psprintf("role with OID %u (\"%s\") of the pg_atx message does not exist", l->m.role_oid, l->m.role_name));
 }
 
 void atx_load_message(XLogRecPtr lsn, AtxLoaded* l) { atx_load_message_from(lsn, true, l); }

@@ -68,9 +68,9 @@ static void pg_init_body()
         "ALTER ROLE ... SET, connection options) and search_path, TimeZone, DateStyle and IntervalStyle.",
         &atx_capture_gucs, "", PGC_USERSET, GUC_LIST_INPUT, check_capture_gucs, NULL, NULL);
 
-    DefineCustomIntVariable("atx.max_payload_size", "Largest pg_atx message (bytes, MAC included) that atx_log will write.",
-                            NULL, &atx_max_payload_size, 1024 * 1024, 256, MaxAllocSize / 2, PGC_SUSET, GUC_UNIT_BYTE,
-                            NULL, NULL, NULL);
+    DefineCustomIntVariable(
+        "atx.max_payload_size", "Largest pg_atx message (bytes, MAC included) that atx_log will write.", NULL,
+        &atx_max_payload_size, 1024 * 1024, 256, MaxAllocSize / 2, PGC_SUSET, GUC_UNIT_BYTE, NULL, NULL, NULL);
 
     DefineCustomBoolVariable("atx.validate", "Parse, analyze and check privileges of a statement when it is emitted.",
                              "A statement that can never run then fails in the caller with its own SQLSTATE.",
@@ -107,8 +107,8 @@ static void pg_init_body()
                                 "caller.",
                                 "Reserved in shared memory for every backend; larger results are dropped while they "
                                 "are produced (result_truncated).",
-                                &atx_exec_max_result_bytes, 16384, 0, 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_BYTE,
-                                NULL, NULL, NULL);
+                                &atx_exec_max_result_bytes, 16384, 0, 1024 * 1024, PGC_POSTMASTER, GUC_UNIT_BYTE, NULL,
+                                NULL, NULL);
     }
 
     MarkGUCPrefixReserved("atx");

@@ -46,11 +46,11 @@ PGDLLEXPORT void atx_nonatomic_main(Datum arg);
 // What the launcher and its worker share (a DSM segment). The payload follows the struct.
 enum NonatomicState {
     NA_LAUNCHED = 0,
-    NA_ALREADY,      // handled before: nothing done
-    NA_IN_DOUBT,     // found started before: dead-lettered 40003
-    NA_CLAIMED,      // recorded as started (durably); the statement is about to run
-    NA_APPLIED,      // ran and committed; recorded
-    NA_FAILED,       // failed; dead-lettered
+    NA_ALREADY,   // handled before: nothing done
+    NA_IN_DOUBT,  // found started before: dead-lettered 40003
+    NA_CLAIMED,   // recorded as started (durably); the statement is about to run
+    NA_APPLIED,   // ran and committed; recorded
+    NA_FAILED,    // failed; dead-lettered
 };
 
 struct NonatomicShared {
@@ -108,14 +108,15 @@ static const char* claim(const AtxMessageC* m, XLogRecPtr lsn)
     v[1] = LSNGetDatum(lsn);
     // A parked message is claimed from its record, which keeps the payload: found started after
     // a crash, it is loaded from there to be dead-lettered in doubt.
-    if (SPI_execute_with_args("WITH c AS (INSERT INTO atx.applied (message_id, lsn, status) VALUES ($1, $2, 'started') "
-                              "ON CONFLICT (message_id) DO UPDATE SET status = 'started', handled_at = pg_catalog.now() "
-                              "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked' "
-                              "RETURNING 'claimed'::pg_catalog.text AS s) "
-                              "SELECT s FROM c UNION ALL "
-                              "SELECT status FROM atx.applied WHERE message_id OPERATOR(pg_catalog.=) $1 "
-                              "AND NOT EXISTS (SELECT 1 FROM c) LIMIT 1",
-                              2, types, v, NULL, false, 0) != SPI_OK_SELECT ||
+    if (SPI_execute_with_args(
+            "WITH c AS (INSERT INTO atx.applied (message_id, lsn, status) VALUES ($1, $2, 'started') "
+            "ON CONFLICT (message_id) DO UPDATE SET status = 'started', handled_at = pg_catalog.now() "
+            "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked' "
+            "RETURNING 'claimed'::pg_catalog.text AS s) "
+            "SELECT s FROM c UNION ALL "
+            "SELECT status FROM atx.applied WHERE message_id OPERATOR(pg_catalog.=) $1 "
+            "AND NOT EXISTS (SELECT 1 FROM c) LIMIT 1",
+            2, types, v, NULL, false, 0) != SPI_OK_SELECT ||
         SPI_processed != 1)
         elog(ERROR, "could not claim the message");
     return TextDatumGetCString(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -304,9 +305,9 @@ void atx_nonatomic_main(Datum arg)
             bookkeeping_begin(&save_user, &save_sec);
             atx_dead_letter_write(&m, sh->lsn, sh->payload, sh->payload_len, edata->sqlerrcode, edata->message,
                                   edata->detail, edata->hint, sh->attempts, sh->first_failed);
-            record_final(&m, sh->lsn, "dead",
-                         outcome_json(&m, "failed", edata->sqlerrcode, edata->message, edata->detail, edata->hint,
-                                      NULL, 0));
+            record_final(
+                &m, sh->lsn, "dead",
+                outcome_json(&m, "failed", edata->sqlerrcode, edata->message, edata->detail, edata->hint, NULL, 0));
             bookkeeping_end(save_user, save_sec);
         }
         sh->state = NA_FAILED;
@@ -439,7 +440,8 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
         // Nothing ran: the applier tries again later.
         v[0] = CStringGetTextDatum("retry");
         v[1] = CStringGetTextDatum("53000");
-        v[2] = CStringGetTextDatum("could not start a background worker for a non-atomic message (max_worker_processes)");
+        v[2] =
+            CStringGetTextDatum("could not start a background worker for a non-atomic message (max_worker_processes)");
         nulls[1] = nulls[2] = false;
         PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc), v, nulls)));
     }
@@ -519,8 +521,8 @@ static Datum run_nonatomic_body(FunctionCallInfo fcinfo)
     MemoryContextSwitchTo(caller);
     v[0] = CStringGetTextDatum(status);
     if (sh->sqlerrcode != 0 || sh->state == NA_IN_DOUBT) {
-        v[1] = CStringGetTextDatum(unpack_sql_state(sh->sqlerrcode ? sh->sqlerrcode
-                                                                     : ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN));
+        v[1] = CStringGetTextDatum(
+            unpack_sql_state(sh->sqlerrcode ? sh->sqlerrcode : ERRCODE_T_R_STATEMENT_COMPLETION_UNKNOWN));
         v[2] = CStringGetTextDatum(sh->error[0] ? sh->error : "started before and not finished: in doubt");
         nulls[1] = nulls[2] = false;
     }

@@ -9,10 +9,7 @@
 static RepOriginId cached_origin = InvalidRepOriginId;
 static bool callback_registered = false;
 
-static void origin_cache_reset(Datum arg, int cacheid, uint32 hashvalue)
-{
-    cached_origin = InvalidRepOriginId;
-}
+static void origin_cache_reset(Datum arg, int cacheid, uint32 hashvalue) { cached_origin = InvalidRepOriginId; }
 
 RepOriginId atx_emit_origin_id(bool missing_ok)
 {

@@ -31,9 +31,9 @@ extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks* cb);
 
 // Per-slot-session state, allocated in the decoding context.
 struct AtxDecodingState {
-    MemoryContext context;   // reset after every callback
-    bool text_format;        // format 'text', else binary
-    RepOriginId origin;      // id of origin "pg_atx"; Invalid while is_init or unknown
+    MemoryContext context;  // reset after every callback
+    bool text_format;       // format 'text', else binary
+    RepOriginId origin;     // id of origin "pg_atx"; Invalid while is_init or unknown
     TimestampTz origin_checked;
     // Origins seen that are not ours, re-checked after a while: the pg_atx origin may be dropped
     // and created again under a new id, and then every new message carries that id.
@@ -110,9 +110,7 @@ static void startup_body(LogicalDecodingContext* ctx, OutputPluginOptions* opt, 
 
 static void begin_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn) {}
 static void commit_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr commit_lsn) {}
-static void change_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, Relation rel, ReorderBufferChange* change)
-{
-}
+static void change_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, Relation rel, ReorderBufferChange* change) {}
 static void shutdown_cb(LogicalDecodingContext* ctx) {}
 
 // true = drop. Records without an origin (all ordinary DML) are dropped at once; the cached id
@@ -165,14 +163,15 @@ static void append_text_line(StringInfo out, XLogRecPtr start, XLogRecPtr lsn, c
     uint8 mac[32];
 
     if (!atx_decode_payload(message, size, &m, &err)) {
-        appendStringInfo(out, "pg_atx message start=%X/%X lsn=%X/%X undecodable (SQLSTATE %s): %s",
-                         ATX_LSN_ARGS(start), ATX_LSN_ARGS(lsn), unpack_sql_state(err.sqlerrcode), err.message);
+        appendStringInfo(out, "pg_atx message start=%X/%X lsn=%X/%X undecodable (SQLSTATE %s): %s", ATX_LSN_ARGS(start),
+                         ATX_LSN_ARGS(lsn), unpack_sql_state(err.sqlerrcode), err.message);
         return;
     }
     atx_hmac_sha256(m.body, m.body_len, mac);
     if (!atx_mac_equal(mac, (const uint8*)m.mac)) {
-        appendStringInfo(out, "pg_atx message start=%X/%X lsn=%X/%X unauthenticated (HMAC mismatch): ",
-                         ATX_LSN_ARGS(start), ATX_LSN_ARGS(lsn));
+        appendStringInfo(out,
+                         "pg_atx message start=%X/%X lsn=%X/%X unauthenticated (HMAC mismatch): ", ATX_LSN_ARGS(start),
+                         ATX_LSN_ARGS(lsn));
         atx_append_hex(out, message, size);
         return;
     }
@@ -180,8 +179,8 @@ static void append_text_line(StringInfo out, XLogRecPtr start, XLogRecPtr lsn, c
     appendStringInfo(out,
                      "pg_atx message id=%s start=%X/%X lsn=%X/%X db=%u role=%s xid=" UINT64_FORMAT
                      " depth=%d key=%s statement=%s params=[",
-                     id, ATX_LSN_ARGS(start), ATX_LSN_ARGS(lsn), m.database_oid, m.role_name, m.caller_xid,
-                     m.depth, m.key ? m.key : "-", m.statement);
+                     id, ATX_LSN_ARGS(start), ATX_LSN_ARGS(lsn), m.database_oid, m.role_name, m.caller_xid, m.depth,
+                     m.key ? m.key : "-", m.statement);
     for (int i = 0; i < m.nparams; i++) {
         const AtxParamC* p = &m.params[i];
         StringInfoData v;
@@ -199,8 +198,8 @@ static void append_text_line(StringInfo out, XLogRecPtr start, XLogRecPtr lsn, c
     appendStringInfoChar(out, ']');
 }
 
-static void message_body(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr message_lsn,
-                         bool transactional, const char* prefix, Size message_size, const char* message)
+static void message_body(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr message_lsn, bool transactional,
+                         const char* prefix, Size message_size, const char* message)
 {
     AtxDecodingState* st = (AtxDecodingState*)ctx->output_plugin_private;
     // A non-transactional message is decoded as its record is read: the reader is still on it.
@@ -252,8 +251,8 @@ static bool filter_by_origin_cb(LogicalDecodingContext* ctx, RepOriginId origin_
     return filter_by_origin_body(ctx, origin_id);  // plain C style: PostgreSQL errors only
 }
 
-static void message_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr message_lsn,
-                       bool transactional, const char* prefix, Size message_size, const char* message)
+static void message_cb(LogicalDecodingContext* ctx, ReorderBufferTXN* txn, XLogRecPtr message_lsn, bool transactional,
+                       const char* prefix, Size message_size, const char* message)
 {
     ATX_CALLBACK_GUARD(message_body(ctx, txn, message_lsn, transactional, prefix, message_size, message));
 }

@@ -12,9 +12,9 @@ ParamListInfo atx_bind_params(const AtxMessageC* m, Oid* types)
         Oid fn, ioparam;
 
         if (!SearchSysCacheExists1(TYPEOID, ObjectIdGetDatum(p->type_oid)))
-            ereport(ERROR, (errcode(ERRCODE_UNDEFINED_OBJECT),
-                            errmsg("type %s (OID %u) of parameter $%d does not exist", p->type_name, p->type_oid,
-                                   i + 1)));
+            ereport(ERROR,
+                    (errcode(ERRCODE_UNDEFINED_OBJECT),
+                     errmsg("type %s (OID %u) of parameter $%d does not exist", p->type_name, p->type_oid, i + 1)));
         types[i] = p->type_oid;
         prm->ptype = p->type_oid;
         prm->pflags = PARAM_FLAG_CONST;

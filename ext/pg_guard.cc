@@ -62,9 +62,8 @@ void capture_exception(CaughtError& e) noexcept
 
 void raise_caught(const CaughtError& e)
 {
-    ereport(ERROR, (errcode(e.sqlerrcode ? e.sqlerrcode : ERRCODE_INTERNAL_ERROR),
-                    errmsg("%s", e.message), e.detail[0] ? errdetail("%s", e.detail) : 0,
-                    e.hint[0] ? errhint("%s", e.hint) : 0));
+    ereport(ERROR, (errcode(e.sqlerrcode ? e.sqlerrcode : ERRCODE_INTERNAL_ERROR), errmsg("%s", e.message),
+                    e.detail[0] ? errdetail("%s", e.detail) : 0, e.hint[0] ? errhint("%s", e.hint) : 0));
     pg_unreachable();
 }
 

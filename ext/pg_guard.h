@@ -104,17 +104,17 @@ void capture_exception(CaughtError& e) noexcept;
 
 // Defines extern "C" Datum name(PG_FUNCTION_ARGS) calling `Datum body(FunctionCallInfo)`.
 // body is plain-C-style code (see above) and may ereport directly.
-#define ATX_ENTRY(name, body)                                   \
-    extern "C" {                                                \
-    PG_FUNCTION_INFO_V1(name);                                  \
-    }                                                           \
-    extern "C" Datum name(PG_FUNCTION_ARGS)                     \
-    {                                                           \
-        atx::CaughtError caught_;                               \
-        try {                                                   \
-            return body(fcinfo);                                \
-        } catch (...) {                                         \
-            atx::capture_exception(caught_);                    \
-        }                                                       \
-        atx::raise_caught(caught_);                             \
+#define ATX_ENTRY(name, body)                \
+    extern "C" {                             \
+    PG_FUNCTION_INFO_V1(name);               \
+    }                                        \
+    extern "C" Datum name(PG_FUNCTION_ARGS)  \
+    {                                        \
+        atx::CaughtError caught_;            \
+        try {                                \
+            return body(fcinfo);             \
+        } catch (...) {                      \
+            atx::capture_exception(caught_); \
+        }                                    \
+        atx::raise_caught(caught_);          \
     }

@@ -6,9 +6,9 @@
 
 static Datum removed_body(FunctionCallInfo fcinfo)
 {
-    ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                    errmsg("this pg_atx 0.1 function was removed in pg_atx 0.2"),
-                    errhint("Run ALTER EXTENSION pg_atx UPDATE, and use atx-applier 0.2.")));
+    ereport(ERROR,
+            (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("this pg_atx 0.1 function was removed in pg_atx 0.2"),
+             errhint("Run ALTER EXTENSION pg_atx UPDATE, and use atx-applier 0.2.")));
     PG_RETURN_NULL();
 }
 

@@ -4,10 +4,10 @@
 #include "result_receiver.h"
 
 struct AtxResultReceiver {
-    DestReceiver pub;         // must be first
-    MemoryContext owner;      // where the JSON lives
-    MemoryContext per_row;    // reset after each row
-    TupleDesc desc;           // blessed copy of the current statement's result type
+    DestReceiver pub;       // must be first
+    MemoryContext owner;    // where the JSON lives
+    MemoryContext per_row;  // reset after each row
+    TupleDesc desc;         // blessed copy of the current statement's result type
     StringInfoData json;
     int cap;
     uint64 rows;

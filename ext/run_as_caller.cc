@@ -109,8 +109,7 @@ static bool transient_sqlstate(int code)
     case ERRCODE_SYSTEM_ERROR:               // 58000
     case ERRCODE_IO_ERROR:                   // 58030
         return true;
-    default:
-        break;
+    default: break;
     }
     // Whole classes: connection exceptions, insufficient resources.
     return ERRCODE_TO_CATEGORY(code) == ERRCODE_CONNECTION_EXCEPTION ||
@@ -248,9 +247,9 @@ static void reset_session_state(bool unrestricted)
     uint32 r;
 
     drop_new_portals();
-    LockReleaseSession(USER_LOCKMETHOD);  // pg_advisory_lock(): pg_advisory_unlock_all()
-    ResetSequenceCaches();                // lastval(), currval(), cached values
-    if (pg_strong_random(&r, sizeof r)) { // setseed() of one message must not steer another's random()
+    LockReleaseSession(USER_LOCKMETHOD);   // pg_advisory_lock(): pg_advisory_unlock_all()
+    ResetSequenceCaches();                 // lastval(), currval(), cached values
+    if (pg_strong_random(&r, sizeof r)) {  // setseed() of one message must not steer another's random()
         seed = ((float8)r / (float8)PG_UINT32_MAX) * 2.0 - 1.0;
         DirectFunctionCall1(setseed, Float8GetDatum(seed));
     }
@@ -294,8 +293,8 @@ static bool claim_key(const AtxMessageC* m)
 
 // One attempt in its own subtransaction. Returns normally with out filled (status "applied" or
 // "duplicate"); an error propagates to the caller's PG_CATCH with the subtransaction still open.
-static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxOutcome* out,
-                     AtxResultReceiver** rr_out, MemoryContext outer)
+static void run_once(const AtxMessageC* m, int timeout_ms, bool restricted, AtxOutcome* out, AtxResultReceiver** rr_out,
+                     MemoryContext outer)
 {
     Oid save_userid;
     int save_sec_context;

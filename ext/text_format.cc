@@ -61,12 +61,9 @@ static bool valid_text(Oid type, const char* data, int len)
     case VARCHAROID:
     case BPCHAROID:
     case NAMEOID:
-    case JSONOID:
-        return pg_verify_mbstr(GetDatabaseEncoding(), data, len, true);
-    case JSONBOID:
-        return len >= 1 && pg_verify_mbstr(GetDatabaseEncoding(), data + 1, len - 1, true);
-    default:
-        return true;
+    case JSONOID: return pg_verify_mbstr(GetDatabaseEncoding(), data, len, true);
+    case JSONBOID: return len >= 1 && pg_verify_mbstr(GetDatabaseEncoding(), data + 1, len - 1, true);
+    default: return true;
     }
 }
 

@@ -157,10 +157,8 @@ bool analyzable(Node* stmt)
     case T_UpdateStmt:
     case T_DeleteStmt:
     case T_MergeStmt:
-    case T_CallStmt:
-        return true;
-    default:
-        return false;
+    case T_CallStmt: return true;
+    default: return false;
     }
 }
 
@@ -210,8 +208,8 @@ void atx_validate_statement(const char* statement, int nargs, const Oid* types)
         MemoryContextSwitchTo(oldcontext);
         nest = NewGUCNestLevel();
         if (LockTimeout == 0 || LockTimeout > kValidateLockTimeoutMs)
-            (void)set_config_option("lock_timeout", kValidateLockTimeout, PGC_USERSET, PGC_S_SESSION,
-                                    GUC_ACTION_SAVE, true, 0, false);
+            (void)set_config_option("lock_timeout", kValidateLockTimeout, PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE,
+                                    true, 0, false);
         PG_TRY();
         {
             ErrorContextCallback errcb;

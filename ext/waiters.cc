@@ -254,13 +254,11 @@ static void exec_xact_callback(XactEvent event, void* arg)
         pending = NIL;
         committing = NIL;
         break;
-    default:
-        break;
+    default: break;
     }
 }
 
-static void exec_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid,
-                                  void* arg)
+static void exec_subxact_callback(SubXactEvent event, SubTransactionId mySubid, SubTransactionId parentSubid, void* arg)
 {
     ListCell* lc;
     (void)arg;
@@ -399,8 +397,8 @@ AtxWaiterSlot* atx_waiter_register(const uint8 id[16], const char* fname)
     int i = my_slot_index();
 
     if (i < 0 || i >= shared->nslots)
-        ereport(ERROR, (errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-                        errmsg("%s cannot run in this process (slot %d)", fname, i)));
+        ereport(ERROR,
+                (errcode(ERRCODE_FEATURE_NOT_SUPPORTED), errmsg("%s cannot run in this process (slot %d)", fname, i)));
     if (!exit_callback_registered) {
         before_shmem_exit(release_at_exit, (Datum)0);
         exit_callback_registered = true;

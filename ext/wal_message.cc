@@ -84,14 +84,13 @@ bool atx_read_wal_message(XLogRecPtr lsn, char** payload, size_t* len, char** wh
     rec = XLogReadRecord(r, &errormsg);
     MemoryContextSwitchTo(caller);
     if (rec == NULL)
-        ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED),
-                        errmsg("could not read the WAL record at %X/%X: %s", ATX_LSN_ARGS(lsn),
-                               errormsg ? errormsg : "unknown error")));
+        ereport(ERROR,
+                (errcode(ERRCODE_DATA_CORRUPTED), errmsg("could not read the WAL record at %X/%X: %s",
+                                                         ATX_LSN_ARGS(lsn), errormsg ? errormsg : "unknown error")));
     if (XLogRecGetRmid(r) != RM_LOGICALMSG_ID || (XLogRecGetInfo(r) & ~XLR_INFO_MASK) != XLOG_LOGICAL_MESSAGE)
         return refuse(why, "the WAL record at %X/%X is not a logical message", lsn);
     xlrec = (xl_logical_message*)XLogRecGetData(r);
-    if (xlrec->transactional || xlrec->dbId != MyDatabaseId ||
-        xlrec->prefix_size != strlen(atx::kMessagePrefix) + 1 ||
+    if (xlrec->transactional || xlrec->dbId != MyDatabaseId || xlrec->prefix_size != strlen(atx::kMessagePrefix) + 1 ||
         strcmp(xlrec->message, atx::kMessagePrefix) != 0)
         return refuse(why, "the logical message at %X/%X is not a pg_atx message of this database", lsn);
     // Checked last: the origin is what only atx_log can set.

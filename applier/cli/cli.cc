@@ -42,8 +42,7 @@ const Command kCommands[] = {
     {"discard", "<id|message-id> --reason TEXT", "delete a dead letter, keeping an audit trail", define_discard,
      run_discard},
     {"dead-letter", "<lsn|message-id> --reason TEXT",
-     "dead-letter one message without running it (57000), keeping an audit trail", define_dead_letter,
-     run_dead_letter},
+     "dead-letter one message without running it (57000), keeping an audit trail", define_dead_letter, run_dead_letter},
     {"check", "", "verify the server setup and the applier role's privileges", define_check, run_check},
 };
 
@@ -77,8 +76,9 @@ std::unique_ptr<CLI::App> make_app(const Command& cmd, Options& o)
     define_common(*app, o);
     cmd.define(*app, o);
     for (CLI::Option* opt : app->get_options())
-        if (opt->get_lnames().empty() || (opt->get_lnames().front() != "conninfo" && opt->get_lnames().front() != "dbname" &&
-                                          opt->get_lnames().front() != "state-dir"))
+        if (opt->get_lnames().empty() ||
+            (opt->get_lnames().front() != "conninfo" && opt->get_lnames().front() != "dbname" &&
+             opt->get_lnames().front() != "state-dir"))
             opt->configurable(false);
     // The daemon's file: its other settings are the daemon's, and names outside it are refused.
     app->set_config("--config", "", "the daemon's config file: conninfo, dbname and state-dir are read from it")

@@ -99,8 +99,7 @@ std::string iso_time(int64_t unix_us)
 
 int64_t now_us()
 {
-    return std::chrono::duration_cast<std::chrono::microseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
@@ -142,8 +141,8 @@ std::string audit(const Context& c, json entry)
     const std::string line = entry.dump(-1, ' ', false, json::error_handler_t::replace) + "\n";
     const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0 || ::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size()) || ::fsync(fd) != 0) {
-        std::fprintf(stderr, "atx-applier: warning: cannot write the audit file %s: %s\n",
-                     printable(path).c_str(), std::strerror(errno));
+        std::fprintf(stderr, "atx-applier: warning: cannot write the audit file %s: %s\n", printable(path).c_str(),
+                     std::strerror(errno));
         if (fd >= 0)
             ::close(fd);
         return "";

@@ -46,8 +46,11 @@ int run_dead_letter(Context& c)
     PgConn& conn = *d.conn;
     const std::optional<std::string> id =
         conn.scalar("SELECT atx.dead_letter_message($1::pg_catalog.pg_lsn, 'operator')::pg_catalog.text", {lsn});
-    json entry{{"action", "dead-letter"}, {"database", d.name}, {"lsn", lsn},
-               {"message_id", id ? json(*id) : json(nullptr)}, {"reason", c.opt.reason}};
+    json entry{{"action", "dead-letter"},
+               {"database", d.name},
+               {"lsn", lsn},
+               {"message_id", id ? json(*id) : json(nullptr)},
+               {"reason", c.opt.reason}};
     if (!id) {
         c.print(json{{"database", d.name}, {"lsn", lsn}, {"result", "handled before"}},
                 "the message at " + lsn + " was handled before: nothing to do\n");
@@ -56,8 +59,12 @@ int run_dead_letter(Context& c)
     const std::string file = audit(c, entry);
     server_log(conn, "pg_atx: atx-applier dead-letter of the message at " + lsn + " (" + *id + ") by OS user " +
                          os_user() + ", reason: " + c.opt.reason);
-    c.print(json{{"database", d.name}, {"lsn", lsn}, {"message_id", *id}, {"result", "dead-lettered"},
-                 {"reason", c.opt.reason}, {"audit_file", file.empty() ? json(nullptr) : json(file)}},
+    c.print(json{{"database", d.name},
+                 {"lsn", lsn},
+                 {"message_id", *id},
+                 {"result", "dead-lettered"},
+                 {"reason", c.opt.reason},
+                 {"audit_file", file.empty() ? json(nullptr) : json(file)}},
             "dead-lettered the message at " + lsn + " (" + *id + ") in " + printable(d.name) +
                 " without running it (57000)\n  reason: " + printable(c.opt.reason, 500) + "\n  audit: server log" +
                 (file.empty() ? "" : ", " + printable(file)) + "\n");

@@ -38,8 +38,9 @@ int run_discard(Context& c)
     if (PQntuples(del.get()) == 0) {
         conn.exec("ROLLBACK", {}, PGRES_COMMAND_OK);
         // Visible but not deleted: row-level security has no DELETE policy for this role.
-        const bool visible = try_scalar(conn, "SELECT 1 FROM atx.dead_letter l WHERE l.id OPERATOR(pg_catalog.=) "
-                                              "$1::pg_catalog.int8",
+        const bool visible = try_scalar(conn,
+                                        "SELECT 1 FROM atx.dead_letter l WHERE l.id OPERATOR(pg_catalog.=) "
+                                        "$1::pg_catalog.int8",
                                         {id})
                                  .has_value();
         if (visible)
@@ -51,7 +52,7 @@ int run_discard(Context& c)
     }
     const json row = json::parse(field(del.get(), 0, 0).value_or("null"), nullptr, false);
     const std::string message_id = field(del.get(), 0, 1).value_or("");
-    json entry{{"action", "discard"}, {"database", d.name}, {"id", std::stoll(id)},
+    json entry{{"action", "discard"},      {"database", d.name},     {"id", std::stoll(id)},
                {"message_id", message_id}, {"reason", c.opt.reason}, {"row", row}};
     // The trail is written before the delete commits: a crash in between leaves an audit entry
     // for a row that still exists (harmless), never a deleted row without a trail.
@@ -60,8 +61,9 @@ int run_discard(Context& c)
                          os_user() + ", reason: " + c.opt.reason +
                          "; row: " + row.dump(-1, ' ', false, json::error_handler_t::replace));
     conn.exec("COMMIT", {}, PGRES_COMMAND_OK);
-    json res{{"database", d.name}, {"id", std::stoll(id)}, {"message_id", message_id},
-             {"result", "discarded"}, {"reason", c.opt.reason}, {"audit_file", file.empty() ? json(nullptr) : json(file)}};
+    json res{{"database", d.name},       {"id", std::stoll(id)},
+             {"message_id", message_id}, {"result", "discarded"},
+             {"reason", c.opt.reason},   {"audit_file", file.empty() ? json(nullptr) : json(file)}};
     // RocksDB meta, when the daemon does not hold the lock.
     std::string meta = "not written: no --state-dir";
     if (!c.opt.state_dir.empty() && !message_id.empty()) {
@@ -70,7 +72,8 @@ int run_discard(Context& c)
             c.state.reset();  // release our read-only handle first
             try {
                 auto store = StateStore::open(c.opt.state_dir);
-                store->put_meta(d.scope(), "discarded:" + message_id, entry.dump(-1, ' ', false, json::error_handler_t::replace));
+                store->put_meta(d.scope(), "discarded:" + message_id,
+                                entry.dump(-1, ' ', false, json::error_handler_t::replace));
                 meta = "written";
             } catch (const std::exception& e) {
                 meta = std::string("not written (daemon running?): ") + e.what();

@@ -82,8 +82,8 @@ int run_retry(Context& c)
         json a = r;
         a["action"] = "retry";
         audit(c, a);
-        std::string line = "dead letter #" + ts[i].id + " (" + printable(d.name) + ", message " + shown(r["message_id"]) +
-                           "): " + result;
+        std::string line = "dead letter #" + ts[i].id + " (" + printable(d.name) + ", message " +
+                           shown(r["message_id"]) + "): " + result;
         if (r.contains("sqlstate") && r["sqlstate"].is_string())
             line += " " + shown(r["sqlstate"], 10);
         if (r.contains("error") && r["error"].is_string())
@@ -99,8 +99,8 @@ int run_retry(Context& c)
         if (result == "refused" || result == "unknown")
             break;  // no privilege, or no connection: the next ones would fare the same
     }
-    human += "retried " + std::to_string(out.size()) + " of " + std::to_string(ts.size()) + ": " +
-             std::to_string(ok) + " done, " + std::to_string(failed) + " still failing" +
+    human += "retried " + std::to_string(out.size()) + " of " + std::to_string(ts.size()) + ": " + std::to_string(ok) +
+             " done, " + std::to_string(failed) + " still failing" +
              (gone ? ", " + std::to_string(gone) + " gone meanwhile" : "") + "\n";
     if (stopped)
         human += "stopped: " + shown(out.back()["result"]) +

@@ -112,23 +112,27 @@ int run_status(Context& c)
             const std::string local = local_state(c, d, j);
 
             human += "database " + printable(d.name) + " (oid " + d.oid + "): " +
-                     (active ? "streaming" : slot_exists ? "NOT streaming (slot inactive)" : "NO SLOT") + "\n";
+                     (active        ? "streaming"
+                      : slot_exists ? "NOT streaming (slot inactive)"
+                                    : "NO SLOT") +
+                     "\n";
             human += "  slot:          " + printable(slot.value_or("unknown (extension missing)")) +
                      (slot_exists ? " wal_status=" + field(r.get(), 0, 1).value_or("?") +
                                         (active ? " pid=" + field(r.get(), 0, 4).value_or("?") : "")
                                   : " missing") +
                      "\n";
-            human += "  confirmed:     " + confirmed.value_or("-") + " (the slot's confirmed position: the stream resumes here)\n";
-            human += "  apply horizon: " +
-                     (horizon ? *horizon + " (every message before it was handled; updated " +
-                                    horizon_at.value_or("-") + ")"
-                              : std::string("unknown (extension missing or no privilege)")) +
-                     "\n";
+            human += "  confirmed:     " + confirmed.value_or("-") +
+                     " (the slot's confirmed position: the stream resumes here)\n";
+            human +=
+                "  apply horizon: " +
+                (horizon ? *horizon + " (every message before it was handled; updated " + horizon_at.value_or("-") + ")"
+                         : std::string("unknown (extension missing or no privilege)")) +
+                "\n";
             human += "  lag:           " + (lag_b ? *lag_b + " bytes" : std::string("unknown")) +
                      (lag_s ? ", flush lag " + *lag_s + " s" : "") + "\n";
             human += local;
-            human += "  dead letters:  " + dl.value_or("unknown") + (dl_oldest ? " (oldest " + *dl_oldest + ")" : "") +
-                     "\n";
+            human +=
+                "  dead letters:  " + dl.value_or("unknown") + (dl_oldest ? " (oldest " + *dl_oldest + ")" : "") + "\n";
         } catch (const PgError& e) {
             j["error"] = e.what();
             human += "database " + (name.empty() ? std::string("(default)") : printable(name)) + ": ERROR " +

@@ -47,8 +47,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size)
     }
     if (!has_magic)
         fail("decoded a payload that peek_version rejects");
-    if (d.mac.size() != atx::kMacSize || d.body.size() + d.mac.size() != in.size() ||
-        d.body.data() != in.data() || d.mac.data() != in.data() + d.body.size())
+    if (d.mac.size() != atx::kMacSize || d.body.size() + d.mac.size() != in.size() || d.body.data() != in.data() ||
+        d.mac.data() != in.data() + d.body.size())
         fail("body/mac do not partition the input");
 
     std::string body;

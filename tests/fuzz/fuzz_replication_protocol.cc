@@ -88,8 +88,8 @@ void check_status_update(std::string_view in)
     const std::string msg = build_status_update(w, f, a, t, req);
     try {
         atx::ByteReader r(msg);
-        if (r.u8() != 'r' || r.u64() != w || r.u64() != f || r.u64() != a || r.i64() != t ||
-            r.u8() != (req ? 1 : 0) || !r.at_end())
+        if (r.u8() != 'r' || r.u64() != w || r.u64() != f || r.u64() != a || r.i64() != t || r.u8() != (req ? 1 : 0) ||
+            !r.at_end())
             fail("build_status_update wrote something else");
     } catch (const atx::DecodeError&) {
         fail("build_status_update output is short");

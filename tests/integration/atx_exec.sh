@@ -5,6 +5,8 @@
 # (the abandoned message is cancelled and recorded where its role sees it; atx.exec_on_abandon =
 # apply applies it later), nesting to 16 levels, no preload; latency next to dblink.
 . "$(dirname "$0")/../lib/testlib.sh"
+# shellcheck disable=SC2206 # ATX_EXEC_APPLIER_ARGS: more applier options, a word list on purpose
+EXEC_APPLIER_ARGS=(${ATX_EXEC_APPLIER_ARGS:-})
 
 atx_test_cluster "shared_preload_libraries = 'pg_atx'" || { not_ok "cluster start"; done_testing; }
 q <<'SQL' >/dev/null
@@ -27,7 +29,7 @@ EXCEPTION WHEN OTHERS OR query_canceled THEN
 END
 $$;
 SQL
-applier_start ${ATX_EXEC_APPLIER_ARGS:-}
+applier_start "${EXEC_APPLIER_ARGS[@]}"
 wait_for_slot || not_ok "applier created the slot"
 
 # 1. The acceptance example: the caller rolls back, atx_exec returned the id, the row stays.
@@ -191,7 +193,7 @@ out=$(q -c "SET atx.exec_timeout = 300" -c "SELECT state FROM try_exec('INSERT I
 check_eq "no applier: timeout" 55P03 "$out"
 out=$(q -c "SET atx.exec_timeout = 300" -c "SET atx.exec_on_abandon = apply" -c "SELECT state FROM try_exec('INSERT INTO t(v) VALUES (''offline apply'')')")
 check_eq "no applier, exec_on_abandon = apply: timeout" 55P03 "$out"
-applier_start ${ATX_EXEC_APPLIER_ARGS:-}
+applier_start "${EXEC_APPLIER_ARGS[@]}"
 check "offline message in apply mode applied once the applier is back" wait_for 20 bash -c \
     "[ \$(psql -qAtX -c \"SELECT count(*) FROM t WHERE v = 'offline apply'\") = 1 ]"
 check_eq "... the cancelled one was not" 0 "$(q -c "SELECT count(*) FROM t WHERE v = 'offline'")"
@@ -204,7 +206,7 @@ out=$(q -c "SELECT r->>'status', r->>'sqlstate', r->>'error' FROM atx_exec_norai
 check "over the apply timeout: failed with 57014" grep -q "^failed|57014|canceling statement due to the pg_atx apply timeout" <<<"$out"
 check_eq "... and it is the dead letter" 1 "$(q -c "SELECT count(*) FROM atx.dead_letter WHERE statement = 'SELECT pg_sleep(2)'")"
 applier_stop
-applier_start ${ATX_EXEC_APPLIER_ARGS:-}
+applier_start "${EXEC_APPLIER_ARGS[@]}"
 
 # 9. Latency: median of 200 atx_exec calls; dblink_exec next to it (new connection per call, as the
 # usual autonomous-transaction emulation does, and one kept connection).

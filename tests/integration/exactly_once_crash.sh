@@ -42,7 +42,7 @@ BEGIN
     END LOOP;
 END $$;
 SQL
-ARGS=(--batch-size 200 --apply-sessions $SESSIONS --lock-timeout-ms 200 --retry-base-ms 50 --retry-cap-ms 400
+ARGS=(--batch-size 200 --apply-sessions "$SESSIONS" --lock-timeout-ms 200 --retry-base-ms 50 --retry-cap-ms 400
       --max-attempts 100)
 applier_start "${ARGS[@]}"
 wait_for_slot || not_ok "applier created the slot"

@@ -75,6 +75,7 @@ if mount -t tmpfs -o size=16m tmpfs "$STATE" 2>"$TEST_DIR/mount.err"; then
     # 6. Started while the directory is full (found by tools/atx soak): it waits for room instead
     # of exiting with the status systemd does not restart.
     dd if=/dev/zero of="$STATE/filler" bs=64k 2>/dev/null
+    # shellcheck disable=SC2034 # read by the eval below
     waits_before=$(grep -c "event=state_dir_unavailable" "$TEST_DIR/applier.log")
     streams_before=$(grep -c "event=streaming" "$TEST_DIR/applier.log")
     applier_start "${ARGS[@]}"

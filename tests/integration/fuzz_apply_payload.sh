@@ -78,7 +78,6 @@ check_eq "refusals carry a payload SQLSTATE" 0 "$bad_state"
 # (b) Through a real walsender, text format. The mutants carry the pg_atx origin: only a
 # superuser could write them, but the plugin must survive whatever it decodes.
 q -c "SELECT pg_create_logical_replication_slot('fuzzslot', 'pg_atx')" >/dev/null
-start_lsn=$(q -c "SELECT pg_current_wal_insert_lsn()")
 q <<SQL >/dev/null
 SELECT pg_replication_origin_session_setup('pg_atx');
 SELECT setseed($SEED % 100000 / 100000.0);

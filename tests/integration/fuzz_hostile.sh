@@ -73,5 +73,5 @@ case $rc in
 124 | 137) not_ok "fuzz_hostile: the fuzzer did not finish within ${ATX_FUZZ_TIMEOUT:-170} s (seed $SEED)" ;;
 *) not_ok "fuzz_hostile: the fuzzer exited with status $rc (seed $SEED)" ;;
 esac
-[ "$T_FAILED" = 0 ] && rm -rf "$OUT" || note "fuzzer output kept in $OUT"
+if [ "$T_FAILED" = 0 ]; then rm -rf "$OUT"; else note "fuzzer output kept in $OUT"; fi
 done_testing

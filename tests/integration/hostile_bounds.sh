@@ -18,7 +18,6 @@ WINDOW_S=5    # --max-retry-seconds
 BOUND_S=$(((LIMIT_MS + GRACE_MS) / 1000 + WINDOW_S + 10))
 
 atx_test_cluster "max_connections = 200" "max_worker_processes = 16" || { not_ok "cluster start"; done_testing; }
-KEY_DIR=$(atx_cluster_mkdir keys)
 q <<SQL >/dev/null
 CREATE ROLE atx_app LOGIN REPLICATION;
 GRANT atx_applier TO atx_app;

@@ -110,7 +110,7 @@ for k in $(echo "${!STMT[@]}" | tr ' ' '\n' | sort); do
     esac
     reliability "escalation: $k" "mallory: atx_log('${STMT[$k]//|//}')" \
         "dead letter SQLSTATE $got; own session ${OWN[$k]}" \
-        "$( { [ "$got" != applied ] || [ $k = set_role_self ]; } && echo pass || echo FAIL)"
+        "$( { [ "$got" != applied ] || [ "$k" = set_role_self ]; } && echo pass || echo FAIL)"
 done
 out=$(M -v VERBOSITY=verbose -c "SELECT atx_log('SELECT set_config(''role'', ''postgres'', false); INSERT INTO secret VALUES (''validated'')')" 2>&1)
 check "validated at the call: an INSERT mallory may not do is refused there (42501)" grep -q 42501 <<<"$out"

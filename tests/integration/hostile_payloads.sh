@@ -122,7 +122,7 @@ ntypes=${#TYPES[@]}
 nok=$(q -c "SELECT count(*) FROM typed WHERE got IS NOT DISTINCT FROM expected")
 bad=$(q -c "SELECT string_agg(typ || ': got ' || coalesce(got, 'NULL') || ' expected ' || coalesce(expected, 'NULL'), '; ') FROM typed WHERE got IS DISTINCT FROM expected")
 dlt=$(q -c "SELECT string_agg((atx.decode(payload)->>'params'), '; ') FROM atx.dead_letter WHERE statement LIKE 'INSERT INTO typed%'")
-ref=$(cat "$TEST_DIR/type_refusals" 2>/dev/null | tr '\n' ' ')
+ref=$(tr '\n' ' ' 2>/dev/null <"$TEST_DIR/type_refusals")
 note "types: $nok of $ntypes round-trip equal${bad:+; differ: $bad}${dlt:+; dead letters: $dlt}${ref:+; refused: $ref}"
 check_eq "every parameter type round-trips ($ntypes values)" "$ntypes" "$nok"
 reliability "parameter types" "$ntypes values of $(printf '%s\n' "${TYPES[@]}" | cut -d'|' -f1 | sort -u | wc -l) builtin/user types bound as parameters, stored as text by the applier" \

@@ -134,6 +134,7 @@ check_eq "applier role: atx_applier holds exactly the privileges of the table in
     "$expected_privs" "$actual_privs"
 privs_doc=$(sed -n "/^## The applier role's privileges/,/^## /p" "$ATX_ROOT/docs/security.md")
 undocumented=""
+# shellcheck disable=SC2013 # the names are single words ([a-z_]*)
 for o in $(sed -n 's/^\(function\|table\) atx\.\([a-z_]*\).*/\2/p' <<<"$actual_privs" | sort -u); do
     grep -qF "\`atx.$o\`" <<<"$privs_doc" || undocumented="$undocumented $o"
 done

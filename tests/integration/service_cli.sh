@@ -88,6 +88,7 @@ check_eq "and the daemon refuses it too (exit 1)" 1 "$rc"
 
 # status (RocksDB read-only while the daemon holds it)
 out=$(cli status); rc=$?
+# shellcheck disable=SC2001 # indents every line
 note "$(echo "$out" | sed 's/^/  /')"
 check_eq "status exit 0" 0 "$rc"
 check "status: streaming, dead letters" bash -c "echo \"\$1\" | grep -q 'streaming' && echo \"\$1\" | grep -q 'dead letters:  4'" _ "$out"

@@ -28,6 +28,7 @@ start() { # start NAME: an applier with its own state directory and log
         >>"$TEST_DIR/applier_$1.log" 2>&1) &
     PID[$1]=$!
 }
+# shellcheck disable=SC2154 # p is the trap's own loop variable
 trap 'for p in "${PID[@]}"; do kill -9 "$p" 2>/dev/null; done; _testlib_cleanup' EXIT
 
 start a
@@ -64,6 +65,7 @@ start a
 wait_for 10 bash -c "grep -c event=standby '$TEST_DIR/applier_a.log' | grep -q '^[1-9]'"
 check "restarted a waits as a standby" grep -q 'event=standby' "$TEST_DIR/applier_a.log"
 before=$(q -c 'SELECT count(*) FROM numbers')
+# shellcheck disable=SC2017 # 90 % of three quarters, each step rounded down as written
 if [ "$before" -lt $((TOTAL * 3 / 4 * 9 / 10)) ]; then
     kill -9 "${PID[b]}"; wait "${PID[b]}" 2>/dev/null
     wait_for 15 grep -q event=takeover "$TEST_DIR/applier_a.log"

@@ -51,6 +51,7 @@ past() { [ "$(q -c "SELECT confirmed_flush_lsn >= '$1' FROM pg_replication_slots
 
 # Hold the standby back: its WAL receiver stops (still "streaming" in pg_stat_replication).
 RECEIVER=$(psql -qAtX -h "$STANDBY" -p "$(cat "$STANDBY/port")" -c "SELECT pid FROM pg_stat_wal_receiver")
+# shellcheck disable=SC2015 # not_ok when either the lookup or the kill failed
 [ -n "$RECEIVER" ] && kill -STOP "$RECEIVER" || { not_ok "the standby's WAL receiver stopped"; done_testing; }
 lsn=$(q -c "SELECT pg_current_wal_insert_lsn()")
 q -c "SELECT atx_log('INSERT INTO t VALUES (1)')" >/dev/null

@@ -22,8 +22,8 @@ standbys_required() {
     local p=$! rc=0
     wait_for 3 waiting_in_syncrep atx_probe || rc=1
     ql -c "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE application_name = 'atx_probe'" >/dev/null
-    wait $p
-    return $rc
+    wait "$p"
+    return "$rc"
 }
 commit_does_not_wait() { timeout 5 psql -qAtX -c "INSERT INTO probe VALUES (1)" >/dev/null 2>&1; }
 set_standbys() { # set_standbys VALUE: ALTER SYSTEM and reload

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Throwaway PostgreSQL clusters for tests, benchmarks and `tools/atx up`.
 #
 # Source this file, then:

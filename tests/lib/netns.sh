@@ -15,6 +15,7 @@ declare -A NETNS_HOST_IP NETNS_PEER_IP NETNS_HOST_DEV NETNS_PEER_DEV
 
 netns_usable() {
     if [ "$(id -u)" != 0 ]; then echo "not root"; return 1; fi
+    # shellcheck disable=SC2015 # the message when either is missing
     command -v ip >/dev/null && command -v tc >/dev/null || { echo "ip or tc (iproute2) missing"; return 1; }
 }
 

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Patroni clusters on loopback for the HA tests: one etcd member and N Patroni nodes, every port
 # chosen free at run time, everything under one throwaway directory, nothing left running.
 #

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers for integration tests: TAP-style results, a cluster per test file, the applier.
 #
 #   . "$(dirname "$0")/../lib/testlib.sh"

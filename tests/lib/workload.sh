@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # The workload of the fault tests (tests/integration/fault_*.sh), sourced after testlib.sh.
 #
 # Callers emit numbered messages n = caller*100000 + i through CALL emit(): i % 7 = 0 goes to a

@@ -15,21 +15,25 @@ TEST_CASE("control characters are escaped", "[cli]")
     CHECK(printable("\x1b[2J\x1b]0;title\x07") == "\\x1b[2J\\x1b]0;title\\x07");
     CHECK(printable(std::string("nul\0x", 5)) == "nul\\x00x");
     CHECK(printable("del\x7f") == "del\\x7f");
-    CHECK(printable("csi \xc2\x9b" "31m") == "csi \\u009b31m");        // C1 CSI, UTF-8 encoded
-    CHECK(printable("ab\xe2\x80\xae" "cd") == "ab\\u202ecd");        // right-to-left override
-    CHECK(printable("x\xe2\x81\xa6y") == "x\\u2066y");                // left-to-right isolate
-    CHECK(printable("line\xe2\x80\xa8sep") == "line\\u2028sep");     // line separator
+    CHECK(printable("csi \xc2\x9b"
+                    "31m") == "csi \\u009b31m");  // C1 CSI, UTF-8 encoded
+    CHECK(printable("ab\xe2\x80\xae"
+                    "cd") == "ab\\u202ecd");                      // right-to-left override
+    CHECK(printable("x\xe2\x81\xa6y") == "x\\u2066y");            // left-to-right isolate
+    CHECK(printable("line\xe2\x80\xa8sep") == "line\\u2028sep");  // line separator
     CHECK(printable("back\\slash 'q' \"dq\"") == "back\\slash 'q' \"dq\"");
 }
 
 TEST_CASE("valid UTF-8 is kept, invalid bytes are escaped", "[cli]")
 {
-    CHECK(printable("caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80") == "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80");
-    CHECK(printable("a\xff" "b") == "a\\xffb");
-    CHECK(printable("\xc3") == "\\xc3");                       // truncated sequence
-    CHECK(printable("\xc0\xaf") == "\\xc0\\xaf");             // overlong '/'
-    CHECK(printable("\xed\xa0\x80") == "\\xed\\xa0\\x80");    // surrogate
-    CHECK(printable("\xe0\x80\xaf") == "\\xe0\\x80\\xaf");    // overlong 3-byte form
+    CHECK(printable("caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80") ==
+          "caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80");
+    CHECK(printable("a\xff"
+                    "b") == "a\\xffb");
+    CHECK(printable("\xc3") == "\\xc3");                    // truncated sequence
+    CHECK(printable("\xc0\xaf") == "\\xc0\\xaf");           // overlong '/'
+    CHECK(printable("\xed\xa0\x80") == "\\xed\\xa0\\x80");  // surrogate
+    CHECK(printable("\xe0\x80\xaf") == "\\xe0\\x80\\xaf");  // overlong 3-byte form
 }
 
 TEST_CASE("output is bounded on a character boundary", "[cli]")

@@ -87,7 +87,8 @@ struct Case {
 std::vector<Case> every_option()
 {
     return {
-        {"conninfo", "host=/run/postgresql user=atx_app", [](const Config& c) { return c.conninfo == "host=/run/postgresql user=atx_app"; }},
+        {"conninfo", "host=/run/postgresql user=atx_app",
+         [](const Config& c) { return c.conninfo == "host=/run/postgresql user=atx_app"; }},
         {"log-file", "/tmp/x.log", [](const Config& c) { return c.log_file == "/tmp/x.log"; }},
         {"log-level", "debug", [](const Config& c) { return c.log_level == spdlog::level::debug; }},
         {"batch-size", "7", [](const Config& c) { return c.batch_size == 7; }},
@@ -120,7 +121,8 @@ std::vector<Case> every_option()
         {"pid-file", "/tmp/x.pid", [](const Config& c) { return c.pid_file == "/tmp/x.pid"; }},
         {"once", "true", [](const Config& c) { return c.once; }},
         {"idle-exit-ms", "55", [](const Config& c) { return c.idle_exit_ms == 55; }},
-        {"http-listen", "127.0.0.1:0", [](const Config& c) { return c.http_listen == "127.0.0.1:0" && c.http_listen_explicit; }},
+        {"http-listen", "127.0.0.1:0",
+         [](const Config& c) { return c.http_listen == "127.0.0.1:0" && c.http_listen_explicit; }},
         {"ready-max-lag-seconds", "8", [](const Config& c) { return c.ready_max_lag_seconds == 8; }},
         {"monitor-interval-ms", "444", [](const Config& c) { return c.monitor_interval_ms == 444; }},
     };
@@ -267,8 +269,8 @@ TEST_CASE("--help lists every option and the operator commands; --version", "[co
         INFO(name);
         CHECK(h.text.find("--" + name + " ") != std::string::npos);
     }
-    for (const char* s : {"--config", "--version", "--help", "(1..100000)", "=500", "status", "dead-letters",
-                          "retry", "discard", "check", "Exit status"})
+    for (const char* s : {"--config", "--version", "--help", "(1..100000)", "=500", "status", "dead-letters", "retry",
+                          "discard", "check", "Exit status"})
         CHECK(h.text.find(s) != std::string::npos);
     const ParseOutcome v = parse({"--version"});
     REQUIRE(v.action == ParseOutcome::Action::Version);
@@ -335,10 +337,10 @@ TEST_CASE("operator commands: --help each, usage errors exit 1", "[config][cli]"
         CHECK(run_cli_capture({w.command, "--no-such-option"}, &out) == 1);
     }
     std::string out;
-    CHECK(run_cli_capture({"discard", "12"}, &out) == 1);                    // --reason required
-    CHECK(run_cli_capture({"discard", "12", "--reason", ""}, &out) == 1);    // and not empty
-    CHECK(run_cli_capture({"retry", "12", "--all"}, &out) == 1);             // one or the other
-    CHECK(run_cli_capture({"show"}, &out) == 1);                             // needs its argument
+    CHECK(run_cli_capture({"discard", "12"}, &out) == 1);                  // --reason required
+    CHECK(run_cli_capture({"discard", "12", "--reason", ""}, &out) == 1);  // and not empty
+    CHECK(run_cli_capture({"retry", "12", "--all"}, &out) == 1);           // one or the other
+    CHECK(run_cli_capture({"show"}, &out) == 1);                           // needs its argument
     CHECK(run_cli_capture({"dead-letters", "--limit", "0"}, &out) == 1);
     TempFile f("dbname = a\nbogus = 1\n");
     CHECK(run_cli_capture({"status", "--config", f.path}, &out) == 1);  // the daemon's names only
@@ -378,7 +380,8 @@ TEST_CASE("docs/operations.md lists every option with its default and range", "[
             CHECK(doc_default == o->get_default_str());
         // The range in --help is (min..max) at the end of the description.
         const std::string& desc = o->get_description();
-        if (const size_t open = desc.rfind(" ("); open != std::string::npos && desc.find("..", open) != std::string::npos)
+        if (const size_t open = desc.rfind(" (");
+            open != std::string::npos && desc.find("..", open) != std::string::npos)
             CHECK(desc.substr(open + 2, desc.size() - open - 3) == cells[2]);
     }
 }

@@ -21,8 +21,7 @@ Id make_id(uint8_t a, uint8_t b = 0)
 
 Id id_of(Lsn start) { return make_id(static_cast<uint8_t>(start), static_cast<uint8_t>(start >> 8)); }
 
-Pending msg(Lsn start, uint8_t lane, uint32_t role = 10, uint8_t depth = 0, bool waited = false,
-            uint32_t principal = 0)
+Pending msg(Lsn start, uint8_t lane, uint32_t role = 10, uint8_t depth = 0, bool waited = false, uint32_t principal = 0)
 {
     Pending p;
     p.start = start;
@@ -246,8 +245,8 @@ TEST_CASE("the nested pool serves a nested atx_exec only while its parent runs, 
           "[dispatcher]")
 {
     Dispatcher d({10, 1});
-    d.add(msg(1, 1, 10));   // the parent
-    d.add(nested(2, 1, 10));  // its nested, waited message, same role
+    d.add(msg(1, 1, 10));             // the parent
+    d.add(nested(2, 1, 10));          // its nested, waited message, same role
     CHECK_FALSE(d.nested_waiting());  // the parent does not run yet: nobody waits
     CHECK_FALSE(d.take(WorkerKind::Nested, any, milliseconds(0)));
     auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
@@ -509,7 +508,7 @@ std::vector<Id> ids(const std::vector<Pending>& v)
         out.push_back(p.id);
     return out;
 }
-const auto kLongAgo = Clock::now() - std::chrono::hours(1);   // nothing is older
+const auto kLongAgo = Clock::now() - std::chrono::hours(1);    // nothing is older
 auto later() { return Clock::now() + std::chrono::hours(1); }  // everything is older
 }  // namespace
 
@@ -601,7 +600,7 @@ TEST_CASE("a lane whose batch ran longer than park_after gets batches of one, ea
     auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b2);
     CHECK(starts(*b2) == std::vector<Lsn>{2});  // one at a time while the lane is slow
-    d.done(*b2, 1);                              // fast this time: the lane is no longer slow
+    d.done(*b2, 1);                             // fast this time: the lane is no longer slow
     auto b3 = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(b3);
     CHECK(starts(*b3) == std::vector<Lsn>{3, 4, 5});

@@ -35,9 +35,9 @@ TEST_CASE("parse_listen accepts host:port, [v6]:port and :port", "[http]")
 
 TEST_CASE("parse_listen refuses what is not host:port", "[http]")
 {
-    const char* bad[] = {"",          "9478",          "off",           "127.0.0.1",     "127.0.0.1:",
-                         "host:65536", "host:-1",      "host:+80",      "host: 80",      "host:80 ",
-                         "host:12a",   "host:0x50",    "[::1]",         "host:99999999999"};
+    const char* bad[] = {
+        "",         "9478",     "off",      "127.0.0.1", "127.0.0.1:", "host:65536", "host:-1",
+        "host:+80", "host: 80", "host:80 ", "host:12a",  "host:0x50",  "[::1]",      "host:99999999999"};
     for (const char* b : bad) {
         INFO("'" << b << "'");
         CHECK_THROWS_AS(parse_listen(b), std::invalid_argument);
@@ -60,8 +60,8 @@ TEST_CASE("the listener binds exclusively, and a restart can bind again at once"
 
     // A second listener on the same address (another applier) must fail, not share the port.
     HttpServer second(parse_listen("127.0.0.1:" + std::to_string(port)), 60, 60);
-    CHECK_THROWS_WITH(second.start(), Catch::Contains("cannot bind the HTTP listener to 127.0.0.1:" +
-                                                      std::to_string(port)));
+    CHECK_THROWS_WITH(second.start(),
+                      Catch::Contains("cannot bind the HTTP listener to 127.0.0.1:" + std::to_string(port)));
     {
         httplib::Client client("127.0.0.1", port);
         auto res = client.Get("/");

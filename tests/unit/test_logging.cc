@@ -58,10 +58,14 @@ bool parse_logfmt(const std::string& line, std::vector<std::pair<std::string, st
                 if (i >= line.size())
                     return false;
                 const char e = line[i++];
-                if (e == '"' || e == '\\') value += e;
-                else if (e == 'n') value += '\n';
-                else if (e == 'r') value += '\r';
-                else if (e == 't') value += '\t';
+                if (e == '"' || e == '\\')
+                    value += e;
+                else if (e == 'n')
+                    value += '\n';
+                else if (e == 'r')
+                    value += '\r';
+                else if (e == 't')
+                    value += '\t';
                 else if (e == 'x' && i + 2 <= line.size()) {
                     value += static_cast<char>(std::stoi(line.substr(i, 2), nullptr, 16));
                     i += 2;
@@ -114,10 +118,14 @@ TEST_CASE("logq leaves plain values alone and quotes the rest", "[logging]")
     CHECK(logq("\x7f") == "\"\\x7f\"");
     CHECK(logq("a\0b"s) == "\"a\\x00b\"");
     // What a Unicode-aware reader takes as a line break, or as text running the other way.
-    CHECK(logq("a\xc2\x85" "b") == "\"a\\u0085b\"");        // NEL
-    CHECK(logq("a\xe2\x80\xa8" "b") == "\"a\\u2028b\"");    // LINE SEPARATOR
-    CHECK(logq("a\xe2\x80\xa9" "b") == "\"a\\u2029b\"");    // PARAGRAPH SEPARATOR
-    CHECK(logq("\xe2\x80\xae" "evil") == "\"\\u202eevil\""); // RIGHT-TO-LEFT OVERRIDE
+    CHECK(logq("a\xc2\x85"
+               "b") == "\"a\\u0085b\"");  // NEL
+    CHECK(logq("a\xe2\x80\xa8"
+               "b") == "\"a\\u2028b\"");  // LINE SEPARATOR
+    CHECK(logq("a\xe2\x80\xa9"
+               "b") == "\"a\\u2029b\"");  // PARAGRAPH SEPARATOR
+    CHECK(logq("\xe2\x80\xae"
+               "evil") == "\"\\u202eevil\"");  // RIGHT-TO-LEFT OVERRIDE
     // Bytes that are not UTF-8 are escaped one by one.
     CHECK(logq("\xff\xc3") == "\"\\xff\\xc3\"");
     CHECK(logq("\xed\xa0\x80") == "\"\\xed\\xa0\\x80\"");  // a surrogate
@@ -151,9 +159,25 @@ TEST_CASE("no value can forge a log line or a field", "[logging]")
         "\xff\xfe\xc2\x85\xe2\x80\xa8",
     };
     std::mt19937 rng(20261129);
-    const std::vector<std::string> alphabet = {" ", "\"", "=", "\\", "\n", "\r", "\t", "a", "b", "\x01", "\x7f",
-                                               "\xc3\xa9", "\xc2\x85", "\xe2\x80\xa8", "\xe2\x80\xa9", "\xe2\x80\xae",
-                                               "\xff", "\xc3", std::string(1, '\0')};
+    const std::vector<std::string> alphabet = {" ",
+                                               "\"",
+                                               "=",
+                                               "\\",
+                                               "\n",
+                                               "\r",
+                                               "\t",
+                                               "a",
+                                               "b",
+                                               "\x01",
+                                               "\x7f",
+                                               "\xc3\xa9",
+                                               "\xc2\x85",
+                                               "\xe2\x80\xa8",
+                                               "\xe2\x80\xa9",
+                                               "\xe2\x80\xae",
+                                               "\xff",
+                                               "\xc3",
+                                               std::string(1, '\0')};
     for (int i = 0; i < 500; ++i) {
         std::string v;
         const int n = static_cast<int>(rng() % 12);

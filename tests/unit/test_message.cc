@@ -26,7 +26,9 @@ Message full_message()
     m.session_role_name = "bob";
     m.caller_xid = 0x0000000100000abcULL;
     m.emit_time = -1234567890123LL;  // before 2000-01-01: negative TimestampTz
-    m.gucs = {{"search_path", "app, public", false}, {"TimeZone", "UTC", false}, {"empty", "", false},
+    m.gucs = {{"search_path", "app, public", false},
+              {"TimeZone", "UTC", false},
+              {"empty", "", false},
               {"log_statement", "all", true}};
     m.statement = "INSERT INTO audit(a, b, c, d) VALUES ($1, $2, $3, $4)";
     Param text;
@@ -53,10 +55,7 @@ Message full_message()
 
 const std::string kMac(kMacSize, '\x5a');
 
-std::string payload_of(const Message& m)
-{
-    return encode_body(m) + kMac;
-}
+std::string payload_of(const Message& m) { return encode_body(m) + kMac; }
 
 }  // namespace
 
@@ -124,10 +123,7 @@ TEST_CASE("trailing bytes throw", "[message]")
         CHECK_THROWS_AS(decode_payload(body + "x" + kMac), DecodeError);
         CHECK_THROWS_AS(decode_payload(body + std::string(100, '\0') + kMac), DecodeError);
     }
-    SECTION("after the MAC")
-    {
-        CHECK_THROWS_AS(decode_payload(body + kMac + "x"), DecodeError);
-    }
+    SECTION("after the MAC") { CHECK_THROWS_AS(decode_payload(body + kMac + "x"), DecodeError); }
 }
 
 TEST_CASE("bad magic throws", "[message]")
@@ -204,8 +200,8 @@ TEST_CASE("unknown or inconsistent flag bits are rejected", "[message]")
         // magic 3, version 1, flags 1, uuid 16, lane 16, depth 1, db 4, role 4, role name 2+1,
         // session role 4, session role name 2+0, xid 8, time 8, guc count 2, statement 4+9,
         // param count 2, type oid 4, type name 2+4 -> param flags
-        const size_t off = 3 + 1 + 1 + 16 + 16 + 1 + 4 + 4 + 2 + 1 + 4 + 2 + 8 + 8 + 2 + 4 + m.statement.size() + 2 +
-                           4 + 2 + 4;
+        const size_t off =
+            3 + 1 + 1 + 16 + 16 + 1 + 4 + 4 + 2 + 1 + 4 + 2 + 8 + 8 + 2 + 4 + m.statement.size() + 2 + 4 + 2 + 4;
         REQUIRE(good[off] == 0);
         REQUIRE_NOTHROW(decode_payload(good));
         for (int bit = 2; bit < 8; ++bit) {

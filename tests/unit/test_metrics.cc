@@ -52,9 +52,18 @@ bool label_name(const std::string& s) { return std::regex_match(s, std::regex("[
 // A sample value: a Go ParseFloat number, or +Inf / -Inf / NaN.
 bool parse_value(const std::string& s, double* v)
 {
-    if (s == "+Inf" || s == "Inf") { *v = INFINITY; return true; }
-    if (s == "-Inf") { *v = -INFINITY; return true; }
-    if (s == "NaN") { *v = NAN; return true; }
+    if (s == "+Inf" || s == "Inf") {
+        *v = INFINITY;
+        return true;
+    }
+    if (s == "-Inf") {
+        *v = -INFINITY;
+        return true;
+    }
+    if (s == "NaN") {
+        *v = NAN;
+        return true;
+    }
     if (!std::regex_match(s, std::regex(R"([+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)")))
         return false;
     *v = std::strtod(s.c_str(), nullptr);
@@ -85,7 +94,7 @@ Exposition parse_exposition(const std::string& text)
     if (!text.empty() && text.back() != '\n')
         e.errors.push_back("the text does not end with a newline");
     std::set<std::string> done_families;  // families whose group of lines has ended
-    std::string current;                   // family of the previous line
+    std::string current;                  // family of the previous line
     std::set<std::string> series;
     std::istringstream in(text);
     std::string line;
@@ -143,38 +152,62 @@ Exposition parse_exposition(const std::string& text)
         if (i < line.size() && line[i] == '{') {
             ++i;
             for (;;) {
-                if (i < line.size() && line[i] == '}') { ++i; break; }
+                if (i < line.size() && line[i] == '}') {
+                    ++i;
+                    break;
+                }
                 size_t eq = line.find('=', i);
-                if (eq == std::string::npos) { err(lineno, "unterminated labels"); break; }
+                if (eq == std::string::npos) {
+                    err(lineno, "unterminated labels");
+                    break;
+                }
                 const std::string lname = line.substr(i, eq - i);
                 if (!label_name(lname) || lname.rfind("__", 0) == 0)
                     err(lineno, "bad label name '" + lname + "'");
                 i = eq + 1;
-                if (i >= line.size() || line[i] != '"') { err(lineno, "label value not quoted"); break; }
+                if (i >= line.size() || line[i] != '"') {
+                    err(lineno, "label value not quoted");
+                    break;
+                }
                 ++i;
                 std::string v;
                 bool closed = false;
                 while (i < line.size()) {
                     const char c = line[i++];
-                    if (c == '"') { closed = true; break; }
+                    if (c == '"') {
+                        closed = true;
+                        break;
+                    }
                     if (c == '\\') {
                         const char n = i < line.size() ? line[i++] : '\0';
-                        if (n == '\\') v += '\\';
-                        else if (n == '"') v += '"';
-                        else if (n == 'n') v += '\n';
-                        else err(lineno, "bad escape in label value");
+                        if (n == '\\')
+                            v += '\\';
+                        else if (n == '"')
+                            v += '"';
+                        else if (n == 'n')
+                            v += '\n';
+                        else
+                            err(lineno, "bad escape in label value");
                     } else {
                         v += c;
                     }
                 }
-                if (!closed) { err(lineno, "unterminated label value"); break; }
+                if (!closed) {
+                    err(lineno, "unterminated label value");
+                    break;
+                }
                 if (s.labels.count(lname))
                     err(lineno, "label " + lname + " twice");
                 s.labels[lname] = v;
                 if (i < line.size() && line[i] == ',')
                     ++i;
-                else if (i < line.size() && line[i] == '}') { ++i; break; }
-                else { err(lineno, "expected ',' or '}' after a label"); break; }
+                else if (i < line.size() && line[i] == '}') {
+                    ++i;
+                    break;
+                } else {
+                    err(lineno, "expected ',' or '}' after a label");
+                    break;
+                }
             }
         }
         if (i >= line.size() || line[i] != ' ') {
@@ -271,13 +304,13 @@ std::map<std::string, std::string> documented_metrics()
 TEST_CASE("the exposition checker finds what is wrong", "[metrics]")
 {
     CHECK(parse_exposition("# TYPE a counter\na 1\n# TYPE b gauge\nb{x=\"1\"} -2.5e3\n").errors.empty());
-    CHECK_FALSE(parse_exposition("a 1\n").errors.empty());                                   // no TYPE
-    CHECK_FALSE(parse_exposition("# TYPE a counter\na 1").errors.empty());                   // no final newline
-    CHECK_FALSE(parse_exposition("# TYPE a gauge\na{x=\"\\t\"} 1\n").errors.empty());        // bad escape
+    CHECK_FALSE(parse_exposition("a 1\n").errors.empty());                                         // no TYPE
+    CHECK_FALSE(parse_exposition("# TYPE a counter\na 1").errors.empty());                         // no final newline
+    CHECK_FALSE(parse_exposition("# TYPE a gauge\na{x=\"\\t\"} 1\n").errors.empty());              // bad escape
     CHECK_FALSE(parse_exposition("# TYPE a gauge\na{x=\"1\"} 1\na{x=\"1\"} 2\n").errors.empty());  // twice
     CHECK_FALSE(parse_exposition("# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na{y=\"2\"} 1\n").errors.empty());  // split
-    CHECK_FALSE(parse_exposition("# TYPE a gauge\na 1,5\n").errors.empty());                // bad value
-    CHECK_FALSE(parse_exposition("# TYPE a gauge\na{0x=\"1\"} 1\n").errors.empty());         // bad label name
+    CHECK_FALSE(parse_exposition("# TYPE a gauge\na 1,5\n").errors.empty());          // bad value
+    CHECK_FALSE(parse_exposition("# TYPE a gauge\na{0x=\"1\"} 1\n").errors.empty());  // bad label name
     CHECK_FALSE(parse_exposition("# TYPE h histogram\nh_bucket{le=\"1\"} 2\nh_bucket{le=\"+Inf\"} 1\n"
                                  "h_sum 1\nh_count 1\n")
                     .errors.empty());  // not cumulative

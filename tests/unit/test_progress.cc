@@ -139,8 +139,7 @@ TEST_CASE("many messages in random completion order", "[progress]")
     }
 }
 
-TEST_CASE("a parked message is passed once its copy is durable; its waiter is woken by its run's commit",
-          "[progress]")
+TEST_CASE("a parked message is passed once its copy is durable; its waiter is woken by its run's commit", "[progress]")
 {
     Progress p;
     p.reset(0);

@@ -84,11 +84,11 @@ TEST_CASE("oversized or odd frames throw DecodeError", "[replication]")
 
 TEST_CASE("build standby status update 'r'", "[replication]")
 {
-    const std::string r = build_status_update(0x0102030405060708ULL, 0x1112131415161718ULL,
-                                              0x2122232425262728ULL, 0x3132333435363738LL, true);
-    const std::string expect =
-        std::string("r") + "\x01\x02\x03\x04\x05\x06\x07\x08" + "\x11\x12\x13\x14\x15\x16\x17\x18" +
-        "\x21\x22\x23\x24\x25\x26\x27\x28" + "\x31\x32\x33\x34\x35\x36\x37\x38" + std::string(1, '\x01');
+    const std::string r = build_status_update(0x0102030405060708ULL, 0x1112131415161718ULL, 0x2122232425262728ULL,
+                                              0x3132333435363738LL, true);
+    const std::string expect = std::string("r") + "\x01\x02\x03\x04\x05\x06\x07\x08" +
+                               "\x11\x12\x13\x14\x15\x16\x17\x18" + "\x21\x22\x23\x24\x25\x26\x27\x28" +
+                               "\x31\x32\x33\x34\x35\x36\x37\x38" + std::string(1, '\x01');
     REQUIRE(r.size() == 34);
     CHECK(r == expect);
     const std::string r0 = build_status_update(0, 0, 0, 0, false);

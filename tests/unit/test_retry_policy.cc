@@ -13,13 +13,13 @@ using std::chrono::milliseconds;
 TEST_CASE("transient SQLSTATEs", "[retry]")
 {
     auto s = GENERATE(as<std::string>{},
-                      "40001",  // serialization_failure
-                      "40P01",  // deadlock_detected
-                      "55P03",  // lock_not_available
-                      "55006",  // object_in_use
-                      "57014",  // query_canceled (statement timeout)
-                      "25P03",  // idle_in_transaction_session_timeout
-                      "57P05",  // idle_session_timeout
+                      "40001",                                               // serialization_failure
+                      "40P01",                                               // deadlock_detected
+                      "55P03",                                               // lock_not_available
+                      "55006",                                               // object_in_use
+                      "57014",                                               // query_canceled (statement timeout)
+                      "25P03",                                               // idle_in_transaction_session_timeout
+                      "57P05",                                               // idle_session_timeout
                       "08000", "08003", "08006", "08001", "08004", "08P01",  // connection exceptions
                       "57P01", "57P02", "57P03",                             // shutdown / cannot connect now
                       "53000", "53100", "53200", "53300", "53400",           // insufficient resources
@@ -30,8 +30,8 @@ TEST_CASE("transient SQLSTATEs", "[retry]")
 
 TEST_CASE("permanent SQLSTATEs", "[retry]")
 {
-    auto s = GENERATE(as<std::string>{},
-                      "42601", "42P01", "42703", "42883",  // syntax error, undefined table/column/function
+    auto s = GENERATE(as<std::string>{}, "42601", "42P01", "42703",
+                      "42883",                             // syntax error, undefined table/column/function
                       "42501",                             // insufficient_privilege
                       "42704",                             // undefined_object (caller role gone)
                       "23505", "23503", "23502", "23514",  // constraint violations
@@ -51,7 +51,10 @@ TEST_CASE("permanent SQLSTATEs", "[retry]")
 
 TEST_CASE("empty or malformed SQLSTATEs are permanent", "[retry]")
 {
-    auto s = GENERATE(as<std::string>{}, "", "4000", "400011", "40p01", "08 00", "53-00", std::string("08\0" "00", 5),
+    auto s = GENERATE(as<std::string>{}, "", "4000", "400011", "40p01", "08 00", "53-00",
+                      std::string("08\0"
+                                  "00",
+                                  5),
                       "  \t  ");
     INFO(s);
     CHECK(classify_sqlstate(s) == ErrorClass::Permanent);

@@ -41,8 +41,9 @@ public:
     ~TempDir()
     {
         chmod(path_.c_str(), 0700);
-        nftw(path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); },
-             16, FTW_DEPTH | FTW_PHYS);
+        nftw(
+            path_.c_str(), [](const char* p, const struct stat*, int, struct FTW*) { return std::remove(p); }, 16,
+            FTW_DEPTH | FTW_PHYS);
     }
     const std::string& path() const { return path_; }
     std::string db() const { return path_ + "/state"; }
@@ -165,8 +166,8 @@ TEST_CASE("list returns a scope's records in LSN order, with limit", "[state_sto
         store->record(kScope, {rec("a", 0x200000000ULL, DeliveryStatus::Applied)}, true);
         CHECK(ids(store->list(kScope)) == std::vector<std::string>{"b", "c", "a", "d"});
         // Twice in one batch: the last wins, one index entry.
-        store->record(kScope, {rec("b", 1, DeliveryStatus::Retrying), rec("b", 0x300000000ULL, DeliveryStatus::Applied)},
-                      true);
+        store->record(kScope,
+                      {rec("b", 1, DeliveryStatus::Retrying), rec("b", 0x300000000ULL, DeliveryStatus::Applied)}, true);
         CHECK(ids(store->list(kScope)) == std::vector<std::string>{"c", "a", "b", "d"});
         CHECK(store->find_message(kScope, "b")->source_lsn == 0x300000000ULL);
     }
@@ -324,8 +325,9 @@ bool can_mount_here_or_rerun(const std::string& test_case, const std::string& di
     const int rc = rerun_in_user_namespace(test_case);
     ::unsetenv("ATX_TEST_IN_USERNS");
     if (rc == kNoUserNamespace) {
-        WARN("SKIPPED '" << test_case << "': cannot mount a tmpfs (not root) and cannot create a user "
-             "namespace here; run the unit tests as root to cover it");
+        WARN("SKIPPED '" << test_case
+                         << "': cannot mount a tmpfs (not root) and cannot create a user "
+                            "namespace here; run the unit tests as root to cover it");
         return false;
     }
     INFO("the test case re-run in a user namespace (output above) exited with " << rc);
@@ -383,8 +385,7 @@ TEST_CASE(kDiskFullCase, "[state_store]")
                     store.reset();
                     store = StateStore::open(dir);
                     fs.fill();
-                    CHECK_THROWS_AS(store->record(kScope, {rec("m1", 20, DeliveryStatus::Applied)}, false),
-                                    StateError);
+                    CHECK_THROWS_AS(store->record(kScope, {rec("m1", 20, DeliveryStatus::Applied)}, false), StateError);
                 } else {
                     fs.fill();
                     CHECK(record_until_failure(*store, kScope, 1000) >= 0);
@@ -462,8 +463,9 @@ TEST_CASE("record counts follow every write", "[state_store][retention]")
     {
         auto store = StateStore::open(tmp.db());
         CHECK(store->record_count() == 0);
-        store->record(kScope, {rec("a", 1, DeliveryStatus::Retrying), rec("b", 2, DeliveryStatus::Applied, "kb")}, false);
-        store->record(kScope, {rec("a", 3, DeliveryStatus::Applied)}, false);  // moved: still one
+        store->record(kScope, {rec("a", 1, DeliveryStatus::Retrying), rec("b", 2, DeliveryStatus::Applied, "kb")},
+                      false);
+        store->record(kScope, {rec("a", 3, DeliveryStatus::Applied)}, false);        // moved: still one
         store->record(kScope, {rec("b", 2, DeliveryStatus::Applied, "kb")}, false);  // same again
         store->record(kScope, {rec("c", 4, DeliveryStatus::Dead), rec("c", 5, DeliveryStatus::Dead)}, false);
         store->record("db1", {rec("o", 1, DeliveryStatus::Applied)}, false);
@@ -491,7 +493,7 @@ TEST_CASE("retention by count keeps the newest records of each scope and every r
     auto store = StateStore::open(tmp.db());
     const int64_t now = 1800000000000000LL;
     record_many(*store, kScope, 1, 5, now, DeliveryStatus::Retrying);  // oldest LSNs, kept anyway
-    record_many(*store, kScope, 6, 45, now);                            // m6..m50
+    record_many(*store, kScope, 6, 45, now);                           // m6..m50
     record_many(*store, "db1", 1, 10, now);
     REQUIRE(store->record_count(kScope) == 50);
 
@@ -508,9 +510,9 @@ TEST_CASE("retention by count keeps the newest records of each scope and every r
         want.push_back(mid(i));
     CHECK(ids(store->list(kScope)) == want);
     CHECK_FALSE(store->find_message(kScope, mid(35)));
-    CHECK_FALSE(store->find_key(kScope, "k33"));                                 // key of a deleted one
+    CHECK_FALSE(store->find_key(kScope, "k33"));                                   // key of a deleted one
     CHECK(store->find_key(kScope, "k36") == std::optional<std::string>(mid(36)));  // of a kept one
-    CHECK(store->list("db1").size() == 10);  // its own limit, not reached
+    CHECK(store->list("db1").size() == 10);                                        // its own limit, not reached
     CHECK(store->record_count() == 30);
 
     SECTION("the failover check's range query still sees what is kept")
@@ -538,13 +540,12 @@ TEST_CASE("retention by count keeps the newest records of each scope and every r
     }
 }
 
-TEST_CASE("retention by age deletes records older than the limit, retrying ones excepted",
-          "[state_store][retention]")
+TEST_CASE("retention by age deletes records older than the limit, retrying ones excepted", "[state_store][retention]")
 {
     TempDir tmp;
     auto store = StateStore::open(tmp.db());
     const int64_t now = 1800000000000000LL;
-    record_many(*store, kScope, 1, 10, now - 9 * kDayUs);                            // m1..m10: old
+    record_many(*store, kScope, 1, 10, now - 9 * kDayUs);                             // m1..m10: old
     record_many(*store, kScope, 11, 2, now - 30 * kDayUs, DeliveryStatus::Retrying);  // m11, m12: old, retrying
     record_many(*store, kScope, 13, 5, now - 8 * kDayUs, DeliveryStatus::Dead);       // m13..m17: old
     record_many(*store, kScope, 18, 10, now - 6 * kDayUs);                            // m18..m27: young
@@ -562,8 +563,7 @@ TEST_CASE("retention by age deletes records older than the limit, retrying ones 
     {
         p.max_records = 7;  // 12 held: the 5 oldest non-retrying go although they are young
         CHECK(store->sweep(p, now) == 5);
-        CHECK(ids(store->list(kScope)) ==
-              std::vector<std::string>{"m11", "m12", "m23", "m24", "m25", "m26", "m27"});
+        CHECK(ids(store->list(kScope)) == std::vector<std::string>{"m11", "m12", "m23", "m24", "m25", "m26", "m27"});
         p.max_records = 100;
         CHECK(store->sweep(p, now + 2 * kDayUs) == 5);  // two days later m23..m27 are 8 days old
         CHECK(ids(store->list(kScope)) == std::vector<std::string>{"m11", "m12"});
@@ -603,13 +603,14 @@ TEST_CASE("a sweep does not hold up record()", "[state_store][retention]")
     while (sweeping || written < 10) {
         const auto a = std::chrono::steady_clock::now();
         store->record(kScope, {[&] {
-                          DeliveryRecord r = rec("new" + std::to_string(written), 1000000 + written,
-                                                 DeliveryStatus::Applied);
+                          DeliveryRecord r =
+                              rec("new" + std::to_string(written), 1000000 + written, DeliveryStatus::Applied);
                           r.updated_at_us = now;
                           return r;
                       }()},
                       false);
-        worst_ms = std::max(worst_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
+        worst_ms =
+            std::max(worst_ms, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - a).count());
         ++written;
     }
     sweeper.join();

@@ -79,9 +79,9 @@ soak_init() {
 }
 
 soak_init_single() {
-    local listen=""
-    [ -n "$NETNS_NAME" ] && listen="listen_addresses = '${NETNS_HOST_IP[1]}'"
-    ATX_TEST_NAME=soak atx_test_cluster ${listen:+"$listen"} "max_connections = 200" || return 1
+    local listen=()
+    [ -n "$NETNS_NAME" ] && listen=("listen_addresses = '${NETNS_HOST_IP[1]}'")
+    ATX_TEST_NAME=soak atx_test_cluster "${listen[@]}" "max_connections = 200" || return 1
     if [ -n "$NETNS_NAME" ]; then
         printf 'host all all %s/24 trust\nhost replication all %s/24 trust\n' "${NETNS_HOST_IP[1]%.*}.0" \
             "${NETNS_HOST_IP[1]%.*}.0" | atx_as_server tee -a "$TEST_DIR/data/pg_hba.conf" >/dev/null
@@ -125,6 +125,7 @@ soak_init_pair() {
     ha_add_logical_slot "$slot" "$DB" pg_atx || { cat "$HA_DIR/edit-config.log" >&2; return 1; }
     ha_wait_slot "$primary" "$slot" 60 || { echo "slot $slot not on $primary" >&2; return 1; }
     for node in $replicas; do
+        # shellcheck disable=SC2015 # the message when either wait failed
         ha_wait_slot "$node" "$slot" 90 && ha_wait_streaming "$node" 90 || { echo "slot $slot not on $node" >&2; return 1; }
     done
     ha_wait 60 eval 'ha_members | grep -q " sync_standby "' || { echo "no sync standby after the slot copies" >&2; return 1; }
