@@ -317,14 +317,14 @@ static Datum procedure_outputs(CallState* s, JsonbContainer* rows)
     Datum result;
 
     if (row == NULL) {
-        // Run non-atomically (COMMIT or ROLLBACK inside): that path returns no rows.
-        // CALL wants a row (a NULL one is an error): a row of NULLs.
+        // Every CALL of a procedure with OUT parameters returns a row, atomic or not (a
+        // non-atomic run hands it back too: nonatomic.cc); none came: a row of NULLs, said
+        // aloud (CALL wants a row: a NULL one is an error).
         Datum* vals = (Datum*)palloc0(sizeof(Datum) * s->tupdesc->natts);
         bool* nulls = (bool*)palloc(sizeof(bool) * s->tupdesc->natts);
         memset(nulls, true, sizeof(bool) * s->tupdesc->natts);
         ereport(WARNING, (errmsg("the OUT parameters of autonomous procedure %s are NULL", s->routine_text),
-                          errdetail("It committed or rolled back inside, so it ran as a top-level CALL of its own, "
-                                    "which hands back no values.")));
+                          errdetail("Its CALL returned no row.")));
         return HeapTupleGetDatum(heap_form_tuple(s->tupdesc, vals, nulls));
     }
     values[0] = PointerGetDatum(JsonbValueToJsonb(row));

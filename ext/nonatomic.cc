@@ -23,6 +23,7 @@
 #include "message_load.h"
 #include "param_binder.h"
 #include "pg_guard.h"
+#include "result_receiver.h"
 #include "run_as_caller.h"
 #include "waiters.h"
 
@@ -126,7 +127,8 @@ static const char* claim(const AtxMessageC* m, XLogRecPtr lsn)
 // waiter that finds the message handled before (a nested wait emitted again by a retried
 // parent) is handed this.
 static char* outcome_json(const AtxMessageC* m, const char* status, int sqlerrcode, const char* error,
-                          const char* detail, const char* hint, const char* command, int64 rows)
+                          const char* detail, const char* hint, const char* command, int64 rows,
+                          const char* result = NULL, bool truncated = false)
 {
     AtxExecOutcome o;
     if (!m->waited)
@@ -140,6 +142,8 @@ static char* outcome_json(const AtxMessageC* m, const char* status, int sqlerrco
     o.hint = hint;
     o.command = command;
     o.rows = rows;
+    o.result = result;
+    o.truncated = truncated;
     return atx_exec_outcome_json(&o);
 }
 
@@ -158,7 +162,7 @@ static void record_final(const AtxMessageC* m, XLogRecPtr lsn, const char* statu
 // starts while its portal still runs the plan list, so a list made in that transaction's memory
 // would be read after it was freed (a crash of the worker, and a restart of the server).
 static void run_top_level(RawStmt* rs, const char* sql, int nargs, Oid* types, ParamListInfo params,
-                          QueryCompletion* qc, MemoryContext trees)
+                          QueryCompletion* qc, MemoryContext trees, DestReceiver* dest)
 {
     bool snapshot = false;
     List* queries;
@@ -183,9 +187,9 @@ static void run_top_level(RawStmt* rs, const char* sql, int nargs, Oid* types, P
     PortalDefineQuery(portal, NULL, sql, tag, plans, NULL);
     PortalStart(portal, params, 0, InvalidSnapshot);
 #if PG_VERSION_NUM >= 180000
-    (void)PortalRun(portal, FETCH_ALL, true, None_Receiver, None_Receiver, qc);
+    (void)PortalRun(portal, FETCH_ALL, true, dest, dest, qc);
 #else
-    (void)PortalRun(portal, FETCH_ALL, true, true, None_Receiver, None_Receiver, qc);
+    (void)PortalRun(portal, FETCH_ALL, true, true, dest, dest, qc);
 #endif
     PortalDrop(portal, false);
     CommitTransactionCommand();
@@ -201,6 +205,11 @@ void atx_nonatomic_main(Datum arg)
     int save_sec;
     const char* status;
     MemoryContext work;
+    // The rows a waiting atx_exec caller gets (a CALL's OUT and INOUT values: an autonomous
+    // procedure that commits inside hands them back this way); set in PG_TRY, read after it.
+    AtxResultReceiver* volatile rows_to = NULL;
+    const char* volatile result = NULL;
+    volatile bool truncated = false;
 
     memset(&m, 0, sizeof m);
     pqsignal(SIGTERM, die);
@@ -270,10 +279,13 @@ void atx_nonatomic_main(Datum arg)
             if (sh->timeout_ms > 0)
                 enable_timeout_after(STATEMENT_TIMEOUT, sh->timeout_ms);
             memset(&qc, 0, sizeof qc);
+            if (m.waited)
+                rows_to = atx_result_receiver_create(atx_exec_max_result_bytes);  // in `work`: outlives them
             {
                 MemoryContext trees = AllocSetContextCreate(work, "pg_atx nonatomic statement", ALLOCSET_DEFAULT_SIZES);
+                DestReceiver* dest = rows_to ? atx_result_receiver_dest(rows_to) : None_Receiver;
                 foreach (lc, raw) {
-                    run_top_level((RawStmt*)lfirst(lc), m.statement, m.nparams, types, params, &qc, trees);
+                    run_top_level((RawStmt*)lfirst(lc), m.statement, m.nparams, types, params, &qc, trees, dest);
                     MemoryContextReset(trees);
                 }
             }
@@ -281,10 +293,15 @@ void atx_nonatomic_main(Datum arg)
             MemoryContextSwitchTo(work);
             copy_text(sh->command, sizeof sh->command, GetCommandTagName(qc.commandTag));
             sh->rows = (int64)qc.nprocessed;
+            if (rows_to) {
+                bool cut = false;
+                result = atx_result_receiver_json(rows_to, &cut);
+                truncated = cut;
+            }
 
             bookkeeping_begin(&save_user, &save_sec);
             record_final(&m, sh->lsn, "applied",
-                         outcome_json(&m, "applied", 0, NULL, NULL, NULL, sh->command, sh->rows));
+                         outcome_json(&m, "applied", 0, NULL, NULL, NULL, sh->command, sh->rows, result, truncated));
             bookkeeping_end(save_user, save_sec);
             sh->state = NA_APPLIED;
         }
@@ -324,6 +341,10 @@ void atx_nonatomic_main(Datum arg)
         o.error = sh->error;
         o.command = sh->command;
         o.rows = sh->rows;
+        if (sh->state == NA_APPLIED) {
+            o.result = result;
+            o.truncated = truncated;
+        }
         json = atx_exec_outcome_json(&o);
         atx_waiter_publish_now(m.id, o.status, o.sqlerrcode, o.error, NULL, NULL, json);
     }
