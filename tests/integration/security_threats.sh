@@ -92,6 +92,7 @@ function atx.park(pg_lsn[]) EXECUTE
 function atx.prune() EXECUTE
 function atx.retry_dead_letter(bigint,integer) EXECUTE
 function atx.run_nonatomic(pg_lsn,integer,timestamp with time zone,integer,text,text,text,text) EXECUTE
+function atx.standby_flush_lsn() EXECUTE
 function atx.terminate_overdue(integer,pg_lsn) EXECUTE
 function atx.unapplied(pg_lsn[]) EXECUTE
 function atx.wake(uuid[]) EXECUTE

@@ -274,6 +274,7 @@ def check(calls, db, events, role_of, run, res=None):
     memory(run, res)
     exits(run.get("applier_exits") or [], res)
     res.summary["replica_reinits"] = len(run.get("reinits") or [])
+    res.summary["grants_regranted"] = run.get("regrants", 0)
     if run.get("hung"):
         res.fail("no call hung", "; ".join(run["hung"][:5]))
     if not run.get("drained", (True, ""))[0]:

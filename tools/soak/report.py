@@ -79,6 +79,10 @@ def run_section(d):
         out.append("- Replicas rebuilt with `patronictl reinit` after 45 s without streaming: %d (Patroni 3.0 "
                    "starts a node whose WAL went past the new primary's fork point as a replica that never "
                    "streams; an operator's fix, not pg_atx's)." % s["replica_reinits"])
+    if s.get("grants_regranted"):
+        out.append("- GRANTs that healed a revoke and were lost in a later failover (they commit without waiting "
+                   "for the standby), granted again by the nemesis: %d; those revokes' windows end there."
+                   % s["grants_regranted"])
     for check, detail in r.get("failures", []):
         out.append("- **failed: %s**: %s" % (check, detail[:600]))
     for check, detail in r.get("todo", []):

@@ -341,7 +341,7 @@ def main(argv=None):
         db = checker.load(conn)
         conn.close()
         run = dict(t_start=t_start, t_end=t_end, recovery_bound=bound, rss=nem.rss,
-                   applier_exits=nem.applier_exits, hung=hung, drained=dr, reinits=nem.reinits)
+                   applier_exits=nem.applier_exits, hung=hung, drained=dr, reinits=nem.reinits, regrants=nem.regrants)
         res = checker.check(calls, db, events, env.role, run)
         for err in nem.errors:
             res.notes.append("nemesis: " + err)
