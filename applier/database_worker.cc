@@ -730,6 +730,7 @@ void DatabaseWorker::load_parked()
         return;
     parked_load_lsn_ =
         parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+    std::vector<Pending> loaded;
     for (int i = 0; i < n; ++i) {
         const Lsn start = parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0);
         size_t len = 0;
@@ -752,7 +753,20 @@ void DatabaseWorker::load_parked()
         } catch (const StateError&) {
         }
         parked_lsns_.insert(start);
-        dispatcher_.add(std::move(p));
+        loaded.push_back(std::move(p));
+    }
+    // A waited nested message parked with its parent (both behind a long statement, or both lost
+    // with a failover) runs after the parent's new run, in the parent's lane: that run emits it
+    // again and waits for it (same id: the copy then finds it handled). Run first, by itself, it
+    // would be cancelled (nobody waits for it) and hand that outcome to the parent's new wait.
+    std::unordered_map<Id, Id, IdHash> lane_of;
+    for (const auto& q : loaded)
+        lane_of.emplace(q.id, q.lane);
+    for (auto& q : loaded) {
+        if (q.depth > 0 && q.waited)
+            if (auto it = lane_of.find(q.lane); it != lane_of.end())
+                q.lane = it->second;
+        dispatcher_.add(std::move(q));
     }
     spdlog::info("{} event=parked_loaded count={} first={} action=\"they run from their copies before what the "
                  "stream sends\"",
