@@ -149,11 +149,8 @@ bootstrap:
     ttl: 20
     loop_wait: 2
     retry_timeout: 5
-    # The tests count what pg_atx loses when the promoted replica missed WAL (its walsender
-    # stalled while callers at synchronous_commit = local wrote): with Patroni's 1 MB the replica
-    # may not be promoted at all, and the cluster waits for the old primary (docs/ha.md), which
-    # tests nothing of pg_atx. 64 MB lets it promote.
-    maximum_lag_on_failover: 67108864
+    # Patroni's default; HA_MAX_LAG overrides it (ha_patroni.sh does).
+    maximum_lag_on_failover: ${HA_MAX_LAG:-1048576}
     synchronous_mode: $HA_SYNC
     postgresql:
       use_pg_rewind: true
