@@ -284,6 +284,7 @@ note "applier conninfo: $(conninfo)"
 ha_phase "case 1: emit before the fault"
 clients_start 1
 check "every client acknowledged numbers before the fault" ha_wait 60 clients_past 1 100
+sleep 4   # load for a while before the fault (as before the soak merge; not a synchronisation)
 ha_phase "case 1: walsender stalled"
 ha_stall_walsenders "$PRIMARY" || not_ok "stall the walsender of $PRIMARY"
 sleep "$STALL"
