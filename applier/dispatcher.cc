@@ -123,7 +123,6 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
 {
     Batch b;
     b.lane = lane_id;
-    b.lanes.push_back(lane_id);
     b.as = l.q.front().as;
     b.nested = kind == WorkerKind::Nested;
     l.leased = true;
@@ -260,27 +259,20 @@ void Dispatcher::wake_others()
     }
 }
 
-// Caller holds the lock. Puts b's items from `from` on back at the front of their lanes and
-// ends the leases. `when`: not before then, for every lane of b or (failing_lane_only) for the
-// lane of item `from` only. The lane of the last message that ran becomes slow when the batch
-// ran longer than park_after (dispatcher.h).
-void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when, bool failing_lane_only)
+// Caller holds the lock. Puts b's items from `from` on back at the front of their lane and ends
+// the lease, not before `when`. The lane becomes slow when the batch ran longer than park_after
+// (dispatcher.h).
+void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 {
-    const auto now = Clock::now();
+    Lane& l = lanes_[b.lane];
+    l.slow = opt_.park_after.count() > 0 && Clock::now() - l.leased_at >= opt_.park_after;
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
         annotate(p);
-        lanes_[p.lane].q.push_front(std::move(p));
+        l.q.push_front(std::move(p));
     }
-    const bool slow_batch = opt_.park_after.count() > 0 && now - lanes_[b.lane].leased_at >= opt_.park_after;
-    const Id* slow_lane = b.items.empty() ? nullptr : &b.items[from > 0 ? std::min(from, b.items.size()) - 1 : 0].lane;
-    const Id* failing = failing_lane_only && from < b.items.size() ? &b.items[from].lane : nullptr;
-    for (const Id& lane_id : b.lanes) {
-        Lane& l = lanes_[lane_id];
-        l.slow = slow_batch && slow_lane != nullptr && *slow_lane == lane_id;
-        l.not_before = (!failing_lane_only || (failing != nullptr && *failing == lane_id)) ? when : Clock::time_point{};
-        requeue(lane_id, l);
-    }
+    l.not_before = when;
+    requeue(b.lane, l);
     in_flight_ -= b.items.size();
     for (const auto& p : b.items)
         running_.erase(p.id);
@@ -322,7 +314,7 @@ void Dispatcher::retry_later(const Batch& b, size_t n, Clock::time_point when, i
         if (p.first_failed_us == 0)
             p.first_failed_us = now_us;
     }
-    give_back(copy, std::min(n, copy.items.size()), when, true);
+    give_back(copy, std::min(n, copy.items.size()), when);
 }
 
 void Dispatcher::release(const Batch& b, Clock::time_point when) { release_after(b, 0, when); }

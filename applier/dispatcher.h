@@ -220,7 +220,7 @@ private:
     Batch lease(const Id& lane_id, Lane& l, WorkerKind kind);
     void requeue(const Id& lane_id, Lane& l);
     void promote_due(Clock::time_point now);
-    void give_back(const Batch& b, size_t from, Clock::time_point when, bool failing_lane_only = false);
+    void give_back(const Batch& b, size_t from, Clock::time_point when);
     void forget_handled(const Batch& b, size_t n);
 
     Options opt_;
