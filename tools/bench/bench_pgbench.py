@@ -33,7 +33,7 @@ def first_error_line(text):
 
 def run(cluster, script, clients, seconds=None, transactions=None, rate=None, env_extra=None,
         log_latencies=True, timeout=None):
-    """Returns a dict: ok, calls, calls_per_s, median_ms, p95_ms, p99_ms and, on failure, error,
+    """Returns a dict: ok, calls, calls_per_s, processed (pgbench's count), median_ms, p95_ms, p99_ms and, on failure, error,
     clients_aborted, calls_before_error."""
     env = dict(cluster.env, **(env_extra or {}))
     with tempfile.TemporaryDirectory() as d:
@@ -72,13 +72,15 @@ def run(cluster, script, clients, seconds=None, transactions=None, rate=None, en
                         ends.append(end)
                         c = int(p[0])
                         per_client_last[c] = max(per_client_last.get(c, 0.0), end)
-    tps = None
+    tps = processed = None
     for line in stdout.splitlines():
         if line.startswith("tps =") and tps is None:
             tps = float(line.split()[2])
+        if line.startswith("number of transactions actually processed:"):
+            processed = int(line.split(":")[1].split("/")[0])
     lat.sort()
     r = {"ok": rc == 0, "clients": clients, "calls": len(lat) if log_latencies else None,
-         "calls_per_s": tps, "median_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99)}
+         "calls_per_s": tps, "processed": processed, "median_ms": pct(lat, 50), "p95_ms": pct(lat, 95), "p99_ms": pct(lat, 99)}
     if rc != 0:
         aborted = {}  # client id -> its error, in the order pgbench reported them
         for line in stderr.splitlines():
