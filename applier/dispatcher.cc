@@ -64,8 +64,14 @@ bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) con
         return false;
     if (batch_delayed(l, Clock::now()))
         return false;
-    if (head.suspect && suspect_running_)
+    if (head.suspect && suspect_running_ && !(kind == WorkerKind::Nested && in_suspect_family(lane_id)))
         return false;
+    // A message the applier decided not to run is only dead-lettered: no user code, a few
+    // milliseconds. Outside its principal's budget, so that its final state does not wait for
+    // that principal's other long statements (an overdue stall's dead letter waited for the next
+    // ones of the same login to overstay too).
+    if (head.verdict && kind == WorkerKind::Regular)
+        return true;
     if (kind == WorkerKind::Nested) {
         // Only a wait that can never end otherwise: the parent (the lane) is running now.
         if (!nested_head(l.q) || running_.count(lane_id) == 0)
@@ -75,6 +81,13 @@ bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) con
     }
     auto busy = principal_busy_.find(head.as.principal_oid);
     return busy == principal_busy_.end() || busy->second < opt_.role_budget;
+}
+
+// Caller holds the lock: a nested lane whose parent is the suspect running alone, or one of its
+// nested messages: its head belongs to that run (dispatcher.h, "Poison messages of a crash").
+bool Dispatcher::in_suspect_family(const Id& lane_id) const
+{
+    return suspect_running_ && suspect_family_.count(lane_id) > 0;
 }
 
 // Caller holds the lock: --batch-delay-ms: a lane waits for more messages while it holds fewer
@@ -129,12 +142,15 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
     l.leased_at = Clock::now();
     l.leased_principal = l.q.front().as.principal_oid;
     const Pending& head = l.q.front();
+    const bool family = in_suspect_family(lane_id);
     if (head.suspect || head.verdict || head.losses > 0 || head.attempts > 0) {
         // Alone: a suspect, so that a loss now can only be its doing; a message with a verdict,
         // to be dead-lettered; one that lost a backend before, so that its next loss is clearly
         // its own; one retried after a transient failure, whose time limit is what is left of its
         // retry window.
-        b.suspect = head.suspect;
+        // A suspect of the running suspect's family runs with it, not alone: a loss now is the
+        // family's, counted against the suspect that started it.
+        b.suspect = head.suspect && !family;
         if (b.suspect)
             suspect_running_ = true;
         b.items.push_back(std::move(l.q.front()));
@@ -142,6 +158,15 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
     } else {
         const size_t most = l.slow ? 1 : opt_.batch_size;
         take_run(l, b, most);
+    }
+    // No other suspect starts until the whole family is back: a child may outlive its parent's
+    // run (the parent's wait timed out, or it overstayed), and a crash it causes then must not
+    // be counted against the next suspect.
+    b.family = b.suspect || family;
+    if (b.family) {
+        ++family_in_flight_;
+        for (const auto& p : b.items)
+            suspect_family_.insert(p.id);
     }
     if (kind == WorkerKind::Regular)
         ++principal_busy_[b.as.principal_oid];
@@ -184,6 +209,10 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::optional<RunAs> pref
             if (it == lanes_.end() || !eligible(it->second, *r, kind))
                 continue;
             ++seen;
+            if (it->second.q.front().verdict) {
+                chosen = r;  // first: it only needs its dead letter written (eligible())
+                break;
+            }
             const RunAs& as = it->second.q.front().as;
             const auto& pool = kind == WorkerKind::Nested ? nested_busy_ : principal_busy_;
             const auto busy_it = pool.find(as.principal_oid);
@@ -280,8 +309,10 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
     auto it = busy.find(b.as.principal_oid);
     if (it != busy.end() && it->second > 0 && --it->second == 0)
         busy.erase(it);
-    if (b.suspect)
+    if (b.family && family_in_flight_ > 0 && --family_in_flight_ == 0) {
         suspect_running_ = false;
+        suspect_family_.clear();
+    }
 }
 
 // Caller holds the lock: the first n messages of b are handled; what was kept about them goes.
@@ -493,6 +524,8 @@ void Dispatcher::clear()
     nonatomic_total_ = 0;
     running_.clear();
     suspect_running_ = false;
+    suspect_family_.clear();
+    family_in_flight_ = 0;
     in_flight_ = 0;
     parked_ = 0;
     stopped_ = false;

@@ -34,7 +34,9 @@
 // Poison messages of a crash: when an apply backend dies and the server restarts (a crash ends
 // every backend, so which message did it cannot be seen), every message of the batches in flight
 // becomes a suspect. Suspects run alone, one at a time per database; a loss while a suspect runs
-// alone counts against it. Suspicion survives clear() (a server crash ends the stream too). A
+// alone counts against it. Alone means with its own waited nested messages (its atx_exec calls,
+// and theirs): they are part of its run, and kept from it they could only time out its wait, so a
+// crash during the family's run counts against the suspect that started it. Suspicion survives clear() (a server crash ends the stream too). A
 // connection that simply went is settled once a reconnect shows whether the server restarted.
 #pragma once
 
@@ -99,6 +101,7 @@ struct Batch {
     std::vector<Id> lanes;  // every lane whose messages it holds (today: lane only), all leased
     RunAs as;
     bool suspect = false;  // a suspect running alone
+    bool family = false;   // that suspect's batch, or one of its nested messages' (suspect_family_)
     bool nested = false;   // taken by the nested pool
     std::vector<Pending> items;
 };
@@ -213,6 +216,7 @@ private:
     void annotate(Pending& p) const;
 
     bool eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const;
+    bool in_suspect_family(const Id& lane_id) const;
     bool waits_for_park(const Pending& head) const;
     bool batch_delayed(const Lane& l, Clock::time_point now) const;
     void take_run(Lane& l, Batch& b, size_t most);
@@ -238,7 +242,9 @@ private:
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;
     std::vector<Unexplained> unexplained_;
-    bool suspect_running_ = false;
+    bool suspect_running_ = false;                   // a suspect's family runs: no other suspect starts
+    std::unordered_set<Id, IdHash> suspect_family_;  // the running suspect and its leased nested messages
+    size_t family_in_flight_ = 0;                    // their batches leased: suspect_running_ while > 0
     size_t in_flight_ = 0;
     size_t parked_ = 0;          // parked messages not handled yet
     bool wake_pending_ = false;  // a give-back may have made work the waiting workers can take

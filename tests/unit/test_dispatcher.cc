@@ -195,6 +195,95 @@ TEST_CASE("after a lost backend the batch's messages run alone, one suspect at a
     CHECK(d.suspects() == 0);
 }
 
+namespace {
+
+// A server crash while parent 1 waited for its nested atx_exec child 2, which waited for its own
+// child 3, and lane 2's message 9 ran too: all four were in flight, all are suspects. Returns the
+// dispatcher with the parent's lane the oldest ready one.
+void crash_with_nested_chain(Dispatcher& d)
+{
+    d.add(msg(1, 1));
+    d.add(msg(9, 2));
+    auto p = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto o = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(p);
+    REQUIRE(o);
+    if (starts(*p) != std::vector<Lsn>{1})
+        std::swap(p, o);
+    d.add(nested(2, 1));
+    auto c = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(c);
+    d.add(nested(3, 2));
+    auto g = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(g);
+    d.lost(*p);
+    d.lost(*o);
+    d.lost(*c);
+    d.lost(*g);
+    REQUIRE(d.suspects() == 4);
+}
+
+}  // namespace
+
+TEST_CASE("a suspect's own waited nested messages run with it; another suspect does not", "[dispatcher]")
+{
+    // Kept from their parent's solo run, the children could only time out its wait.
+    Dispatcher d({10, 4});
+    crash_with_nested_chain(d);
+    auto s = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(s);
+    CHECK(s->suspect);
+    REQUIRE(starts(*s) == std::vector<Lsn>{1});
+    // Its child runs with it, and the child's child with the child, neither of them alone.
+    auto c = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(c);
+    CHECK(starts(*c) == std::vector<Lsn>{2});
+    CHECK_FALSE(c->suspect);
+    auto g = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(g);
+    CHECK(starts(*g) == std::vector<Lsn>{3});
+    CHECK_FALSE(g->suspect);
+    // Lane 2's suspect waits, in either pool, while the family runs.
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    CHECK_FALSE(d.take(WorkerKind::Nested, any, milliseconds(0)));
+
+    SECTION("a crash during the family's run counts against the parent only")
+    {
+        d.lost(*g);
+        d.lost(*c);
+        d.lost(*s);
+        CHECK(d.suspects() == 4);  // the children stay suspects, lane 2's too
+        // Each runs alone now (the regular pool may take a child whose parent does not run).
+        std::optional<Batch> again;
+        while (auto x = d.take(WorkerKind::Regular, any, milliseconds(0))) {
+            CHECK(x->suspect);
+            if (starts(*x) == std::vector<Lsn>{1}) {
+                again = x;
+                break;
+            }
+            CHECK(x->items[0].losses == 0);  // lane 2's message, the child or the grandchild
+            d.done(*x, x->items.size());
+        }
+        REQUIRE(again);
+        CHECK(again->items[0].losses == 1);
+        d.done(*again, 1);
+    }
+    SECTION("a child that outlives its parent's run keeps the next suspect waiting")
+    {
+        d.done(*s, 1);  // the parent's wait timed out: it ended, its child runs on
+        CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+        d.done(*g, 1);
+        CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+        d.done(*c, 1);
+        auto o = d.take(WorkerKind::Regular, any, milliseconds(0));
+        REQUIRE(o);
+        CHECK(o->suspect);
+        CHECK(starts(*o) == std::vector<Lsn>{9});
+        d.done(*o, 1);
+        CHECK(d.suspects() == 0);
+    }
+}
+
 TEST_CASE("suspicion survives a new stream (the server crashed)", "[dispatcher]")
 {
     Dispatcher d({10, 4});
@@ -413,6 +502,51 @@ TEST_CASE("a condemned message is handed over alone, after the messages before i
     REQUIRE(e);
     CHECK(starts(*e) == std::vector<Lsn>{3});
     CHECK_FALSE(e->items[0].verdict);
+}
+
+TEST_CASE("a condemned message's dead letter does not wait for its principal's budget", "[dispatcher]")
+{
+    // One login's lanes of statements that overstay; role budget 2. A condemned message is only
+    // dead-lettered: it goes also when the login's sessions are all busy, so that its final
+    // state does not wait for the next ones to overstay too.
+    Dispatcher d({10, 2});
+    d.add(msg(3, 3));  // lane 3 is ready first
+    d.add(msg(1, 1));
+    d.add(msg(2, 2));
+    auto x = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto y = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(x);
+    REQUIRE(y);
+    CHECK(starts(*x) == std::vector<Lsn>{3});
+    CHECK(starts(*y) == std::vector<Lsn>{1});
+    d.add(msg(4, 3));  // lane 3's next, ready before the verdict
+    d.done(*x, 1);
+    d.condemn(*y, id_of(1), atx::Verdict::Timeout);  // 1 overstayed: the login holds no session now
+    // Free sessions: the login's lanes 2 and 3 would fill its budget; the verdict goes anyway.
+    bool verdict = false;
+    while (auto t = d.take(WorkerKind::Regular, any, milliseconds(0)))
+        verdict = verdict || (t->items[0].start == 1 && t->items[0].verdict);
+    CHECK(verdict);
+
+    // After a reconnect (clear), the login's two sessions busy, its condemned message sent again.
+    Dispatcher e({10, 2});
+    e.add(msg(1, 1));
+    auto a = e.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    e.condemn(*a, id_of(1), atx::Verdict::Timeout);
+    e.clear();
+    e.add(msg(2, 2));
+    e.add(msg(3, 3));
+    auto b = e.take(WorkerKind::Regular, any, milliseconds(0));
+    auto c = e.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    REQUIRE(c);
+    e.add(msg(1, 1));
+    auto w = e.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(w);
+    CHECK(starts(*w) == std::vector<Lsn>{1});
+    REQUIRE(w->items[0].verdict);
+    CHECK(*w->items[0].verdict == atx::Verdict::Timeout);
 }
 
 TEST_CASE("a backend that exits while a message runs counts against that message only", "[dispatcher]")
