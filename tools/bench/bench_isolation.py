@@ -97,6 +97,7 @@ class Sampler(threading.Thread):
     def __init__(self, cluster, roles):
         super().__init__(daemon=True)
         self.cluster, self.roles = cluster, roles
+        self.t0 = time.time()  # the registry keeps exit records: earlier patterns' runs are not this one's
         self.stop_ev = threading.Event()
         self.started = {}   # message id -> first started_at seen (epoch s), hostile roles only
         self.wal = []       # (epoch s, current WAL lsn as int, confirmed as int)
@@ -112,8 +113,9 @@ class Sampler(threading.Thread):
         while not self.stop_ev.is_set():
             try:
                 out = self.cluster.psql(
-                    "SELECT a.message_id, extract(epoch FROM a.started_at) FROM atx.apply_activity() a "
+                    "SELECT a.message_id::text, extract(epoch FROM a.started_at)::text FROM atx.apply_activity() a "
                     f"JOIN pg_roles r ON r.oid = a.role_oid WHERE a.message_id IS NOT NULL AND r.rolname IN ({self.roles}) "
+                    f"AND a.started_at >= to_timestamp({self.t0}) "
                     "UNION ALL SELECT 'wal', extract(epoch FROM clock_timestamp()) || ' ' || pg_current_wal_lsn() || ' ' || "
                     "(SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = atx.slot_name()) "
                     "UNION ALL SELECT 'pid', pid::text FROM pg_stat_activity WHERE application_name LIKE 'atx-applier apply%'")
@@ -208,6 +210,13 @@ def _finals(cluster, ids):
     return finals
 
 
+def _record(cluster, mid):
+    """What the server holds of a message: its atx.applied status and its dead letter's SQLSTATE."""
+    return cluster.psql(f"SELECT coalesce((SELECT status FROM atx.applied WHERE message_id = '{mid}'), '-') || ' ' || "
+                        f"coalesce((SELECT sqlstate || ' ' || left(error, 80) FROM atx.dead_letter "
+                        f"WHERE message_id = '{mid}' LIMIT 1), '-')")
+
+
 def _emit_time(uuid):
     """Seconds since the epoch of a UUID v7 (pg_atx message ids carry their emit millisecond)."""
     return int(uuid.replace("-", "")[:12], 16) / 1000.0
@@ -261,6 +270,7 @@ def run(cluster, new_applier, quick, log):
             ids = set(emitted) | set(sampler.started)
             finals = _finals(cluster, ids)
             run_to_final = [finals[i] - sampler.started[i] for i in sampler.started if i in finals]
+            slowest = sorted((i for i in sampler.started if i in finals), key=lambda i: sampler.started[i] - finals[i])[:3]
             emit_to_final = [finals[i] - _emit_time(i) for i in emitted if i in finals]
             r = {"victim": _victim_figures(cluster),
                  "hostile_messages": len(ids), "hostile_final": len(finals),
@@ -268,7 +278,11 @@ def run(cluster, new_applier, quick, log):
                  "hostile_emit_to_final_max_s": round(max(emit_to_final, default=0), 1),
                  "slot_lag_max_s": round(sampler.slot_lag_s(), 1),
                  "apply_backend_rss_max_mb": round(sampler.rss_kb / 1024, 1),
-                 "sampler_errors": sampler.errors}
+                 "sampler_errors": sampler.errors,
+                 "hostile_slowest": [{"id": i, "emit_to_run_s": round(sampler.started[i] - _emit_time(i), 1),
+                                      "run_to_final_s": round(finals[i] - sampler.started[i], 1),
+                                      "record": _record(cluster, i)} for i in slowest],
+                 "hostile_open": [{"id": i, "record": _record(cluster, i)} for i in sorted(ids - set(finals))[:3]]}
             results["patterns"][name] = r
             v = r["victim"].get("log", {})
             log(f"  {name}: victim p99 {v.get('p99_ms')} ms, max {v.get('max_ms')} ms; hostile {r['hostile_final']}/"
