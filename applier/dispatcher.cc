@@ -51,8 +51,16 @@ void Dispatcher::add(Pending p)
             delayed_.emplace(l.not_before, lane_id);
         else
             ready_.push_back(lane_id);
-        cv_.notify_one();
+        regular_cv_.notify_one();
+        if (nested_head(l.q) && running_.count(lane_id) > 0)
+            nested_cv_.notify_one();
     }
+}
+
+void Dispatcher::notify_all_locked()
+{
+    regular_cv_.notify_all();
+    nested_cv_.notify_all();
 }
 
 bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const
@@ -187,7 +195,7 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::optional<RunAs> pref
         if (wake_pending_) {
             wake_pending_ = false;
             if (any_eligible_locked())
-                cv_.notify_all();
+                notify_all_locked();
         }
     };
     for (;;) {
@@ -250,7 +258,7 @@ std::optional<Batch> Dispatcher::take(WorkerKind kind, std::optional<RunAs> pref
         pass_on();
         if (now >= deadline)
             return std::nullopt;
-        cv_.wait_until(lock, until);
+        (kind == WorkerKind::Nested ? nested_cv_ : regular_cv_).wait_until(lock, until);
     }
 }
 
@@ -284,7 +292,7 @@ void Dispatcher::wake_others()
     std::lock_guard<std::mutex> lock(mu_);
     if (wake_pending_) {
         wake_pending_ = false;
-        cv_.notify_all();
+        notify_all_locked();
     }
 }
 
@@ -469,7 +477,7 @@ void Dispatcher::parked(const std::vector<Id>& ids, const std::vector<Id>& tried
             }
         }
     }
-    cv_.notify_all();
+    notify_all_locked();
 }
 
 void Dispatcher::park_failed()
@@ -535,7 +543,7 @@ void Dispatcher::stop()
 {
     std::lock_guard<std::mutex> lock(mu_);
     stopped_ = true;
-    cv_.notify_all();
+    notify_all_locked();
 }
 
 size_t Dispatcher::queued() const

@@ -229,7 +229,12 @@ private:
 
     Options opt_;
     mutable std::mutex mu_;
-    std::condition_variable cv_;
+    // One per pool: a nested worker can take only a running parent's waited child, so a wake-up
+    // for other work that reached one was lost, and the message waited for a regular worker's
+    // next poll (200 ms) behind a pool of idle nested workers.
+    std::condition_variable regular_cv_;
+    std::condition_variable nested_cv_;
+    void notify_all_locked();
     std::unordered_map<Id, Lane, IdHash> lanes_;
     std::deque<Id> ready_;                          // lanes with messages, not leased, due
     std::multimap<Clock::time_point, Id> delayed_;  // lanes waiting for a retry time

@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <thread>
 
 #include "dispatcher.h"
@@ -572,6 +573,39 @@ TEST_CASE("a backend that exits while a message runs counts against that message
     REQUIRE(e);
     REQUIRE(e->items[0].verdict);
     CHECK(*e->items[0].verdict == atx::Verdict::BackendLost);
+}
+
+TEST_CASE("a new message wakes a regular worker, not one of the idle nested ones", "[dispatcher]")
+{
+    // A pool of idle nested workers (left by a burst of nested atx_exec chains) and one regular
+    // worker, all waiting. A nested worker cannot take a plain message: a wake-up that reached one
+    // was lost, and the message waited for the regular worker's next poll.
+    Dispatcher d({10, 2});
+    std::atomic<int> nested_got{0};
+    std::vector<std::thread> pool;
+    for (int i = 0; i < 16; ++i)
+        pool.emplace_back([&] {
+            if (d.take(WorkerKind::Nested, any, std::chrono::seconds(60)))
+                ++nested_got;
+        });
+    std::optional<Batch> got;
+    auto woken_after = std::chrono::seconds(0);
+    std::thread regular([&] {
+        const auto t0 = Clock::now();
+        got = d.take(WorkerKind::Regular, any, std::chrono::seconds(20));
+        woken_after = std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - t0);
+    });
+    // Let them wait (were one not waiting yet, it finds the message on its own: no false failure).
+    std::this_thread::sleep_for(milliseconds(300));
+    d.add(msg(1, 1));
+    regular.join();
+    REQUIRE(got);
+    CHECK(starts(*got) == std::vector<Lsn>{1});
+    CHECK(woken_after < std::chrono::seconds(10));  // woken, not timed out
+    d.stop();
+    for (auto& t : pool)
+        t.join();
+    CHECK(nested_got == 0);
 }
 
 TEST_CASE("background workers for non-atomic messages are shared out by principal", "[dispatcher]")
