@@ -21,7 +21,6 @@ constexpr const char* kApplySql =
     "SELECT lsn::text, message_id::text, status, sqlstate, error, failure, command, rows::text, backend_bytes::text "
     "FROM atx.apply_batch($1::pg_catalog.pg_lsn[], $2::pg_catalog.int4[], $3::pg_catalog.timestamptz[], "
     "$4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.bool, $7::pg_catalog.text, $8::pg_catalog.int4)";
-constexpr const char* kLsnStmt = "atx_commit_lsn";
 constexpr const char* kLsnSql = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
 
 std::string iso_utc(int64_t unix_us)
@@ -119,11 +118,9 @@ void ApplySession::connect(const std::string& base_conninfo, const std::string& 
     backend_pid_ = PQbackendPID(conn_.get());
     // Parsed and planned once per session, not once per batch (a quarter of the apply backend's
     // time when batches are small).
-    for (const auto& [name, sql] : {std::pair{kApplyStmt, kApplySql}, std::pair{kLsnStmt, kLsnSql}}) {
-        PgResult p(PQprepare(conn_.get(), name, sql, 0, nullptr));
-        if (!p || PQresultStatus(p.get()) != PGRES_COMMAND_OK)
-            throw conn_.error_from(p.get(), "preparing the apply call");
-    }
+    PgResult p(PQprepare(conn_.get(), kApplyStmt, kApplySql, 0, nullptr));
+    if (!p || PQresultStatus(p.get()) != PGRES_COMMAND_OK)
+        throw conn_.error_from(p.get(), "preparing the apply call");
 }
 
 void ApplySession::swap_connection(ApplySession& o)
@@ -178,37 +175,57 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     serves_ = as;
 
     PGconn* c = conn_.get();
-    if (PQenterPipelineMode(c) != 1)
-        throw conn_.error_from(nullptr, "entering pipeline mode");
-    if (PQsendQueryPrepared(c, kApplyStmt, 8, vals, nullptr, nullptr, 0) != 1 ||
-        PQsendQueryPrepared(c, kLsnStmt, 0, nullptr, nullptr, nullptr, 0) != 1 || PQpipelineSync(c) != 1)
-        throw conn_.error_from(nullptr, "sending a batch");
-    ATX_FAULT_POINT("mid_batch");
-
-    PgResult rows = next_result(conn_, abandon_);
-    if (!rows)
-        throw conn_.error_from(nullptr, "reading the batch's results");
-    const ExecStatusType st = PQresultStatus(rows.get());
+    PgResult rows, lsn_result;
     std::optional<PgError> failed;
-    if (st != PGRES_TUPLES_OK)
-        failed = conn_.error_from(rows.get(), "atx.apply_batch");
-    // Drain the pipeline whatever happened: end of the first query, the second, the sync.
-    PgResult lsn_result;
-    for (;;) {
-        PgResult r = next_result(conn_, abandon_);
-        if (!r) {
-            if (PQstatus(c) == CONNECTION_BAD)
-                throw conn_.error_from(nullptr, "reading the batch's results");
-            continue;  // end of one query's results
+    // A message that runs unrestricted (its statement needed it) has the backend's prepared
+    // statements dropped after it (ext/run_as_caller.cc, reset_session_state), and one may
+    // DEALLOCATE them itself: the apply call is prepared again once, not failed forever.
+    for (int attempt = 0; attempt < 2; ++attempt) {
+        if (PQenterPipelineMode(c) != 1)
+            throw conn_.error_from(nullptr, "entering pipeline mode");
+        // The position is read after the apply's Sync, in a transaction of its own: past the end of
+        // the commit record (before that Sync the implicit transaction has not committed yet).
+        // Not prepared: nothing the message does can take it away.
+        if (PQsendQueryPrepared(c, kApplyStmt, 8, vals, nullptr, nullptr, 0) != 1 || PQpipelineSync(c) != 1 ||
+            PQsendQueryParams(c, kLsnSql, 0, nullptr, nullptr, nullptr, nullptr, 0) != 1 || PQpipelineSync(c) != 1)
+            throw conn_.error_from(nullptr, "sending a batch");
+        ATX_FAULT_POINT("mid_batch");
+
+        rows = next_result(conn_, abandon_);
+        if (!rows)
+            throw conn_.error_from(nullptr, "reading the batch's results");
+        failed.reset();
+        if (PQresultStatus(rows.get()) != PGRES_TUPLES_OK)
+            failed = conn_.error_from(rows.get(), "atx.apply_batch");
+        // Drain the pipeline whatever happened: the apply's end and Sync, the position, its Sync.
+        lsn_result.reset();
+        for (int syncs = 0; syncs < 2;) {
+            PgResult r = next_result(conn_, abandon_);
+            if (!r) {
+                if (PQstatus(c) == CONNECTION_BAD)
+                    throw conn_.error_from(nullptr, "reading the batch's results");
+                continue;  // end of one query's results
+            }
+            const ExecStatusType s = PQresultStatus(r.get());
+            if (s == PGRES_PIPELINE_SYNC)
+                ++syncs;
+            else if (s == PGRES_TUPLES_OK && syncs == 1 && !lsn_result)
+                lsn_result = std::move(r);
         }
-        const ExecStatusType s = PQresultStatus(r.get());
-        if (s == PGRES_PIPELINE_SYNC)
-            break;
-        if (s == PGRES_TUPLES_OK && !lsn_result)
-            lsn_result = std::move(r);
+        if (PQexitPipelineMode(c) != 1)
+            throw conn_.error_from(nullptr, "leaving pipeline mode");
+        // Not found: the apply call itself was never run, so sending it again is safe.
+        if (attempt == 0 && failed && failed->sqlstate == "26000" && !failed->connection_lost) {
+            spdlog::warn("event=apply_call_prepared_again pid={} reason=\"the backend's prepared apply call was "
+                         "dropped (a message that ran unrestricted, or its DEALLOCATE)\"",
+                         backend_pid_.load());
+            PgResult p(PQprepare(c, kApplyStmt, kApplySql, 0, nullptr));
+            if (!p || PQresultStatus(p.get()) != PGRES_COMMAND_OK)
+                throw conn_.error_from(p.get(), "preparing the apply call");
+            continue;
+        }
+        break;
     }
-    if (PQexitPipelineMode(c) != 1)
-        throw conn_.error_from(nullptr, "leaving pipeline mode");
     if (failed)
         throw *failed;
     if (!lsn_result || PQntuples(lsn_result.get()) != 1)

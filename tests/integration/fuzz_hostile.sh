@@ -56,12 +56,6 @@ for r in d["rounds"]:
         text = f"round {r['round']} (seed {d['seed']}) invariant {inv}: {names[inv]}"
         if not i["ok"]:
             text += " -- " + i["first"][:300].replace("|", "/").replace("\n", " ")
-            # Known (issue 21, open): after the crash-killer's server restarts, the messages that
-            # were in flight run alone, one at a time, and the bound allows one restart per kill,
-            # not their queue: an attacker's own message may end a few seconds past it on a busy
-            # machine. Reported, not counted; the victim's side (invariant 4) still counts.
-            if inv == 1 and r["plan"].get("poison"):
-                text += " # TODO bound after server restarts does not count the suspects' queue (issue 21)"
         print(("ok" if i["ok"] else "not ok") + "|" + text)
 PYEOF
 )
