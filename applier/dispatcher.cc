@@ -72,7 +72,7 @@ bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) con
         return false;
     if (batch_delayed(l, Clock::now()))
         return false;
-    if (head.suspect && suspect_running_ && !(kind == WorkerKind::Nested && in_suspect_family(lane_id)))
+    if (head.suspect && suspect_running() && !(kind == WorkerKind::Nested && in_suspect_family(lane_id)))
         return false;
     // A message the applier decided not to run is only dead-lettered: no user code, a few
     // milliseconds. Outside its principal's budget, so that its final state does not wait for
@@ -95,7 +95,7 @@ bool Dispatcher::eligible(const Lane& l, const Id& lane_id, WorkerKind kind) con
 // nested messages: its head belongs to that run (dispatcher.h, "Poison messages of a crash").
 bool Dispatcher::in_suspect_family(const Id& lane_id) const
 {
-    return suspect_running_ && suspect_family_.count(lane_id) > 0;
+    return suspect_running() && suspect_family_.count(lane_id) > 0;
 }
 
 // Caller holds the lock: --batch-delay-ms: a lane waits for more messages while it holds fewer
@@ -159,8 +159,6 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
         // A suspect of the running suspect's family runs with it, not alone: a loss now is the
         // family's, counted against the suspect that started it.
         b.suspect = head.suspect && !family;
-        if (b.suspect)
-            suspect_running_ = true;
         b.items.push_back(std::move(l.q.front()));
         l.q.pop_front();
     } else {
@@ -317,10 +315,8 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
     auto it = busy.find(b.as.principal_oid);
     if (it != busy.end() && it->second > 0 && --it->second == 0)
         busy.erase(it);
-    if (b.family && family_in_flight_ > 0 && --family_in_flight_ == 0) {
-        suspect_running_ = false;
+    if (b.family && family_in_flight_ > 0 && --family_in_flight_ == 0)
         suspect_family_.clear();
-    }
 }
 
 // Caller holds the lock: the first n messages of b are handled; what was kept about them goes.
@@ -531,7 +527,6 @@ void Dispatcher::clear()
     nonatomic_busy_.clear();
     nonatomic_total_ = 0;
     running_.clear();
-    suspect_running_ = false;
     suspect_family_.clear();
     family_in_flight_ = 0;
     in_flight_ = 0;

@@ -97,8 +97,7 @@ enum class WorkerKind { Regular, Nested };
 
 // A lane leased to one worker: its next messages, in order, all of one RunAs.
 struct Batch {
-    Id lane{};              // the lane it was taken for
-    std::vector<Id> lanes;  // every lane whose messages it holds (today: lane only), all leased
+    Id lane{};  // the lane it was taken for
     RunAs as;
     bool suspect = false;  // a suspect running alone
     bool family = false;   // that suspect's batch, or one of its nested messages' (suspect_family_)
@@ -217,6 +216,7 @@ private:
 
     bool eligible(const Lane& l, const Id& lane_id, WorkerKind kind) const;
     bool in_suspect_family(const Id& lane_id) const;
+    bool suspect_running() const { return family_in_flight_ > 0; }
     bool waits_for_park(const Pending& head) const;
     bool batch_delayed(const Lane& l, Clock::time_point now) const;
     void take_run(Lane& l, Batch& b, size_t most);
@@ -247,9 +247,8 @@ private:
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;
     std::vector<Unexplained> unexplained_;
-    bool suspect_running_ = false;                   // a suspect's family runs: no other suspect starts
     std::unordered_set<Id, IdHash> suspect_family_;  // the running suspect and its leased nested messages
-    size_t family_in_flight_ = 0;                    // their batches leased: suspect_running_ while > 0
+    size_t family_in_flight_ = 0;  // their batches leased; > 0: a suspect's family runs, no other suspect starts
     size_t in_flight_ = 0;
     size_t parked_ = 0;          // parked messages not handled yet
     bool wake_pending_ = false;  // a give-back may have made work the waiting workers can take
