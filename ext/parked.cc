@@ -96,9 +96,18 @@ bool atx_parked_at(XLogRecPtr lsn)
 // (it was handled, or parked before: the record is left as it is); 'rejected' when no pg_atx
 // message starts there (nothing written; the applier's apply will say the same). Messages that
 // do not authenticate are parked by position like any other: their run dead-letters them.
+//
+// A message below the horizon is 'handled' and gets no record: it was handled and confirmed, and
+// its record may be pruned, so the slot sends it again only after a crash took the slot's
+// confirmed position back (saved to disk at checkpoints only). Parked then, it would run a second
+// time from the copy, since a parked record overrides the horizon (apply_batch). The horizon row
+// is read FOR SHARE: a prune that moves it past a message and deletes its record waits for this
+// transaction, or has committed and is seen.
 static Datum park_body(FunctionCallInfo fcinfo)
 {
     static SPIPlanPtr plan = NULL;
+    static SPIPlanPtr horizon_plan = NULL;
+    XLogRecPtr horizon = InvalidXLogRecPtr;
     ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
     Oid types[4] = {UUIDOID, PG_LSNOID, UUIDOID, BYTEAOID};
     Datum* d;
@@ -112,6 +121,15 @@ static Datum park_body(FunctionCallInfo fcinfo)
         ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("at most %d messages per call", MAX_PARK)));
     // ON CONFLICT DO NOTHING waits for a transaction that is recording the same message (its
     // apply): once that commits, the message is handled and not parked.
+    atx_keep_plan(&horizon_plan, "SELECT lsn FROM atx.apply_horizon FOR SHARE", 0, NULL);
+    if (SPI_execute_plan(horizon_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+        elog(ERROR, "could not read atx.apply_horizon");
+    if (SPI_processed == 1) {
+        bool isnull;
+        Datum h = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+        if (!isnull)
+            horizon = DatumGetLSN(h);
+    }
     atx_keep_plan(&plan,
                   "INSERT INTO atx.applied (message_id, lsn, status, parent_id, payload) "
                   "VALUES ($1, $2, 'parked', $3, $4) ON CONFLICT (message_id) DO NOTHING",
@@ -127,7 +145,9 @@ static Datum park_body(FunctionCallInfo fcinfo)
         if (nulls[i])
             continue;
         atx_load_message(DatumGetLSN(d[i]), &l);
-        if (l.state == ATX_LOAD_REJECTED) {
+        if (l.state != ATX_LOAD_REJECTED && !l.parked && horizon != InvalidXLogRecPtr && l.lsn < horizon) {
+            status = "handled";  // handled and confirmed before (see above)
+        } else if (l.state == ATX_LOAD_REJECTED) {
             status = "rejected";
         } else if (l.parked) {
             status = "handled";  // parked before

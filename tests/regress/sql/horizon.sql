@@ -69,6 +69,23 @@ SELECT a.status
   FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM pk_msg), '{1,1,1,1}', '{NULL,NULL,NULL,NULL}', 1, 0,
                        true, 'regress') a;
 SELECT array_agg(v ORDER BY v) AS applied_once FROM pk;
+-- A crash takes the slot's confirmed position back (it is saved at checkpoints), and the slot
+-- sends these again, long after prune deleted their records. The applier may park them (their
+-- lane waits behind a stall): below the horizon they are handled, not parked, and do not run
+-- again from a copy.
+SET ROLE regress_atx_user;
+SELECT atx_log('SELECT 1') IS NOT NULL AS emitted;
+RESET ROLE;
+SELECT count(*) AS taken FROM regress_take();
+SELECT atx.prune() IS NOT NULL AS pruned;
+SELECT count(*) AS records_left FROM atx.applied a JOIN pk_msg m USING (lsn);
+SELECT (SELECT n FROM pk_msg m WHERE m.lsn = p.lsn) AS n, p.status
+  FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM pk_msg)) p ORDER BY 1;
+SELECT count(*) AS parked_again FROM atx.applied a JOIN pk_msg m USING (lsn);
+SELECT a.status
+  FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM pk_msg), '{1,1,1,1}', '{NULL,NULL,NULL,NULL}', 1, 0,
+                       true, 'regress') a;
+SELECT array_agg(v ORDER BY v) AS applied_once FROM pk;
 -- Only the applier parks.
 SET ROLE regress_atx_user;
 SELECT regress_try($$SELECT atx.park('{0/0}')$$);
