@@ -179,7 +179,7 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
     else
         ++nested_busy_[b.as.principal_oid];
     for (const auto& p : b.items)
-        running_.insert(p.id);
+        running_.emplace(p.id, p.parked);
     in_flight_ += b.items.size();
     return b;
 }
@@ -443,8 +443,13 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
         for (const auto& p : l.q) {
             if (out.size() >= max)
                 break;
-            if (p.parked || p.queued_at > before || (p.depth > 0 && p.waited && running_.count(id) > 0))
+            if (p.parked || p.queued_at > before)
                 continue;
+            if (p.depth > 0 && p.waited) {
+                const auto parent = running_.find(id);  // a nested message's lane is its parent
+                if (parent != running_.end() && !parent->second)
+                    continue;
+            }
             if (!lane_stalled && stalled.count(p.as.principal_oid) == 0)
                 continue;
             out.push_back(p);

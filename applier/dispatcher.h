@@ -157,9 +157,11 @@ public:
     void settle(const std::string& server_start);
 
     // Messages to park (at most max): queued since before `before` (not running, not parked,
-    // not an atx_exec child its running parent waits for), whose lane or principal has had a
-    // batch running since before `before`, or whose lane waits for a retry time. Their lanes
-    // are not taken until parked() or park_failed().
+    // not an atx_exec child its running parent waits for unless that parent was parked), whose
+    // lane or principal has had a batch running since before `before`, or whose lane waits for
+    // a retry time. Their lanes are not taken until parked() or park_failed(). A running parent
+    // holds the slot before its children, so parking them would move nothing; once the parent
+    // was parked, its children are the oldest messages the slot waits for.
     std::vector<Pending> park_candidates(Clock::time_point before, size_t max);
     // Of the candidates (tried), these were parked; the lanes being parked may be taken again.
     void parked(const std::vector<Id>& ids, const std::vector<Id>& tried);
@@ -242,7 +244,9 @@ private:
     std::map<uint32_t, size_t> nested_busy_;        // nested-pool workers per principal
     std::map<uint32_t, size_t> nonatomic_busy_;     // background workers per principal
     size_t nonatomic_total_ = 0;
-    std::unordered_set<Id, IdHash> running_;  // ids of the messages in leased batches
+    // The messages in leased batches: whether each was parked (then it does not hold the slot,
+    // and the atx_exec children it waits for do).
+    std::unordered_map<Id, bool, IdHash> running_;
     std::unordered_set<Id, IdHash> suspects_;
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;

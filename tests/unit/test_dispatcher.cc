@@ -746,6 +746,38 @@ TEST_CASE("an atx_exec child its running parent waits for is not parked; a lane 
     CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{3, 4});
 }
 
+TEST_CASE("the atx_exec children of a parent that runs from its parked copy are parked", "[dispatcher][park]")
+{
+    Dispatcher d({1, 4});
+    // Principal 7: lane 1 runs long; the parent (lane 2) waits behind it and is parked.
+    d.add(msg(1, 1, 7));
+    auto stall = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(stall);
+    d.add(msg(2, 2, 7));
+    auto c = d.park_candidates(later(), 100);
+    REQUIRE(starts(c) == std::vector<Lsn>{2});
+    d.parked(ids(c), ids(c));
+    d.done(*stall, 1);
+    auto parent = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(parent);
+    REQUIRE(starts(*parent) == std::vector<Lsn>{2});
+    REQUIRE(parent->items[0].parked);
+    // The slot passed the parent: now its child is the oldest message it waits for, and the
+    // parent's long run is the stall.
+    d.add(nested(3, 2, 7));
+    c = d.park_candidates(later(), 100);
+    CHECK(starts(c) == std::vector<Lsn>{3});
+    d.parked(ids(c), ids(c));
+    // It still runs at once, in the nested pool, from its copy.
+    auto child = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(child);
+    CHECK(starts(*child) == std::vector<Lsn>{3});
+    CHECK(child->items[0].parked);
+    d.done(*child, 1);
+    d.done(*parent, 1);
+    CHECK(d.parked_queued() == 0);
+}
+
 TEST_CASE("a lane whose batch ran longer than park_after gets batches of one, each parked first", "[dispatcher][park]")
 {
     Dispatcher::Options o;
