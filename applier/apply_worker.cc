@@ -2,6 +2,7 @@
 #include "apply_worker.h"
 
 #include <algorithm>
+#include <thread>
 
 #include <spdlog/spdlog.h>
 
@@ -19,6 +20,9 @@ constexpr milliseconds kTake{200};
 constexpr milliseconds kReconnectMin{100};
 constexpr milliseconds kReconnectMax{2000};
 constexpr milliseconds kBatchErrorBackoff{1000};
+// How long a lost backend may still show in the registry as it was before it counts as alive (its
+// connection dropped): a reap and the server's restart take milliseconds, on a loaded host more.
+constexpr milliseconds kLossSettleTime{5000};
 constexpr std::chrono::seconds kNestedIdleExit{30};
 
 std::string id_text(const Pending& p) { return uuid_to_string(p.id); }
@@ -386,8 +390,22 @@ void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
     try {
         connect(false);
         state = session_.registry_state(pid, &running);
+        // A SIGKILLed backend never runs its exit hook: until the postmaster reaps it (and then
+        // restarts the server, ending this connection too) the registry still shows it as it was.
+        // Read right after the loss, "running" is as often a backend that died a moment ago as
+        // one whose connection merely dropped, and taking it for the latter let a crash go
+        // uncounted: the message that caused it ran once more than --max-backend-losses allows
+        // (found by the hostile-message fuzzer). So ask again until the registry changes, the
+        // server restarts, or the backend has stayed for longer than any reap takes.
+        const auto deadline = std::chrono::steady_clock::now() + kLossSettleTime;
+        while (state && (*state == "running" || *state == "idle") && !stop_ &&
+               std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+            state = session_.registry_state(pid, &running);
+        }
     } catch (const PgError&) {
         session_.close();
+        state.reset();
     }
     if (state && *state == "exited") {
         if (const Pending* p = message_at(running)) {
