@@ -300,7 +300,10 @@ void Dispatcher::wake_others()
 void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 {
     Lane& l = lanes_[b.lane];
-    l.slow = opt_.park_after.count() > 0 && Clock::now() - l.leased_at >= opt_.park_after;
+    const auto now = Clock::now();
+    l.slow = opt_.park_after.count() > 0 && now - l.leased_at >= opt_.park_after;
+    if (opt_.park_after.count() > 0 && now - l.leased_at >= opt_.park_after / 2)
+        principal_slow_until_[b.as.principal_oid] = now + opt_.park_after;
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
         annotate(p);
@@ -428,10 +431,18 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
 {
     std::lock_guard<std::mutex> lock(mu_);
     const auto now = Clock::now();
-    std::set<uint32_t> stalled;  // principals with a batch running since before `before`
+    std::set<uint32_t> stalled;  // principals with a batch running since before `before`, or slow
     for (const auto& [id, l] : lanes_)
         if (l.leased && l.leased_at <= before)
             stalled.insert(l.leased_principal);
+    for (auto it = principal_slow_until_.begin(); it != principal_slow_until_.end();) {
+        if (it->second <= now) {
+            it = principal_slow_until_.erase(it);
+        } else {
+            stalled.insert(it->first);
+            ++it;
+        }
+    }
     std::vector<Pending> out;
     for (auto& [id, l] : lanes_) {
         if (out.size() >= max)
@@ -536,6 +547,7 @@ void Dispatcher::clear()
     family_in_flight_ = 0;
     in_flight_ = 0;
     parked_ = 0;
+    principal_slow_until_.clear();
     stopped_ = false;
 }
 

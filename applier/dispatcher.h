@@ -26,7 +26,8 @@
 // lane or principal that has run that long (or behind its lane's retry wait) is handed out by
 // park_candidates(); the database worker copies it into the server (atx.park) so that the slot
 // can move past it, and marks it parked(). It stays in its lane and runs as any other, from its
-// copy. A lane being parked is not taken meanwhile. A lane whose last batch ran longer than
+// copy. A lane being parked is not taken meanwhile. A principal whose batch ran half that long
+// counts as stalled for park_after afterwards, so that a backlog of slow messages is parked too. A lane whose last batch ran longer than
 // park_after is slow: it gets batches of one message, and a message of it that has waited that
 // long is parked before it runs (unless parking fails), so that a lane of slow messages holds the
 // slot for one message's run at most.
@@ -258,6 +259,11 @@ private:
     bool wake_pending_ = false;  // a give-back may have made work the waiting workers can take
     bool stopped_ = false;
     Clock::time_point park_broken_until_{};
+    // Principals whose last batch ran at least half of park_after, until park_after later: their
+    // messages that have waited park_after are parked even while no batch of theirs has run that
+    // long yet. A backlog of 3 s messages drained through a principal's two sessions never had a
+    // 5 s stall, and held the slot for minutes (the isolation bench's nested loops).
+    std::map<uint32_t, Clock::time_point> principal_slow_until_;
 };
 
 }  // namespace atx::applier

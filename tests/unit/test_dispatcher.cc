@@ -746,6 +746,29 @@ TEST_CASE("an atx_exec child its running parent waits for is not parked; a lane 
     CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{3, 4});
 }
 
+TEST_CASE("a principal whose batches run half of park_after has its backlog parked", "[dispatcher][park]")
+{
+    Dispatcher::Options o;
+    o.batch_size = 10;
+    o.role_budget = 2;
+    o.park_after = milliseconds(40);
+    auto backlog = [&](milliseconds ran) {
+        Dispatcher d(o);
+        d.add(msg(1, 1, 7));
+        auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+        REQUIRE(b);
+        d.add(msg(2, 2, 7));  // another lane of the same principal, queued meanwhile
+        d.add(msg(3, 3, 8));  // another principal's
+        std::this_thread::sleep_for(ran);
+        d.done(*b, 1);
+        // Nothing of principal 7 runs now, and nothing ran park_after: only the last batch's time
+        // can say the backlog is slow.
+        return starts(d.park_candidates(later(), 100));
+    };
+    CHECK(backlog(milliseconds(25)) == std::vector<Lsn>{2});
+    CHECK(backlog(milliseconds(0)).empty());
+}
+
 TEST_CASE("the atx_exec children of a parent that runs from its parked copy are parked", "[dispatcher][park]")
 {
     Dispatcher d({1, 4});
