@@ -8,15 +8,20 @@ in the same run and printed with the target.
 - drain with 4 apply sessions: a backlog written while the applier is stopped, from 8 roles and
   from one, applied from the applier's start to the last row;
 - CPU per message per stage (walsender, applier, apply backends): their CPU time from
-  /proc/<pid>/stat during the drain from 8 roles, divided by the messages.
+  /proc/<pid>/stat during the drain from 8 roles, divided by the messages;
+- the row trigger: one INSERT of N rows whose row trigger calls atx_log, against the same
+  trigger writing a plain table, under synchronous_commit = off (the median of 3 runs each).
 """
 import os
+import statistics
 import time
 
 import bench_env
 import bench_pgbench
+import bench_triggers
 
-TARGETS = {"e2e_vs_insert": 0.6, "exec_vs_insert": 3.0, "drain_per_s": 80000, "drain_vs_emit8": 3.0}
+TARGETS = {"e2e_vs_insert": 0.6, "exec_vs_insert": 3.0, "drain_per_s": 80000, "drain_vs_emit8": 3.0,
+           "row_trigger_vs_plain": 1.5}
 # Microseconds of CPU per message at ef18406, from its profile (issue 23): the target is half.
 BEFORE_US = {"walsender": 4.0, "applier": 19.0, "apply backends": 31.0}
 ROLES = [f"bench_r{i}" for i in range(8)]
@@ -146,6 +151,21 @@ def exec_latency(cluster, seconds):
                              1, seconds=seconds, log_latencies=True)
 
 
+def row_trigger(cluster, rows, log):
+    """Seconds of the N-row INSERT through each trigger (the caller's statement and commit; the
+    applier runs meanwhile), median of 3, synchronous_commit = off."""
+    if cluster.psql("SELECT to_regclass('rt_atx_log_src') IS NOT NULL") != "t":
+        bench_triggers.setup(cluster, ["plain", "atx_log"])  # not made by the triggers step
+    out = {"rows": rows, "synchronous_commit": "off"}
+    for kind in ("plain", "atx_log"):
+        runs = [bench_triggers.run_one(cluster, kind, rows, "off", 900, log) for _ in range(3)]
+        secs = [r["seconds"] for r in runs if r["ok"]]
+        out[f"{kind}_s"] = statistics.median(secs) if len(secs) == 3 else None
+    out["ratio"] = out["atx_log_s"] / out["plain_s"] if out["atx_log_s"] and out["plain_s"] else None
+    log(f"  row trigger, {rows} rows, synchronous_commit=off: atx_log / plain {out['ratio'] or 0:.2f}")
+    return out
+
+
 def run(cluster, applier, new_applier, quick, log):
     """Returns (applier running, figures)."""
     seconds = 5 if quick else 30
@@ -167,6 +187,7 @@ def run(cluster, applier, new_applier, quick, log):
                      "p99_ratio": x1["p99_ms"] / p1["p99_ms"] if p1["p99_ms"] else None}
     log(f"  atx_exec 1 client: median {x1['median_ms']:.3f} ms, p99 {x1['p99_ms']:.3f} ms; plain INSERT median "
         f"{p1['median_ms']:.3f} ms, p99 {p1['p99_ms']:.3f} ms")
+    out["row_trigger"] = row_trigger(cluster, 500 if quick else 10000, log)
     applier.stop()
     per_role = 2000 if quick else 25000
     for roles in (ROLES, ROLES[:1] * 1):
@@ -201,6 +222,12 @@ def verdicts(t):
         v = t["drain_vs_emit8"][k] or 0
         out.append((f"drain, {d['roles']} role(s) / 8-client emit", round(v, 2), f">= {TARGETS['drain_vs_emit8']}",
                     v >= TARGETS["drain_vs_emit8"]))
+    rt = t.get("row_trigger")
+    if rt:
+        r = rt["ratio"]
+        out.append((f"row trigger ({rt['rows']} rows, synchronous_commit=off) / plain-table trigger",
+                    round(r, 2) if r else None, f"<= {TARGETS['row_trigger_vs_plain']}",
+                    r is not None and r <= TARGETS["row_trigger_vs_plain"]))
     cpu = t["drain_8_roles"]["cpu_us_per_message"]
     for stage, before in BEFORE_US.items():
         v = cpu.get(stage)
