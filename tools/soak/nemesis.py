@@ -267,7 +267,7 @@ class Nemesis(threading.Thread):
             return self._defer(e, "pair not ready (members %s)" % self.env.members_note())
         if e.kind in YIELD_TO_PATRONI:
             why = ""
-            if self.patroni_busy is not None and self.patroni_busy.settled is None:
+            if self.patroni_busy is not None:   # until a failover's old primary is started again
                 why = "#%d %s in progress" % (self.patroni_busy.n, self.patroni_busy.kind)
             elif self.patroni_waiting is not None and now - self.patroni_waiting > PATRONI_FIRST_AFTER:
                 why = "a failover or switchover waits for the pair"
