@@ -29,10 +29,12 @@ MIN_GAP = 2.0
 # the primary and sends the replica back to its start, so they would keep the pair from ever being
 # whole again, and one under a switchover makes patronictl give up (seen: the old primary still led
 # 70 s later). Each yields for YIELD_MAX s at most: a pair that stays broken longer (a replica being
-# rebuilt) is not theirs to wait for, and they would otherwise wait for the rest of the round.
+# rebuilt) is not theirs to wait for, and they would otherwise wait for the rest of the round; and
+# with a backlog of failovers (--rate 3) one always waits, so that this caps crashes and backend
+# kills at about one per YIELD_MAX s each (30 s left seed 7 with 4 backend kills of 9).
 YIELD_TO_PATRONI = ("server_crash", "backend_kill")
 PATRONI_FIRST_AFTER = 10  # seconds a Patroni fault waits before the others yield to it
-YIELD_MAX = 30
+YIELD_MAX = 20
 STUCK_REPLICA = 45      # seconds a replica may not stream (no Patroni fault running) before it is rebuilt
 # A failover's old primary, started again, rejoins by crash recovery and pg_rewind until it streams
 # (REJOIN s at most; then it is taken to be stuck, and rebuilt after STUCK_REPLICA s). Failovers and

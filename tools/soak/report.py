@@ -27,7 +27,7 @@ while no apply session runs, a fault of the same kind still in progress) is trie
 second until it can be injected: none is dropped (one still waiting when the round ends is
 reported "not reached"), and a switchover that patronictl gave up is tried again, not counted.
 Failovers and switchovers share one lane; when both wait, the kind with fewer so far goes first. A
-server crash or backend kill waits (up to 30 s) while a failover or switchover is under way or
+server crash or backend kill waits (up to 20 s) while a failover or switchover is under way or
 waits for the pair, and while a failover's old primary rejoins (a pg_rewind broken off by a crash
 of its source leaves a node that must be rebuilt). A supervisor restarts an applier that exits by
 itself, as systemd would, and counts it; a replica that has not streamed for 45 s is rebuilt
