@@ -179,7 +179,7 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
     else
         ++nested_busy_[b.as.principal_oid];
     for (const auto& p : b.items)
-        running_.emplace(p.id, p.parked);
+        running_.emplace(p.id, Running{p, l.leased_at, p.parked, false});
     in_flight_ += b.items.size();
     return b;
 }
@@ -306,6 +306,10 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
         principal_slow_until_[b.as.principal_oid] = now + opt_.park_after;
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
+        if (const auto r = running_.find(p.id); r != running_.end()) {  // parked while it ran
+            p.parked = p.parked || r->second.parked;
+            p.park_tried = p.park_tried || r->second.p.park_tried;
+        }
         annotate(p);
         l.q.push_front(std::move(p));
     }
@@ -326,7 +330,8 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 void Dispatcher::forget_handled(const Batch& b, size_t n)
 {
     for (size_t i = 0; i < n && i < b.items.size(); ++i) {
-        if (b.items[i].parked && parked_ > 0)
+        const auto r = running_.find(b.items[i].id);
+        if ((b.items[i].parked || (r != running_.end() && r->second.parked)) && parked_ > 0)
             --parked_;
         suspects_.erase(b.items[i].id);
         losses_.erase(b.items[i].id);
@@ -458,7 +463,7 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
                 continue;
             if (p.depth > 0 && p.waited) {
                 const auto parent = running_.find(id);  // a nested message's lane is its parent
-                if (parent != running_.end() && !parent->second)
+                if (parent != running_.end() && !parent->second.parked)
                     continue;
             }
             if (!lane_stalled && stalled.count(p.as.principal_oid) == 0)
@@ -468,6 +473,20 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
         }
         if (any)
             l.parking = true;
+    }
+    for (auto& [id, r] : running_) {
+        if (out.size() >= max)
+            break;
+        const Pending& p = r.p;
+        if (r.parked || r.parking || p.park_tried || r.since > before || p.queued_at > before)
+            continue;
+        if (p.depth > 0 && p.waited) {
+            const auto parent = running_.find(p.lane);
+            if (parent != running_.end() && !parent->second.parked)
+                continue;
+        }
+        out.push_back(p);
+        r.parking = true;
     }
     return out;
 }
@@ -487,6 +506,17 @@ void Dispatcher::parked(const std::vector<Id>& ids, const std::vector<Id>& tried
                 p.parked = true;
                 ++parked_;
             }
+        }
+    }
+    for (auto& [id, r] : running_) {
+        if (!r.parking)
+            continue;
+        r.parking = false;
+        if (tried_set.count(id))
+            r.p.park_tried = true;
+        if (set.count(id) && !r.parked) {
+            r.parked = true;
+            ++parked_;
         }
     }
     notify_all_locked();

@@ -157,12 +157,14 @@ public:
     // under another start counts as lost(); the others are forgotten.
     void settle(const std::string& server_start);
 
-    // Messages to park (at most max): queued since before `before` (not running, not parked,
-    // not an atx_exec child its running parent waits for unless that parent was parked), whose
-    // lane or principal has had a batch running since before `before`, or whose lane waits for
-    // a retry time. Their lanes are not taken until parked() or park_failed(). A running parent
-    // holds the slot before its children, so parking them would move nothing; once the parent
-    // was parked, its children are the oldest messages the slot waits for.
+    // Messages to park (at most max): queued since before `before` (not parked, not an atx_exec
+    // child its running parent waits for unless that parent was parked), whose lane or principal
+    // has had a batch running since before `before`, or whose lane waits for a retry time; and
+    // messages of batches leased since before `before` (they run that long: parked, the slot
+    // passes them while they run, and their apply takes the parked record over). The lanes of
+    // queued candidates are not taken until parked() or park_failed(). A running parent holds the
+    // slot before its children, so parking them would move nothing; once the parent was parked,
+    // its children are the oldest messages the slot waits for.
     std::vector<Pending> park_candidates(Clock::time_point before, size_t max);
     // Of the candidates (tried), these were parked; the lanes being parked may be taken again.
     void parked(const std::vector<Id>& ids, const std::vector<Id>& tried);
@@ -245,9 +247,15 @@ private:
     std::map<uint32_t, size_t> nested_busy_;        // nested-pool workers per principal
     std::map<uint32_t, size_t> nonatomic_busy_;     // background workers per principal
     size_t nonatomic_total_ = 0;
-    // The messages in leased batches: whether each was parked (then it does not hold the slot,
-    // and the atx_exec children it waits for do).
-    std::unordered_map<Id, bool, IdHash> running_;
+    // A message in a leased batch. Parked before it was leased or while it runs, it no longer
+    // holds the slot, and the atx_exec children it waits for do.
+    struct Running {
+        Pending p;  // as leased
+        Clock::time_point since{};
+        bool parked = false;
+        bool parking = false;  // handed out by park_candidates, no answer yet
+    };
+    std::unordered_map<Id, Running, IdHash> running_;
     std::unordered_set<Id, IdHash> suspects_;
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;

@@ -28,8 +28,13 @@ void Progress::keepalive(Lsn wal_end) { keepalive_ = std::max(keepalive_, wal_en
 void Progress::handled(Lsn start, Lsn commit_lsn, bool waited, const Id& id)
 {
     auto it = pending_.find(start);
-    if (it == pending_.end() || it->second.handled)
+    if (it == pending_.end() || it->second.handled) {
+        // Parked while it ran: the slot passed it when its copy was durable; its caller is still
+        // told once this commit is.
+        if (waited)
+            handled_untracked(commit_lsn, id);
         return;
+    }
     it->second.handled = true;
     it->second.commit = commit_lsn;
     it->second.waited = waited;

@@ -34,7 +34,8 @@ public:
     // Everything the walsender has decoded up to wal_end has been sent.
     void keepalive(Lsn wal_end);
     // The message at start was handled by a commit that ends at or before commit_lsn. waited:
-    // an atx_exec caller is told once that commit is durable (take_durable_waited).
+    // an atx_exec caller is told once that commit is durable (take_durable_waited), also when
+    // the start is handled or unknown already (parked while it ran).
     void handled(Lsn start, Lsn commit_lsn, bool waited = false, const Id& id = {});
     // A message this stream no longer tracks (parked: the slot passed it once its copy was
     // durable) was handled by a commit ending at or before commit_lsn, and an atx_exec caller

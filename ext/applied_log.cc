@@ -182,13 +182,29 @@ static uint64 write_records(SPIPlanPtr* plan, const char* sql, int want, int n, 
     return SPI_processed;
 }
 
+// Fewer rows touched than records written: another session handled one of them meanwhile.
+static void require_all(uint64 touched, int n, const char* what)
+{
+    if (touched != (uint64)n)
+        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE), errmsg("%s", what),
+                        errdetail("This batch is rolled back so that the message never runs twice.")));
+}
+
+// A message may have been parked while it ran (its record written by atx.park after this
+// transaction looked it up): that record is taken over. Any other record means another session
+// handled it meanwhile: the batch rolls back, so that the message never runs twice.
 void atx_applied_record(int n, const AtxRecord* recs)
 {
     static SPIPlanPtr plan = NULL;
     if (n > 0)
-        (void)write_records(&plan,
-                            "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS,
-                            SPI_OK_INSERT, n, recs);
+        require_all(
+            write_records(&plan,
+                          "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS
+                          "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, "
+                          "outcome = excluded.outcome, handled_at = pg_catalog.now(), payload = NULL "
+                          "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked'",
+                          SPI_OK_INSERT, n, recs),
+            n, "a pg_atx message was recorded by another session meanwhile");
 }
 
 void atx_applied_update(int n, const AtxRecord* recs)
@@ -210,17 +226,15 @@ void atx_applied_reclaim(int n, const AtxRecord* recs)
     // Under READ COMMITTED an UPDATE that waited for another transaction re-checks its WHERE on
     // the row that transaction left: a record another session took over is no longer
     // 'cancelled' or 'parked', and is not counted.
-    if (write_records(&plan,
-                      "UPDATE atx.applied a SET lsn = u.l, status = u.s, outcome = u.o::pg_catalog.jsonb, "
-                      "handled_at = pg_catalog.now(), payload = NULL "
-                      "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
-                      "pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
-                      "WHERE a.message_id OPERATOR(pg_catalog.=) u.i "
-                      "AND a.status OPERATOR(pg_catalog.=) ANY ('{cancelled,parked}'::pg_catalog.text[])",
-                      SPI_OK_UPDATE, n, recs) != (uint64)n)
-        ereport(ERROR, (errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
-                        errmsg("a cancelled or parked pg_atx message was run by another session meanwhile"),
-                        errdetail("This batch is rolled back so that the message never runs twice.")));
+    require_all(write_records(&plan,
+                              "UPDATE atx.applied a SET lsn = u.l, status = u.s, outcome = u.o::pg_catalog.jsonb, "
+                              "handled_at = pg_catalog.now(), payload = NULL "
+                              "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
+                              "pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
+                              "WHERE a.message_id OPERATOR(pg_catalog.=) u.i "
+                              "AND a.status OPERATOR(pg_catalog.=) ANY ('{cancelled,parked}'::pg_catalog.text[])",
+                              SPI_OK_UPDATE, n, recs),
+                n, "a cancelled or parked pg_atx message was run by another session meanwhile");
 }
 
 bool atx_applied_at_lsn(XLogRecPtr lsn)

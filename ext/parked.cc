@@ -119,8 +119,11 @@ static Datum park_body(FunctionCallInfo fcinfo)
     deconstruct_array(PG_GETARG_ARRAYTYPE_P(0), PG_LSNOID, sizeof(XLogRecPtr), true, TYPALIGN_DOUBLE, &d, &nulls, &n);
     if (n > MAX_PARK)
         ereport(ERROR, (errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED), errmsg("at most %d messages per call", MAX_PARK)));
-    // ON CONFLICT DO NOTHING waits for a transaction that is recording the same message (its
-    // apply): once that commits, the message is handled and not parked.
+    // ON CONFLICT waits for a transaction that is recording the same message (its apply): once
+    // that commits, the message is handled and not parked. A message that runs may be parked:
+    // an atomic one has no record until its apply commits, which takes this record over
+    // (atx_applied_record); a non-atomic one is recorded 'started' (ext/nonatomic.cc) and gets
+    // the copy here, so that after a crash the applier loads it and dead-letters it in doubt.
     atx_keep_plan(&horizon_plan, "SELECT lsn FROM atx.apply_horizon FOR SHARE", 0, NULL);
     if (SPI_execute_plan(horizon_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
         elog(ERROR, "could not read atx.apply_horizon");
@@ -132,7 +135,9 @@ static Datum park_body(FunctionCallInfo fcinfo)
     }
     atx_keep_plan(&plan,
                   "INSERT INTO atx.applied (message_id, lsn, status, parent_id, payload) "
-                  "VALUES ($1, $2, 'parked', $3, $4) ON CONFLICT (message_id) DO NOTHING",
+                  "VALUES ($1, $2, 'parked', $3, $4) ON CONFLICT (message_id) DO UPDATE SET payload = excluded.payload "
+                  "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'started' AND atx.applied.payload IS NULL "
+                  "AND atx.applied.lsn OPERATOR(pg_catalog.=) excluded.lsn",
                   4, types);
     for (int i = 0; i < n; i++) {
         AtxLoaded l;

@@ -3,7 +3,8 @@
 # stuck behind a long-running statement of their own lane are copied into the server, so that
 # the slot, and the WAL it keeps, moves past them before they run; they run later from that
 # copy, each exactly once, after their WAL is gone and across an applier SIGKILL; an other
-# role's messages are not held up; with --park-after-ms 0 the slot waits for them.
+# role's messages are not held up; with --park-after-ms 0 the slot waits for them. A message that
+# runs longer than --park-after-ms is parked while it runs.
 . "$(dirname "$0")/../lib/testlib.sh"
 
 N=12
@@ -73,5 +74,38 @@ check_eq "every message ran exactly once, in order" "$N $N t" \
 check_eq "no parked copy is left" 0 "$(q -c "SELECT count(*) FROM atx.applied WHERE payload IS NOT NULL")"
 check_eq "nothing dead-lettered" 0 "$(q -c "SELECT count(*) FROM atx.dead_letter")"
 check "the messages were parked" grep -q 'event=parked ' "$TEST_DIR/applier.log"
+
+# 3. A message that runs longer than --park-after-ms is parked while it runs: the slot passes it
+# before it ends; its apply takes the parked record over; once, also when the applier is killed
+# while it runs. A non-atomic one keeps its 'started' record and gets the copy.
+q <<'SQL' >/dev/null
+CREATE PROCEDURE slow_na(n int) LANGUAGE plpgsql AS $$
+BEGIN COMMIT; PERFORM pg_sleep(5); INSERT INTO done(who, n) VALUES ('long', n); END $$;
+GRANT EXECUTE ON PROCEDURE slow_na(int) TO slow;
+SQL
+record() { q -c "SELECT status || ' ' || (payload IS NOT NULL) FROM atx.applied WHERE message_id = '$1'"; }
+long_once() { [ "$(q -c "SELECT count(*) FROM done WHERE who = 'long' AND n = $1")" = 1 ]; }
+id=$(PGUSER=slow q -c "SELECT atx_log('SELECT pg_sleep(6); INSERT INTO done(who, n) VALUES (''long'', 1)')")
+end=$(q -c "SELECT pg_current_wal_lsn()")
+check "a message that runs 6 s: the slot passes it while it runs" wait_for 5 at_or_past "$end"
+check_eq "... before it ended" 0 "$(q -c "SELECT count(*) FROM done WHERE who = 'long'")"
+check_eq "... as a parked record with its copy" "parked true" "$(record "$id")"
+check "it is applied once" wait_for 15 long_once 1
+check_eq "... its record taken over (applied, no copy)" "applied false" "$(record "$id")"
+
+id=$(PGUSER=slow q -c "SELECT atx_log('SELECT pg_sleep(6); INSERT INTO done(who, n) VALUES (''long'', 2)')")
+check "another one is parked while it runs" wait_for 5 bash -c "[ \"\$(psql -qAtX -c \"SELECT status FROM atx.applied WHERE message_id = '$id'\")\" = parked ]"
+applier_kill
+applier_start --park-after-ms 1000 --prune-interval-ms 500
+check "the applier killed while it ran: its record ends applied, without a copy left to run" wait_for 30 bash -c "[ \"\$(psql -qAtX -c \"SELECT status || ' ' || (payload IS NOT NULL) FROM atx.applied WHERE message_id = '$id'\")\" = 'applied false' ]"
+check "... and it was applied once" long_once 2
+
+id=$(PGUSER=slow q -c "SELECT atx_log('CALL slow_na(3)')")
+end=$(q -c "SELECT pg_current_wal_lsn()")
+check "a non-atomic message that runs 5 s: the slot passes it while it runs" wait_for 5 at_or_past "$end"
+check_eq "... its record started, with its copy" "started true" "$(record "$id")"
+check "it is applied once" wait_for 15 long_once 3
+check "... its record says so" wait_for 10 bash -c "[ \"\$(psql -qAtX -c \"SELECT status || ' ' || (payload IS NOT NULL) FROM atx.applied WHERE message_id = '$id'\")\" = 'applied false' ]"
+check_eq "nothing dead-lettered" 0 "$(q -c "SELECT count(*) FROM atx.dead_letter")"
 applier_stop
 done_testing

@@ -678,6 +678,15 @@ std::vector<Id> ids(const std::vector<Pending>& v)
 }
 const auto kLongAgo = Clock::now() - std::chrono::hours(1);    // nothing is older
 auto later() { return Clock::now() + std::chrono::hours(1); }  // everything is older
+
+Dispatcher::Options parking(milliseconds park_after)
+{
+    Dispatcher::Options o;
+    o.batch_size = 10;
+    o.role_budget = 2;
+    o.park_after = park_after;
+    return o;
+}
 }  // namespace
 
 TEST_CASE("messages behind a long-running batch of their lane are parked, and run from their lane afterwards",
@@ -690,7 +699,7 @@ TEST_CASE("messages behind a long-running batch of their lane are parked, and ru
     REQUIRE(b);
     CHECK(d.park_candidates(kLongAgo, 100).empty());  // nothing has waited long enough
     auto c = d.park_candidates(later(), 100);
-    CHECK(starts(c) == std::vector<Lsn>{2, 3});
+    CHECK(starts(c) == std::vector<Lsn>{1, 2, 3});  // 1 runs that long: parked while it runs
     // While they are parked, their lane is not taken, even once its batch is done.
     d.done(*b, 1);
     CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
@@ -717,7 +726,7 @@ TEST_CASE("a backlog that moves is not parked; a principal stalled in one lane h
     REQUIRE(b);
     d.add(msg(3, 2, 7));
     d.add(msg(4, 3, 8));
-    CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{2, 3});
+    CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{1, 2, 3});  // 1 runs
     d.park_failed();
     CHECK(d.parked_queued() == 0);
     // Without a long-running batch nothing is parked, however old the queue.
@@ -735,7 +744,7 @@ TEST_CASE("an atx_exec child its running parent waits for is not parked; a lane 
     auto parent = d.take(WorkerKind::Regular, any, milliseconds(0));
     REQUIRE(parent);
     d.add(nested(2, 1, 7));
-    CHECK(d.park_candidates(later(), 100).empty());
+    CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{1});  // the parent, not its child
     // A lane that failed transiently and waits for its retry time.
     d.add(msg(3, 2, 9));
     d.add(msg(4, 2, 9));
@@ -746,12 +755,55 @@ TEST_CASE("an atx_exec child its running parent waits for is not parked; a lane 
     CHECK(starts(d.park_candidates(later(), 100)) == std::vector<Lsn>{3, 4});
 }
 
+TEST_CASE("a message that runs longer than park_after is parked while it runs", "[dispatcher][park]")
+{
+    const Dispatcher::Options o = parking(milliseconds(30));
+    Dispatcher d(o);
+    d.add(msg(1, 1));
+    d.add(msg(2, 1));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    REQUIRE(starts(*b) == std::vector<Lsn>{1, 2});
+    CHECK(d.park_candidates(Clock::now() - o.park_after, 100).empty());  // not running that long yet
+    std::this_thread::sleep_for(milliseconds(40));
+    auto c = d.park_candidates(Clock::now() - o.park_after, 100);
+    CHECK(starts(c) == std::vector<Lsn>{1, 2});
+    CHECK(d.park_candidates(Clock::now() - o.park_after, 100).empty());  // handed out once
+    d.parked({id_of(1)}, ids(c));                                        // atx.park: 1 parked, 2 found handled
+    CHECK(d.parked_queued() == 1);
+    CHECK(d.park_candidates(Clock::now() - o.park_after, 100).empty());  // neither again
+    // The batch stops after 1 (it ran long): 2 goes back to its lane, not parked, not tried again.
+    d.done(*b, 1);
+    CHECK(d.parked_queued() == 0);
+    auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b2);
+    REQUIRE(starts(*b2) == std::vector<Lsn>{2});
+    CHECK_FALSE(b2->items[0].parked);
+    CHECK(b2->items[0].park_tried);
+    // A message parked while it ran and given back unhandled (its session was lost) stays parked.
+    d.add(msg(3, 2));
+    auto b3 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b3);
+    REQUIRE(starts(*b3) == std::vector<Lsn>{3});
+    std::this_thread::sleep_for(milliseconds(40));
+    c = d.park_candidates(Clock::now() - o.park_after, 100);
+    REQUIRE(starts(c) == std::vector<Lsn>{3});  // 2 runs as long, but was tried
+    d.parked(ids(c), ids(c));
+    CHECK(d.parked_queued() == 1);
+    d.release(*b3, Clock::now());
+    d.done(*b2, 1);
+    CHECK(d.parked_queued() == 1);
+    auto b4 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b4);
+    REQUIRE(starts(*b4) == std::vector<Lsn>{3});
+    CHECK(b4->items[0].parked);
+    d.done(*b4, 1);
+    CHECK(d.parked_queued() == 0);
+}
+
 TEST_CASE("a principal whose batches run half of park_after has its backlog parked", "[dispatcher][park]")
 {
-    Dispatcher::Options o;
-    o.batch_size = 10;
-    o.role_budget = 2;
-    o.park_after = milliseconds(40);
+    const Dispatcher::Options o = parking(milliseconds(40));
     auto backlog = [&](milliseconds ran) {
         Dispatcher d(o);
         d.add(msg(1, 1, 7));
@@ -778,7 +830,7 @@ TEST_CASE("the atx_exec children of a parent that runs from its parked copy are 
     REQUIRE(stall);
     d.add(msg(2, 2, 7));
     auto c = d.park_candidates(later(), 100);
-    REQUIRE(starts(c) == std::vector<Lsn>{2});
+    REQUIRE(starts(c) == std::vector<Lsn>{1, 2});  // the stall itself too, while it runs
     d.parked(ids(c), ids(c));
     d.done(*stall, 1);
     auto parent = d.take(WorkerKind::Regular, any, milliseconds(0));

@@ -160,3 +160,26 @@ TEST_CASE("a parked message is passed once its copy is durable; its waiter is wo
     CHECK(p.take_durable_waited() == std::vector<Id>{id});
     CHECK(p.not_durable() == 0);
 }
+
+TEST_CASE("a message parked while it ran: its run's handled() wakes its waiter once that commit is durable",
+          "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    p.received(10, 20);
+    p.received(20, 30);
+    p.handled(10, 50);  // parked while it ran: its copy commits at 50
+    p.durable_upto(50);
+    CHECK(p.confirm_position() == 20);
+    Id id{};
+    id[0] = 9;
+    p.handled(10, 900, true, id);  // its run commits at 900; an atx_exec caller waits
+    CHECK(p.take_durable_waited().empty());
+    p.durable_upto(900);
+    CHECK(p.take_durable_waited() == std::vector<Id>{id});
+    // Not waited: nothing to tell anyone, and nothing else changes.
+    p.handled(10, 950);
+    p.durable_upto(950);
+    CHECK(p.take_durable_waited().empty());
+    CHECK(p.confirm_position() == 20);
+}

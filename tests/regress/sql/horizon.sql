@@ -86,6 +86,26 @@ SELECT a.status
   FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM pk_msg), '{1,1,1,1}', '{NULL,NULL,NULL,NULL}', 1, 0,
                        true, 'regress') a;
 SELECT array_agg(v ORDER BY v) AS applied_once FROM pk;
+-- A message that runs may be parked, so that the slot passes it while it runs. A non-atomic one
+-- is recorded 'started' (without its copy) before it runs: parking gives the record its copy and
+-- leaves it started, so that after a crash the applier loads it and dead-letters it in doubt,
+-- never runs it again.
+SET ROLE regress_atx_user;
+SELECT atx_log('INSERT INTO pk VALUES (5)') IS NOT NULL AS emitted;
+RESET ROLE;
+CREATE TABLE pk_run AS SELECT lsn FROM regress_take();
+SELECT status FROM atx.park((SELECT array_agg(lsn) FROM pk_run));
+-- As the non-atomic worker's claim leaves it (ext/nonatomic.cc):
+UPDATE atx.applied SET status = 'started', payload = NULL WHERE lsn = (SELECT lsn FROM pk_run);
+SELECT status FROM atx.park((SELECT array_agg(lsn) FROM pk_run));
+SELECT status, payload IS NOT NULL AS has_copy FROM atx.applied WHERE lsn = (SELECT lsn FROM pk_run);
+SELECT status FROM atx.park((SELECT array_agg(lsn) FROM pk_run));  -- parked before: handled
+SELECT a.status, a.sqlstate
+  FROM atx.apply_batch((SELECT array_agg(lsn) FROM pk_run), '{1}', '{NULL}', 1, 0, true, 'regress') a;
+SELECT count(*) AS never_ran FROM pk WHERE v = 5;
+SELECT status, payload IS NOT NULL AS has_copy FROM atx.applied WHERE lsn = (SELECT lsn FROM pk_run);
+DELETE FROM atx.dead_letter WHERE source_lsn = (SELECT lsn FROM pk_run);
+DROP TABLE pk_run;
 -- Only the applier parks.
 SET ROLE regress_atx_user;
 SELECT regress_try($$SELECT atx.park('{0/0}')$$);
