@@ -152,6 +152,10 @@ bootstrap:
     # Patroni's default; HA_MAX_LAG overrides it (ha_patroni.sh does).
     maximum_lag_on_failover: ${HA_MAX_LAG:-1048576}
     synchronous_mode: $HA_SYNC
+    # A demote whose postgres never stops (PostgreSQL 15: a fast shutdown during crash recovery
+    # waits for the checkpointer forever) is ended with an immediate stop after this long instead
+    # of holding the leader lock for good. Patroni applies it in synchronous mode only.
+    primary_stop_timeout: 30
     postgresql:
       use_pg_rewind: true
       use_slots: true

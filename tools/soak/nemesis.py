@@ -28,7 +28,8 @@ MIN_GAP = 2.0
 # While a failover or switchover is under way or waits for the pair, these wait too: each restarts
 # the primary and sends the replica back to its start, so they would keep the pair from ever being
 # whole again, and one under a switchover makes patronictl give up (seen: the old primary still led
-# 70 s later). Each yields for YIELD_MAX s at most: a pair that stays broken longer (a replica being
+# 70 s later). A fault under way or a rejoin is waited out; a pair that is not ready yet is waited
+# for YIELD_MAX s at most: a pair that stays broken longer (a replica being
 # rebuilt) is not theirs to wait for, and they would otherwise wait for the rest of the round; and
 # with a backlog of failovers (--rate 3) one always waits, so that this caps crashes and backend
 # kills at about one per YIELD_MAX s each (30 s left seed 7 with 4 backend kills of 9).
@@ -38,7 +39,7 @@ YIELD_MAX = 20
 STUCK_REPLICA = 45      # seconds a replica may not stream (no Patroni fault running) before it is rebuilt
 # A failover's old primary, started again, rejoins by crash recovery and pg_rewind until it streams
 # (REJOIN s at most; then it is taken to be stuck, and rebuilt after STUCK_REPLICA s). Failovers and
-# switchovers wait for it, and so do crashes and backend kills (for YIELD_MAX s at most): each takes
+# switchovers wait for it, and so do crashes and backend kills (for as long as it rejoins): each takes
 # away the primary its pg_rewind reads from, and a rewind broken off leaves a node that never
 # streams ("could not find common ancestor"), to be rebuilt (a 3-node round lost two nodes so, and
 # its failovers waited 90 s). A switchover's old primary was shut down cleanly: nothing to rewind.
@@ -268,17 +269,22 @@ class Nemesis(threading.Thread):
                 return self._defer(e, "%s rejoins" % ", ".join(rejoining))
             return self._defer(e, "pair not ready (members %s)" % self.env.members_note())
         if e.kind in YIELD_TO_PATRONI:
-            why = ""
+            # A failover or switchover under way, or a failover's old primary in pg_rewind, is
+            # always waited out (each ends within _wait_patroni's 120 s or REJOIN s): a kill 1 s
+            # into a switchover left PostgreSQL 15's demoting postmaster unable to stop, and Patroni
+            # held the leader lock for the rest of a 30-minute round; kills during a rewind broke it
+            # off (replicas to rebuild). Only the wait for a pair to become ready is capped.
             if self.patroni_busy is not None:   # until a failover's old primary is started again
-                why = "#%d %s in progress" % (self.patroni_busy.n, self.patroni_busy.kind)
-            elif self.patroni_waiting is not None and now - self.patroni_waiting > PATRONI_FIRST_AFTER:
-                why = "a failover or switchover waits for the pair"
-            elif rejoining:
-                why = "%s rejoins" % ", ".join(rejoining)
-            if why and e.yielding is None:
-                e.yielding = now
-            if why and now - e.yielding < YIELD_MAX:
-                return self._defer(e, why)
+                e.yielding = None
+                return self._defer(e, "#%d %s in progress" % (self.patroni_busy.n, self.patroni_busy.kind))
+            if rejoining:
+                e.yielding = None
+                return self._defer(e, "%s rejoins" % ", ".join(rejoining))
+            if self.patroni_waiting is not None and now - self.patroni_waiting > PATRONI_FIRST_AFTER:
+                if e.yielding is None:
+                    e.yielding = now
+                if now - e.yielding < YIELD_MAX:
+                    return self._defer(e, "a failover or switchover waits for the pair")
         if e.kind in PATRONI:
             other = PATRONI[1 - PATRONI.index(e.kind)]
             if self.injected_n.get(e.kind, 0) > self.injected_n.get(other, 0) and any(
