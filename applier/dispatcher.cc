@@ -432,6 +432,16 @@ void Dispatcher::settle(const std::string& server_start)
             annotate(p);
 }
 
+// Caller holds the lock: an atx_exec child whose parent runs unparked (the parent holds the slot
+// before it, so parking the child would move nothing). A nested message's lane is its parent.
+bool Dispatcher::held_by_parent(const Pending& p) const
+{
+    if (p.depth == 0 || !p.waited)
+        return false;
+    const auto parent = running_.find(p.lane);
+    return parent != running_.end() && !parent->second.parked;
+}
+
 std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_t max)
 {
     std::lock_guard<std::mutex> lock(mu_);
@@ -461,11 +471,8 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
                 break;
             if (p.parked || p.queued_at > before)
                 continue;
-            if (p.depth > 0 && p.waited) {
-                const auto parent = running_.find(id);  // a nested message's lane is its parent
-                if (parent != running_.end() && !parent->second.parked)
-                    continue;
-            }
+            if (held_by_parent(p))
+                continue;
             if (!lane_stalled && stalled.count(p.as.principal_oid) == 0)
                 continue;
             out.push_back(p);
@@ -480,11 +487,8 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
         const Pending& p = r.p;
         if (r.parked || r.parking || p.park_tried || r.since > before || p.queued_at > before)
             continue;
-        if (p.depth > 0 && p.waited) {
-            const auto parent = running_.find(p.lane);
-            if (parent != running_.end() && !parent->second.parked)
-                continue;
-        }
+        if (held_by_parent(p))
+            continue;
         out.push_back(p);
         r.parking = true;
     }

@@ -223,6 +223,7 @@ private:
     bool in_suspect_family(const Id& lane_id) const;
     bool suspect_running() const { return family_in_flight_ > 0; }
     bool waits_for_park(const Pending& head) const;
+    bool held_by_parent(const Pending& p) const;
     bool batch_delayed(const Lane& l, Clock::time_point now) const;
     void take_run(Lane& l, Batch& b, size_t most);
     bool any_eligible_locked() const;
