@@ -323,7 +323,7 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             record(records, sync);
             records.clear();
             ctx_.on_handled(handled, durable_commit);
-            if (!run_top_level(p, r, b.as, &top_commit, &rec)) {
+            if (!run_top_level(p, r, b, &top_commit, &rec)) {
                 ctx_.dispatcher.release_after(b, handled.size(), std::chrono::steady_clock::now() + kBatchErrorBackoff);
                 return;
             }
@@ -436,11 +436,12 @@ void ApplyWorker::handle_loss(const Batch& b, const PgError& e)
         ctx_.dispatcher.settle(session_.server_start());
 }
 
-bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, const RunAs& as, Lsn* commit_lsn,
+bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, const Batch& b, Lsn* commit_lsn,
                                 DeliveryRecord* rec)
 {
+    const RunAs& as = b.as;
     // Background workers are few (max_worker_processes): each principal gets its share.
-    if (!ctx_.dispatcher.acquire_nonatomic(as.principal_oid)) {
+    if (!ctx_.dispatcher.acquire_nonatomic(as.principal_oid, b.lane)) {
         spdlog::info("{} event=top_level_run_deferred message_id={} role={} reason=\"no background worker share "
                      "free for its principal\"",
                      ctx_.log, id_text(p), logq(p.role_name));

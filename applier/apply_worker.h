@@ -79,7 +79,7 @@ private:
     void connect(bool settle = true);
     // Runs a message that needs a top-level statement; false when it did not run (no worker
     // share, the session broke): the caller gives the batch back.
-    bool run_top_level(const Pending& p, const ApplyResult& r, const RunAs& as, Lsn* commit_lsn, DeliveryRecord* rec);
+    bool run_top_level(const Pending& p, const ApplyResult& r, const Batch& b, Lsn* commit_lsn, DeliveryRecord* rec);
     // Dead-letters b's single message without running it; false when the session broke.
     bool condemn(const Batch& b, Verdict v);
     void record(const std::vector<DeliveryRecord>& records, bool sync);

@@ -699,7 +699,12 @@ void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload
         std::lock_guard<std::mutex> lock(progress_mu_);
         progress_.received(start, end);
     }
-    dispatcher_.add(std::move(p));
+    const Lsn copy_start = p.start;
+    if (!dispatcher_.add(std::move(p))) {
+        spdlog::debug("{} event=copy_of_queued_message lsn={}", log_, lsn(copy_start));
+        std::lock_guard<std::mutex> lock(progress_mu_);
+        progress_.handled(copy_start, 0);
+    }
 }
 
 // Messages parked before (by this applier before a restart, or by another before a failover)

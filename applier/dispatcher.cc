@@ -11,6 +11,10 @@ namespace {
 // entry per lane with work: with thousands of callers, a bound on the work per take).
 constexpr size_t kFairScan = 256;
 
+// A principal refused a background worker that has not asked again for this long no longer
+// waits (a refused message asks again after the deferral's 1 s backoff).
+constexpr std::chrono::seconds kWaiterGone{5};
+
 }  // namespace
 
 size_t IdHash::operator()(const Id& id) const noexcept
@@ -34,9 +38,15 @@ void Dispatcher::annotate(Pending& p) const
         p.verdict = v->second;
 }
 
-void Dispatcher::add(Pending p)
+bool Dispatcher::add(Pending p)
 {
     std::lock_guard<std::mutex> lock(mu_);
+    // An undecodable message has no id of its own (pending_of): never a copy.
+    if (p.id != Id{}) {
+        const auto [it, fresh] = live_.emplace(p.id, p.lane);
+        if (!fresh && it->second == p.lane)
+            return false;
+    }
     annotate(p);
     if (p.queued_at == Clock::time_point{})
         p.queued_at = Clock::now();
@@ -55,6 +65,7 @@ void Dispatcher::add(Pending p)
         if (nested_head(l.q) && running_.count(lane_id) > 0)
             nested_cv_.notify_one();
     }
+    return true;
 }
 
 void Dispatcher::notify_all_locked()
@@ -334,6 +345,7 @@ void Dispatcher::forget_handled(const Batch& b, size_t n)
         if ((b.items[i].parked || (r != running_.end() && r->second.parked)) && parked_ > 0)
             --parked_;
         suspects_.erase(b.items[i].id);
+        live_.erase(b.items[i].id);
         losses_.erase(b.items[i].id);
         verdicts_.erase(b.items[i].id);
     }
@@ -539,18 +551,79 @@ size_t Dispatcher::parked_queued() const
     return parked_;
 }
 
-bool Dispatcher::acquire_nonatomic(uint32_t principal)
+size_t Dispatcher::nonatomic_held(uint32_t principal) const
+{
+    const auto it = nonatomic_busy_.find(principal);
+    return it == nonatomic_busy_.end() ? 0 : it->second;
+}
+
+// Caller holds the lock: a is served before b.
+bool Dispatcher::nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b) const
+{
+    const size_t ha = nonatomic_held(a.principal), hb = nonatomic_held(b.principal);
+    return ha != hb ? ha < hb : a.first < b.first;
+}
+
+bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    size_t& mine = nonatomic_busy_[principal];
-    if (nonatomic_total_ >= opt_.nonatomic_total || mine >= opt_.nonatomic_per_principal) {
-        if (mine == 0)
-            nonatomic_busy_.erase(principal);
+    const auto now = Clock::now();
+    // A waiter that stopped asking (its message was handled another way, its lane went) has
+    // been refused again within a second or two otherwise (the deferral's backoff).
+    nonatomic_waiting_.erase(std::remove_if(nonatomic_waiting_.begin(), nonatomic_waiting_.end(),
+                                            [&](const NonatomicWaiter& w) { return w.last + kWaiterGone < now; }),
+                             nonatomic_waiting_.end());
+    auto me = std::find_if(nonatomic_waiting_.begin(), nonatomic_waiting_.end(),
+                           [&](const NonatomicWaiter& w) { return w.principal == principal; });
+    const size_t mine = nonatomic_held(principal);
+    bool refused = mine >= opt_.nonatomic_per_principal || nonatomic_total_ >= opt_.nonatomic_total;
+    if (!refused) {
+        // Only as many free workers as waiters ahead of it: those are theirs.
+        const NonatomicWaiter self{principal, me == nonatomic_waiting_.end() ? now : me->first, now, {}};
+        size_t ahead = 0;
+        for (const auto& w : nonatomic_waiting_)
+            if (w.principal != principal && nonatomic_held(w.principal) < opt_.nonatomic_per_principal &&
+                nonatomic_ahead(w, self))
+                ++ahead;
+        refused = opt_.nonatomic_total - nonatomic_total_ <= ahead;
+    }
+    if (refused) {
+        // A principal at its own share is not kept from anything: it does not queue.
+        if (mine < opt_.nonatomic_per_principal) {
+            if (me == nonatomic_waiting_.end()) {
+                nonatomic_waiting_.push_back({principal, now, now, {}});
+                me = std::prev(nonatomic_waiting_.end());
+            }
+            me->last = now;
+            if (std::find(me->lanes.begin(), me->lanes.end(), lane) == me->lanes.end())
+                me->lanes.push_back(lane);
+        }
         return false;
     }
-    ++mine;
+    if (me != nonatomic_waiting_.end())
+        nonatomic_waiting_.erase(me);
+    ++nonatomic_busy_[principal];
     ++nonatomic_total_;
     return true;
+}
+
+// Caller holds the lock: a worker is free; the lanes of the waiter it goes to need not sit out
+// their deferral's backoff.
+void Dispatcher::wake_nonatomic_waiter(Clock::time_point now)
+{
+    const NonatomicWaiter* first = nullptr;
+    for (const auto& w : nonatomic_waiting_)
+        if (nonatomic_held(w.principal) < opt_.nonatomic_per_principal && (!first || nonatomic_ahead(w, *first)))
+            first = &w;
+    if (!first)
+        return;
+    for (const Id& id : first->lanes) {
+        auto it = lanes_.find(id);
+        if (it == lanes_.end() || it->second.leased || it->second.q.empty() || it->second.not_before <= now)
+            continue;
+        it->second.not_before = now;
+        ready_.push_back(id);
+    }
 }
 
 void Dispatcher::release_nonatomic(uint32_t principal)
@@ -563,6 +636,7 @@ void Dispatcher::release_nonatomic(uint32_t principal)
         nonatomic_busy_.erase(it);
     if (nonatomic_total_ > 0)
         --nonatomic_total_;
+    wake_nonatomic_waiter(Clock::now());
     wake_pending_ = true;
 }
 
@@ -576,7 +650,9 @@ void Dispatcher::clear()
     nested_busy_.clear();
     nonatomic_busy_.clear();
     nonatomic_total_ = 0;
+    nonatomic_waiting_.clear();
     running_.clear();
+    live_.clear();
     suspect_family_.clear();
     family_in_flight_ = 0;
     in_flight_ = 0;

@@ -120,8 +120,12 @@ public:
     };
     explicit Dispatcher(Options o) : opt_(o) {}
 
-    // A message arrived (in stream order).
-    void add(Pending p);
+    // A message arrived (in stream order). False, and not added, when a copy of it (the same id
+    // in the same lane, sent earlier in the stream) is queued or runs: a nested message is
+    // emitted again by each attempt of its parent, and the copy's outcome is the first one's.
+    // The caller counts the copy handled: it is later in the WAL than the first, which holds the
+    // slot until it is handled. (Ids come from atx_log: only it can write the pg_atx origin.)
+    bool add(Pending p);
     // The next batch this worker may run, waiting up to `wait`; nullopt when there is none (or
     // after stop()). prefer: the RunAs the worker's session already serves, if any.
     std::optional<Batch> take(WorkerKind kind, std::optional<RunAs> prefer, std::chrono::milliseconds wait);
@@ -174,9 +178,14 @@ public:
     // Parked messages not handled yet.
     size_t parked_queued() const;
 
-    // A background worker for a non-atomic message of principal: false when the principal or
-    // the database already holds its share. Give it back with release_nonatomic().
-    bool acquire_nonatomic(uint32_t principal);
+    // A background worker for a non-atomic message of principal, run from lane: false when the
+    // principal or the database already holds its share, or when principals refused earlier
+    // wait for the free ones. Refused principals queue, those holding fewer workers first, then
+    // the earliest refused: a freed worker goes to them, and their refused lanes are made due at
+    // once. Without the queue two logins whose chains asked again the moment they gave a worker
+    // back held both for minutes, and a third login's message waited 28 s. Give a worker back
+    // with release_nonatomic().
+    bool acquire_nonatomic(uint32_t principal, const Id& lane);
     void release_nonatomic(uint32_t principal);
 
     // Giving a batch back (done, retry_later, release, lost...) does not wake the waiting
@@ -248,6 +257,15 @@ private:
     std::map<uint32_t, size_t> nested_busy_;        // nested-pool workers per principal
     std::map<uint32_t, size_t> nonatomic_busy_;     // background workers per principal
     size_t nonatomic_total_ = 0;
+    struct NonatomicWaiter {
+        uint32_t principal = 0;
+        Clock::time_point first{}, last{};  // first and latest refusal
+        std::vector<Id> lanes;              // its lanes refused, woken when a worker is free
+    };
+    std::vector<NonatomicWaiter> nonatomic_waiting_;
+    size_t nonatomic_held(uint32_t principal) const;
+    bool nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b) const;
+    void wake_nonatomic_waiter(Clock::time_point now);
     // A message in a leased batch. Parked before it was leased or while it runs, it no longer
     // holds the slot, and the atx_exec children it waits for do.
     struct Running {
@@ -257,6 +275,10 @@ private:
         bool parking = false;  // handed out by park_candidates, no answer yet
     };
     std::unordered_map<Id, Running, IdHash> running_;
+    // Ids of the messages queued or leased: one copy of each (add()). Before, the two copies of
+    // a nested message re-emitted by its parent's retry were both marked parked when one was,
+    // and the slot then waited for the one whose park had not counted, for good.
+    std::unordered_map<Id, Id, IdHash> live_;  // id -> its lane
     std::unordered_set<Id, IdHash> suspects_;
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;

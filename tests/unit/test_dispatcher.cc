@@ -46,6 +46,14 @@ Pending nested(Lsn start, Lsn parent_start, uint32_t role = 10, uint32_t princip
 
 const std::optional<RunAs> any;  // a fresh session: no preference
 
+Dispatcher::Options background_workers(size_t total, size_t per_principal)
+{
+    Dispatcher::Options o;
+    o.nonatomic_total = total;
+    o.nonatomic_per_principal = per_principal;
+    return o;
+}
+
 std::vector<Lsn> starts(const Batch& b)
 {
     std::vector<Lsn> v;
@@ -610,17 +618,75 @@ TEST_CASE("a new message wakes a regular worker, not one of the idle nested ones
 
 TEST_CASE("background workers for non-atomic messages are shared out by principal", "[dispatcher]")
 {
-    Dispatcher::Options o;
-    o.nonatomic_total = 2;
-    o.nonatomic_per_principal = 1;
-    Dispatcher d(o);
-    CHECK(d.acquire_nonatomic(10));
-    CHECK_FALSE(d.acquire_nonatomic(10));  // its share
-    CHECK(d.acquire_nonatomic(20));
-    CHECK_FALSE(d.acquire_nonatomic(30));  // the database's
+    Dispatcher d(background_workers(2, 1));
+    const Id lane = make_id(0xee, 1);
+    CHECK(d.acquire_nonatomic(10, lane));
+    CHECK_FALSE(d.acquire_nonatomic(10, lane));  // its share
+    CHECK(d.acquire_nonatomic(20, lane));
+    CHECK_FALSE(d.acquire_nonatomic(30, lane));  // the database's
     d.release_nonatomic(10);
-    CHECK(d.acquire_nonatomic(30));
-    CHECK_FALSE(d.acquire_nonatomic(10));
+    CHECK(d.acquire_nonatomic(30, lane));
+    CHECK_FALSE(d.acquire_nonatomic(10, lane));
+}
+
+TEST_CASE("a freed background worker goes to the principal refused first, not to the one that freed it", "[dispatcher]")
+{
+    // Two logins whose non-atomic chains ask again the moment they give a worker back held both
+    // workers for minutes; a third login's message waited 28 s (issue 21).
+    Dispatcher d(background_workers(2, 1));
+    const Id la = make_id(0xee, 1), lb = make_id(0xee, 2), lc = make_id(0xee, 3);
+    REQUIRE(d.acquire_nonatomic(10, la));
+    REQUIRE(d.acquire_nonatomic(20, lb));
+    CHECK_FALSE(d.acquire_nonatomic(30, lc));  // full: 30 waits
+    d.release_nonatomic(10);
+    CHECK_FALSE(d.acquire_nonatomic(10, la));  // the free worker is 30's
+    CHECK(d.acquire_nonatomic(30, lc));
+    d.release_nonatomic(20);
+    CHECK_FALSE(d.acquire_nonatomic(20, lb));  // 10 was refused before it
+    CHECK(d.acquire_nonatomic(10, la));
+    d.release_nonatomic(30);
+    CHECK(d.acquire_nonatomic(20, lb));
+    // With no one waiting, a principal takes a free worker at once, again and again.
+    d.release_nonatomic(20);
+    CHECK(d.acquire_nonatomic(20, lb));
+    d.release_nonatomic(20);
+    CHECK(d.acquire_nonatomic(20, lb));
+}
+
+TEST_CASE("a principal holding no background worker is served before one holding one", "[dispatcher]")
+{
+    Dispatcher d(background_workers(3, 2));
+    const Id l1 = make_id(0xee, 1), l2 = make_id(0xee, 2);
+    REQUIRE(d.acquire_nonatomic(10, l1));
+    REQUIRE(d.acquire_nonatomic(20, l1));
+    REQUIRE(d.acquire_nonatomic(20, l2));
+    CHECK_FALSE(d.acquire_nonatomic(10, l2));  // refused first, holding one
+    CHECK_FALSE(d.acquire_nonatomic(30, l1));  // refused later, holding none
+    d.release_nonatomic(20);
+    CHECK_FALSE(d.acquire_nonatomic(10, l2));
+    CHECK(d.acquire_nonatomic(30, l1));
+}
+
+TEST_CASE("a refused non-atomic message's lane is due again when a worker is freed for it", "[dispatcher]")
+{
+    Dispatcher d(background_workers(1, 1));
+    d.add(msg(1, 1, 10));
+    d.add(msg(2, 2, 20));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    REQUIRE(b);
+    if (a->as.principal_oid != 10)
+        std::swap(a, b);
+    REQUIRE(d.acquire_nonatomic(10, a->lane));
+    REQUIRE_FALSE(d.acquire_nonatomic(20, b->lane));
+    d.release(*b, Clock::now() + std::chrono::hours(1));  // the deferral's backoff
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    d.release_nonatomic(10);
+    auto again = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(again);
+    CHECK(starts(*again) == std::vector<Lsn>{2});
+    CHECK(d.acquire_nonatomic(20, again->lane));
 }
 
 TEST_CASE("take waits for work and wakes when a message arrives; stop() ends the wait", "[dispatcher]")
@@ -918,4 +984,32 @@ TEST_CASE("--batch-delay-ms: a lane with less than a batch waits for more, a ful
     CHECK(starts(*partial) == std::vector<Lsn>{4});
     CHECK(std::chrono::steady_clock::now() - t0 >= milliseconds(250));
     CHECK(std::chrono::steady_clock::now() - t0 < milliseconds(4000));
+}
+
+TEST_CASE("a copy of a queued or running message is not queued again", "[dispatcher]")
+{
+    // A parent's retry emits its nested message again under the same id. Queued twice, both
+    // copies were marked parked when one was parked, and the slot waited for the other for good.
+    Dispatcher d({10, 2});
+    Pending first = nested(5, 1);
+    Pending copy = first;
+    copy.start = 9;
+    copy.end = 10;
+    REQUIRE(d.add(first));
+    CHECK_FALSE(d.add(copy));  // queued
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(starts(*b) == std::vector<Lsn>{5});
+    CHECK_FALSE(d.add(copy));  // running
+    Pending elsewhere = copy;  // the same id in another lane is not taken for a copy
+    elsewhere.lane = make_id(0xee, 7);
+    CHECK(d.add(elsewhere));
+    d.done(*b, 1);
+    CHECK(d.add(copy));  // handled: a later copy runs (and finds it handled)
+    Pending undecodable = msg(20, 3);
+    undecodable.id = Id{};
+    Pending undecodable2 = msg(21, 3);
+    undecodable2.id = Id{};
+    CHECK(d.add(undecodable));
+    CHECK(d.add(undecodable2));
 }
