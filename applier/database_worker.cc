@@ -31,6 +31,9 @@ constexpr milliseconds kNestedAfter{20};
 constexpr milliseconds kWatchEvery{250};
 constexpr milliseconds kParkEvery{1000};
 constexpr size_t kParkMax = 1000;  // messages per atx.park call
+// While the stream has sent nothing after a timeline change, the WAL written meanwhile is read
+// this often for messages its decoding skipped (find_unsent).
+constexpr std::chrono::seconds kUnsentScanEvery{1};
 constexpr size_t kFailoverCheckLimit = 200000;
 
 // Shutdown requested: leave without committing or confirming anything new.
@@ -290,6 +293,16 @@ void DatabaseWorker::check_failover()
         spdlog::warn("{} event=different_cluster system_id={} was={} warning=\"this state directory was used with "
                      "another cluster (restored or replaced)\"",
                      log_, id.system_id, *known_system);
+    // A new timeline: this server's slot may be a copy whose decoding skips messages for a while
+    // (find_unsent). A state directory that never saw this cluster cannot tell: after any
+    // failover in the cluster's past, it checks once too.
+    if ((known_tli && *known_tli != std::to_string(id.timeline)) || (!known_tli && id.timeline > 1))
+        try {
+            if (store_.get_meta(scope_, "unsent_from").value_or("").empty())
+                store_.put_meta(scope_, "unsent_from", lsn(slot_confirmed_));
+        } catch (const StateError& e) {
+            spdlog::error("{} event=state_write_failed error={}", log_, logq(e.what()));
+        }
     if (known_tli && *known_tli != std::to_string(id.timeline))
         spdlog::warn("{} event=timeline_changed timeline={} was={} action=\"checking that every message the slot "
                      "confirmed was applied on this server\"",
@@ -557,6 +570,15 @@ WorkerResult DatabaseWorker::session()
     dispatcher_.clear();
     load_retrying();
     load_parked();
+    unsent_check_ = false;
+    try {
+        if (auto from = parse_lsn(store_.get_meta(scope_, "unsent_from").value_or(""))) {
+            unsent_check_ = true;
+            unsent_from_ = std::min(*from, slot_confirmed_);
+        }
+    } catch (const StateError& e) {
+        spdlog::error("{} event=state_read_failed error={}", log_, logq(e.what()));
+    }
     start_workers();
     spdlog::info("{} event=streaming slot={} from={} sessions={} role_budget={}", log_, slot_, lsn(slot_confirmed_),
                  cfg_.apply_sessions, cfg_.max_sessions_per_role);
@@ -566,6 +588,7 @@ WorkerResult DatabaseWorker::session()
     next_durability_ = now0;
     next_prune_ = now0 + milliseconds(cfg_.prune_interval_ms);
     next_park_ = now0 + kParkEvery;
+    next_unsent_scan_ = now0 + kUnsentScanEvery;
     last_data_ = now0;
     for (;;) {
         m_.tick();
@@ -623,6 +646,19 @@ WorkerResult DatabaseWorker::session()
         }
         if (now >= next_park_)
             maybe_park(now);
+        if (unsent_check_ && now >= next_unsent_scan_) {
+            // Nothing sent yet: the messages written meanwhile may be skipped too (find_unsent).
+            next_unsent_scan_ = now + kUnsentScanEvery;
+            try {
+                find_unsent(
+                    parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_flush_lsn()::text").value_or(""))
+                        .value_or(0));
+            } catch (const PgError& e) {
+                if (e.connection_lost)
+                    throw;
+                unsent_check_failed(e);
+            }
+        }
         maybe_grow_nested();
         if (cfg_.once && idle_and_confirmed()) {
             stop_workers(false);
@@ -686,6 +722,14 @@ Pending DatabaseWorker::pending_of(Lsn start, Lsn end, std::string_view payload)
 void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload)
 {
     m_.received_lsn = end;
+    if (unsent_check_)
+        try {
+            end_unsent_check(start);
+        } catch (const PgError& e) {
+            if (e.connection_lost)
+                throw;
+            unsent_check_failed(e);  // the next round of the check tries again
+        }
     if (parked_lsns_.count(start)) {
         // Parked before this stream began (the slot had not passed it yet): its copy runs.
         std::lock_guard<std::mutex> lock(progress_mu_);
@@ -735,6 +779,17 @@ void DatabaseWorker::load_parked()
         return;
     parked_load_lsn_ =
         parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or("")).value_or(0);
+    add_parked(r);
+    spdlog::info("{} event=parked_loaded count={} first={} action=\"they run from their copies before what the "
+                 "stream sends\"",
+                 log_, n, field(r.get(), 0, 0).value_or("-"));
+}
+
+// Rows (lsn, payload) of parked records: to their lanes, and their stream copies are counted
+// handled (handle_message).
+void DatabaseWorker::add_parked(const PgResult& r)
+{
+    const int n = PQntuples(r.get());
     std::vector<Pending> loaded;
     for (int i = 0; i < n; ++i) {
         const Lsn start = parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0);
@@ -773,9 +828,96 @@ void DatabaseWorker::load_parked()
                 q.lane = it->second;
         dispatcher_.add(std::move(q));
     }
-    spdlog::info("{} event=parked_loaded count={} first={} action=\"they run from their copies before what the "
-                 "stream sends\"",
-                 log_, n, field(r.get(), 0, 0).value_or("-"));
+}
+
+// After a timeline change the new primary's slot may be a copy (Patroni copies the slot's state
+// file, not the decoding snapshot saved beside it). Decoding from it must rebuild that snapshot
+// from running-transaction records first, and until it is consistent PostgreSQL skips
+// non-transactional logical messages (decode.c, logicalmsg_decode): the stream never sends them.
+// So until the stream sends a first message (decoding is consistent by then), the applier reads
+// the WAL from where the stream began itself (atx.messages_between), parks every message there
+// with no record, and confirms nothing past what it has read. Kept in the state store, so that a
+// restart or a reconnect meanwhile goes on from there.
+void DatabaseWorker::find_unsent(Lsn upto)
+{
+    constexpr int kChunk = 10000;
+    size_t parked = 0, found = 0;
+    const Lsn from = unsent_from_;
+    while (unsent_from_ < upto) {
+        PgResult r = control_.exec("SELECT l::text FROM atx.messages_between($1::pg_catalog.pg_lsn, "
+                                   "$2::pg_catalog.pg_lsn, $3::pg_catalog.int4) l",
+                                   {format_lsn(unsent_from_), format_lsn(upto), std::to_string(kChunk)});
+        const int n = PQntuples(r.get());
+        std::vector<std::optional<std::string>> lsns;
+        Lsn last = 0;
+        for (int i = 0; i < n; ++i) {
+            lsns.push_back(field(r.get(), i, 0));
+            last = std::max(last, parse_lsn(lsns.back().value_or("")).value_or(0));
+        }
+        found += static_cast<size_t>(n);
+        if (!lsns.empty()) {
+            PgResult missing = control_.exec("SELECT l::text FROM atx.unapplied($1::pg_catalog.pg_lsn[]) l ORDER BY l",
+                                             {pg_array_literal(lsns)});
+            std::vector<std::optional<std::string>> gone;
+            for (int i = 0; i < PQntuples(missing.get()); ++i)
+                if (!parked_lsns_.count(parse_lsn(field(missing.get(), i, 0).value_or("")).value_or(0)))
+                    gone.push_back(field(missing.get(), i, 0));
+            if (!gone.empty()) {
+                control_.exec("SELECT status FROM atx.park($1::pg_catalog.pg_lsn[])", {pg_array_literal(gone)});
+                parked_load_lsn_ =
+                    parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or(""))
+                        .value_or(0);
+                PgResult rows = control_.exec("SELECT lsn::text, payload FROM atx.applied WHERE payload IS NOT NULL "
+                                              "AND lsn = ANY($1::pg_catalog.pg_lsn[]) ORDER BY lsn",
+                                              {pg_array_literal(gone)});
+                parked += static_cast<size_t>(PQntuples(rows.get()));
+                add_parked(rows);
+            }
+        }
+        unsent_from_ = n < kChunk ? upto : last + 1;
+        try {
+            store_.put_meta(scope_, "unsent_from", lsn(unsent_from_));
+        } catch (const StateError& e) {
+            spdlog::error("{} event=state_write_failed error={}", log_, logq(e.what()));
+        }
+    }
+    m_.lost_found += parked;
+    m_.repaired += parked;
+    if (parked > 0)
+        spdlog::critical("{} event=messages_unsent count={} from={} upto={} action=\"the new primary's copy of the "
+                         "slot skipped them (its decoding was not consistent yet): parked, they run from their "
+                         "copies\"",
+                         log_, parked, lsn(from), lsn(upto));
+    else if (found > 0)
+        spdlog::debug("{} event=unsent_check from={} upto={} messages={} unsent=0", log_, lsn(from), lsn(upto), found);
+}
+
+// The slot stays where the check got to (confirmable()) until it can go on: a message it could
+// not read is never passed silently. Said once a minute.
+void DatabaseWorker::unsent_check_failed(const PgError& e)
+{
+    const auto now = Clock::now();
+    if (now - last_unsent_error_ < std::chrono::minutes(1))
+        return;
+    last_unsent_error_ = now;
+    spdlog::error("{} event=unsent_check_failed from={} sqlstate={} error={} action=\"the slot is not confirmed "
+                  "past {} until the WAL there has been read; trying again\"",
+                  log_, lsn(unsent_from_), e.sqlstate.empty() ? "-" : e.sqlstate, logq(e.what()), lsn(unsent_from_));
+}
+
+void DatabaseWorker::end_unsent_check(Lsn first_sent)
+{
+    if (first_sent > unsent_from_)
+        find_unsent(first_sent);
+    unsent_check_ = false;
+    try {
+        store_.put_meta(scope_, "unsent_from", "");
+    } catch (const StateError& e) {
+        spdlog::error("{} event=state_write_failed error={}", log_, logq(e.what()));
+    }
+    spdlog::info("{} event=unsent_check_done first_sent={} action=\"the stream's decoding is consistent: it sends "
+                 "every message from here\"",
+                 log_, lsn(first_sent));
 }
 
 // Messages stuck behind a long-running statement of their lane or principal are copied into
@@ -894,13 +1036,21 @@ void DatabaseWorker::poll_durability()
     }
 }
 
+// Caller holds progress_mu_: what may be confirmed to the slot; during the unsent check no more
+// than the WAL read so far (find_unsent).
+Lsn DatabaseWorker::confirmable() const
+{
+    const Lsn c = progress_.confirm_position();
+    return unsent_check_ ? std::min(c, unsent_from_) : c;
+}
+
 void DatabaseWorker::send_status()
 {
     Lsn flush, received;
     size_t pending;
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
-        flush = progress_.confirm_position();
+        flush = confirmable();
         received = progress_.received_end();
         pending = progress_.pending();
     }
@@ -932,7 +1082,7 @@ bool DatabaseWorker::idle_and_confirmed()
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
         pending = progress_.pending();
-        confirm = progress_.confirm_position();
+        confirm = confirmable();
     }
     if (pending != 0)
         return false;

@@ -73,6 +73,11 @@ private:
     void handle_message(Lsn start, Lsn end, std::string_view payload);
     Pending pending_of(Lsn start, Lsn end, std::string_view payload);
     void load_parked();
+    void add_parked(const PgResult& rows);
+    void find_unsent(Lsn upto);
+    void end_unsent_check(Lsn first_sent);
+    void unsent_check_failed(const PgError& e);
+    Lsn confirmable() const;
     void load_retrying();
     void maybe_park(std::chrono::steady_clock::time_point now);
     void on_handled(const std::vector<Pending>& items, Lsn commit_lsn);
@@ -118,9 +123,11 @@ private:
     std::unordered_map<Id, uint32_t, IdHash> retrying_;  // attempts of messages being retried when
                                                          // this stream began (the state store says)
     Lsn parked_load_lsn_ = 0;                            // the server's WAL position when they were read
+    bool unsent_check_ = false;  // after a timeline change, until the stream sends a message (find_unsent)
+    Lsn unsent_from_ = 0;        // the WAL before it was read for messages the stream skipped
     std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_,
         next_rule_check_, last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_,
-        last_park_error_;
+        last_park_error_, next_unsent_scan_, last_unsent_error_;
 };
 
 }  // namespace atx::applier

@@ -29,6 +29,31 @@ static Datum message_at_body(FunctionCallInfo fcinfo)
     PG_RETURN_BYTEA_P(out);
 }
 
+// atx.messages_between(from_lsn pg_lsn, upto_lsn pg_lsn, max_count int) RETURNS SETOF pg_lsn
+// (applier role): where the pg_atx messages of this database start in [from_lsn, upto_lsn), read
+// from the WAL, at most max_count. SECURITY DEFINER.
+static Datum messages_between_body(FunctionCallInfo fcinfo)
+{
+    ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
+    List* found;
+    XLogRecPtr next;
+    ListCell* c;
+    const int max = PG_GETARG_INT32(2);
+
+    if (max < 1)
+        ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("max_count must be at least 1")));
+    InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+    AtxApplyFrame f = atx_apply_enter();
+    atx_scan_wal_messages(PG_GETARG_LSN(0), PG_GETARG_LSN(1), max, &found, &next);
+    foreach (c, found) {
+        Datum d = LSNGetDatum(*(XLogRecPtr*)lfirst(c));
+        bool isnull = false;
+        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
+    }
+    atx_apply_leave(&f);
+    return (Datum)0;
+}
+
 // atx.verify_payload(payload bytea) RETURNS jsonb (superusers): its fields, or 22P03 / 0A000 /
 // 28000.
 static Datum verify_payload_body(FunctionCallInfo fcinfo)
@@ -60,5 +85,6 @@ static Datum decode_body(FunctionCallInfo fcinfo)
 }
 
 ATX_ENTRY(atx_message_at, message_at_body)
+ATX_ENTRY(atx_messages_between, messages_between_body)
 ATX_ENTRY(atx_verify_payload, verify_payload_body)
 ATX_ENTRY(atx_decode, decode_body)

@@ -45,8 +45,26 @@ static XLogReaderState* get_reader(void)
 
 static bool refuse(char** why, const char* fmt, XLogRecPtr lsn)
 {
-    *why = psprintf(fmt, ATX_LSN_ARGS(lsn));
+    if (why != NULL)
+        *why = psprintf(fmt, ATX_LSN_ARGS(lsn));
     return false;
+}
+
+// The record the reader just read is a pg_atx message of this database that atx_log wrote.
+static bool genuine(XLogReaderState* r, XLogRecPtr lsn, char** why)
+{
+    xl_logical_message* xlrec;
+
+    if (XLogRecGetRmid(r) != RM_LOGICALMSG_ID || (XLogRecGetInfo(r) & ~XLR_INFO_MASK) != XLOG_LOGICAL_MESSAGE)
+        return refuse(why, "the WAL record at %X/%X is not a logical message", lsn);
+    xlrec = (xl_logical_message*)XLogRecGetData(r);
+    if (xlrec->transactional || xlrec->dbId != MyDatabaseId || xlrec->prefix_size != strlen(atx::kMessagePrefix) + 1 ||
+        strcmp(xlrec->message, atx::kMessagePrefix) != 0)
+        return refuse(why, "the logical message at %X/%X is not a pg_atx message of this database", lsn);
+    // Checked last: the origin is what only atx_log can set.
+    if (XLogRecGetOrigin(r) == InvalidRepOriginId || XLogRecGetOrigin(r) != atx_emit_origin_id(false))
+        return refuse(why, "the logical message at %X/%X was not written by atx_log (replication origin)", lsn);
+    return true;
 }
 
 bool atx_read_wal_message(XLogRecPtr lsn, char** payload, size_t* len, char** why)
@@ -87,19 +105,63 @@ bool atx_read_wal_message(XLogRecPtr lsn, char** payload, size_t* len, char** wh
         ereport(ERROR,
                 (errcode(ERRCODE_DATA_CORRUPTED), errmsg("could not read the WAL record at %X/%X: %s",
                                                          ATX_LSN_ARGS(lsn), errormsg ? errormsg : "unknown error")));
-    if (XLogRecGetRmid(r) != RM_LOGICALMSG_ID || (XLogRecGetInfo(r) & ~XLR_INFO_MASK) != XLOG_LOGICAL_MESSAGE)
-        return refuse(why, "the WAL record at %X/%X is not a logical message", lsn);
+    if (!genuine(r, lsn, why))
+        return false;
     xlrec = (xl_logical_message*)XLogRecGetData(r);
-    if (xlrec->transactional || xlrec->dbId != MyDatabaseId || xlrec->prefix_size != strlen(atx::kMessagePrefix) + 1 ||
-        strcmp(xlrec->message, atx::kMessagePrefix) != 0)
-        return refuse(why, "the logical message at %X/%X is not a pg_atx message of this database", lsn);
-    // Checked last: the origin is what only atx_log can set.
-    if (XLogRecGetOrigin(r) == InvalidRepOriginId || XLogRecGetOrigin(r) != atx_emit_origin_id(false))
-        return refuse(why, "the logical message at %X/%X was not written by atx_log (replication origin)", lsn);
-
     *len = xlrec->message_size;
     *payload = (char*)palloc(xlrec->message_size + 1);
     memcpy(*payload, xlrec->message + xlrec->prefix_size, xlrec->message_size);
     (*payload)[xlrec->message_size] = '\0';
     return true;
+}
+
+void atx_scan_wal_messages(XLogRecPtr from, XLogRecPtr upto, int max, List** found, XLogRecPtr* next)
+{
+    XLogReaderState* r;
+    XLogRecPtr start;
+    TimeLineID tli;
+
+    *found = NIL;
+    *next = from;
+    if (RecoveryInProgress())
+        ereport(ERROR, (errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+                        errmsg("pg_atx messages cannot be looked for during recovery")));
+    upto = Min(upto, GetFlushRecPtr(&tli));
+    if (from >= upto)
+        return;
+    r = get_reader();
+    reader_private.end_of_wal = false;
+    MemoryContext caller = MemoryContextSwitchTo(TopMemoryContext);
+    start = XLogFindNextRecord(r, from);
+    MemoryContextSwitchTo(caller);
+    if (start == InvalidXLogRecPtr)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FILE),
+                        errmsg("could not read the WAL at %X/%X to look for pg_atx messages", ATX_LSN_ARGS(from)),
+                        errdetail("The WAL may have been removed; the slot should have kept it.")));
+    for (;;) {
+        char* errormsg = NULL;
+        caller = MemoryContextSwitchTo(TopMemoryContext);
+        XLogRecord* rec = XLogReadRecord(r, &errormsg);
+        MemoryContextSwitchTo(caller);
+        if (rec == NULL) {
+            if (reader_private.end_of_wal)
+                break;
+            ereport(ERROR, (errcode(ERRCODE_DATA_CORRUPTED),
+                            errmsg("could not read the WAL after %X/%X: %s", ATX_LSN_ARGS(*next),
+                                   errormsg ? errormsg : "unknown error")));
+        }
+        start = r->ReadRecPtr;
+        if (start >= upto) {
+            *next = start;
+            break;
+        }
+        *next = r->EndRecPtr;
+        if (genuine(r, start, NULL)) {
+            XLogRecPtr* p = (XLogRecPtr*)palloc(sizeof(XLogRecPtr));
+            *p = start;
+            *found = lappend(*found, p);
+            if (list_length(*found) >= max)
+                break;
+        }
+    }
 }

@@ -17,13 +17,7 @@ cleanup_standby() {
     rm -rf "$STANDBY"
 }
 trap 'cleanup_standby; _testlib_cleanup' EXIT
-atx_as_server "$ATX_PG_BINDIR/pg_basebackup" -h "$TEST_DIR" -p "$(cat "$TEST_DIR/port")" -U postgres \
-    -D "$STANDBY/data" -R -X stream >/dev/null 2>"$TEST_DIR/basebackup.err" ||
-    { not_ok "pg_basebackup ($(head -n 2 "$TEST_DIR/basebackup.err"))"; done_testing; }
-# Its own socket directory (no TCP: listen_addresses = '' comes with the base backup).
-cp "$TEST_DIR/port" "$STANDBY/port"
-echo "unix_socket_directories = '$STANDBY'" >>"$STANDBY/data/postgresql.conf"
-atx_cluster_start "$STANDBY" || { not_ok "standby start"; done_testing; }
+standby_start "$STANDBY"
 
 q <<'SQL' >/dev/null
 CREATE ROLE atx_app LOGIN REPLICATION;

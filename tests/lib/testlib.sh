@@ -165,3 +165,16 @@ _settled() {
 wait_for_slot() {
     wait_for 30 bash -c "psql -qAtX -c \"SELECT 1 FROM pg_replication_slots s JOIN pg_stat_activity a ON a.pid = s.active_pid WHERE s.slot_name = atx.slot_name() AND a.backend_type = 'walsender'\" | grep -q 1"
 }
+
+# standby_start DIR: a streaming physical standby of the test cluster in DIR (made by
+# atx_cluster_mkdir), started, with its own socket directory (no TCP: listen_addresses = ''
+# comes with the base backup). Ends the test when that fails.
+standby_start() {
+    local dir=$1
+    atx_as_server "$ATX_PG_BINDIR/pg_basebackup" -h "$TEST_DIR" -p "$(cat "$TEST_DIR/port")" -U postgres \
+        -D "$dir/data" -R -X stream >/dev/null 2>"$TEST_DIR/basebackup.err" ||
+        { not_ok "pg_basebackup ($(head -n 2 "$TEST_DIR/basebackup.err"))"; done_testing; }
+    cp "$TEST_DIR/port" "$dir/port"
+    echo "unix_socket_directories = '$dir'" >>"$dir/data/postgresql.conf"
+    atx_cluster_start "$dir" || { not_ok "standby start"; done_testing; }
+}

@@ -12,7 +12,6 @@
   row of a call made after it);
 - the applier's memory did not grow, and it never exited by itself."""
 import re
-import statistics
 
 from clients import ID_BASE, SUBS
 
@@ -364,7 +363,7 @@ def fmt_s(v):
 def report_markdown(res, events, meta):
     """The tables docs/reliability.md shows for a round."""
     out = []
-    out.append("| fault | injected | skipped | recovery p50 / p99 / max (s) |")
+    out.append("| fault | injected | not reached | recovery p50 / p99 / max (s) |")
     out.append("|---|---|---|---|")
     for kind in meta["kinds"]:
         f = res.faults.get(kind, dict(injected=0, skipped=0, recovery=[]))

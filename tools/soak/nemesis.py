@@ -1,10 +1,12 @@
 """The soak's nemesis: a schedule of faults drawn from the seed alone (kind, moment, how long,
 target), played against the running cluster, overlapping where the draw makes them overlap.
 
-Each fault is injected at its moment and healed after its hold (a fault of the same kind still in
-progress, or a cluster not ready for it, defers it; one that stays impossible is skipped and
-reported). The times it was really injected and healed go to the report: the checker explains
-dead letters and measures recovery from them."""
+Each fault is injected at its moment and healed after its hold. One the cluster cannot take yet (a
+fault of the same kind still in progress or just over, a failover while the pair is not whole, a
+backend kill with no apply backend) is tried again every second until it can be injected: none is
+dropped; one still waiting when the schedule ends is reported "not reached", with what it waited
+for. The times it was really injected and healed go to the report: the checker explains dead
+letters and measures recovery from them."""
 import json
 import heapq
 import os
@@ -12,7 +14,6 @@ import random
 import signal
 import threading
 import time
-import urllib.request
 
 import psycopg2
 
@@ -20,14 +21,37 @@ KINDS = ["applier_kill", "backend_kill", "server_crash", "walsender_stall", "fai
          "partition", "state_full", "privilege_revoke"]
 PAIR_ONLY = ("failover", "switchover")
 PATRONI = ("failover", "switchover")
-MAX_DEFER = 60          # seconds an impossible fault is retried before it is skipped
-MAX_DEFER_PATRONI = 240  # a failover waits for the pair to be whole again (rejoin, slot copy)
-# While a failover or switchover waits for the pair, these wait too: each restarts the primary on
-# a new timeline and sends the replica back to its start, so they would keep the pair from ever
-# being whole again.
+RETRY = 1.0             # seconds between two tries of a fault the cluster cannot take yet
+# Seconds from the end of a fault to the next of its kind: a kind's backlog (faults that waited)
+# is played as separate faults, not as one burst in the same second.
+MIN_GAP = 2.0
+# While a failover or switchover is under way or waits for the pair, these wait too: each restarts
+# the primary and sends the replica back to its start, so they would keep the pair from ever being
+# whole again, and one under a switchover makes patronictl give up (seen: the old primary still led
+# 70 s later). A fault under way or a rejoin is waited out; a pair that is not ready yet is waited
+# for YIELD_MAX s at most: a pair that stays broken longer (a replica being
+# rebuilt) is not theirs to wait for, and they would otherwise wait for the rest of the round; and
+# with a backlog of failovers (--rate 3) one always waits, so that this caps crashes and backend
+# kills at about one per YIELD_MAX s each (30 s left seed 7 with 4 backend kills of 9).
 YIELD_TO_PATRONI = ("server_crash", "backend_kill")
 PATRONI_FIRST_AFTER = 10  # seconds a Patroni fault waits before the others yield to it
+YIELD_MAX = 20
 STUCK_REPLICA = 45      # seconds a replica may not stream (no Patroni fault running) before it is rebuilt
+# A failover's old primary, started again, rejoins by crash recovery and pg_rewind until it streams
+# (REJOIN s at most; then it is taken to be stuck, and rebuilt after STUCK_REPLICA s). Failovers and
+# switchovers wait for it, and so do crashes and backend kills (for as long as it rejoins): each takes
+# away the primary its pg_rewind reads from, and a rewind broken off leaves a node that never
+# streams ("could not find common ancestor"), to be rebuilt (a 3-node round lost two nodes so, and
+# its failovers waited 90 s). A switchover's old primary was shut down cleanly: nothing to rewind.
+REJOIN = 30
+# Seconds after which a switchover whose old primary still leads did not happen (patronictl gave
+# up): it is tried again, not counted.
+SWITCHOVER_MAX = 30
+# When both failovers and switchovers wait, the kind injected fewer times so far goes first (the
+# other gives way for FAIR_MAX s at most): they share one lane, and a draw by retry timing could
+# leave one of them short.
+FAIR_MAX = 3
+REBUILD_CHECKPOINT = 5  # seconds between CHECKPOINTs on the primary while a replica is rebuilt
 
 
 class Event:
@@ -38,6 +62,11 @@ class Event:
         self.settled = None     # ... when the cluster was whole again (promotion, switchover done)
         self.status = "planned"
         self.note = ""
+        self.waiting = None     # since when it waits for the cluster to be able to take it
+        self.why = ""           # ... and for what
+        self.yielding = None    # since when it yields to a waiting failover or switchover
+        self.attempts = ""      # attempts that did not happen (a switchover patronictl gave up)
+        self.giving_way = None  # since when it gives way to the other Patroni kind (FAIR_MAX)
 
     def plan(self):
         return {"n": self.n, "kind": self.kind, "at": round(self.at, 2), "hold": round(self.hold, 2),
@@ -118,7 +147,15 @@ class Nemesis(threading.Thread):
         self.rss = []               # (time, pid, kB)
         self.patroni_waiting = None  # since when a failover/switchover waits for the pair
         self.replica_down_since = {}  # replica -> since when it has not streamed
+        self.rewinding = {}         # failover's old primary -> when it was started again (until it streams)
         self.reinits = []           # (time, member, why): replicas rebuilt (patronictl reinit)
+        self.rebuild_checkpoint = 0.0  # when the last CHECKPOINT for a replica's rebuild ran
+        self.last_end = {}          # kind -> when its last fault ended (healed, settled)
+        self.injected_n = {}        # kind -> faults injected so far
+        # kind -> the fault of that kind that waits first; the others of its kind wait behind it
+        # without asking the cluster (a 30-minute round's backlog would otherwise poll it dozens of
+        # times a second)
+        self.head = {}
         self.revoked_last = {}      # role index -> the last privilege_revoke event of that role
         self.regrants = 0           # GRANTs lost in a failover and made again (_grants_doctor)
         self.errors = []
@@ -157,7 +194,7 @@ class Nemesis(threading.Thread):
     def run(self):
         self.t0 = time.time()
         for e in self.events:
-            self.push(self.t0 + e.at, self._inject, e, self.t0 + e.at)
+            self.push(self.t0 + e.at, self._inject, e)
         self.push(self.t0 + 1, self._supervise)
         self.push(self.t0 + 1, self._sample_rss)
         while not self._halt.is_set():
@@ -189,6 +226,9 @@ class Nemesis(threading.Thread):
         for e in self.events:
             if e.status == "planned":
                 e.status = "not reached"
+                if e.waiting is not None:
+                    e.note = "waited %.0f s: %s%s" % (time.time() - e.waiting, e.why,
+                                                       ";" + e.attempts if e.attempts else "")
         with self.lock:
             down = self.applier_down
         r = self.env.harness.call("soak_applier_reap")[1]
@@ -198,37 +238,75 @@ class Nemesis(threading.Thread):
             self.start_applier()
 
     # --- the schedule --------------------------------------------------------------------------
-    def _defer(self, e, planned, why):
-        limit = MAX_DEFER_PATRONI if e.kind in PATRONI else MAX_DEFER
-        if time.time() - planned > limit:
-            if e.kind in PATRONI:
-                self.patroni_waiting = None
-            e.status = "skipped"
-            e.note = why
-            self.say("#%d %s skipped: %s" % (e.n, e.kind, why))
-            return
-        self.push(time.time() + 1.0, self._inject, e, planned)
+    def _defer(self, e, why):
+        """Not yet: tried again RETRY s later (until the schedule ends), and said once."""
+        now = time.time()
+        if e.waiting is None:
+            e.waiting = now
+            self.say("#%d %s waits: %s" % (e.n, e.kind, why))
+        e.why = why
+        self.push(now + RETRY, self._inject, e)
 
-    def _inject(self, e, planned):
+    def _inject(self, e):
+        now = time.time()
+        head = self.head.get(e.kind)
+        if head is not None and head is not e and head.status == "planned":
+            return self._defer(e, "#%d %s waits before it" % (head.n, head.kind))
+        self.head[e.kind] = e
         if e.kind in self.active:
-            return self._defer(e, planned, "the previous %s still in progress" % e.kind)
-        if e.kind in PATRONI and (self.patroni_busy is not None or not self.env.pair_ready()):
+            return self._defer(e, "the previous %s still in progress" % e.kind)
+        if e.kind in PATRONI and self.patroni_busy is not None:
             if self.patroni_waiting is None:
-                self.patroni_waiting = time.time()
-            return self._defer(e, planned, "pair not ready (members %s)" % self.env.members_note())
-        if e.kind in YIELD_TO_PATRONI and self.patroni_waiting is not None and \
-                time.time() - self.patroni_waiting > PATRONI_FIRST_AFTER:
-            return self._defer(e, planned, "a failover or switchover waits for the pair")
+                self.patroni_waiting = now
+            return self._defer(e, "#%d %s still in progress" % (self.patroni_busy.n, self.patroni_busy.kind))
+        if now - self.last_end.get(e.kind, 0.0) < MIN_GAP:
+            return self._defer(e, "the previous %s just ended" % e.kind)
+        rejoining = sorted(m for m, since in self.rewinding.items() if now - since < REJOIN)
+        if e.kind in PATRONI and (rejoining or not self.env.pair_ready()):
+            if self.patroni_waiting is None:
+                self.patroni_waiting = now
+            if rejoining:
+                return self._defer(e, "%s rejoins" % ", ".join(rejoining))
+            return self._defer(e, "pair not ready (members %s)" % self.env.members_note())
+        if e.kind in YIELD_TO_PATRONI:
+            # A failover or switchover under way, or a failover's old primary in pg_rewind, is
+            # always waited out (each ends within _wait_patroni's 120 s or REJOIN s): a kill 1 s
+            # into a switchover left PostgreSQL 15's demoting postmaster unable to stop, and Patroni
+            # held the leader lock for the rest of a 30-minute round; kills during a rewind broke it
+            # off (replicas to rebuild). Only the wait for a pair to become ready is capped.
+            if self.patroni_busy is not None:   # until a failover's old primary is started again
+                e.yielding = None
+                return self._defer(e, "#%d %s in progress" % (self.patroni_busy.n, self.patroni_busy.kind))
+            if rejoining:
+                e.yielding = None
+                return self._defer(e, "%s rejoins" % ", ".join(rejoining))
+            if self.patroni_waiting is not None and now - self.patroni_waiting > PATRONI_FIRST_AFTER:
+                if e.yielding is None:
+                    e.yielding = now
+                if now - e.yielding < YIELD_MAX:
+                    return self._defer(e, "a failover or switchover waits for the pair")
         if e.kind in PATRONI:
+            other = PATRONI[1 - PATRONI.index(e.kind)]
+            if self.injected_n.get(e.kind, 0) > self.injected_n.get(other, 0) and any(
+                    x.kind == other and x.status == "planned" and x.waiting is not None for x in self.events):
+                if e.giving_way is None:
+                    e.giving_way = now
+                if now - e.giving_way < FAIR_MAX:
+                    return self._defer(e, "a waiting %s goes first (fewer so far)" % other)
             self.patroni_waiting = None
         try:
             ok, note = getattr(self, "_inject_" + e.kind)(e)
         except (psycopg2.Error, OSError) as ex:
             ok, note = False, str(ex).strip().splitlines()[0] if str(ex).strip() else repr(ex)
         if not ok:
-            return self._defer(e, planned, note or "injection failed")
+            return self._defer(e, note or "injection failed")
         e.injected = time.time()
+        if e.waiting is not None:
+            note = "%s (waited %.0f s: %s)" % (note or "", e.injected - e.waiting, e.why)
+        if e.attempts:
+            note = "%s;%s" % (note or "", e.attempts)
         e.status = "injected"
+        self.injected_n[e.kind] = self.injected_n.get(e.kind, 0) + 1
         with self.lock:
             self.since_start.add(e.kind)
         e.note = note or ""
@@ -242,6 +320,7 @@ class Nemesis(threading.Thread):
         else:
             e.healed = e.settled = e.injected
             e.status = "done"
+            self.last_end[e.kind] = e.injected
 
     def _heal(self, e, final=False):
         if self.active.get(e.kind) is not e:
@@ -262,6 +341,7 @@ class Nemesis(threading.Thread):
         e.healed = e.settled = time.time()
         e.status = "done" if ok else "heal failed"
         del self.active[e.kind]
+        self.last_end[e.kind] = e.healed
         self.say("#%d %s healed" % (e.n, e.kind))
 
     # --- each fault ----------------------------------------------------------------------------
@@ -285,6 +365,10 @@ class Nemesis(threading.Thread):
         return True, "pid %d" % pid
 
     def _inject_server_crash(self, e):
+        # Patroni restarts a crashed primary by itself: a backlog of crashes waits for it to take
+        # writes again rather than crashing it again in its crash recovery.
+        if self.env.mode == "pair" and not self.env.writable():
+            return False, "the primary does not take writes yet"
         rc = self.env.harness.call("soak_crash")[0]
         return rc == 0, "" if rc == 0 else "no running primary"
 
@@ -337,6 +421,18 @@ class Nemesis(threading.Thread):
             else:
                 self._patroni_done(e)
             return
+        now = time.time()
+        if e.kind == "switchover" and leader == old and now - e.injected > SWITCHOVER_MAX and self.env.writable():
+            e.attempts += " an attempt at %s did not switch (%s still led after %d s)" % (
+                time.strftime("%H:%M:%S", time.localtime(e.injected)), old, SWITCHOVER_MAX)
+            self.say("#%d switchover did not happen: %s still leads; tried again" % (e.n, old))
+            e.injected, e.status, e.note = None, "planned", ""
+            self.injected_n[e.kind] -= 1
+            self.patroni_busy = None
+            self.last_end[e.kind] = now
+            e.waiting, e.why = now, "its last attempt did not switch"
+            self.push(now + RETRY, self._inject, e)
+            return
         if time.time() - e.injected > 120:
             e.note += "; no new primary within 120 s"
             e.settled = time.time()
@@ -351,6 +447,7 @@ class Nemesis(threading.Thread):
         if e.arg.get("rejoined"):
             return
         e.arg["rejoined"] = True
+        self.rewinding[e.arg["node"]] = time.time()
         self.env.harness.call("soak_node_start", e.arg["node"])
         e.note += "; %s restarted" % e.arg["node"]
         self._patroni_done(e)
@@ -362,6 +459,7 @@ class Nemesis(threading.Thread):
             e.settled = time.time()
         e.status = "done"
         self.patroni_busy = None
+        self.last_end[e.kind] = e.settled
         self.say("#%d %s done: %s" % (e.n, e.kind, e.note))
 
     def _settle_patroni(self, e):
@@ -457,15 +555,26 @@ class Nemesis(threading.Thread):
     def _replica_doctor(self):
         """What an operator does for a replica that streams no more (Patroni 3.0 starts a node whose
         WAL went past the new primary's fork point as a replica that waits forever: "requested
-        starting point ... is not in this server's history"): patronictl reinit. Counted."""
+        starting point ... is not in this server's history"): patronictl reinit. Counted. A replica
+        being rebuilt is left to it; meanwhile a CHECKPOINT on the primary every few seconds ends
+        the one its base backup waits for (pg_basebackup asks for a spread one by default, which
+        kept a rebuild "creating replica" for more than 45 s, and the doctor then started it again)."""
         state = self.env.replicas_streaming() if self.patroni_busy is None else None
         if not state:
             self.replica_down_since = {}
             return
         now = time.time()
+        rebuilding = [m for m, streaming in state.items() if streaming is None]
+        if rebuilding and now - self.rebuild_checkpoint >= REBUILD_CHECKPOINT:
+            self.rebuild_checkpoint = now
+            try:
+                self.sql("CHECKPOINT")
+            except psycopg2.Error:
+                pass
         for member, streaming in state.items():
-            if streaming:
+            if streaming or streaming is None:
                 self.replica_down_since.pop(member, None)
+                self.rewinding.pop(member, None)
                 continue
             since = self.replica_down_since.setdefault(member, now)
             if now - since >= STUCK_REPLICA:

@@ -21,9 +21,17 @@ applier SIGKILL, apply backend SIGKILL, server crash (`-m immediate`), walsender
 during a replica stall; its leader key expired at once) and switchover, a partition between the
 applier and the primary (a veth pair cut with a queue that holds no packet), the applier's state
 directory full (a tmpfs filled up), a role's INSERT privilege revoked and granted back. Faults
-overlap as the draw makes them; one that the cluster cannot take yet (a failover while the replica
-is rejoining) waits, and is skipped after 60 s (240 s for Patroni). A supervisor restarts an applier
-that exits by itself, as systemd would, and counts it.
+overlap as the draw makes them; one that the cluster cannot take yet (a failover while the pair has
+no synchronous standby with the slot or a failover's old primary still rejoins, a backend kill
+while no apply session runs, a fault of the same kind still in progress) is tried again every
+second until it can be injected: none is dropped (one still waiting when the round ends is
+reported "not reached"), and a switchover that patronictl gave up is tried again, not counted.
+Failovers and switchovers share one lane; when both wait, the kind with fewer so far goes first. A
+server crash or backend kill waits (up to 20 s) while a failover or switchover is under way or
+waits for the pair, and while a failover's old primary rejoins (a pg_rewind broken off by a crash
+of its source leaves a node that must be rebuilt). A supervisor restarts an applier that exits by
+itself, as systemd would, and counts it; a replica that has not streamed for 45 s is rebuilt
+(`patronictl reinit`) and counted.
 
 The checker compares every call's outcome (acknowledged, refused, unknown) with what the database
 holds afterwards: every acknowledged call applied once or dead-lettered (a keyed call: its key
