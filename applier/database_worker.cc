@@ -298,8 +298,7 @@ void DatabaseWorker::check_failover()
     // failover in the cluster's past, it checks once too.
     if ((known_tli && *known_tli != std::to_string(id.timeline)) || (!known_tli && id.timeline > 1))
         try {
-            if (store_.get_meta(scope_, "unsent_from").value_or("").empty())
-                store_.put_meta(scope_, "unsent_from", lsn(slot_confirmed_));
+            store_.put_meta(scope_, "unsent_check", "pending");
         } catch (const StateError& e) {
             spdlog::error("{} event=state_write_failed error={}", log_, logq(e.what()));
         }
@@ -572,9 +571,12 @@ WorkerResult DatabaseWorker::session()
     load_parked();
     unsent_check_ = false;
     try {
-        if (auto from = parse_lsn(store_.get_meta(scope_, "unsent_from").value_or(""))) {
+        // From where this stream begins: a check cut short goes on from there (the slot was not
+        // confirmed past what it had read), and a standby applier that saw the timeline change
+        // long before it takes over reads from where it takes over.
+        if (store_.get_meta(scope_, "unsent_check").value_or("") == "pending") {
             unsent_check_ = true;
-            unsent_from_ = std::min(*from, slot_confirmed_);
+            unsent_from_ = slot_confirmed_;
         }
     } catch (const StateError& e) {
         spdlog::error("{} event=state_read_failed error={}", log_, logq(e.what()));
@@ -785,14 +787,17 @@ void DatabaseWorker::load_parked()
                  log_, n, field(r.get(), 0, 0).value_or("-"));
 }
 
-// Rows (lsn, payload) of parked records: to their lanes, and their stream copies are counted
-// handled (handle_message).
-void DatabaseWorker::add_parked(const PgResult& r)
+// Rows (lsn, payload) of parked records: to their lanes (those this stream has not loaded yet),
+// and their stream copies are counted handled (handle_message). Returns their starts.
+std::vector<Lsn> DatabaseWorker::add_parked(const PgResult& r)
 {
     const int n = PQntuples(r.get());
     std::vector<Pending> loaded;
+    std::vector<Lsn> starts;
     for (int i = 0; i < n; ++i) {
         const Lsn start = parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0);
+        if (parked_lsns_.count(start))
+            continue;
         size_t len = 0;
         unsigned char* raw = PQunescapeBytea(reinterpret_cast<const unsigned char*>(PQgetvalue(r.get(), i, 1)), &len);
         if (raw == nullptr)
@@ -813,6 +818,7 @@ void DatabaseWorker::add_parked(const PgResult& r)
         } catch (const StateError&) {
         }
         parked_lsns_.insert(start);
+        starts.push_back(start);
         loaded.push_back(std::move(p));
     }
     // A waited nested message parked with its parent (both behind a long statement, or both lost
@@ -828,6 +834,7 @@ void DatabaseWorker::add_parked(const PgResult& r)
                 q.lane = it->second;
         dispatcher_.add(std::move(q));
     }
+    return starts;
 }
 
 // After a timeline change the new primary's slot may be a copy (Patroni copies the slot's state
@@ -844,17 +851,19 @@ void DatabaseWorker::find_unsent(Lsn upto)
     size_t parked = 0, found = 0;
     const Lsn from = unsent_from_;
     while (unsent_from_ < upto) {
-        PgResult r = control_.exec("SELECT l::text FROM atx.messages_between($1::pg_catalog.pg_lsn, "
-                                   "$2::pg_catalog.pg_lsn, $3::pg_catalog.int4) l",
+        // next_lsn: where the scan got to, a record boundary (never past a record only partly
+        // flushed, which a later scan reads whole).
+        PgResult r = control_.exec("SELECT m.next_lsn::text, l::text FROM atx.messages_between($1::pg_catalog.pg_lsn, "
+                                   "$2::pg_catalog.pg_lsn, $3::pg_catalog.int4) m "
+                                   "LEFT JOIN LATERAL pg_catalog.unnest(m.lsns) l ON true",
                                    {format_lsn(unsent_from_), format_lsn(upto), std::to_string(kChunk)});
         const int n = PQntuples(r.get());
+        const Lsn next = n > 0 ? parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0) : 0;
         std::vector<std::optional<std::string>> lsns;
-        Lsn last = 0;
-        for (int i = 0; i < n; ++i) {
-            lsns.push_back(field(r.get(), i, 0));
-            last = std::max(last, parse_lsn(lsns.back().value_or("")).value_or(0));
-        }
-        found += static_cast<size_t>(n);
+        for (int i = 0; i < n; ++i)
+            if (auto l = field(r.get(), i, 1))
+                lsns.push_back(l);
+        found += lsns.size();
         if (!lsns.empty()) {
             PgResult missing = control_.exec("SELECT l::text FROM atx.unapplied($1::pg_catalog.pg_lsn[]) l ORDER BY l",
                                              {pg_array_literal(lsns)});
@@ -862,24 +871,30 @@ void DatabaseWorker::find_unsent(Lsn upto)
             for (int i = 0; i < PQntuples(missing.get()); ++i)
                 if (!parked_lsns_.count(parse_lsn(field(missing.get(), i, 0).value_or("")).value_or(0)))
                     gone.push_back(field(missing.get(), i, 0));
-            if (!gone.empty()) {
+            if (!gone.empty())
                 control_.exec("SELECT status FROM atx.park($1::pg_catalog.pg_lsn[])", {pg_array_literal(gone)});
-                parked_load_lsn_ =
-                    parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or(""))
-                        .value_or(0);
-                PgResult rows = control_.exec("SELECT lsn::text, payload FROM atx.applied WHERE payload IS NOT NULL "
-                                              "AND lsn = ANY($1::pg_catalog.pg_lsn[]) ORDER BY lsn",
-                                              {pg_array_literal(gone)});
-                parked += static_cast<size_t>(PQntuples(rows.get()));
-                add_parked(rows);
+            // Every parked copy among them this stream does not run yet: also one parked by an
+            // earlier round of the check that failed before it loaded them.
+            PgResult rows = control_.exec("SELECT lsn::text, payload FROM atx.applied WHERE payload IS NOT NULL "
+                                          "AND lsn = ANY($1::pg_catalog.pg_lsn[]) ORDER BY lsn",
+                                          {pg_array_literal(lsns)});
+            const Lsn commit =
+                parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_insert_lsn()::text").value_or(""))
+                    .value_or(0);
+            parked_load_lsn_ = std::max(parked_load_lsn_, commit);
+            const std::vector<Lsn> added = add_parked(rows);
+            parked += added.size();
+            // The slot passes them once their copies are durable, as for any parked message.
+            std::lock_guard<std::mutex> lock(progress_mu_);
+            for (Lsn start : added) {
+                progress_.received(start, start);
+                progress_.handled(start, commit);
             }
         }
-        unsent_from_ = n < kChunk ? upto : last + 1;
-        try {
-            store_.put_meta(scope_, "unsent_from", lsn(unsent_from_));
-        } catch (const StateError& e) {
-            spdlog::error("{} event=state_write_failed error={}", log_, logq(e.what()));
-        }
+        if (next <= unsent_from_)
+            break;  // the end of the flushed WAL: the next round goes on
+        unsent_from_ = next;
+        send_status();  // a long scan must not look dead to the walsender (wal_sender_timeout)
     }
     m_.lost_found += parked;
     m_.repaired += parked;
@@ -887,9 +902,10 @@ void DatabaseWorker::find_unsent(Lsn upto)
         spdlog::critical("{} event=messages_unsent count={} from={} upto={} action=\"the new primary's copy of the "
                          "slot skipped them (its decoding was not consistent yet): parked, they run from their "
                          "copies\"",
-                         log_, parked, lsn(from), lsn(upto));
+                         log_, parked, lsn(from), lsn(unsent_from_));
     else if (found > 0)
-        spdlog::debug("{} event=unsent_check from={} upto={} messages={} unsent=0", log_, lsn(from), lsn(upto), found);
+        spdlog::debug("{} event=unsent_check from={} upto={} messages={} unsent=0", log_, lsn(from),
+                      lsn(unsent_from_), found);
 }
 
 // The slot stays where the check got to (confirmable()) until it can go on: a message it could
@@ -911,7 +927,7 @@ void DatabaseWorker::end_unsent_check(Lsn first_sent)
         find_unsent(first_sent);
     unsent_check_ = false;
     try {
-        store_.put_meta(scope_, "unsent_from", "");
+        store_.put_meta(scope_, "unsent_check", "");
     } catch (const StateError& e) {
         spdlog::error("{} event=state_write_failed error={}", log_, logq(e.what()));
     }

@@ -73,7 +73,7 @@ private:
     void handle_message(Lsn start, Lsn end, std::string_view payload);
     Pending pending_of(Lsn start, Lsn end, std::string_view payload);
     void load_parked();
-    void add_parked(const PgResult& rows);
+    std::vector<Lsn> add_parked(const PgResult& rows);
     void find_unsent(Lsn upto);
     void end_unsent_check(Lsn first_sent);
     void unsent_check_failed(const PgError& e);

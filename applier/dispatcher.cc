@@ -14,6 +14,7 @@ constexpr size_t kFairScan = 256;
 // A principal refused a background worker that has not asked again for this long no longer
 // waits (a refused message asks again after the deferral's 1 s backoff).
 constexpr std::chrono::seconds kWaiterGone{5};
+constexpr size_t kServedKept = 4096;  // principals remembered as served, for the round robin
 
 }  // namespace
 
@@ -490,7 +491,7 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
         for (const auto& p : l.q) {
             if (taken >= max)
                 break;  // later ones of this lane cannot be among the oldest max
-            if (p.parked || p.queued_at > before || held_by_parent(p))
+            if (p.parked || p.verdict || p.queued_at > before || held_by_parent(p))
                 continue;
             if (!lane_stalled && stalled.count(p.as.principal_oid) == 0)
                 continue;
@@ -572,11 +573,20 @@ size_t Dispatcher::nonatomic_held(uint32_t principal) const
     return it == nonatomic_busy_.end() ? 0 : it->second;
 }
 
-// Caller holds the lock: a is served before b.
+// Caller holds the lock: a is served before b: the one holding fewer workers, then the one
+// served longest ago (round robin: a login whose chain asks again the moment it is refused does
+// not stay ahead of one that asks now and then), then the one refused first.
 bool Dispatcher::nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b) const
 {
     const size_t ha = nonatomic_held(a.principal), hb = nonatomic_held(b.principal);
-    return ha != hb ? ha < hb : a.first < b.first;
+    if (ha != hb)
+        return ha < hb;
+    const auto served = [this](uint32_t p) {
+        const auto it = nonatomic_served_.find(p);
+        return it == nonatomic_served_.end() ? Clock::time_point{} : it->second;
+    };
+    const auto sa = served(a.principal), sb = served(b.principal);
+    return sa != sb ? sa < sb : a.first < b.first;
 }
 
 bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane)
@@ -617,6 +627,10 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane)
     }
     if (me != nonatomic_waiting_.end())
         nonatomic_waiting_.erase(me);
+    if (nonatomic_served_.size() > kServedKept)  // principals that come and go: keep the recent ones
+        for (auto it = nonatomic_served_.begin(); it != nonatomic_served_.end();)
+            it = it->second + std::chrono::minutes(10) < now ? nonatomic_served_.erase(it) : std::next(it);
+    nonatomic_served_[principal] = now;
     ++nonatomic_busy_[principal];
     ++nonatomic_total_;
     return true;
@@ -634,7 +648,9 @@ void Dispatcher::wake_nonatomic_waiter(Clock::time_point now)
         return;
     for (const Id& id : first->lanes) {
         auto it = lanes_.find(id);
-        if (it == lanes_.end() || it->second.leased || it->second.q.empty() || it->second.not_before <= now)
+        // Only the deferral's wait is cut short, never a retry's backoff (attempts > 0).
+        if (it == lanes_.end() || it->second.leased || it->second.q.empty() || it->second.not_before <= now ||
+            it->second.q.front().attempts > 0)
             continue;
         it->second.not_before = now;
         ready_.push_back(id);
@@ -666,6 +682,7 @@ void Dispatcher::clear()
     nonatomic_busy_.clear();
     nonatomic_total_ = 0;
     nonatomic_waiting_.clear();
+    nonatomic_served_.clear();
     running_.clear();
     live_.clear();
     suspect_family_.clear();

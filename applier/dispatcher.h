@@ -181,8 +181,8 @@ public:
     // A background worker for a non-atomic message of principal, run from lane: false when the
     // principal or the database already holds its share, or when principals refused earlier
     // wait for the free ones. Refused principals queue, those holding fewer workers first, then
-    // the earliest refused: a freed worker goes to them, and their refused lanes are made due at
-    // once. Without the queue two logins whose chains asked again the moment they gave a worker
+    // the one served longest ago, then the earliest refused: a freed worker goes to them, and
+    // their refused lanes are made due at once. Without the queue two logins whose chains asked again the moment they gave a worker
     // back held both for minutes, and a third login's message waited 28 s. Give a worker back
     // with release_nonatomic().
     bool acquire_nonatomic(uint32_t principal, const Id& lane);
@@ -263,6 +263,7 @@ private:
         std::vector<Id> lanes;              // its lanes refused, woken when a worker is free
     };
     std::vector<NonatomicWaiter> nonatomic_waiting_;
+    std::unordered_map<uint32_t, Clock::time_point> nonatomic_served_;  // when each last got a worker
     size_t nonatomic_held(uint32_t principal) const;
     bool nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b) const;
     void wake_nonatomic_waiter(Clock::time_point now);

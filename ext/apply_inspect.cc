@@ -29,29 +29,37 @@ static Datum message_at_body(FunctionCallInfo fcinfo)
     PG_RETURN_BYTEA_P(out);
 }
 
-// atx.messages_between(from_lsn pg_lsn, upto_lsn pg_lsn, max_count int) RETURNS SETOF pg_lsn
-// (applier role): where the pg_atx messages of this database start in [from_lsn, upto_lsn), read
-// from the WAL, at most max_count. SECURITY DEFINER.
+// atx.messages_between(from_lsn pg_lsn, upto_lsn pg_lsn, max_count int, OUT lsns pg_lsn[],
+// OUT next_lsn pg_lsn) (applier role): where the pg_atx messages of this database start in
+// [from_lsn, upto_lsn), read from the WAL, at most max_count; next_lsn is where to go on.
+// SECURITY DEFINER.
 static Datum messages_between_body(FunctionCallInfo fcinfo)
 {
-    ReturnSetInfo* rsinfo = (ReturnSetInfo*)fcinfo->resultinfo;
     List* found;
     XLogRecPtr next;
     ListCell* c;
+    TupleDesc desc;
+    Datum values[2];
+    bool nulls[2] = {false, false};
     const int max = PG_GETARG_INT32(2);
 
     if (max < 1)
         ereport(ERROR, (errcode(ERRCODE_INVALID_PARAMETER_VALUE), errmsg("max_count must be at least 1")));
-    InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+    if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+        elog(ERROR, "atx.messages_between: a record is expected");
     AtxApplyFrame f = atx_apply_enter();
     atx_scan_wal_messages(PG_GETARG_LSN(0), PG_GETARG_LSN(1), max, &found, &next);
-    foreach (c, found) {
-        Datum d = LSNGetDatum(*(XLogRecPtr*)lfirst(c));
-        bool isnull = false;
-        tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
-    }
+    MemoryContext old = MemoryContextSwitchTo(f.caller);
+    Datum* lsns = (Datum*)palloc(sizeof(Datum) * Max(list_length(found), 1));
+    int n = 0;
+    foreach (c, found)
+        lsns[n++] = LSNGetDatum(*(XLogRecPtr*)lfirst(c));
+    values[0] = PointerGetDatum(construct_array(lsns, n, PG_LSNOID, sizeof(XLogRecPtr), true, TYPALIGN_DOUBLE));
+    values[1] = LSNGetDatum(next);
+    HeapTuple t = heap_form_tuple(BlessTupleDesc(desc), values, nulls);
+    MemoryContextSwitchTo(old);
     atx_apply_leave(&f);
-    return (Datum)0;
+    PG_RETURN_DATUM(HeapTupleGetDatum(t));
 }
 
 // atx.verify_payload(payload bytea) RETURNS jsonb (superusers): its fields, or 22P03 / 0A000 /

@@ -115,6 +115,8 @@ bool atx_read_wal_message(XLogRecPtr lsn, char** payload, size_t* len, char** wh
     return true;
 }
 
+#define ATX_SCAN_MAX_BYTES ((uint64)256 * 1024 * 1024)
+
 void atx_scan_wal_messages(XLogRecPtr from, XLogRecPtr upto, int max, List** found, XLogRecPtr* next)
 {
     XLogReaderState* r;
@@ -134,10 +136,13 @@ void atx_scan_wal_messages(XLogRecPtr from, XLogRecPtr upto, int max, List** fou
     MemoryContext caller = MemoryContextSwitchTo(TopMemoryContext);
     start = XLogFindNextRecord(r, from);
     MemoryContextSwitchTo(caller);
-    if (start == InvalidXLogRecPtr)
+    if (start == InvalidXLogRecPtr) {
+        if (reader_private.end_of_wal)
+            return;  // no whole record after from yet
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_FILE),
                         errmsg("could not read the WAL at %X/%X to look for pg_atx messages", ATX_LSN_ARGS(from)),
                         errdetail("The WAL may have been removed; the slot should have kept it.")));
+    }
     for (;;) {
         char* errormsg = NULL;
         caller = MemoryContextSwitchTo(TopMemoryContext);
@@ -151,7 +156,8 @@ void atx_scan_wal_messages(XLogRecPtr from, XLogRecPtr upto, int max, List** fou
                                    errormsg ? errormsg : "unknown error")));
         }
         start = r->ReadRecPtr;
-        if (start >= upto) {
+        // Bounded work per call: the caller goes on from *next.
+        if (start >= upto || start - from >= ATX_SCAN_MAX_BYTES) {
             *next = start;
             break;
         }

@@ -10,7 +10,8 @@
 bool atx_read_wal_message(XLogRecPtr lsn, char** payload, size_t* len, char** why);
 
 // The start LSNs (XLogRecPtr*, palloc'd) of the pg_atx messages of this database whose WAL
-// records start in [from, upto), upto capped at the flushed WAL, at most max of them; *next is
-// where a further scan goes on. Raises as atx_read_wal_message does. The failover check: a
+// records start in [from, upto), upto capped at the flushed WAL, at most max of them and 256 MB
+// of WAL; *next is where a further scan goes on (a record boundary: a record not flushed whole
+// is read by a later scan). Raises as atx_read_wal_message does. The failover check: a
 // copied slot's decoding skips messages until it is consistent (docs/ha.md).
 void atx_scan_wal_messages(XLogRecPtr from, XLogRecPtr upto, int max, List** found, XLogRecPtr* next);

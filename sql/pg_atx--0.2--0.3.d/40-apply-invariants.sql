@@ -43,13 +43,14 @@ COMMENT ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, bo
 REVOKE ALL ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION atx.apply_batch(pg_lsn[], int[], timestamptz[], int, int, boolean, text, int) TO atx_applier;
 
-CREATE FUNCTION atx.messages_between(from_lsn pg_lsn, upto_lsn pg_lsn, max_count int)
-RETURNS SETOF pg_lsn
+CREATE FUNCTION atx.messages_between(from_lsn pg_lsn, upto_lsn pg_lsn, max_count int,
+    OUT lsns pg_lsn[], OUT next_lsn pg_lsn)
+RETURNS record
 AS 'MODULE_PATHNAME', 'atx_messages_between'
 LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.messages_between(pg_lsn, pg_lsn, int) IS
-    'where the pg_atx messages of this database start in [from_lsn, upto_lsn), read from the WAL (at most max_count): the failover check after a copied slot skipped some';
+    'where the pg_atx messages of this database start in [from_lsn, upto_lsn), read from the WAL (at most max_count), and where to go on: the failover check after a copied slot skipped some';
 REVOKE ALL ON FUNCTION atx.messages_between(pg_lsn, pg_lsn, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION atx.messages_between(pg_lsn, pg_lsn, int) TO atx_applier;
 

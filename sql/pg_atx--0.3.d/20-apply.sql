@@ -196,13 +196,14 @@ LANGUAGE C VOLATILE STRICT SECURITY DEFINER PARALLEL UNSAFE
 COMMENT ON FUNCTION atx.retry_dead_letter(bigint, int) IS
     'run a dead letter''s message again (at most timeout_ms): applied (the dead letter goes), already (it was applied before: not run, the dead letter goes) or failed (it stays, one more attempt)';
 
-CREATE FUNCTION atx.messages_between(from_lsn pg_lsn, upto_lsn pg_lsn, max_count int)
-RETURNS SETOF pg_lsn
+CREATE FUNCTION atx.messages_between(from_lsn pg_lsn, upto_lsn pg_lsn, max_count int,
+    OUT lsns pg_lsn[], OUT next_lsn pg_lsn)
+RETURNS record
 AS 'MODULE_PATHNAME', 'atx_messages_between'
 LANGUAGE C STABLE STRICT SECURITY DEFINER PARALLEL UNSAFE
     SET search_path = pg_catalog, pg_temp;
 COMMENT ON FUNCTION atx.messages_between(pg_lsn, pg_lsn, int) IS
-    'where the pg_atx messages of this database start in [from_lsn, upto_lsn), read from the WAL (at most max_count): the failover check after a copied slot skipped some';
+    'where the pg_atx messages of this database start in [from_lsn, upto_lsn), read from the WAL (at most max_count), and where to go on: the failover check after a copied slot skipped some';
 REVOKE ALL ON FUNCTION atx.messages_between(pg_lsn, pg_lsn, int) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION atx.messages_between(pg_lsn, pg_lsn, int) TO atx_applier;
 

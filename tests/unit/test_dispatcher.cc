@@ -1041,3 +1041,22 @@ TEST_CASE("a condemned message in a slow lane is dead-lettered without being par
     CHECK(starts(*again) == std::vector<Lsn>{1});
     CHECK(again->items[0].verdict == atx::Verdict::Timeout);
 }
+
+TEST_CASE("a freed background worker goes to the principal served longest ago", "[dispatcher]")
+{
+    // Round robin: a login whose chain asks again the moment it is refused does not stay ahead of
+    // one whose message asks now and then.
+    Dispatcher d(background_workers(2, 1));
+    const Id lane = make_id(0xee, 1);
+    REQUIRE(d.acquire_nonatomic(30, lane));  // 30 was served a moment ago
+    d.release_nonatomic(30);
+    REQUIRE(d.acquire_nonatomic(10, lane));
+    REQUIRE(d.acquire_nonatomic(20, lane));
+    CHECK_FALSE(d.acquire_nonatomic(30, lane));  // refused first
+    CHECK_FALSE(d.acquire_nonatomic(40, lane));  // refused later, never served
+    d.release_nonatomic(10);
+    CHECK_FALSE(d.acquire_nonatomic(30, lane));
+    CHECK(d.acquire_nonatomic(40, lane));
+    d.release_nonatomic(20);
+    CHECK(d.acquire_nonatomic(30, lane));
+}

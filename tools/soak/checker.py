@@ -264,7 +264,7 @@ def check(calls, db, events, role_of, run, res=None):
                         ("mismatched", "atx_exec results and audit outcomes equal what was applied"),
                         ("phantom", "nothing applied for a call the server refused")):
         if total.get(what):
-            res.fail(title, "%d: %s" % (total[what], "; ".join(examples.get(what, [])[:5])))
+            res.fail(title, "%d: %s" % (total[what], "; ".join(examples.get(what, [])[:20])))
     for kind in ("log", "exec", "keyed", "nested", "audit_commit"):
         if not res.by_kind.get(kind, {}).get("ack"):
             res.fail("workload", "no acknowledged %s call" % kind)

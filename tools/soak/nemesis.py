@@ -294,13 +294,16 @@ class Nemesis(threading.Thread):
                 if now - e.giving_way < FAIR_MAX:
                     return self._defer(e, "a waiting %s goes first (fewer so far)" % other)
             self.patroni_waiting = None
+        # Stamped when the injection begins: a failover's kill comes first and its call returns
+        # about 1.6 s later, which counted as recovery before.
+        started = time.time()
         try:
             ok, note = getattr(self, "_inject_" + e.kind)(e)
         except (psycopg2.Error, OSError) as ex:
             ok, note = False, str(ex).strip().splitlines()[0] if str(ex).strip() else repr(ex)
         if not ok:
             return self._defer(e, note or "injection failed")
-        e.injected = time.time()
+        e.injected = started
         if e.waiting is not None:
             note = "%s (waited %.0f s: %s)" % (note or "", e.injected - e.waiting, e.why)
         if e.attempts:

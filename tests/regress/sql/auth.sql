@@ -50,9 +50,10 @@ SELECT label, regexp_replace(regress_try(format('SELECT atx.apply(%L)', l)), '[0
 SELECT count(*) FROM auth_t WHERE v = 'authentic';
 -- The failover check's WAL scan (atx.messages_between) finds the genuine message and none of the
 -- others: not the forged copy, not the INSERT.
-SELECT array_agg(l = (SELECT lsn FROM msg)) AS found
-  FROM atx.messages_between((SELECT lsn FROM msg), pg_current_wal_flush_lsn(), 100) l;
-SELECT count(*) AS at_most_one FROM atx.messages_between((SELECT lsn FROM msg) - 100, pg_current_wal_flush_lsn(), 1);
+SELECT lsns = ARRAY[(SELECT lsn FROM msg)] AS found, next_lsn > (SELECT lsn FROM msg) AS goes_on
+  FROM atx.messages_between((SELECT lsn FROM msg), pg_current_wal_flush_lsn(), 100);
+SELECT cardinality(lsns) AS at_most_one, next_lsn > (SELECT lsn FROM msg) AS after_it
+  FROM atx.messages_between((SELECT lsn FROM msg) - 100, pg_current_wal_flush_lsn(), 1);
 -- WAL that is gone: an error that says so, never an empty answer.
 SELECT regress_try('SELECT count(*) FROM atx.messages_between(''0/10'', ''0/20'', 1)');
 
