@@ -904,8 +904,8 @@ void DatabaseWorker::find_unsent(Lsn upto)
                          "copies\"",
                          log_, parked, lsn(from), lsn(unsent_from_));
     else if (found > 0)
-        spdlog::debug("{} event=unsent_check from={} upto={} messages={} unsent=0", log_, lsn(from),
-                      lsn(unsent_from_), found);
+        spdlog::debug("{} event=unsent_check from={} upto={} messages={} unsent=0", log_, lsn(from), lsn(unsent_from_),
+                      found);
 }
 
 // The slot stays where the check got to (confirmable()) until it can go on: a message it could
