@@ -88,6 +88,7 @@ function atx.dead_letter_message(pg_lsn,text,integer,timestamp with time zone) E
 function atx.decode(bytea) EXECUTE
 function atx.ensure_slot() EXECUTE
 function atx.message_at(pg_lsn) EXECUTE
+function atx.messages_between(pg_lsn,pg_lsn,integer) EXECUTE
 function atx.park(pg_lsn[]) EXECUTE
 function atx.prune() EXECUTE
 function atx.retry_dead_letter(bigint,integer) EXECUTE
@@ -255,7 +256,8 @@ check_eq "finding 4: bob's statement still ran once" 1 "$(count bob_t)"
 for f in "atx.apply('$L')" "atx.message_at('$L')" "atx.verify_payload(p) FROM cap" "atx.decode(p) FROM cap" \
     "* FROM atx.apply_batch(ARRAY['$L']::pg_lsn[], '{1}', '{NULL}', 1, 0, false, 'test')" "atx.prune()" \
     "* FROM atx.park(ARRAY['$L']::pg_lsn[])" "atx.dead_letter_message('$L', 'operator')" "atx.retry_dead_letter(1)" "atx.wake('{}')" \
-    "* FROM atx.unapplied(ARRAY['$L']::pg_lsn[])" "atx.ensure_emit_origin()" "atx.ensure_slot()" \
+    "* FROM atx.unapplied(ARRAY['$L']::pg_lsn[])" "* FROM atx.messages_between('$L', '$L', 1)" \
+    "atx.ensure_emit_origin()" "atx.ensure_slot()" \
     "pg_replication_origin_session_setup('pg_atx')" "pg_read_binary_file('$KEY')" "* FROM atx.applied" \
     "* FROM atx.idempotency_key"; do
     refused "PUBLIC role: refused: SELECT $f" 42501 alice "SELECT $f"
