@@ -843,8 +843,8 @@ std::vector<Lsn> DatabaseWorker::add_parked(const PgResult& r)
 // non-transactional logical messages (decode.c, logicalmsg_decode): the stream never sends them.
 // So until the stream sends a first message (decoding is consistent by then), the applier reads
 // the WAL from where the stream began itself (atx.messages_between), parks every message there
-// with no record, and confirms nothing past what it has read. Kept in the state store, so that a
-// restart or a reconnect meanwhile goes on from there.
+// with no record, and confirms nothing past what it has read. That a check is due is kept in the
+// state store: a restart or a reconnect meanwhile reads again from the slot's position.
 void DatabaseWorker::find_unsent(Lsn upto)
 {
     constexpr int kChunk = 10000;
