@@ -2,6 +2,7 @@
 #include "dispatcher.h"
 
 #include <algorithm>
+#include <cmath>
 
 namespace atx::applier {
 
@@ -15,6 +16,11 @@ constexpr size_t kFairScan = 256;
 // waits (a refused message asks again after the deferral's 1 s backoff).
 constexpr std::chrono::seconds kWaiterGone{5};
 constexpr size_t kServedKept = 4096;  // principals remembered as served, for the round robin
+// Worker time used counts half after this long: a login's runs of a minute ago still weigh, a
+// morning's do not.
+constexpr double kUseHalfLife = 60.0;
+// Worker times closer than this are equal: the order then is the round robin's.
+constexpr double kUseGrain = 0.25;
 
 }  // namespace
 
@@ -573,26 +579,51 @@ size_t Dispatcher::nonatomic_held(uint32_t principal) const
     return it == nonatomic_busy_.end() ? 0 : it->second;
 }
 
-// Caller holds the lock: a is served before b: the one holding fewer workers, then the one
-// served longest ago (round robin: a login whose chain asks again the moment it is refused does
-// not stay ahead of one that asks now and then), then the one refused first.
-bool Dispatcher::nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b) const
+namespace {
+double decayed(double seconds, Clock::time_point from, Clock::time_point to)
+{
+    const double dt = std::chrono::duration<double>(to - from).count();
+    return dt <= 0 ? seconds : seconds * std::exp2(-dt / kUseHalfLife);
+}
+}  // namespace
+
+// Caller holds the lock.
+double Dispatcher::nonatomic_used(uint32_t principal, Clock::time_point now) const
+{
+    const auto it = nonatomic_use_.find(principal);
+    if (it == nonatomic_use_.end())
+        return 0;
+    double s = decayed(it->second.seconds, it->second.as_of, now);
+    for (const auto& start : it->second.holds)
+        s += std::max(0.0, std::chrono::duration<double>(now - start).count());
+    return s;
+}
+
+// Caller holds the lock: a is served before b: the one holding fewer workers, then the one that
+// used less worker time lately (a login whose non-atomic messages are short is not kept behind
+// the long runs of others once per message), then the one served longest ago (round robin: a
+// login whose chain asks again the moment it is refused does not stay ahead of one that asks now
+// and then), then the one refused first.
+bool Dispatcher::nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b, Clock::time_point now) const
 {
     const size_t ha = nonatomic_held(a.principal), hb = nonatomic_held(b.principal);
     if (ha != hb)
         return ha < hb;
+    const double ua = std::floor(nonatomic_used(a.principal, now) / kUseGrain),
+                 ub = std::floor(nonatomic_used(b.principal, now) / kUseGrain);
+    if (ua != ub)
+        return ua < ub;
     const auto served = [this](uint32_t p) {
-        const auto it = nonatomic_served_.find(p);
-        return it == nonatomic_served_.end() ? Clock::time_point{} : it->second;
+        const auto it = nonatomic_use_.find(p);
+        return it == nonatomic_use_.end() ? Clock::time_point{} : it->second.served;
     };
     const auto sa = served(a.principal), sb = served(b.principal);
     return sa != sb ? sa < sb : a.first < b.first;
 }
 
-bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane)
+bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane, Clock::time_point now)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    const auto now = Clock::now();
     // A waiter that stopped asking (its message was handled another way, its lane went) has
     // been refused again within a second or two otherwise (the deferral's backoff).
     nonatomic_waiting_.erase(std::remove_if(nonatomic_waiting_.begin(), nonatomic_waiting_.end(),
@@ -608,7 +639,7 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane)
         size_t ahead = 0;
         for (const auto& w : nonatomic_waiting_)
             if (w.principal != principal && nonatomic_held(w.principal) < opt_.nonatomic_per_principal &&
-                nonatomic_ahead(w, self))
+                nonatomic_ahead(w, self, now))
                 ++ahead;
         refused = opt_.nonatomic_total - nonatomic_total_ <= ahead;
     }
@@ -627,10 +658,14 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane)
     }
     if (me != nonatomic_waiting_.end())
         nonatomic_waiting_.erase(me);
-    if (nonatomic_served_.size() > kServedKept)  // principals that come and go: keep the recent ones
-        for (auto it = nonatomic_served_.begin(); it != nonatomic_served_.end();)
-            it = it->second + std::chrono::minutes(10) < now ? nonatomic_served_.erase(it) : std::next(it);
-    nonatomic_served_[principal] = now;
+    if (nonatomic_use_.size() > kServedKept)  // principals that come and go: keep the recent ones
+        for (auto it = nonatomic_use_.begin(); it != nonatomic_use_.end();)
+            it = it->second.holds.empty() && it->second.served + std::chrono::minutes(10) < now
+                     ? nonatomic_use_.erase(it)
+                     : std::next(it);
+    auto& use = nonatomic_use_[principal];
+    use.served = now;
+    use.holds.push_back(now);
     ++nonatomic_busy_[principal];
     ++nonatomic_total_;
     return true;
@@ -642,7 +677,7 @@ void Dispatcher::wake_nonatomic_waiter(Clock::time_point now)
 {
     const NonatomicWaiter* first = nullptr;
     for (const auto& w : nonatomic_waiting_)
-        if (nonatomic_held(w.principal) < opt_.nonatomic_per_principal && (!first || nonatomic_ahead(w, *first)))
+        if (nonatomic_held(w.principal) < opt_.nonatomic_per_principal && (!first || nonatomic_ahead(w, *first, now)))
             first = &w;
     if (!first)
         return;
@@ -657,7 +692,7 @@ void Dispatcher::wake_nonatomic_waiter(Clock::time_point now)
     }
 }
 
-void Dispatcher::release_nonatomic(uint32_t principal)
+void Dispatcher::release_nonatomic(uint32_t principal, Clock::time_point now)
 {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = nonatomic_busy_.find(principal);
@@ -667,7 +702,16 @@ void Dispatcher::release_nonatomic(uint32_t principal)
         nonatomic_busy_.erase(it);
     if (nonatomic_total_ > 0)
         --nonatomic_total_;
-    wake_nonatomic_waiter(Clock::now());
+    const auto u = nonatomic_use_.find(principal);
+    if (u != nonatomic_use_.end() && !u->second.holds.empty()) {
+        // Which of its holds ended is not said; the sum over time is the same.
+        auto& use = u->second;
+        use.seconds = decayed(use.seconds, use.as_of, now) +
+                      std::max(0.0, std::chrono::duration<double>(now - use.holds.front()).count());
+        use.as_of = now;
+        use.holds.pop_front();
+    }
+    wake_nonatomic_waiter(now);
     wake_pending_ = true;
 }
 
@@ -682,7 +726,7 @@ void Dispatcher::clear()
     nonatomic_busy_.clear();
     nonatomic_total_ = 0;
     nonatomic_waiting_.clear();
-    nonatomic_served_.clear();
+    nonatomic_use_.clear();
     running_.clear();
     live_.clear();
     suspect_family_.clear();

@@ -181,12 +181,15 @@ public:
     // A background worker for a non-atomic message of principal, run from lane: false when the
     // principal or the database already holds its share, or when principals refused earlier
     // wait for the free ones. Refused principals queue, those holding fewer workers first, then
-    // the one served longest ago, then the earliest refused: a freed worker goes to them, and
-    // their refused lanes are made due at once. Without the queue two logins whose chains asked again the moment they gave a worker
-    // back held both for minutes, and a third login's message waited 28 s. Give a worker back
-    // with release_nonatomic().
-    bool acquire_nonatomic(uint32_t principal, const Id& lane);
-    void release_nonatomic(uint32_t principal);
+    // the one that used less worker time lately, then the one served longest ago, then the
+    // earliest refused: a freed worker goes to them, and their refused lanes are made due at
+    // once. Without the queue two logins whose chains asked again the moment they gave a worker
+    // back held both for minutes, and a third login's message waited 28 s; without the worker
+    // time, a login whose lane sends short non-atomic messages one after another waited for a
+    // release behind each of them, as long as the others' longest runs (issue 21). Give a worker
+    // back with release_nonatomic().
+    bool acquire_nonatomic(uint32_t principal, const Id& lane, Clock::time_point now = Clock::now());
+    void release_nonatomic(uint32_t principal, Clock::time_point now = Clock::now());
 
     // Giving a batch back (done, retry_later, release, lost...) does not wake the waiting
     // workers: the worker that gave it back calls take() next and takes what it freed itself;
@@ -263,9 +266,18 @@ private:
         std::vector<Id> lanes;              // its lanes refused, woken when a worker is free
     };
     std::vector<NonatomicWaiter> nonatomic_waiting_;
-    std::unordered_map<uint32_t, Clock::time_point> nonatomic_served_;  // when each last got a worker
+    // What each principal had of the background workers lately: when it last got one, and the
+    // worker time it used, decayed (a half-life of kUseHalfLife), running holds included.
+    struct NonatomicUse {
+        Clock::time_point served{};
+        double seconds = 0;
+        Clock::time_point as_of{};
+        std::deque<Clock::time_point> holds;  // starts of the workers it holds now
+    };
+    std::unordered_map<uint32_t, NonatomicUse> nonatomic_use_;
+    double nonatomic_used(uint32_t principal, Clock::time_point now) const;
     size_t nonatomic_held(uint32_t principal) const;
-    bool nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b) const;
+    bool nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b, Clock::time_point now) const;
     void wake_nonatomic_waiter(Clock::time_point now);
     // A message in a leased batch. Parked before it was leased or while it runs, it no longer
     // holds the slot, and the atx_exec children it waits for do.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <thread>
 
 #include "dispatcher.h"
@@ -1040,6 +1041,58 @@ TEST_CASE("a condemned message in a slow lane is dead-lettered without being par
     REQUIRE(again);
     CHECK(starts(*again) == std::vector<Lsn>{1});
     CHECK(again->items[0].verdict == atx::Verdict::Timeout);
+}
+
+// Times given as seconds from now, for the background workers' worker-time accounting.
+static std::function<Clock::time_point(double)> clock_from_now()
+{
+    const auto t0 = Clock::now();
+    return [t0](double s) { return t0 + milliseconds(static_cast<int>(s * 1000)); };
+}
+
+TEST_CASE("a freed background worker goes to the principal that used the least worker time", "[dispatcher]")
+{
+    // Issue 21 (fuzz seed 2614, rounds 8 and 24): a victim lane's short non-atomic messages, one
+    // after another, against two logins whose chains hold a worker each for their whole limit.
+    // Served by round robin alone, the victim had just been served, so a chain that gave its
+    // worker back took it again: the victim waited for one more release per message (13.5 s).
+    Dispatcher d(background_workers(2, 1));
+    const Id la = make_id(0xee, 1), lb = make_id(0xee, 2), lv = make_id(0xee, 3);
+    const auto at = clock_from_now();
+    REQUIRE(d.acquire_nonatomic(10, la, at(0)));
+    REQUIRE(d.acquire_nonatomic(20, lb, at(0)));
+    CHECK_FALSE(d.acquire_nonatomic(30, lv, at(0.1)));  // full: the victim waits
+    d.release_nonatomic(10, at(5));
+    CHECK_FALSE(d.acquire_nonatomic(10, la, at(5)));  // the victim's
+    REQUIRE(d.acquire_nonatomic(30, lv, at(5)));
+    d.release_nonatomic(30, at(5.2));
+    REQUIRE(d.acquire_nonatomic(10, la, at(5.2)));     // no one else waits
+    CHECK_FALSE(d.acquire_nonatomic(30, lv, at(5.3)));  // its next message: full again
+    d.release_nonatomic(20, at(5.5));
+    // 20 was served longer ago than the victim, but has used 5.5 s of worker time to its 0.2 s.
+    CHECK_FALSE(d.acquire_nonatomic(20, lb, at(5.5)));
+    CHECK(d.acquire_nonatomic(30, lv, at(5.5)));
+    d.release_nonatomic(30, at(5.6));
+    CHECK(d.acquire_nonatomic(20, lb, at(5.6)));
+}
+
+TEST_CASE("worker time used long ago no longer puts a principal behind", "[dispatcher]")
+{
+    Dispatcher d(background_workers(1, 1));
+    const Id la = make_id(0xee, 1), lb = make_id(0xee, 2), lc = make_id(0xee, 3);
+    const auto at = clock_from_now();
+    REQUIRE(d.acquire_nonatomic(10, la, at(0)));
+    d.release_nonatomic(10, at(20));  // 20 s of worker time
+    REQUIRE(d.acquire_nonatomic(20, lb, at(21)));
+    d.release_nonatomic(20, at(22));  // 1 s
+    REQUIRE(d.acquire_nonatomic(30, lc, at(1000)));
+    CHECK_FALSE(d.acquire_nonatomic(20, lb, at(1000)));  // refused first
+    CHECK_FALSE(d.acquire_nonatomic(10, la, at(1001)));
+    d.release_nonatomic(30, at(1002));
+    // Both uses have decayed to nothing after 16 half-lives: the round robin decides (10 was
+    // served longest ago), not a 20 s run of a quarter of an hour ago.
+    CHECK_FALSE(d.acquire_nonatomic(20, lb, at(1002)));
+    CHECK(d.acquire_nonatomic(10, la, at(1002)));
 }
 
 TEST_CASE("a freed background worker goes to the principal served longest ago", "[dispatcher]")

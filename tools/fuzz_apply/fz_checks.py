@@ -46,6 +46,10 @@ class RoundResult:
         self.messages, self.victim, self.notifications, self.attacker_runs = [], [], [], []
         self.slot, self.rss, self.rogue_hits, self.kills, self.retries = [], [], [], [], []
         self.rescues = []           # (Msg, result) the operator's dead-lettering of overdue messages
+        # (Msg, deadline) of messages not of this round (an earlier round's chain, a nested
+        # message whose parent is older) still open when it began: they hold the slot as much as
+        # its own, so the slot's bounds count them (invariant 2).
+        self.earlier = []
         self.applier_log, self.applier_alive, self.db = b"", True, {}
         self.applier_stderr = b""
         self.stopped_early = False
@@ -292,26 +296,38 @@ def _inv2(res, dl, v, stats):
     stuck = []
     hstuck = []
     due_max = 0.0
-    for m in sorted(res.messages, key=lambda m: lsn_int(m.lsn)):
+    earlier = dict((m.id, d) for m, d in res.earlier)
+    everything = sorted(list(res.messages) + [m for m, _ in res.earlier], key=lambda m: lsn_int(m.lsn))
+    for m in everything:
         lo = lsn_int(m.lsn)
-        due_max = max(due_max, dl[m.id])
+        due_max = max(due_max, dl[m.id] if m.id in dl else earlier[m.id])
+        if m.id in earlier:
+            continue
         due = due_max + b.slot_slack()
         if due > res.t_end:
             continue
         passed = next((t for t, conf, _ in res.slot if conf > lo), None)
         if passed is None or passed > due + POLL_SLACK:
-            stuck.append((m, passed))
+            stuck.append((m, passed, due))
         hdue = due_max + b.horizon_slack()
         if hdue <= res.t_end:
             hp = next((t for t, _, h in res.slot if h > lo), None)
             if hp is None or hp > hdue + POLL_SLACK:
                 hstuck.append((m, hp))
     if stuck:
-        m, passed = min(stuck, key=lambda x: lsn_int(x[0].lsn))
+        m, passed, due = min(stuck, key=lambda x: lsn_int(x[0].lsn))
         conf = res.slot[-1][1] if res.slot else 0
+        # What the slot was held by when the message was due: the first message at or past the
+        # confirmed position then.
+        at_due = next((c for t, c, _ in reversed(res.slot) if t <= due + POLL_SLACK), 0)
+        holder = next((x for x in everything if lsn_int(x.lsn) >= at_due), None)
+        held = ""
+        if holder is not None and holder is not m:
+            where = "an earlier round's" if holder.id in earlier else "this round's"
+            held = f"; held then by {where} {holder.describe()}"
         v.append(Violation(2, f"the slot did not pass {len(stuck)} message(s) within their bounds; oldest: "
                               f"{m.describe()} (confirmed_flush_lsn at round end {conf >> 32:X}/{conf & 0xffffffff:X}"
-                              f"{'' if passed is None else f', passed after {passed - m.emitted:.1f} s'})",
+                              f"{'' if passed is None else f', passed after {passed - m.emitted:.1f} s'}{held})",
                            [m], _unit_of(m)))
     if hstuck and not stuck:
         m, _ = min(hstuck, key=lambda x: lsn_int(x[0].lsn))

@@ -285,6 +285,12 @@ class Env:
         res.notifications = [n for s in sessions for n in s.notifications]
         res.attacker_runs = [ur for s in sessions for ur in s.runs]
         with self.poller.lock:
+            everything, kills = list(self.poller.order), list(self.poller.kills)
+        mine = {m.id for m in res.messages}
+        dl = fz_checks.deadlines(everything, self.bounds, kills)
+        res.earlier = [(m, dl[m.id]) for m in everything
+                       if m.id not in mine and (m.final_at is None or m.final_at >= res.t0)]
+        with self.poller.lock:
             res.slot = [x for x in self.poller.slot if x[0] >= res.t0]
             res.rss = [x for x in self.poller.rss if x[0] >= res.t0]
             res.rogue_hits = [x for x in self.poller.rogue_hits if x[0] >= res.t0]
