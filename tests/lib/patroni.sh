@@ -9,6 +9,7 @@
 #   ha_budget SECONDS; ha_phase LABEL; ha_phases       timing budget and per-phase durations
 #   ha_etcd_start                    one etcd member on 127.0.0.1, free client and peer ports
 #   ha_nodes_start N [sync]          N Patroni nodes (node1..nodeN); sync: synchronous_mode true
+#                                    (HA_MAX_LAG, HA_LOOP_WAIT: maximum_lag_on_failover, loop_wait)
 #   ha_node_start NODE               (re)start one node's Patroni, e.g. after ha_kill_node
 #   ha_wait_leader SECONDS [NOT]     until a writable leader (other than NOT) answers; sets HA_LEADER
 #   ha_leader / ha_replicas          current names, from Patroni's REST API
@@ -147,7 +148,9 @@ bootstrap:
   # patronictl edit-config (the permanent slot is added that way, once the database exists).
   dcs:
     ttl: 20
-    loop_wait: 2
+    # HA_LOOP_WAIT overrides it (the soak: 1, so that a sync standby is named and a new leader
+    # followed within a second rather than two).
+    loop_wait: ${HA_LOOP_WAIT:-2}
     retry_timeout: 5
     # Patroni's default; HA_MAX_LAG overrides it (ha_patroni.sh does).
     maximum_lag_on_failover: ${HA_MAX_LAG:-1048576}

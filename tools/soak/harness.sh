@@ -104,7 +104,9 @@ soak_init_pair() {
         HA_EXTRA_NET=${NETNS_HOST_IP[1]%.*}.0/24
     fi
     ha_etcd_start || return 1
-    ha_nodes_start "$n" sync || return 1
+    # Patroni's loop every second, not every 2: a new leader names its synchronous standby, and a
+    # replica follows a new leader, about a loop after they could; the Patroni lane waits for both.
+    HA_LOOP_WAIT=1 ha_nodes_start "$n" sync || return 1
     ha_wait_leader 90 || { echo "no leader within 90 s" >&2; return 1; }
     primary=$HA_LEADER
     replicas=$(ha_replicas)

@@ -3,10 +3,10 @@ target), played against the running cluster, overlapping where the draw makes th
 
 Each fault is injected at its moment and healed after its hold. One the cluster cannot take yet (a
 fault of the same kind still in progress or just over, a failover while the pair is not whole, a
-backend kill with no apply backend) is tried again every second until it can be injected: none is
-dropped; one still waiting when the schedule ends is reported "not reached", with what it waited
-for. The times it was really injected and healed go to the report: the checker explains dead
-letters and measures recovery from them."""
+backend kill with no apply backend) is tried again every second (a failover or switchover every
+0.25 s) until it can be injected: none is dropped; one still waiting when the schedule ends is
+reported "not reached", with what it waited for. The times it was really injected and healed go to
+the report: the checker explains dead letters and measures recovery from them."""
 import json
 import heapq
 import os
@@ -22,6 +22,9 @@ KINDS = ["applier_kill", "backend_kill", "server_crash", "walsender_stall", "fai
 PAIR_ONLY = ("failover", "switchover")
 PATRONI = ("failover", "switchover")
 RETRY = 1.0             # seconds between two tries of a fault the cluster cannot take yet
+# ... of a failover or switchover, and between two looks at one under way: the Patroni lane bounds
+# how many a round plays, and 1 s polls left it idle for half a second per step on average.
+PATRONI_RETRY = 0.25
 # Seconds from the end of a fault to the next of its kind: a kind's backlog (faults that waited)
 # is played as separate faults, not as one burst in the same second.
 MIN_GAP = 2.0
@@ -29,13 +32,13 @@ MIN_GAP = 2.0
 # the primary and sends the replica back to its start, so they would keep the pair from ever being
 # whole again, and one under a switchover makes patronictl give up (seen: the old primary still led
 # 70 s later). A fault under way or a rejoin is waited out; a pair that is not ready yet is waited
-# for YIELD_MAX s at most: a pair that stays broken longer (a replica being
-# rebuilt) is not theirs to wait for, and they would otherwise wait for the rest of the round; and
-# with a backlog of failovers (--rate 3) one always waits, so that this caps crashes and backend
-# kills at about one per YIELD_MAX s each (30 s left seed 7 with 4 backend kills of 9).
+# for only while the kind is not behind both Patroni kinds in faults injected, and only while the
+# Patroni lane has injected something within YIELD_MAX s (a pair that stays broken longer, a replica
+# being rebuilt, is not theirs to wait for). A cap on each wait alone was not enough: with a backlog
+# of failovers (--rate 3) one always waits, each Patroni fault reset the cap, and a 5-minute 3-node
+# round played 3 backend kills of 15 (seed 3050).
 YIELD_TO_PATRONI = ("server_crash", "backend_kill")
-PATRONI_FIRST_AFTER = 10  # seconds a Patroni fault waits before the others yield to it
-YIELD_MAX = 20
+YIELD_MAX = 30
 STUCK_REPLICA = 45      # seconds a replica may not stream (no Patroni fault running) before it is rebuilt
 # A failover's old primary, started again, rejoins by crash recovery and pg_rewind until it streams
 # (REJOIN s at most; then it is taken to be stuck, and rebuilt after STUCK_REPLICA s). Failovers and
@@ -47,9 +50,11 @@ REJOIN = 30
 # Seconds after which a switchover whose old primary still leads did not happen (patronictl gave
 # up): it is tried again, not counted.
 SWITCHOVER_MAX = 30
-# When both failovers and switchovers wait, the kind injected fewer times so far goes first (the
-# other gives way for FAIR_MAX s at most): they share one lane, and a draw by retry timing could
-# leave one of them short.
+# When several of the kinds that restart the primary wait (failover, switchover, server crash,
+# backend kill, with the pair), the kind injected fewer times so far goes first (the other gives way
+# for FAIR_MAX s at most): they share one lane, and a draw by retry timing could leave one short.
+LANE = PATRONI + YIELD_TO_PATRONI
+HOLD_DEMOTE = ("partition", "walsender_stall")
 FAIR_MAX = 3
 REBUILD_CHECKPOINT = 5  # seconds between CHECKPOINTs on the primary while a replica is rebuilt
 
@@ -64,9 +69,8 @@ class Event:
         self.note = ""
         self.waiting = None     # since when it waits for the cluster to be able to take it
         self.why = ""           # ... and for what
-        self.yielding = None    # since when it yields to a waiting failover or switchover
         self.attempts = ""      # attempts that did not happen (a switchover patronictl gave up)
-        self.giving_way = None  # since when it gives way to the other Patroni kind (FAIR_MAX)
+        self.giving_way = None  # since when it gives way to a kind of LANE with fewer (FAIR_MAX)
 
     def plan(self):
         return {"n": self.n, "kind": self.kind, "at": round(self.at, 2), "hold": round(self.hold, 2),
@@ -223,6 +227,9 @@ class Nemesis(threading.Thread):
             self._heal(e, final=True)
         if self.patroni_busy is not None:
             self._settle_patroni(self.patroni_busy)
+        for e in self.events:   # an old primary whose restart was still to come (the lane went on)
+            if e.kind == "failover" and e.injected and e.arg.get("node") and not e.arg.get("rejoined"):
+                self._rejoin(e)
         for e in self.events:
             if e.status == "planned":
                 e.status = "not reached"
@@ -244,8 +251,12 @@ class Nemesis(threading.Thread):
         if e.waiting is None:
             e.waiting = now
             self.say("#%d %s waits: %s" % (e.n, e.kind, why))
+        elif e.kind in PATRONI and why.split(" (")[0] != e.why.split(" (")[0] and "waits before it" not in why:
+            # Each change of what a failover or switchover waits for, with its time: where the
+            # Patroni lane's time goes (docs/reliability.md)
+            self.say("#%d %s now waits: %s (%.1f s since its first try)" % (e.n, e.kind, why, now - e.waiting))
         e.why = why
-        self.push(now + RETRY, self._inject, e)
+        self.push(now + (PATRONI_RETRY if e.kind in PATRONI else RETRY), self._inject, e)
 
     def _inject(self, e):
         now = time.time()
@@ -261,13 +272,36 @@ class Nemesis(threading.Thread):
             return self._defer(e, "#%d %s still in progress" % (self.patroni_busy.n, self.patroni_busy.kind))
         if now - self.last_end.get(e.kind, 0.0) < MIN_GAP:
             return self._defer(e, "the previous %s just ended" % e.kind)
+        # A switchover's demote (a fast shutdown) waits for every walsender to send its WAL out: one
+        # that a partition cuts off or a SIGSTOP holds kept it until Patroni's primary_stop_timeout,
+        # 30 s (a 5-minute round: "Switchover status unknown", the new primary 34 s later). They do
+        # not meet: a failover (a host crash) has no such wait, and meets both. A switchover that
+        # waits for them to end starts no new ones; and while switchovers are behind failovers, no
+        # new partition starts (their holds are long, up to 12 s, and with a backlog they left the
+        # switchover no moment: seed 3031 had 23 failovers to 16 switchovers after 10 minutes, 64% of
+        # the switchovers' waiting spent on partitions and stalls).
+        held = [k for k in HOLD_DEMOTE if k in self.active]
+        if e.kind == "switchover" and held:
+            return self._defer(e, "a %s in progress would hold the demote" % held[0])
+        if e.kind in HOLD_DEMOTE:
+            sw = self.head.get("switchover")
+            if self.patroni_busy is not None and self.patroni_busy.kind == "switchover":
+                return self._defer(e, "#%d switchover in progress" % self.patroni_busy.n)
+            if sw is not None and sw.status == "planned" and sw.why.endswith("would hold the demote"):
+                return self._defer(e, "#%d switchover waits for the walsenders to be free" % sw.n)
+            if e.kind == "partition" and sw is not None and sw.status == "planned" and sw.waiting is not None \
+                    and self.injected_n.get("switchover", 0) < self.injected_n.get("failover", 0):
+                return self._defer(e, "#%d switchover waits, behind the failovers" % sw.n)
+        if e.kind in PATRONI and self.rewinding:
+            self._rejoined()
         rejoining = sorted(m for m, since in self.rewinding.items() if now - since < REJOIN)
-        if e.kind in PATRONI and (rejoining or not self.env.pair_ready()):
+        missing = None
+        if e.kind in PATRONI and (rejoining or (missing := self.env.pair_not_ready())):
             if self.patroni_waiting is None:
                 self.patroni_waiting = now
             if rejoining:
                 return self._defer(e, "%s rejoins" % ", ".join(rejoining))
-            return self._defer(e, "pair not ready (members %s)" % self.env.members_note())
+            return self._defer(e, "pair not ready: %s (members %s)" % (missing, self.env.members_note()))
         if e.kind in YIELD_TO_PATRONI:
             # A failover or switchover under way, or a failover's old primary in pg_rewind, is
             # always waited out (each ends within _wait_patroni's 120 s or REJOIN s): a kill 1 s
@@ -275,24 +309,25 @@ class Nemesis(threading.Thread):
             # held the leader lock for the rest of a 30-minute round; kills during a rewind broke it
             # off (replicas to rebuild). Only the wait for a pair to become ready is capped.
             if self.patroni_busy is not None:   # until a failover's old primary is started again
-                e.yielding = None
                 return self._defer(e, "#%d %s in progress" % (self.patroni_busy.n, self.patroni_busy.kind))
             if rejoining:
-                e.yielding = None
                 return self._defer(e, "%s rejoins" % ", ".join(rejoining))
-            if self.patroni_waiting is not None and now - self.patroni_waiting > PATRONI_FIRST_AFTER:
-                if e.yielding is None:
-                    e.yielding = now
-                if now - e.yielding < YIELD_MAX:
-                    return self._defer(e, "a failover or switchover waits for the pair")
-        if e.kind in PATRONI:
-            other = PATRONI[1 - PATRONI.index(e.kind)]
-            if self.injected_n.get(e.kind, 0) > self.injected_n.get(other, 0) and any(
-                    x.kind == other and x.status == "planned" and x.waiting is not None for x in self.events):
+            behind = self.injected_n.get(e.kind, 0) < min(self.injected_n.get(k, 0) for k in PATRONI)
+            # The clock starts again at each fault of the lane: crashes 6 s apart once it had run out
+            # kept a pair from ever being ready (a 5-minute round, 140 s without a Patroni fault).
+            since = max([self.patroni_waiting or now] + [self.last_end.get(k, 0.0) for k in LANE])
+            if not behind and self.patroni_waiting is not None and now - since < YIELD_MAX:
+                return self._defer(e, "a failover or switchover waits for the pair")
+        if e.kind in LANE and self.env.mode == "pair":
+            n = self.injected_n.get(e.kind, 0)
+            fewer = sorted(k for k in LANE if self.injected_n.get(k, 0) < n and self.head.get(k) is not None
+                           and self.head[k].status == "planned" and self.head[k].waiting is not None)
+            if fewer:
                 if e.giving_way is None:
                     e.giving_way = now
                 if now - e.giving_way < FAIR_MAX:
-                    return self._defer(e, "a waiting %s goes first (fewer so far)" % other)
+                    return self._defer(e, "a waiting %s goes first (fewer so far)" % fewer[0])
+        if e.kind in PATRONI:
             self.patroni_waiting = None
         # Stamped when the injection begins: a failover's kill comes first and its call returns
         # about 1.6 s later, which counted as recovery before.
@@ -316,7 +351,7 @@ class Nemesis(threading.Thread):
         self.say("#%d %s injected (%s) %s" % (e.n, e.kind, json.dumps(e.arg), e.note))
         if e.kind in PATRONI:
             self.patroni_busy = e
-            self.push(time.time() + 0.5, self._wait_patroni, e)
+            self.push(time.time() + PATRONI_RETRY, self._wait_patroni, e)
         elif e.hold > 0 or e.kind in ("applier_kill", "server_crash"):
             self.active[e.kind] = e
             self.push(e.injected + e.hold, self._heal, e)
@@ -421,6 +456,11 @@ class Nemesis(threading.Thread):
             e.note += "; new primary %s after %.1f s" % (leader, e.settled - e.injected)
             if e.kind == "failover":
                 self.push(time.time() + e.hold, self._rejoin, e)
+                if len(self.env.nodes) >= 3:
+                    # A synchronous standby may be left while the old primary is down: the lane is
+                    # free for the next failover or switchover once the cluster is ready for it
+                    # (a second host lost before the first is back), not after the hold.
+                    self._patroni_done(e)
             else:
                 self._patroni_done(e)
             return
@@ -444,7 +484,7 @@ class Nemesis(threading.Thread):
             else:
                 self._patroni_done(e)
             return
-        self.push(time.time() + 0.5, self._wait_patroni, e)
+        self.push(time.time() + PATRONI_RETRY, self._wait_patroni, e)
 
     def _rejoin(self, e):
         if e.arg.get("rejoined"):
@@ -456,6 +496,8 @@ class Nemesis(threading.Thread):
         self._patroni_done(e)
 
     def _patroni_done(self, e):
+        if self.patroni_busy is not e:
+            return   # done already (the lane was freed before the old primary's restart)
         if e.healed is None:
             e.healed = e.injected
         if e.settled is None:
@@ -464,6 +506,14 @@ class Nemesis(threading.Thread):
         self.patroni_busy = None
         self.last_end[e.kind] = e.settled
         self.say("#%d %s done: %s" % (e.n, e.kind, e.note))
+
+    def _rejoined(self):
+        """Forgets the failovers' old primaries that stream again (the supervisor does too, once a
+        second; a waiting failover or switchover looks at each try)."""
+        for member, since in list(self.rewinding.items()):
+            if self.env.streams(member):
+                self.rewinding.pop(member, None)
+                self.say("%s streams again, %.1f s after its restart" % (member, time.time() - since))
 
     def _settle_patroni(self, e):
         """At the end: the failover or switchover in progress finished now, the old primary back."""
@@ -577,7 +627,9 @@ class Nemesis(threading.Thread):
         for member, streaming in state.items():
             if streaming or streaming is None:
                 self.replica_down_since.pop(member, None)
-                self.rewinding.pop(member, None)
+                since = self.rewinding.pop(member, None)
+                if streaming and since is not None:
+                    self.say("%s streams again, %.1f s after its restart" % (member, now - since))
                 continue
             since = self.replica_down_since.setdefault(member, now)
             if now - since >= STUCK_REPLICA:

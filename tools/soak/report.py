@@ -21,17 +21,23 @@ applier SIGKILL, apply backend SIGKILL, server crash (`-m immediate`), walsender
 during a replica stall; its leader key expired at once) and switchover, a partition between the
 applier and the primary (a veth pair cut with a queue that holds no packet), the applier's state
 directory full (a tmpfs filled up), a role's INSERT privilege revoked and granted back. Faults
-overlap as the draw makes them; one that the cluster cannot take yet (a failover while the pair has
-no synchronous standby with the slot or a failover's old primary still rejoins, a backend kill
-while no apply session runs, a fault of the same kind still in progress) is tried again every
-second until it can be injected: none is dropped (one still waiting when the round ends is
-reported "not reached"), and a switchover that patronictl gave up is tried again, not counted.
-Failovers and switchovers share one lane; when both wait, the kind with fewer so far goes first. A
-server crash or backend kill waits (up to 20 s) while a failover or switchover is under way or
-waits for the pair, and while a failover's old primary rejoins (a pg_rewind broken off by a crash
-of its source leaves a node that must be rebuilt). A supervisor restarts an applier that exits by
-itself, as systemd would, and counts it; a replica that has not streamed for 45 s is rebuilt
-(`patronictl reinit`) and counted.
+overlap as the draw makes them; one that the cluster cannot take yet (a failover or switchover while
+there is no synchronous standby streaming with its copy of the slot, or while a failover's old
+primary rejoins; a backend kill while no apply session runs; a fault of the same kind still in
+progress) is tried again (every 0.25 s for a failover or switchover, else every second) until it can
+be injected: none is dropped (one still waiting when the round ends is reported "not reached"), and
+a switchover that patronictl gave up is tried again, not counted. Failovers, switchovers, server
+crashes and backend kills each restart the primary and share one lane; when several wait, the kind
+with fewer so far goes first. A server crash or backend kill waits out a failover or switchover
+under way and a failover's old primary's rejoin (a pg_rewind broken off by a crash of its source
+leaves a node to rebuild), and lets a waiting failover or switchover have the pair first unless it
+is behind them in number or the lane has had no fault for 30 s. With 3 nodes the next failover or
+switchover may come as soon as a synchronous standby has the slot, also while a failover's old
+primary is still down (for a time drawn from the seed). A switchover does not meet a partition or a
+walsender stall (its demote waits for that walsender, until Patroni's `primary_stop_timeout`), and
+while switchovers are behind failovers no new partition starts. Patroni runs its loop every second
+(`loop_wait: 1`). A supervisor restarts an applier that exits by itself, as systemd would, and
+counts it; a replica that has not streamed for 45 s is rebuilt (`patronictl reinit`) and counted.
 
 The checker compares every call's outcome (acknowledged, refused, unknown) with what the database
 holds afterwards: every acknowledged call applied once or dead-lettered (a keyed call: its key

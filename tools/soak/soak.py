@@ -58,13 +58,16 @@ def parse_args(argv=None):
     ap.add_argument("--seed", type=int, help="seed of the schedule and the clients (default: random, printed)")
     ap.add_argument("--single", action="store_true", help="one server instead of the Patroni pair")
     ap.add_argument("--nodes", type=int, default=2,
-                    help="Patroni nodes (default 2, the pair; 3 keeps a synchronous standby while a node that did "
-                         "not rejoin is rebuilt, so failovers and switchovers need not wait for the rebuild)")
+                    help="Patroni nodes (default 2, the pair; with 3 a synchronous standby is left while a "
+                         "failover's old primary is down, so the next failover or switchover need not wait for its "
+                         "return, and while a node that did not rejoin is rebuilt)")
     ap.add_argument("--clients", type=int, default=8, help="clients, each with its own role (default 8)")
     ap.add_argument("--rate", type=float, default=2.0,
-                    help="faults of each kind planned per minute (default 2: 60 of each in 30 minutes); failovers "
-                         "and switchovers share one lane that takes about 4 a minute, so that 50 of each in 30 "
-                         "minutes wants --nodes 3 --rate 3 (the lane then never idles)")
+                    help="faults of each kind planned per minute (default 2: 60 of each in 30 minutes); failovers, "
+                         "switchovers, server crashes and backend kills share one lane (each restarts the primary; "
+                         "the kind with fewer so far goes first), which played about 8 a minute on this 2-core "
+                         "machine with 3 nodes (seed 3050), so that 50 of each in 30 minutes wants --nodes 3 --rate 3 (a "
+                         "backlog keeps the lane busy; what is left is reported \"not reached\")")
     ap.add_argument("--pace", type=float, default=0.02,
                     help="mean pause between a client's calls in seconds (default 0.02)")
     ap.add_argument("--durability", default="auto",
@@ -136,19 +139,23 @@ class Env:
             if m.get("state") == "creating replica":
                 out[m["name"]] = None
                 continue
-            pg, _ = self.nodes[m["name"]]
-            try:
-                c = psycopg2.connect(host="127.0.0.1", port=pg, user="postgres", dbname="postgres", connect_timeout=3)
-                try:
-                    cur = c.cursor()
-                    cur.execute("SELECT status FROM pg_stat_wal_receiver")
-                    row = cur.fetchone()
-                    out[m["name"]] = bool(row) and row[0] == "streaming"
-                finally:
-                    c.close()
-            except psycopg2.Error:
-                out[m["name"]] = False
+            out[m["name"]] = self.streams(m["name"])
         return out
+
+    def streams(self, member):
+        """Whether MEMBER's walreceiver streams (from whichever primary)."""
+        pg, _ = self.nodes[member]
+        try:
+            c = psycopg2.connect(host="127.0.0.1", port=pg, user="postgres", dbname="postgres", connect_timeout=2)
+            try:
+                cur = c.cursor()
+                cur.execute("SELECT status FROM pg_stat_wal_receiver")
+                row = cur.fetchone()
+                return bool(row) and row[0] == "streaming"
+            finally:
+                c.close()
+        except psycopg2.Error:
+            return False
 
     def members_note(self):
         return ";".join("%s %s %s" % (m.get("name"), m.get("role"), m.get("state")) for m in self.cluster()) or "-"
@@ -165,13 +172,18 @@ class Env:
         except psycopg2.Error:
             return False
 
-    def pair_ready(self):
-        """A leader that takes writes, a synchronous standby streaming with its copy of the slot."""
+    def pair_not_ready(self):
+        """None when there is a leader that takes writes and a synchronous standby streaming with its
+        copy of the slot (what a failover to it needs); else what is missing."""
         members = self.cluster()
         leader = [m for m in members if m.get("role") == "leader" and m.get("state") == "running"]
         sync = [m for m in members if m.get("role") == "sync_standby" and m.get("state") in ("running", "streaming")]
-        if not leader or not sync or not self.writable():
-            return False
+        if not leader:
+            return "no running leader"
+        if not sync:
+            return "no synchronous standby"
+        if not self.writable():
+            return "the primary does not take writes"
         pg, _ = self.nodes[sync[0]["name"]]
         try:
             c = psycopg2.connect(host="127.0.0.1", port=pg, user="postgres", dbname="postgres", connect_timeout=3)
@@ -180,11 +192,13 @@ class Env:
                 cur.execute("SELECT (SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s), "
                             "(SELECT status FROM pg_stat_wal_receiver)", (self.slot,))
                 n, status = cur.fetchone()
-                return n == 1 and status == "streaming"
             finally:
                 c.close()
         except psycopg2.Error:
-            return False
+            return "%s does not answer" % sync[0]["name"]
+        if status != "streaming":
+            return "%s does not stream" % sync[0]["name"]
+        return None if n == 1 else "%s has no copy of the slot" % sync[0]["name"]
 
 
 def q1(dsn, sql, args=None):
