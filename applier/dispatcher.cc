@@ -329,6 +329,11 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
         if (const auto r = running_.find(p.id); r != running_.end()) {  // parked while it ran
             p.parked = p.parked || r->second.parked;
             p.park_tried = p.park_tried || r->second.p.park_tried;
+            // Handed to atx.park and not answered yet: the answer comes to the lane (parked()),
+            // which is not taken until then. Lost, the message stayed unparked while its copy
+            // was in the server, and the slot waited for its run.
+            if (r->second.parking)
+                l.parking = true;
         }
         annotate(p);
         l.q.push_front(std::move(p));

@@ -92,10 +92,14 @@ bool atx_parked_at(XLogRecPtr lsn)
 }
 
 // atx.park(lsns pg_lsn[]) RETURNS SETOF (lsn, status): for each message, read from the WAL like
-// any apply, its record with its payload: 'parked'; 'handled' when a record of it exists already
-// (it was handled, or parked before: the record is left as it is); 'rejected' when no pg_atx
-// message starts there (nothing written; the applier's apply will say the same). Messages that
-// do not authenticate are parked by position like any other: their run dead-letters them.
+// any apply, its record with its payload: 'parked', also when its copy is there already (parked
+// before: the record is left as it is); 'handled' when a record of it without a copy exists (it
+// was handled); 'rejected' when no pg_atx message starts there (nothing written; the applier's
+// apply will say the same). Messages that do not authenticate are parked by position like any
+// other: their run dead-letters them. A copy parked before is 'parked', not 'handled': an applier
+// that lost the answer of its first call (its batch was given back while the call ran) asks
+// again, and a message whose run waits for a background worker never runs to say it is handled,
+// so the slot waited behind its copy until it did (fuzz seed 2614, round 24).
 //
 // A message below the horizon is 'handled' and gets no record: it was handled and confirmed, and
 // its record may be pruned, so the slot sends it again only after a crash took the slot's
@@ -155,7 +159,7 @@ static Datum park_body(FunctionCallInfo fcinfo)
         } else if (l.state == ATX_LOAD_REJECTED) {
             status = "rejected";
         } else if (l.parked) {
-            status = "handled";  // parked before
+            status = "parked";  // parked before: its copy is there, durable
         } else {
             const AtxRecord rec = atx_record(l.id, l.lsn, l.authenticated ? &l.m : NULL, "parked", NULL);
             p = (bytea*)palloc(VARHDRSZ + l.len);

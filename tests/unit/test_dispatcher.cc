@@ -868,6 +868,40 @@ TEST_CASE("a message that runs longer than park_after is parked while it runs", 
     CHECK(d.parked_queued() == 0);
 }
 
+TEST_CASE("a running message given back while atx.park runs for it is parked when the answer comes",
+          "[dispatcher][park]")
+{
+    // Fuzz seed 2614, round 24: a non-atomic message deferred every second (no background worker
+    // share free) went back to its lane between park_candidates and parked(); the answer found
+    // it nowhere, the copy was in the server, and every later pass was answered "handled": the
+    // slot waited for a run that the share kept from coming.
+    const Dispatcher::Options o = parking(milliseconds(30));
+    Dispatcher d(o);
+    d.add(msg(1, 1));
+    d.add(msg(2, 1));
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    REQUIRE(starts(*b) == std::vector<Lsn>{1, 2});
+    std::this_thread::sleep_for(milliseconds(40));
+    auto c = d.park_candidates(Clock::now() - o.park_after, 100);
+    REQUIRE(starts(c) == std::vector<Lsn>{1, 2});
+    d.release_after(*b, 0, Clock::now());  // deferred: both back in their lane
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));  // the answer is awaited
+    d.parked(ids(c), ids(c));
+    CHECK(d.parked_queued() == 2);
+    CHECK(d.park_candidates(later(), 100).empty());
+    // The lane ran long: slow, one message a batch.
+    auto b2 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b2);
+    REQUIRE(starts(*b2) == std::vector<Lsn>{1});
+    CHECK(b2->items[0].parked);
+    d.done(*b2, 1);
+    auto b3 = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b3);
+    REQUIRE(starts(*b3) == std::vector<Lsn>{2});
+    CHECK(b3->items[0].parked);
+}
+
 TEST_CASE("a principal whose batches run half of park_after has its backlog parked", "[dispatcher][park]")
 {
     const Dispatcher::Options o = parking(milliseconds(40));

@@ -48,6 +48,7 @@ SELECT a.status FROM atx.apply_batch(ARRAY[(SELECT lsn FROM pk_msg WHERE n = 1)]
                                      'regress') a;
 SELECT (SELECT n FROM pk_msg m WHERE m.lsn = p.lsn) AS n, p.status
   FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM pk_msg)) p ORDER BY 1;
+-- Asked again (an applier that lost the answer): the copies are there, still parked.
 SELECT (SELECT n FROM pk_msg m WHERE m.lsn = p.lsn) AS n, p.status
   FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM pk_msg)) p ORDER BY 1;
 SELECT m.n, a.status, a.payload IS NOT NULL AS has_copy FROM atx.applied a JOIN pk_msg m USING (lsn) ORDER BY m.n;
@@ -99,7 +100,7 @@ SELECT status FROM atx.park((SELECT array_agg(lsn) FROM pk_run));
 UPDATE atx.applied SET status = 'started', payload = NULL WHERE lsn = (SELECT lsn FROM pk_run);
 SELECT status FROM atx.park((SELECT array_agg(lsn) FROM pk_run));
 SELECT status, payload IS NOT NULL AS has_copy FROM atx.applied WHERE lsn = (SELECT lsn FROM pk_run);
-SELECT status FROM atx.park((SELECT array_agg(lsn) FROM pk_run));  -- parked before: handled
+SELECT status FROM atx.park((SELECT array_agg(lsn) FROM pk_run));  -- parked before: still parked
 SELECT a.status, a.sqlstate
   FROM atx.apply_batch((SELECT array_agg(lsn) FROM pk_run), '{1}', '{NULL}', 1, 0, true, 'regress') a;
 SELECT count(*) AS never_ran FROM pk WHERE v = 5;
