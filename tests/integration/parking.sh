@@ -84,6 +84,9 @@ BEGIN COMMIT; PERFORM pg_sleep(5); INSERT INTO done(who, n) VALUES ('long', n); 
 GRANT EXECUTE ON PROCEDURE slow_na(int) TO slow;
 SQL
 record() { q -c "SELECT status || ' ' || (payload IS NOT NULL) FROM atx.applied WHERE message_id = '$1'"; }
+# Applied, its copy gone: 'applied false', or no record at all once the prune (every 500 ms here)
+# has passed it, which it does for handled records only (a parked copy is kept).
+applied_no_copy() { case "$(record "$1")" in "applied false" | "") return 0 ;; *) return 1 ;; esac; }
 long_once() { [ "$(q -c "SELECT count(*) FROM done WHERE who = 'long' AND n = $1")" = 1 ]; }
 id=$(PGUSER=slow q -c "SELECT atx_log('SELECT pg_sleep(6); INSERT INTO done(who, n) VALUES (''long'', 1)')")
 end=$(q -c "SELECT pg_current_wal_lsn()")
@@ -91,13 +94,13 @@ check "a message that runs 6 s: the slot passes it while it runs" wait_for 5 at_
 check_eq "... before it ended" 0 "$(q -c "SELECT count(*) FROM done WHERE who = 'long'")"
 check_eq "... as a parked record with its copy" "parked true" "$(record "$id")"
 check "it is applied once" wait_for 15 long_once 1
-check_eq "... its record taken over (applied, no copy)" "applied false" "$(record "$id")"
+check "... its record taken over (applied, no copy; or pruned, as handled): $(record "$id")" applied_no_copy "$id"
 
 id=$(PGUSER=slow q -c "SELECT atx_log('SELECT pg_sleep(6); INSERT INTO done(who, n) VALUES (''long'', 2)')")
 check "another one is parked while it runs" wait_for 5 bash -c "[ \"\$(psql -qAtX -c \"SELECT status FROM atx.applied WHERE message_id = '$id'\")\" = parked ]"
 applier_kill
 applier_start --park-after-ms 1000 --prune-interval-ms 500
-check "the applier killed while it ran: its record ends applied, without a copy left to run" wait_for 30 bash -c "[ \"\$(psql -qAtX -c \"SELECT status || ' ' || (payload IS NOT NULL) FROM atx.applied WHERE message_id = '$id'\")\" = 'applied false' ]"
+check "the applier killed while it ran: its record ends applied, without a copy left to run" wait_for 30 applied_no_copy "$id"
 check "... and it was applied once" long_once 2
 
 id=$(PGUSER=slow q -c "SELECT atx_log('CALL slow_na(3)')")
@@ -105,7 +108,7 @@ end=$(q -c "SELECT pg_current_wal_lsn()")
 check "a non-atomic message that runs 5 s: the slot passes it while it runs" wait_for 5 at_or_past "$end"
 check_eq "... its record started, with its copy" "started true" "$(record "$id")"
 check "it is applied once" wait_for 15 long_once 3
-check "... its record says so" wait_for 10 bash -c "[ \"\$(psql -qAtX -c \"SELECT status || ' ' || (payload IS NOT NULL) FROM atx.applied WHERE message_id = '$id'\")\" = 'applied false' ]"
+check "... its record says so" wait_for 10 applied_no_copy "$id"
 check_eq "nothing dead-lettered" 0 "$(q -c "SELECT count(*) FROM atx.dead_letter")"
 applier_stop
 done_testing
