@@ -1110,6 +1110,28 @@ TEST_CASE("a freed background worker goes to the principal that used the least w
     CHECK(d.acquire_nonatomic(20, lb, at(5.6)));
 }
 
+TEST_CASE("a principal refused at its own share waits with the others for the worker it gives back",
+          "[dispatcher]")
+{
+    // Fuzz seed 2614, round 23: the victim's second non-atomic message was refused while its
+    // first ran (its share), did not queue, and the worker the first freed went to a chain: the
+    // second waited for that chain's whole run, 21.8 s in all.
+    Dispatcher d(background_workers(2, 1));
+    const Id la = make_id(0xee, 1), lb = make_id(0xee, 2), lv1 = make_id(0xee, 3), lv2 = make_id(0xee, 4);
+    const auto at = clock_from_now();
+    REQUIRE(d.acquire_nonatomic(10, la, at(0)));
+    REQUIRE(d.acquire_nonatomic(20, lb, at(0)));
+    d.release_nonatomic(10, at(5));  // 5 s of worker time
+    REQUIRE(d.acquire_nonatomic(30, lv1, at(5)));
+    CHECK_FALSE(d.acquire_nonatomic(10, la, at(5.1)));   // full
+    CHECK_FALSE(d.acquire_nonatomic(30, lv2, at(5.1)));  // its share
+    d.release_nonatomic(30, at(5.2));
+    CHECK_FALSE(d.acquire_nonatomic(10, la, at(5.2)));  // 30 waits too, and used 0.2 s to 10's 5 s
+    CHECK(d.acquire_nonatomic(30, lv2, at(5.2)));
+    d.release_nonatomic(30, at(5.3));
+    CHECK(d.acquire_nonatomic(10, la, at(5.3)));
+}
+
 TEST_CASE("worker time used long ago no longer puts a principal behind", "[dispatcher]")
 {
     Dispatcher d(background_workers(1, 1));
