@@ -885,7 +885,7 @@ TEST_CASE("a running message given back while atx.park runs for it is parked whe
     std::this_thread::sleep_for(milliseconds(40));
     auto c = d.park_candidates(Clock::now() - o.park_after, 100);
     REQUIRE(starts(c) == std::vector<Lsn>{1, 2});
-    d.release_after(*b, 0, Clock::now());  // deferred: both back in their lane
+    d.release_after(*b, 0, Clock::now());                            // deferred: both back in their lane
     CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));  // the answer is awaited
     d.parked(ids(c), ids(c));
     CHECK(d.parked_queued() == 2);
@@ -1100,7 +1100,7 @@ TEST_CASE("a freed background worker goes to the principal that used the least w
     CHECK_FALSE(d.acquire_nonatomic(10, la, at(5)));  // the victim's
     REQUIRE(d.acquire_nonatomic(30, lv, at(5)));
     d.release_nonatomic(30, at(5.2));
-    REQUIRE(d.acquire_nonatomic(10, la, at(5.2)));     // no one else waits
+    REQUIRE(d.acquire_nonatomic(10, la, at(5.2)));      // no one else waits
     CHECK_FALSE(d.acquire_nonatomic(30, lv, at(5.3)));  // its next message: full again
     d.release_nonatomic(20, at(5.5));
     // 20 was served longer ago than the victim, but has used 5.5 s of worker time to its 0.2 s.
@@ -1110,8 +1110,7 @@ TEST_CASE("a freed background worker goes to the principal that used the least w
     CHECK(d.acquire_nonatomic(20, lb, at(5.6)));
 }
 
-TEST_CASE("a principal refused at its own share waits with the others for the worker it gives back",
-          "[dispatcher]")
+TEST_CASE("a principal refused at its own share waits with the others for the worker it gives back", "[dispatcher]")
 {
     // Fuzz seed 2614, round 23: the victim's second non-atomic message was refused while its
     // first ran (its share), did not queue, and the worker the first freed went to a chain: the
