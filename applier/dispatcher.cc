@@ -580,8 +580,8 @@ size_t Dispatcher::parked_queued() const
 
 size_t Dispatcher::nonatomic_held(uint32_t principal) const
 {
-    const auto it = nonatomic_busy_.find(principal);
-    return it == nonatomic_busy_.end() ? 0 : it->second;
+    const auto it = nonatomic_use_.find(principal);
+    return it == nonatomic_use_.end() ? 0 : it->second.holds.size();
 }
 
 namespace {
@@ -673,7 +673,6 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane, Clock::ti
     auto& use = nonatomic_use_[principal];
     use.served = now;
     use.holds.push_back(now);
-    ++nonatomic_busy_[principal];
     ++nonatomic_total_;
     return true;
 }
@@ -702,22 +701,17 @@ void Dispatcher::wake_nonatomic_waiter(Clock::time_point now)
 void Dispatcher::release_nonatomic(uint32_t principal, Clock::time_point now)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = nonatomic_busy_.find(principal);
-    if (it == nonatomic_busy_.end())
-        return;
-    if (--it->second == 0)
-        nonatomic_busy_.erase(it);
+    const auto u = nonatomic_use_.find(principal);
+    if (u == nonatomic_use_.end() || u->second.holds.empty())
+        return;  // held before a clear()
     if (nonatomic_total_ > 0)
         --nonatomic_total_;
-    const auto u = nonatomic_use_.find(principal);
-    if (u != nonatomic_use_.end() && !u->second.holds.empty()) {
-        // Which of its holds ended is not said; the sum over time is the same.
-        auto& use = u->second;
-        use.seconds = decayed(use.seconds, use.as_of, now) +
-                      std::max(0.0, std::chrono::duration<double>(now - use.holds.front()).count());
-        use.as_of = now;
-        use.holds.pop_front();
-    }
+    // Which of its holds ended is not said; the sum over time is the same.
+    auto& use = u->second;
+    use.seconds = decayed(use.seconds, use.as_of, now) +
+                  std::max(0.0, std::chrono::duration<double>(now - use.holds.front()).count());
+    use.as_of = now;
+    use.holds.pop_front();
     wake_nonatomic_waiter(now);
     wake_pending_ = true;
 }
@@ -730,7 +724,6 @@ void Dispatcher::clear()
     delayed_.clear();
     principal_busy_.clear();
     nested_busy_.clear();
-    nonatomic_busy_.clear();
     nonatomic_total_ = 0;
     nonatomic_waiting_.clear();
     nonatomic_use_.clear();

@@ -258,7 +258,6 @@ private:
     std::multimap<Clock::time_point, Id> delayed_;  // lanes waiting for a retry time
     std::map<uint32_t, size_t> principal_busy_;     // regular workers per principal
     std::map<uint32_t, size_t> nested_busy_;        // nested-pool workers per principal
-    std::map<uint32_t, size_t> nonatomic_busy_;     // background workers per principal
     size_t nonatomic_total_ = 0;
     struct NonatomicWaiter {
         uint32_t principal = 0;
@@ -272,7 +271,7 @@ private:
         Clock::time_point served{};
         double seconds = 0;
         Clock::time_point as_of{};
-        std::deque<Clock::time_point> holds;  // starts of the workers it holds now
+        std::deque<Clock::time_point> holds;  // starts of the workers it holds now (how many)
     };
     std::unordered_map<uint32_t, NonatomicUse> nonatomic_use_;
     double nonatomic_used(uint32_t principal, Clock::time_point now) const;
