@@ -202,6 +202,10 @@ void ApplyWorker::run_batch(const Batch& b)
         condemn(b, *b.items.front().verdict);
         return;
     }
+    if (b.items.front().top_level) {
+        run_deferred_top_level(b);
+        return;
+    }
     // A retried message (it runs alone) gets what is left of its retry window, at least a second,
     // at most the limit; past the window its attempt is the last. So it is final within the
     // window and its time limit, whatever made it fail.
@@ -324,7 +328,10 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
             records.clear();
             ctx_.on_handled(handled, durable_commit);
             if (!run_top_level(p, r, b, &top_commit, &rec)) {
-                ctx_.dispatcher.release_after(b, handled.size(), std::chrono::steady_clock::now() + kBatchErrorBackoff);
+                Batch back = b;
+                back.items[i].top_level = true;
+                ctx_.dispatcher.release_after(back, handled.size(),
+                                              std::chrono::steady_clock::now() + kBatchErrorBackoff);
                 return;
             }
             record({rec}, true);
@@ -440,6 +447,7 @@ bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, const Ba
                                 DeliveryRecord* rec)
 {
     const RunAs& as = b.as;
+    const bool more = &p != &b.items.back();  // the lane's next message is in this batch
     // Background workers are few (max_worker_processes): each principal gets its share.
     if (!ctx_.dispatcher.acquire_nonatomic(as.principal_oid, b.lane)) {
         spdlog::info("{} event=top_level_run_deferred message_id={} role={} reason=\"no background worker share "
@@ -463,12 +471,12 @@ bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, const Ba
                                             : "interrupted while it ran: in doubt";
         }
     } catch (const PgError& e) {
-        ctx_.dispatcher.release_nonatomic(as.principal_oid);
+        ctx_.dispatcher.release_nonatomic(as.principal_oid, std::chrono::steady_clock::now(), b.lane, more);
         spdlog::warn("{} event=top_level_run_failed message_id={} error={}", ctx_.log, id_text(p), logq(e.what()));
         session_.close();
         return false;
     }
-    ctx_.dispatcher.release_nonatomic(as.principal_oid);
+    ctx_.dispatcher.release_nonatomic(as.principal_oid, std::chrono::steady_clock::now(), b.lane, more);
     if (t.status == "retry") {
         spdlog::warn("{} event=top_level_run_deferred message_id={} error={}", ctx_.log, id_text(p), logq(t.error));
         return false;
@@ -484,6 +492,26 @@ bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, const Ba
         ++ctx_.metrics.applied;
     }
     return true;
+}
+
+void ApplyWorker::run_deferred_top_level(const Batch& b)
+{
+    const Pending& p = b.items.front();  // alone (Dispatcher::lease)
+    ApplyResult r;
+    r.error = "its top-level run was deferred before";
+    Lsn top_commit = 0;
+    DeliveryRecord rec;
+    rec.message_id = id_text(p);
+    rec.source_lsn = p.start;
+    rec.attempts = p.attempts + 1;
+    rec.updated_at_us = unix_now_us();
+    if (!run_top_level(p, r, b, &top_commit, &rec)) {
+        ctx_.dispatcher.release(b, std::chrono::steady_clock::now() + kBatchErrorBackoff);
+        return;
+    }
+    record({rec}, true);
+    ctx_.on_handled({p}, session_.synchronous_commit() ? 0 : top_commit);
+    ctx_.dispatcher.done(b, 1);
 }
 
 bool ApplyWorker::condemn(const Batch& b, Verdict v)

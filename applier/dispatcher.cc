@@ -15,6 +15,12 @@ constexpr size_t kFairScan = 256;
 // A principal refused a background worker that has not asked again for this long no longer
 // waits (a refused message asks again after the deferral's 1 s backoff).
 constexpr std::chrono::seconds kWaiterGone{5};
+// How long a worker given back stays with its principal when the same lane has more messages
+// queued: the lane's next message must first run atomically to learn that it needs a top-level
+// run (about 0.1 s under load). Without it, a chain whose deferred lanes asked again every few
+// milliseconds took the worker in that gap, and a victim's lane of non-atomic messages waited
+// for one whole run of the chain per message (fuzz seed 2614, run nine, round 25: 13.2 s).
+constexpr std::chrono::milliseconds kNonatomicReserve{500};
 constexpr size_t kServedKept = 4096;  // principals remembered as served, for the round robin
 // Worker time used counts half after this long: a login's runs of a minute ago still weigh, a
 // morning's do not.
@@ -152,7 +158,7 @@ void Dispatcher::take_run(Lane& l, Batch& b, size_t most)
 {
     while (!l.q.empty() && b.items.size() < most) {
         const Pending& p = l.q.front();
-        if (p.as != b.as || p.suspect || p.verdict || p.losses > 0 || p.attempts > 0)
+        if (p.as != b.as || p.suspect || p.verdict || p.losses > 0 || p.attempts > 0 || p.top_level)
             break;
         b.items.push_back(std::move(l.q.front()));
         l.q.pop_front();
@@ -171,11 +177,11 @@ Batch Dispatcher::lease(const Id& lane_id, Lane& l, WorkerKind kind)
     l.leased_principal = l.q.front().as.principal_oid;
     const Pending& head = l.q.front();
     const bool family = in_suspect_family(lane_id);
-    if (head.suspect || head.verdict || head.losses > 0 || head.attempts > 0) {
+    if (head.suspect || head.verdict || head.losses > 0 || head.attempts > 0 || head.top_level) {
         // Alone: a suspect, so that a loss now can only be its doing; a message with a verdict,
         // to be dead-lettered; one that lost a backend before, so that its next loss is clearly
         // its own; one retried after a transient failure, whose time limit is what is left of its
-        // retry window.
+        // retry window; one that waits for a top-level run.
         // A suspect of the running suspect's family runs with it, not alone: a loss now is the
         // family's, counted against the suspect that started it.
         b.suspect = head.suspect && !family;
@@ -641,10 +647,10 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane, Clock::ti
     if (!refused) {
         // Only as many free workers as waiters ahead of it: those are theirs.
         const NonatomicWaiter self{principal, me == nonatomic_waiting_.end() ? now : me->first, now, {}};
-        size_t ahead = 0;
+        size_t ahead = nonatomic_reserved(principal, now);
         for (const auto& w : nonatomic_waiting_)
             if (w.principal != principal && nonatomic_held(w.principal) < opt_.nonatomic_per_principal &&
-                nonatomic_ahead(w, self, now))
+                nonatomic_ahead(w, self, now) && !nonatomic_reserved_for(w.principal, now))
                 ++ahead;
         refused = opt_.nonatomic_total - nonatomic_total_ <= ahead;
     }
@@ -673,32 +679,55 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane, Clock::ti
     auto& use = nonatomic_use_[principal];
     use.served = now;
     use.holds.push_back(now);
+    use.reserved_until = Clock::time_point{};
     ++nonatomic_total_;
     return true;
 }
 
-// Caller holds the lock: a worker is free; the lanes of the waiter it goes to need not sit out
-// their deferral's backoff.
-void Dispatcher::wake_nonatomic_waiter(Clock::time_point now)
+// Caller holds the lock: workers kept for principals other than `except` (given back by them
+// less than kNonatomicReserve ago, for the next message of the same lane).
+size_t Dispatcher::nonatomic_reserved(uint32_t except, Clock::time_point now) const
+{
+    size_t n = 0;
+    for (const auto& [p, use] : nonatomic_use_)
+        if (p != except && nonatomic_reserved_for(p, now))
+            ++n;
+    return n;
+}
+
+bool Dispatcher::nonatomic_reserved_for(uint32_t principal, Clock::time_point now) const
+{
+    const auto it = nonatomic_use_.find(principal);
+    return it != nonatomic_use_.end() && it->second.reserved_until > now &&
+           it->second.holds.size() < opt_.nonatomic_per_principal;
+}
+
+// Caller holds the lock: a worker is free at `at` (now, or when a reservation ends); the lanes
+// of the waiter it goes to need not sit out their deferral's backoff.
+void Dispatcher::wake_nonatomic_waiter(Clock::time_point now, Clock::time_point at)
 {
     const NonatomicWaiter* first = nullptr;
     for (const auto& w : nonatomic_waiting_)
-        if (nonatomic_held(w.principal) < opt_.nonatomic_per_principal && (!first || nonatomic_ahead(w, *first, now)))
+        if (nonatomic_held(w.principal) < opt_.nonatomic_per_principal && !nonatomic_reserved_for(w.principal, now) &&
+            (!first || nonatomic_ahead(w, *first, now)))
             first = &w;
     if (!first)
         return;
     for (const Id& id : first->lanes) {
         auto it = lanes_.find(id);
         // Only the deferral's wait is cut short, never a retry's backoff (attempts > 0).
-        if (it == lanes_.end() || it->second.leased || it->second.q.empty() || it->second.not_before <= now ||
+        if (it == lanes_.end() || it->second.leased || it->second.q.empty() || it->second.not_before <= at ||
             it->second.q.front().attempts > 0)
             continue;
-        it->second.not_before = now;
-        ready_.push_back(id);
+        it->second.not_before = at;
+        if (at > now)
+            delayed_.emplace(at, id);
+        else
+            ready_.push_back(id);
     }
 }
 
-void Dispatcher::release_nonatomic(uint32_t principal, Clock::time_point now)
+void Dispatcher::release_nonatomic(uint32_t principal, Clock::time_point now, const Id& lane, bool more_in_batch)
 {
     std::lock_guard<std::mutex> lock(mu_);
     const auto u = nonatomic_use_.find(principal);
@@ -712,7 +741,24 @@ void Dispatcher::release_nonatomic(uint32_t principal, Clock::time_point now)
                   std::max(0.0, std::chrono::duration<double>(now - use.holds.front()).count());
     use.as_of = now;
     use.holds.pop_front();
-    wake_nonatomic_waiter(now);
+    // The lane's next message may need a worker too: it is kept for it, unless a waiter comes
+    // first by the order anyway. A first waiter's lanes are made due when the reservation ends.
+    const auto next = lanes_.find(lane);
+    const NonatomicWaiter self{principal, now, now, {}};
+    const bool more = lane != Id{} && (more_in_batch || (next != lanes_.end() && !next->second.q.empty()));
+    const bool behind =
+        std::any_of(nonatomic_waiting_.begin(), nonatomic_waiting_.end(), [&](const NonatomicWaiter& w) {
+            return w.principal != principal && nonatomic_held(w.principal) < opt_.nonatomic_per_principal &&
+                   nonatomic_ahead(w, self, now);
+        });
+    if (more && !behind && use.holds.size() < opt_.nonatomic_per_principal) {
+        use.reserved_until = now + kNonatomicReserve;
+        // Another worker free beyond the ones kept: the first waiter need not wait for this one.
+        const bool spare = opt_.nonatomic_total - nonatomic_total_ > nonatomic_reserved(0, now);
+        wake_nonatomic_waiter(now, spare ? now : use.reserved_until);
+    } else {
+        wake_nonatomic_waiter(now, now);
+    }
     wake_pending_ = true;
 }
 

@@ -91,7 +91,11 @@ struct Pending {
     std::optional<Verdict> verdict;  // the applier's decision: dead-letter it, do not run it
     bool parked = false;             // copied into the server (atx.park): the slot may pass it
     bool park_tried = false;         // handed to atx.park (parked, or found handled)
-    Clock::time_point queued_at{};   // when it first reached its lane
+    // Its atomic run said it needs a top-level one, which was deferred: it goes straight there
+    // next time. Run again in the session, its statement would emit its nested messages once
+    // more and hold a shared session for as long as it runs, on every deferral.
+    bool top_level = false;
+    Clock::time_point queued_at{};  // when it first reached its lane
 };
 
 enum class WorkerKind { Regular, Nested };
@@ -187,9 +191,12 @@ public:
     // back held both for minutes, and a third login's message waited 28 s; without the worker
     // time, a login whose lane sends short non-atomic messages one after another waited for a
     // release behind each of them, as long as the others' longest runs (issue 21). Give a worker
-    // back with release_nonatomic().
+    // back with release_nonatomic(), naming the lane it ran from: when more of that lane's
+    // messages follow (in its batch or queued) and no waiter is ahead of the principal, the
+    // worker stays its own for kNonatomicReserve, for the lane's next message (see there).
     bool acquire_nonatomic(uint32_t principal, const Id& lane, Clock::time_point now = Clock::now());
-    void release_nonatomic(uint32_t principal, Clock::time_point now = Clock::now());
+    void release_nonatomic(uint32_t principal, Clock::time_point now = Clock::now(), const Id& lane = Id{},
+                           bool more_in_batch = false);
 
     // Giving a batch back (done, retry_later, release, lost...) does not wake the waiting
     // workers: the worker that gave it back calls take() next and takes what it freed itself;
@@ -272,12 +279,15 @@ private:
         double seconds = 0;
         Clock::time_point as_of{};
         std::deque<Clock::time_point> holds;  // starts of the workers it holds now (how many)
+        Clock::time_point reserved_until{};   // a worker it gave back is kept for it until then
     };
     std::unordered_map<uint32_t, NonatomicUse> nonatomic_use_;
     double nonatomic_used(uint32_t principal, Clock::time_point now) const;
     size_t nonatomic_held(uint32_t principal) const;
     bool nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b, Clock::time_point now) const;
-    void wake_nonatomic_waiter(Clock::time_point now);
+    void wake_nonatomic_waiter(Clock::time_point now, Clock::time_point at);
+    size_t nonatomic_reserved(uint32_t except, Clock::time_point now) const;
+    bool nonatomic_reserved_for(uint32_t principal, Clock::time_point now) const;
     // A message in a leased batch. Parked before it was leased or while it runs, it no longer
     // holds the slot, and the atx_exec children it waits for do.
     struct Running {

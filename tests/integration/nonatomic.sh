@@ -44,6 +44,21 @@ BEGIN
     PERFORM pg_sleep(30);
     INSERT INTO loaded VALUES (-4, current_user, session_user);
 END $$;
+-- Holds its login's background worker share; and one that counts its runs (a sequence is not
+-- rolled back with the atomic run that learns it needs a top-level one).
+CREATE PROCEDURE hold_share(secs float8) LANGUAGE plpgsql AS $$
+BEGIN
+    COMMIT;
+    PERFORM pg_sleep(secs);
+END $$;
+CREATE SEQUENCE runs;
+CREATE PROCEDURE counted() LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM nextval('runs');
+    COMMIT;
+    INSERT INTO loaded VALUES (-6, current_user, session_user);
+END $$;
+GRANT USAGE ON SEQUENCE runs TO batcher;
 -- Tries to leave its caller's identity after a COMMIT.
 CREATE PROCEDURE escape() LANGUAGE plpgsql AS $$
 BEGIN
@@ -149,5 +164,17 @@ wait_settled 30 || note "the applier did not settle"
 check_eq "applier killed during a top-level run: no row twice" 0 \
     "$(q -c "SELECT count(*) FROM (SELECT n FROM loaded WHERE n BETWEEN 1 AND 40 GROUP BY n HAVING count(*) > 1) d")"
 note "rows of the interrupted batch: $(q -c "SELECT count(*) FROM loaded WHERE n BETWEEN 1 AND 40"); dead letters: $(q -c "SELECT string_agg(sqlstate, ',') FROM atx.dead_letter WHERE statement = 'CALL batch_load(\$1)'")"
+
+# 11. A top-level run deferred (its login's one background worker is busy) is not run atomically
+#    again on each deferral: that run held a shared apply session and emitted the statement's
+#    nested messages once more every second (fuzz seed 2614: 60 deferred lanes).
+B -c "SELECT atx_log('CALL hold_share(4)')" >/dev/null
+wait_for 20 eval "[ \"\$(q -c \"SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'pg_atx non-atomic message'\")\" -gt 0 ]" ||
+    note "hold_share had not started"
+B -c "SELECT atx_log('CALL counted()')" >/dev/null
+wait_for 30 bash -c "[ \$(psql -qAtX -c 'SELECT count(*) FROM loaded WHERE n = -6') = 1 ]"
+check "the second message waited for the share" grep -q 'event=top_level_run_deferred .*role="\?batcher' "$TEST_DIR/applier.log"
+check_eq "... then ran once atomically (to learn it needs a top-level run) and once at the top level" 2 \
+    "$(q -c "SELECT last_value FROM runs")"
 applier_stop
 done_testing

@@ -159,6 +159,31 @@ TEST_CASE("a transient failure backs off its lane only, and keeps the order", "[
     CHECK(e->items[0].attempts == 0);
 }
 
+TEST_CASE("a message whose top-level run was deferred comes back alone, still marked", "[dispatcher]")
+{
+    Dispatcher d({10, 4});
+    d.add(msg(1, 1));
+    d.add(msg(2, 1));
+    d.add(msg(3, 1));
+    auto a = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(a);
+    REQUIRE(starts(*a) == std::vector<Lsn>{1, 2, 3});
+    // 1 applied; 2 needs a top-level run, which was deferred (apply_worker.cc marks it so).
+    Batch back = *a;
+    back.items[1].top_level = true;
+    d.release_after(back, 1, Clock::now());
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(100));
+    REQUIRE(b);
+    // Alone, and marked: its atomic run is not repeated, nothing is batched behind it.
+    CHECK(starts(*b) == std::vector<Lsn>{2});
+    CHECK(b->items[0].top_level);
+    d.done(*b, 1);
+    auto c = d.take(WorkerKind::Regular, any, milliseconds(100));
+    REQUIRE(c);
+    CHECK(starts(*c) == std::vector<Lsn>{3});
+    CHECK_FALSE(c->items[0].top_level);
+}
+
 TEST_CASE("after a lost backend the batch's messages run alone, one suspect at a time", "[dispatcher]")
 {
     Dispatcher d({10, 4});
@@ -1129,6 +1154,45 @@ TEST_CASE("a principal refused at its own share waits with the others for the wo
     CHECK(d.acquire_nonatomic(30, lv2, at(5.2)));
     d.release_nonatomic(30, at(5.3));
     CHECK(d.acquire_nonatomic(10, la, at(5.3)));
+}
+
+TEST_CASE("a worker given back stays with its principal briefly when its lane has more to run", "[dispatcher]")
+{
+    // Fuzz seed 2614, run nine, round 25: the victim's lane sent non-atomic messages one after
+    // another; each time one gave its worker back, a chain's deferred lane asked in the 0.1 s
+    // before the victim's next message learned (running atomically) that it needed one, and
+    // took it: the victim waited a whole run of the chain per message.
+    Dispatcher d(background_workers(1, 1));
+    const Id lv = make_id(0xee, 1), lh = make_id(0xee, 2);
+    const auto at = clock_from_now();
+    REQUIRE(d.acquire_nonatomic(20, lh, at(0)));
+    d.release_nonatomic(20, at(5));  // the chain: 5 s of worker time
+    REQUIRE(d.acquire_nonatomic(10, lv, at(5)));
+    CHECK_FALSE(d.acquire_nonatomic(20, lh, at(5.05)));  // it waits
+    d.release_nonatomic(10, at(5.1), lv, true);          // the victim's lane has more
+    CHECK_FALSE(d.acquire_nonatomic(20, lh, at(5.15)));  // kept for the victim's next message
+    REQUIRE(d.acquire_nonatomic(10, lv, at(5.3)));
+    d.release_nonatomic(10, at(5.4), lv, false);  // nothing more in its lane: not kept
+    CHECK(d.acquire_nonatomic(20, lh, at(5.45)));
+    d.release_nonatomic(20, at(6));
+
+    // Kept for half a second only: the lane's next message did not need a worker after all.
+    REQUIRE(d.acquire_nonatomic(10, lv, at(100)));
+    CHECK_FALSE(d.acquire_nonatomic(20, lh, at(100.1)));
+    d.release_nonatomic(10, at(100.2), lv, true);
+    CHECK_FALSE(d.acquire_nonatomic(20, lh, at(100.3)));
+    CHECK(d.acquire_nonatomic(20, lh, at(100.8)));
+}
+
+TEST_CASE("a worker is not kept for a principal that a waiter comes before", "[dispatcher]")
+{
+    Dispatcher d(background_workers(1, 1));
+    const Id la = make_id(0xee, 1), lb = make_id(0xee, 2);
+    const auto at = clock_from_now();
+    REQUIRE(d.acquire_nonatomic(10, la, at(0)));
+    CHECK_FALSE(d.acquire_nonatomic(20, lb, at(0.1)));  // waits, and has used nothing
+    d.release_nonatomic(10, at(5), la, true);           // 10 used 5 s: 20 comes first
+    CHECK(d.acquire_nonatomic(20, lb, at(5.05)));
 }
 
 TEST_CASE("worker time used long ago no longer puts a principal behind", "[dispatcher]")
