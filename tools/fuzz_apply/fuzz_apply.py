@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import sys
@@ -153,6 +154,7 @@ class Run:
                 failing = (k, plan, viol)
             if viol:
                 self.print_culprits(plan, viol)
+                self.print_timeline(res, viol[0])
             if (viol and not a.keep_going) or rounds == [] or (a.rounds and k >= a.rounds) \
                     or time.time() - self.t_start > a.minutes * 60:
                 break
@@ -205,6 +207,28 @@ class Run:
         out(f"# the message(s) invariant {viol[0].inv}'s first violation names:")
         for line in fz_grammar.plan_sql(p, self.rls_functions).splitlines():
             out("#   " + line)
+
+    def print_timeline(self, res, v, most=16):
+        """When each message the violation names was emitted, began its run and became final, and
+        the applier's log lines about it: a run in CI leaves nothing else behind."""
+        for m in v.msgs[:3]:
+            rel = lambda t: "-" if t is None else f"{t - m.emitted:+.1f} s"  # noqa: E731
+            out(f"# {m.id}: emitted, run from {rel(m.run_start)}, final at {rel(m.final_at)} "
+                f"({m.status} {m.sqlstate or ''})")
+            keys = [m.id.encode(), f"lsn={m.lsn}".encode()]
+            lines = [ln for ln in res.applier_log.splitlines() if any(k in ln for k in keys)]
+            for ln in lines[:most]:
+                out("#   " + ln.decode(errors="replace")[:300])
+            if len(lines) > most:
+                out(f"#   ... {len(lines) - most} more applier log line(s)")
+        # Invariant 2: what the applier said about the message at the slot's position.
+        at = re.search(r"confirmed_flush_lsn then ([0-9A-F]+/[0-9A-F]+)", v.text)
+        if at:
+            keys = [f"lsn={at.group(1)} ".encode(), f"first={at.group(1)} ".encode()]
+            lines = [ln for ln in res.applier_log.splitlines() if any(k in ln for k in keys)]
+            out(f"# applier log lines about {at.group(1)}: {len(lines)}")
+            for ln in lines[:most]:
+                out("#   " + ln.decode(errors="replace")[:300])
 
     def shrink(self, failing):
         k, plan, viol = failing

@@ -321,10 +321,10 @@ def _inv2(res, dl, v, stats):
         # confirmed position then.
         at_due = next((c for t, c, _ in reversed(res.slot) if t <= due + POLL_SLACK), 0)
         holder = next((x for x in everything if lsn_int(x.lsn) >= at_due), None)
-        held = ""
+        held = f"; confirmed_flush_lsn then {at_due >> 32:X}/{at_due & 0xffffffff:X}"
         if holder is not None and holder is not m:
             where = "an earlier round's" if holder.id in earlier else "this round's"
-            held = f"; held then by {where} {holder.describe()}"
+            held += f", held by {where} {holder.describe()}"
         v.append(Violation(2, f"the slot did not pass {len(stuck)} message(s) within their bounds; oldest: "
                               f"{m.describe()} (confirmed_flush_lsn at round end {conf >> 32:X}/{conf & 0xffffffff:X}"
                               f"{'' if passed is None else f', passed after {passed - m.emitted:.1f} s'}{held})",

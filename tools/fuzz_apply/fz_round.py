@@ -316,22 +316,30 @@ def _own_share_waits(res):
     """A non-atomic message waits for its principal's background worker share (the applier logs
     event=top_level_run_deferred): that is waiting for its own role's earlier work, which
     invariant 1 does not count (fz_checks.deadlines); invariant 4 watches the others. Its run
-    counts from event=top_level_run; one still waiting when the round ends is not judged (its run
+    counts from its last event=top_level_run: an earlier one was cut short (a server restart
+    ended it, or freed the share at the moment it went down: the CI run of seed 21, round 3, a
+    chain link whose first run began 0.1 s after the crash-killer's kill, then waited for the
+    restart and the suspects). One still waiting when the round ends is not judged (its run
     starts at the round's end at the earliest: counting from the victim's pause, as before, judged
     a chain of 13 that queued for one share 27 s after the pause, round 24 of seed 2614)."""
-    deferred, started = set(), {}
+    deferred, started = {}, {}
     for line in res.applier_log.splitlines():
         m = _DEFERRED.match(line)
         if m:
-            deferred.add(m.group(2).decode())
+            deferred[m.group(2).decode()] = _log_time(m.group(1))
             continue
         m = _TOP_RUN.match(line)
         if m:
-            started.setdefault(m.group(2).decode(), _log_time(m.group(1)))
+            started[m.group(2).decode()] = _log_time(m.group(1))
     for msg in res.messages:
-        if msg.id in deferred:
-            at = started.get(msg.id, res.t_end)
-            msg.run_start = at if msg.run_start is None else max(msg.run_start, at)
+        run, waited = started.get(msg.id), deferred.get(msg.id)
+        if waited is not None and (run is None or waited > run):
+            at = res.t_end
+        elif run is not None:
+            at = run
+        else:
+            continue
+        msg.run_start = at if msg.run_start is None else max(msg.run_start, at)
 
 
 class _su:
