@@ -950,7 +950,7 @@ void DatabaseWorker::maybe_park(Clock::time_point now)
     for (const auto& p : cands)
         lsns.push_back(format_lsn(p.start));
     std::vector<Id> done;
-    size_t parked = 0;
+    size_t parked = 0, handled = 0;
     try {
         PgResult r =
             control_.exec("SELECT lsn::text, status FROM atx.park($1::pg_catalog.pg_lsn[])", {pg_array_literal(lsns)});
@@ -961,11 +961,15 @@ void DatabaseWorker::maybe_park(Clock::time_point now)
             status[parse_lsn(field(r.get(), i, 0).value_or("")).value_or(0)] = field(r.get(), i, 1).value_or("");
         std::lock_guard<std::mutex> lock(progress_mu_);
         for (const auto& p : cands) {
-            if (status[p.start] != "parked")
-                continue;  // handled meanwhile, or not ours: it runs, and its run says so
+            // 'handled': a record of its id is there and no run of this copy can do more than
+            // find it (ext/parked.cc): the slot may pass it as a parked one, and its run, when
+            // its lane gets to it, says 'already'. Anything else runs, and its run says so.
+            const std::string& s = status[p.start];
+            if (s != "parked" && s != "handled")
+                continue;
             done.push_back(p.id);
             progress_.handled(p.start, commit);
-            ++parked;
+            ++(s == "parked" ? parked : handled);
         }
     } catch (const PgError& e) {
         dispatcher_.park_failed();
@@ -984,11 +988,12 @@ void DatabaseWorker::maybe_park(Clock::time_point now)
         tried.push_back(p.id);
     dispatcher_.parked(done, tried);
     m_.parked_total += parked;
-    if (parked > 0)
-        spdlog::info("{} event=parked count={} first={} role={} reason=\"waited {} ms behind a long-running statement "
-                     "of their lane or role\" action=\"copied into atx.applied; the slot may pass them, they run "
-                     "later\"",
-                     log_, parked, lsn(cands.front().start), logq(cands.front().role_name), cfg_.park_after_ms);
+    if (parked + handled > 0)
+        spdlog::info("{} event=parked count={} handled_before={} first={} role={} reason=\"waited {} ms behind a "
+                     "long-running statement of their lane or role\" action=\"copied into atx.applied; the slot may "
+                     "pass them, they run later\"",
+                     log_, parked, handled, lsn(cands.front().start), logq(cands.front().role_name),
+                     cfg_.park_after_ms);
 }
 
 void DatabaseWorker::on_handled(const std::vector<Pending>& items, Lsn commit_lsn)

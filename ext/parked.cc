@@ -94,7 +94,7 @@ bool atx_parked_at(XLogRecPtr lsn)
 // atx.park(lsns pg_lsn[]) RETURNS SETOF (lsn, status): for each message, read from the WAL like
 // any apply, its record with its payload: 'parked', also when its copy is there already (parked
 // before: the record is left as it is); 'handled' when a record of it without a copy exists (it
-// was handled); 'rejected' when no pg_atx message starts there (nothing written; the applier's
+// was handled; 'exists' when this copy may still run, see conflict_status()); 'rejected' when no pg_atx message starts there (nothing written; the applier's
 // apply will say the same). Messages that do not authenticate are parked by position like any
 // other: their run dead-letters them. A copy parked before is 'parked', not 'handled': an applier
 // that lost the answer of its first call (its batch was given back while the call ran) asks
@@ -107,6 +107,23 @@ bool atx_parked_at(XLogRecPtr lsn)
 // time from the copy, since a parked record overrides the horizon (apply_batch). The horizon row
 // is read FOR SHARE: a prune that moves it past a message and deletes its record waits for this
 // transaction, or has committed and is seen.
+// A record of its id is there and was not taken over: 'handled' when no run of this copy can do
+// anything but find it (the applier counts it handled for the slot, as a parked one: a copy
+// written again behind a stalled lane, a nested emit of a parent that ran twice, held the slot
+// for as long as the lane stalled; fuzz seed 2614, run ten, round 27). 'exists' when this copy
+// may still run: a cancelled record that a waited copy takes over (apply_batch.cc), or a copy
+// that does not authenticate, whose id says nothing (its run dead-letters it).
+static const char* conflict_status(const AtxLoaded* l)
+{
+    char *found, *stored;
+    XLogRecPtr found_lsn;
+
+    if (!l->authenticated)
+        return "exists";
+    atx_applied_lookup(l->id, &found, &stored, &found_lsn);
+    return found != NULL && strcmp(found, "cancelled") == 0 ? "exists" : "handled";
+}
+
 static Datum park_body(FunctionCallInfo fcinfo)
 {
     static SPIPlanPtr plan = NULL;
@@ -174,7 +191,7 @@ static Datum park_body(FunctionCallInfo fcinfo)
             v[3] = PointerGetDatum(p);
             if (SPI_execute_plan(plan, v, vnulls, false, 0) != SPI_OK_INSERT)
                 elog(ERROR, "could not park a message in atx.applied");
-            status = SPI_processed == 1 ? "parked" : "handled";
+            status = SPI_processed == 1 ? "parked" : conflict_status(&l);
         }
         out[0] = d[i];
         out[1] = CStringGetTextDatum(status);

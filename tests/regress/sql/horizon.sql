@@ -138,6 +138,13 @@ SELECT status FROM atx.retry_dead_letter((SELECT id FROM atx.dead_letter WHERE s
 SELECT atx.prune() IS NOT NULL AS pruned;
 SELECT count(*) AS child_records_kept FROM atx.applied WHERE parent_id IS NOT NULL;
 CREATE TABLE rn_again AS SELECT n, lsn FROM regress_take();
+-- Parked behind a stalled lane, the new copy is 'handled': its run can only find the record, so
+-- the applier lets the slot pass it. With a cancelled record, which a waited copy takes over, it
+-- may still run: 'exists'.
+SELECT status FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM rn_again));
+UPDATE atx.applied SET status = 'cancelled' WHERE parent_id IS NOT NULL;
+SELECT status FROM atx.park((SELECT array_agg(lsn ORDER BY n) FROM rn_again));
+UPDATE atx.applied SET status = 'applied' WHERE parent_id IS NOT NULL;
 SELECT a.status FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n) FROM rn_again), '{1}', '{NULL}', 1, 0, true,
                                      'regress') a;
 SELECT v, count(*) AS applied FROM rn_once GROUP BY v;
