@@ -202,8 +202,10 @@ void ApplyWorker::run_batch(const Batch& b)
         condemn(b, *b.items.front().verdict);
         return;
     }
-    if (b.items.front().top_level) {
-        run_deferred_top_level(b);
+    if (b.items.front().top_level) {  // alone (Dispatcher::lease)
+        ApplyResult r;
+        r.error = "its top-level run was deferred before";
+        top_level(b, 0, r);
         return;
     }
     // A retried message (it runs alone) gets what is left of its retry window, at least a second,
@@ -323,20 +325,9 @@ void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>&
         case ApplyStatus::Nonatomic: {
             // Needs a top-level run (COMMIT inside, VACUUM, CREATE INDEX CONCURRENTLY); the
             // messages before it are handled, the ones after it wait for it.
-            Lsn top_commit = 0;
             record(records, sync);
-            records.clear();
             ctx_.on_handled(handled, durable_commit);
-            if (!run_top_level(p, r, b, &top_commit, &rec)) {
-                Batch back = b;
-                back.items[i].top_level = true;
-                ctx_.dispatcher.release_after(back, handled.size(),
-                                              std::chrono::steady_clock::now() + kBatchErrorBackoff);
-                return;
-            }
-            record({rec}, true);
-            ctx_.on_handled({p}, session_.synchronous_commit() ? 0 : top_commit);
-            ctx_.dispatcher.done(b, i + 1);
+            top_level(b, i, r);
             return;
         }
         case ApplyStatus::Skipped:
@@ -494,24 +485,27 @@ bool ApplyWorker::run_top_level(const Pending& p, const ApplyResult& r, const Ba
     return true;
 }
 
-void ApplyWorker::run_deferred_top_level(const Batch& b)
+// Runs b's message i at the top level (the ones before it are handled). Deferred (no background
+// worker free for its principal) or broken off, it goes back to its lane marked, so that next
+// time it goes straight here instead of running atomically once more (Pending::top_level).
+void ApplyWorker::top_level(const Batch& b, size_t i, const ApplyResult& r)
 {
-    const Pending& p = b.items.front();  // alone (Dispatcher::lease)
-    ApplyResult r;
-    r.error = "its top-level run was deferred before";
-    Lsn top_commit = 0;
+    const Pending& p = b.items[i];
     DeliveryRecord rec;
     rec.message_id = id_text(p);
     rec.source_lsn = p.start;
     rec.attempts = p.attempts + 1;
     rec.updated_at_us = unix_now_us();
+    Lsn top_commit = 0;
     if (!run_top_level(p, r, b, &top_commit, &rec)) {
-        ctx_.dispatcher.release(b, std::chrono::steady_clock::now() + kBatchErrorBackoff);
+        Batch back = b;
+        back.items[i].top_level = true;
+        ctx_.dispatcher.release_after(back, i, std::chrono::steady_clock::now() + kBatchErrorBackoff);
         return;
     }
     record({rec}, true);
     ctx_.on_handled({p}, session_.synchronous_commit() ? 0 : top_commit);
-    ctx_.dispatcher.done(b, 1);
+    ctx_.dispatcher.done(b, i + 1);
 }
 
 bool ApplyWorker::condemn(const Batch& b, Verdict v)

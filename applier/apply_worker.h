@@ -82,7 +82,7 @@ private:
     bool run_top_level(const Pending& p, const ApplyResult& r, const Batch& b, Lsn* commit_lsn, DeliveryRecord* rec);
     // Dead-letters b's single message without running it; false when the session broke.
     bool condemn(const Batch& b, Verdict v);
-    void run_deferred_top_level(const Batch& b);
+    void top_level(const Batch& b, size_t i, const ApplyResult& r);
     void record(const std::vector<DeliveryRecord>& records, bool sync);
 
     WorkerContext& ctx_;

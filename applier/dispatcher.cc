@@ -647,11 +647,7 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane, Clock::ti
     if (!refused) {
         // Only as many free workers as waiters ahead of it: those are theirs.
         const NonatomicWaiter self{principal, me == nonatomic_waiting_.end() ? now : me->first, now, {}};
-        size_t ahead = nonatomic_reserved(principal, now);
-        for (const auto& w : nonatomic_waiting_)
-            if (w.principal != principal && nonatomic_held(w.principal) < opt_.nonatomic_per_principal &&
-                nonatomic_ahead(w, self, now) && !nonatomic_reserved_for(w.principal, now))
-                ++ahead;
+        const size_t ahead = nonatomic_reserved(principal, now) + nonatomic_waiters_ahead(self, now);
         refused = opt_.nonatomic_total - nonatomic_total_ <= ahead;
     }
     if (refused) {
@@ -682,6 +678,18 @@ bool Dispatcher::acquire_nonatomic(uint32_t principal, const Id& lane, Clock::ti
     use.reserved_until = Clock::time_point{};
     ++nonatomic_total_;
     return true;
+}
+
+// Caller holds the lock: the principals waiting (not at their share, nor kept a worker) that come
+// before `self` by the order.
+size_t Dispatcher::nonatomic_waiters_ahead(const NonatomicWaiter& self, Clock::time_point now) const
+{
+    size_t n = 0;
+    for (const auto& w : nonatomic_waiting_)
+        if (w.principal != self.principal && nonatomic_held(w.principal) < opt_.nonatomic_per_principal &&
+            !nonatomic_reserved_for(w.principal, now) && nonatomic_ahead(w, self, now))
+            ++n;
+    return n;
 }
 
 // Caller holds the lock: workers kept for principals other than `except` (given back by them
@@ -744,14 +752,9 @@ void Dispatcher::release_nonatomic(uint32_t principal, Clock::time_point now, co
     // The lane's next message may need a worker too: it is kept for it, unless a waiter comes
     // first by the order anyway. A first waiter's lanes are made due when the reservation ends.
     const auto next = lanes_.find(lane);
-    const NonatomicWaiter self{principal, now, now, {}};
     const bool more = lane != Id{} && (more_in_batch || (next != lanes_.end() && !next->second.q.empty()));
-    const bool behind =
-        std::any_of(nonatomic_waiting_.begin(), nonatomic_waiting_.end(), [&](const NonatomicWaiter& w) {
-            return w.principal != principal && nonatomic_held(w.principal) < opt_.nonatomic_per_principal &&
-                   nonatomic_ahead(w, self, now);
-        });
-    if (more && !behind && use.holds.size() < opt_.nonatomic_per_principal) {
+    if (more && use.holds.size() < opt_.nonatomic_per_principal &&
+        nonatomic_waiters_ahead({principal, now, now, {}}, now) == 0) {
         use.reserved_until = now + kNonatomicReserve;
         // Another worker free beyond the ones kept: the first waiter need not wait for this one.
         const bool spare = opt_.nonatomic_total - nonatomic_total_ > nonatomic_reserved(0, now);

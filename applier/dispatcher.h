@@ -286,6 +286,7 @@ private:
     size_t nonatomic_held(uint32_t principal) const;
     bool nonatomic_ahead(const NonatomicWaiter& a, const NonatomicWaiter& b, Clock::time_point now) const;
     void wake_nonatomic_waiter(Clock::time_point now, Clock::time_point at);
+    size_t nonatomic_waiters_ahead(const NonatomicWaiter& self, Clock::time_point now) const;
     size_t nonatomic_reserved(uint32_t except, Clock::time_point now) const;
     bool nonatomic_reserved_for(uint32_t principal, Clock::time_point now) const;
     // A message in a leased batch. Parked before it was leased or while it runs, it no longer

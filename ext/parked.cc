@@ -94,8 +94,8 @@ bool atx_parked_at(XLogRecPtr lsn)
 // atx.park(lsns pg_lsn[]) RETURNS SETOF (lsn, status): for each message, read from the WAL like
 // any apply, its record with its payload: 'parked', also when its copy is there already (parked
 // before: the record is left as it is); 'handled' when a record of it without a copy exists (it
-// was handled; 'exists' when this copy may still run, see conflict_status()); 'rejected' when no pg_atx message starts there (nothing written; the applier's
-// apply will say the same). Messages that do not authenticate are parked by position like any
+// was handled; 'exists' when this copy may still run, see conflict_status()); 'rejected' when
+// no pg_atx message starts there (nothing written; the applier's apply will say the same). Messages that do not authenticate are parked by position like any
 // other: their run dead-letters them. A copy parked before is 'parked', not 'handled': an applier
 // that lost the answer of its first call (its batch was given back while the call ran) asks
 // again, and a message whose run waits for a background worker never runs to say it is handled,
