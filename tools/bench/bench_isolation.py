@@ -7,8 +7,8 @@ hostile statement loops while bench_mal_ctl.go is true, so a pattern ends when t
 
 Measured per pattern, from the server's clocks: the victim's end-to-end latency per kind; for
 every hostile message seen running (atx.apply_activity(), polled), how long it took from the
-start of its run to its final state (atx.applied handled_at or the dead letter), and from its
-emit; how far the slot fell behind (the oldest WAL position it still held, in seconds); and the
+start of its last run to its final state (the dead letter's time, else the later of its
+atx.applied handled_at and the last poll that saw it running), and from its emit; how far the slot fell behind (the oldest WAL position it still held, in seconds); and the
 largest resident memory of an apply backend. The applier runs with a shorter message limit than
 its default (--statement-timeout-ms, below) so that the window sees the limit enforced several
 times; the targets are relative to it.
@@ -99,7 +99,15 @@ class Sampler(threading.Thread):
         self.cluster, self.roles = cluster, roles
         self.t0 = time.time()  # the registry keeps exit records: earlier patterns' runs are not this one's
         self.stop_ev = threading.Event()
-        self.started = {}   # message id -> first started_at seen (epoch s), hostile roles only
+        # message id -> started_at of each of its runs seen (epoch s), hostile roles only: a
+        # non-atomic message's atomic run, then its top-level run once a background worker is
+        # free. The bound is on a run, from the last one before its final state (fuzz_apply
+        # counts the same way), not on the wait for a worker between them.
+        self.starts = {}
+        # message id -> when a poll last saw it running: its run had not ended then (an applied
+        # record's handled_at is its transaction's start, which a batch began before this
+        # message's run).
+        self.last_seen = {}
         self.wal = []       # (epoch s, current WAL lsn as int, confirmed as int)
         self.rss_kb = 0
         self.errors = 0
@@ -127,7 +135,8 @@ class Sampler(threading.Thread):
                     elif k == "pid":
                         self.rss_kb = max(self.rss_kb, bench_env.proc_status_kb(v, "VmRSS") or 0)
                     elif v:
-                        self.started.setdefault(k, float(v))
+                        self.starts.setdefault(k, set()).add(float(v))
+                        self.last_seen[k] = time.time()
             except (subprocess.CalledProcessError, ValueError):
                 self.errors += 1
             self.stop_ev.wait(0.2)
@@ -254,7 +263,7 @@ def run(cluster, new_applier, quick, log):
             # Every hostile message final (the loops end now), then the victim's last messages.
             deadline = time.time() + limit_ms / 1000 + 120
             while time.time() < deadline:
-                ids = set(emitted) | set(sampler.started)
+                ids = set(emitted) | set(sampler.starts)
                 if len(_finals(cluster, ids)) >= len(ids):
                     break
                 time.sleep(0.5)
@@ -267,10 +276,21 @@ def run(cluster, new_applier, quick, log):
                 time.sleep(0.5)
             sampler.stop_ev.set()
             sampler.join()
-            ids = set(emitted) | set(sampler.started)
+            # Messages first seen running after the wait above (the attacker's queued children
+            # run once the loops end): their final state is waited for too, to the same deadline.
+            ids = set(emitted) | set(sampler.starts)
             finals = _finals(cluster, ids)
-            run_to_final = [finals[i] - sampler.started[i] for i in sampler.started if i in finals]
-            slowest = sorted((i for i in sampler.started if i in finals), key=lambda i: sampler.started[i] - finals[i])[:3]
+            while len(finals) < len(ids) and time.time() < deadline:
+                time.sleep(0.5)
+                finals = _finals(cluster, ids)
+            # The run that ended in the final state: the last one that began before it (a copy
+            # that ran later only found the record).
+            ended = {i: max(finals[i], sampler.last_seen.get(i, 0.0)) for i in finals}
+            run_start = {i: max((t for t in ts if t <= ended[i]), default=None) for i, ts in sampler.starts.items()
+                         if i in ended}
+            run_start = {i: t for i, t in run_start.items() if t is not None}
+            run_to_final = [ended[i] - t for i, t in run_start.items()]
+            slowest = sorted(run_start, key=lambda i: run_start[i] - ended[i])[:3]
             emit_to_final = [finals[i] - _emit_time(i) for i in emitted if i in finals]
             r = {"victim": _victim_figures(cluster),
                  "hostile_messages": len(ids), "hostile_final": len(finals),
@@ -279,8 +299,8 @@ def run(cluster, new_applier, quick, log):
                  "slot_lag_max_s": round(sampler.slot_lag_s(), 1),
                  "apply_backend_rss_max_mb": round(sampler.rss_kb / 1024, 1),
                  "sampler_errors": sampler.errors,
-                 "hostile_slowest": [{"id": i, "emit_to_run_s": round(sampler.started[i] - _emit_time(i), 1),
-                                      "run_to_final_s": round(finals[i] - sampler.started[i], 1),
+                 "hostile_slowest": [{"id": i, "emit_to_run_s": round(run_start[i] - _emit_time(i), 1),
+                                      "run_to_final_s": round(ended[i] - run_start[i], 1),
                                       "record": _record(cluster, i)} for i in slowest],
                  "hostile_open": [{"id": i, "record": _record(cluster, i)} for i in sorted(ids - set(finals))[:3]]}
             results["patterns"][name] = r
@@ -288,6 +308,9 @@ def run(cluster, new_applier, quick, log):
             log(f"  {name}: victim p99 {v.get('p99_ms')} ms, max {v.get('max_ms')} ms; hostile {r['hostile_final']}/"
                 f"{r['hostile_messages']} final, run to final max {r['hostile_run_to_final_max_s']} s; slot lag max "
                 f"{r['slot_lag_max_s']} s; apply backend RSS max {r['apply_backend_rss_max_mb']} MB")
+            for o in r["hostile_open"]:  # what a MISS of "hostile final" is about
+                log(f"    not final: {o['id']} (emitted {'yes' if o['id'] in emitted else 'no, seen running'}; "
+                    f"record: {o['record']})")
     finally:
         applier.stop()
     return results
