@@ -227,7 +227,10 @@ def _record(cluster, mid):
 
 
 def _emit_time(uuid):
-    """Seconds since the epoch of a UUID v7 (pg_atx message ids carry their emit millisecond)."""
+    """Seconds since the epoch of a UUID v7 (a message's own id carries its emit millisecond);
+    None for a nested message's id (derived from its parent's, version 5)."""
+    if uuid[14] != "7":
+        return None
     return int(uuid.replace("-", "")[:12], 16) / 1000.0
 
 
@@ -291,7 +294,7 @@ def run(cluster, new_applier, quick, log):
             run_start = {i: t for i, t in run_start.items() if t is not None}
             run_to_final = [ended[i] - t for i, t in run_start.items()]
             slowest = sorted(run_start, key=lambda i: run_start[i] - ended[i])[:3]
-            emit_to_final = [finals[i] - _emit_time(i) for i in emitted if i in finals]
+            emit_to_final = [finals[i] - _emit_time(i) for i in emitted if i in finals and _emit_time(i)]
             r = {"victim": _victim_figures(cluster),
                  "hostile_messages": len(ids), "hostile_final": len(finals),
                  "hostile_run_to_final_max_s": round(max(run_to_final, default=0), 1),
@@ -299,7 +302,7 @@ def run(cluster, new_applier, quick, log):
                  "slot_lag_max_s": round(sampler.slot_lag_s(), 1),
                  "apply_backend_rss_max_mb": round(sampler.rss_kb / 1024, 1),
                  "sampler_errors": sampler.errors,
-                 "hostile_slowest": [{"id": i, "emit_to_run_s": round(run_start[i] - _emit_time(i), 1),
+                 "hostile_slowest": [{"id": i, "emit_to_run_s": round(run_start[i] - _emit_time(i), 1) if _emit_time(i) else None,
                                       "run_to_final_s": round(ended[i] - run_start[i], 1),
                                       "record": _record(cluster, i)} for i in slowest],
                  "hostile_open": [{"id": i, "record": _record(cluster, i)} for i in sorted(ids - set(finals))[:3]]}
