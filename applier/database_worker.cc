@@ -829,15 +829,9 @@ std::vector<Lsn> DatabaseWorker::add_parked(const PgResult& r)
     for (const auto& q : loaded)
         lane_of.emplace(q.id, q.lane);
     for (auto& q : loaded) {
-        // Its stream copies still carry the parent's id as lane: the dispatcher must know them
-        // for copies (stream_lane). Queued as a second message in that lane, a copy written by
-        // the parent's attempt between two server restarts held the slot (fuzz seed 2614, run
-        // eleven, round 27).
         if (q.depth > 0 && q.waited)
-            if (auto it = lane_of.find(q.lane); it != lane_of.end()) {
-                q.stream_lane = q.lane;
+            if (auto it = lane_of.find(q.lane); it != lane_of.end())
                 q.lane = it->second;
-            }
         dispatcher_.add(std::move(q));
     }
     return starts;

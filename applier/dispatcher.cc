@@ -56,9 +56,8 @@ bool Dispatcher::add(Pending p)
     std::lock_guard<std::mutex> lock(mu_);
     // An undecodable message has no id of its own (pending_of): never a copy.
     if (p.id != Id{}) {
-        const Id& copies_lane = p.stream_lane != Id{} ? p.stream_lane : p.lane;
-        const auto [it, fresh] = live_.emplace(p.id, copies_lane);
-        if (!fresh && it->second == copies_lane)
+        const auto [it, fresh] = live_.emplace(p.id, p.lane);
+        if (!fresh && it->second == p.lane)
             return false;
     }
     annotate(p);

@@ -79,10 +79,6 @@ struct Pending {
     Lsn end = 0;
     Id id{};
     Id lane{};
-    // The lane its stream copies carry, when it runs in another (a parked waited child loaded
-    // with its parent runs in the parent's lane, add_parked()); zero: lane. add() knows a copy
-    // by it.
-    Id stream_lane{};
     RunAs as;
     std::string role_name;
     uint8_t depth = 0;
@@ -129,7 +125,7 @@ public:
     explicit Dispatcher(Options o) : opt_(o) {}
 
     // A message arrived (in stream order). False, and not added, when a copy of it (the same id
-    // in the same lane, sent earlier in the stream or loaded parked) is queued or runs: a nested message is
+    // in the same lane, sent earlier in the stream) is queued or runs: a nested message is
     // emitted again by each attempt of its parent, and the copy's outcome is the first one's.
     // The caller counts the copy handled: it is later in the WAL than the first, which holds the
     // slot until it is handled. (Ids come from atx_log: only it can write the pg_atx origin.)
@@ -305,7 +301,7 @@ private:
     // Ids of the messages queued or leased: one copy of each (add()). Before, the two copies of
     // a nested message re-emitted by its parent's retry were both marked parked when one was,
     // and the slot then waited for the one whose park had not counted, for good.
-    std::unordered_map<Id, Id, IdHash> live_;  // id -> the lane its stream copies carry
+    std::unordered_map<Id, Id, IdHash> live_;  // id -> its lane
     std::unordered_set<Id, IdHash> suspects_;
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;

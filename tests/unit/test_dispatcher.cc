@@ -1074,40 +1074,6 @@ TEST_CASE("a copy of a queued or running message is not queued again", "[dispatc
     CHECK(d.add(undecodable2));
 }
 
-TEST_CASE("a parked waited child run in its parent's lane knows its stream copies", "[dispatcher]")
-{
-    // Loaded parked with its parent, the child runs after the parent in the parent's lane
-    // (add_parked); a copy the parent's attempt wrote carries the parent's id as lane. Taken for
-    // another message, it was queued in a second lane under the same id.
-    Dispatcher d({10, 2});
-    const Id parent_lane = make_id(0xaa, 1);
-    Pending parent = msg(1, 1);
-    Pending child = nested(5, 1);  // lane: the parent's id
-    REQUIRE(child.lane != parent_lane);
-    child.stream_lane = child.lane;
-    child.lane = parent_lane;
-    child.parked = true;
-    parent.lane = parent_lane;
-    parent.parked = true;
-    REQUIRE(d.add(parent));
-    REQUIRE(d.add(child));
-    Pending copy = nested(5, 1);  // the stream's copy: same id, the parent's id as lane
-    copy.start = 9;
-    copy.end = 10;
-    CHECK_FALSE(d.add(copy));
-    // Both run from the parent's lane, one batch after the other; nothing else is queued.
-    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
-    REQUIRE(b);
-    CHECK(b->lane == parent_lane);
-    d.done(*b, b->items.size());
-    while (auto more = d.take(WorkerKind::Regular, any, milliseconds(0))) {
-        CHECK(more->lane == parent_lane);
-        d.done(*more, more->items.size());
-    }
-    CHECK_FALSE(d.take(WorkerKind::Nested, any, milliseconds(0)));
-    CHECK(d.parked_queued() == 0);
-}
-
 TEST_CASE("the oldest messages are parked first, whichever lane holds them", "[dispatcher][park]")
 {
     // One lane of 92,800 children filled every pass of 1000 (lanes were taken in map order), and
