@@ -56,9 +56,10 @@ bool Dispatcher::add(Pending p)
     std::lock_guard<std::mutex> lock(mu_);
     // An undecodable message has no id of its own (pending_of): never a copy.
     if (p.id != Id{}) {
-        const auto [it, fresh] = live_.emplace(p.id, p.lane);
-        if (!fresh && it->second == p.lane)
+        auto& lanes = live_[p.id];
+        if (std::find(lanes.begin(), lanes.end(), p.lane) != lanes.end())
             return false;
+        lanes.push_back(p.lane);
     }
     annotate(p);
     if (p.queued_at == Clock::time_point{})
@@ -365,7 +366,11 @@ void Dispatcher::forget_handled(const Batch& b, size_t n)
         if ((b.items[i].parked || (r != running_.end() && r->second.parked)) && parked_ > 0)
             --parked_;
         suspects_.erase(b.items[i].id);
-        live_.erase(b.items[i].id);
+        if (auto l = live_.find(b.items[i].id); l != live_.end()) {
+            l->second.erase(std::remove(l->second.begin(), l->second.end(), b.lane), l->second.end());
+            if (l->second.empty())
+                live_.erase(l);
+        }
         losses_.erase(b.items[i].id);
         verdicts_.erase(b.items[i].id);
     }

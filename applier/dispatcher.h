@@ -301,7 +301,10 @@ private:
     // Ids of the messages queued or leased: one copy of each (add()). Before, the two copies of
     // a nested message re-emitted by its parent's retry were both marked parked when one was,
     // and the slot then waited for the one whose park had not counted, for good.
-    std::unordered_map<Id, Id, IdHash> live_;  // id -> its lane
+    // By lane: a waited child loaded parked with its parent runs in the parent's lane, and the
+    // copy the parent's new run writes, in the parent's id as lane, must still be queued (it is
+    // the one that runs while the parent waits); that copy's own copies are not.
+    std::unordered_map<Id, std::vector<Id>, IdHash> live_;  // id -> the lanes it is queued or runs in
     std::unordered_set<Id, IdHash> suspects_;
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;

@@ -1074,6 +1074,45 @@ TEST_CASE("a copy of a queued or running message is not queued again", "[dispatc
     CHECK(d.add(undecodable2));
 }
 
+TEST_CASE("a parked child queued behind its parent does not hide the copy the parent's new run writes", "[dispatcher]")
+{
+    // Loaded parked with its parent, a waited child runs after the parent in the parent's lane
+    // (add_parked). The parent's new run writes it again, in the parent's id as lane: that copy
+    // must be queued, it is the one that runs while the parent waits. A second copy in that lane
+    // is a copy (queued twice, the same id ran in one batch twice).
+    Dispatcher d({10, 2});
+    const Id caller_lane = make_id(0xee, 1);
+    Pending parent = msg(1, 1);
+    parent.parked = true;
+    Pending parked_child = nested(5, 1);  // lane: the parent's id
+    parked_child.lane = caller_lane;      // moved behind the parent
+    parked_child.parked = true;
+    REQUIRE(d.add(parent));
+    REQUIRE(d.add(parked_child));
+    auto p = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(p);
+    REQUIRE(starts(*p) == std::vector<Lsn>{1, 5});  // the parked child after the parent
+    Pending copy = nested(5, 1);
+    copy.start = 9;
+    copy.end = 10;
+    Pending again = copy;
+    again.start = 12;
+    again.end = 13;
+    CHECK(d.add(copy));
+    CHECK_FALSE(d.add(again));
+    // The copy runs in the nested pool while the parent waits.
+    auto child = d.take(WorkerKind::Nested, any, milliseconds(0));
+    REQUIRE(child);
+    CHECK(starts(*child) == std::vector<Lsn>{9});
+    CHECK_FALSE(d.add(parked_child));  // live in its own lane while its batch runs
+    d.done(*child, 1);
+    d.done(*p, 2);  // the parked one ran behind the parent (and found the record)
+    CHECK(d.parked_queued() == 0);
+    CHECK_FALSE(d.take(WorkerKind::Regular, any, milliseconds(0)));
+    CHECK_FALSE(d.take(WorkerKind::Nested, any, milliseconds(0)));
+    CHECK(d.add(again));  // nothing of it is live now: a later copy runs (and finds it handled)
+}
+
 TEST_CASE("the oldest messages are parked first, whichever lane holds them", "[dispatcher][park]")
 {
     // One lane of 92,800 children filled every pass of 1000 (lanes were taken in map order), and
