@@ -646,8 +646,10 @@ WorkerResult DatabaseWorker::session()
                 }
             }
         }
-        if (now >= next_park_)
+        if (now >= next_park_) {
             maybe_park(now);
+            slot_held(now);
+        }
         if (unsent_check_ && now >= next_unsent_scan_) {
             // Nothing sent yet: the messages written meanwhile may be skipped too (find_unsent).
             next_unsent_scan_ = now + kUnsentScanEvery;
@@ -751,6 +753,31 @@ void DatabaseWorker::handle_message(Lsn start, Lsn end, std::string_view payload
         std::lock_guard<std::mutex> lock(progress_mu_);
         progress_.handled(copy_start, 0);
     }
+}
+
+// The oldest message the slot waits for has waited longer than one message may run plus 10 s
+// (the bound of docs/security.md's second invariant): said every 30 s while it lasts, with
+// where the dispatcher has it, so that a slot held by what should have moved on says why.
+void DatabaseWorker::slot_held(Clock::time_point now)
+{
+    Lsn oldest = 0;
+    {
+        std::lock_guard<std::mutex> lock(progress_mu_);
+        oldest = progress_.oldest_pending();
+    }
+    if (oldest != held_lsn_) {
+        held_lsn_ = oldest;
+        held_since_ = now;
+        next_held_report_ = now + milliseconds(cfg_.statement_timeout_ms) + std::chrono::seconds(10);
+        return;
+    }
+    if (oldest == 0 || cfg_.statement_timeout_ms == 0 || now < next_held_report_)
+        return;
+    next_held_report_ = now + std::chrono::seconds(30);
+    spdlog::warn("{} event=slot_held lsn={} held_s={} where=\"{}\" action=\"the slot and the WAL it keeps wait "
+                 "for this message\"",
+                 log_, lsn(oldest), std::chrono::duration_cast<std::chrono::seconds>(now - held_since_).count(),
+                 dispatcher_.where(oldest));
 }
 
 // Messages parked before (by this applier before a restart, or by another before a failover)

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "message.h"
+
 namespace atx::applier {
 
 namespace {
@@ -581,6 +583,51 @@ void Dispatcher::park_failed()
     parked({}, {});
     std::lock_guard<std::mutex> lock(mu_);
     park_broken_until_ = Clock::now() + std::chrono::minutes(1);
+}
+
+std::string Dispatcher::where(Lsn start) const
+{
+    std::lock_guard<std::mutex> lock(mu_);
+    const auto now = Clock::now();
+    auto ms_from_now = [&](Clock::time_point t) {
+        return std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(t - now).count());
+    };
+    auto state = [&](const Pending& p) {
+        std::string s = "id=" + uuid_to_string(p.id) + " depth=" + std::to_string(p.depth) +
+                        (p.waited ? " waited" : "") + (p.parked ? " parked" : "") + (p.suspect ? " suspect" : "") +
+                        (p.top_level ? " top_level" : "") + (p.verdict ? " verdict" : "") +
+                        " attempts=" + std::to_string(p.attempts) + " losses=" + std::to_string(p.losses);
+        if (auto l = live_.find(p.id); l != live_.end())
+            s += " live_in_lanes=" + std::to_string(l->second.size());
+        return s;
+    };
+    for (const auto& [id, r] : running_)
+        if (r.p.start == start)
+            return "running " + state(r.p) + " lane=" + uuid_to_string(r.p.lane) + (r.parked ? " run_parked" : "") +
+                   (r.parking ? " parking" : "") + " since_ms=" + ms_from_now(r.since);
+    for (const auto& [lane_id, l] : lanes_) {
+        size_t pos = 0;
+        for (const auto& p : l.q) {
+            if (p.start == start) {
+                const Pending& head = l.q.front();
+                const bool in_ready = std::find(ready_.begin(), ready_.end(), lane_id) != ready_.end();
+                bool in_delayed = false;
+                for (const auto& [t, d] : delayed_)
+                    in_delayed = in_delayed || d == lane_id;
+                const bool parent_running = running_.count(lane_id) > 0;
+                return "queued " + state(p) + " lane=" + uuid_to_string(lane_id) + " position=" + std::to_string(pos) +
+                       " of " + std::to_string(l.q.size()) + (l.leased ? " lane_leased" : "") +
+                       (l.parking ? " lane_parking" : "") + (l.slow ? " lane_slow" : "") +
+                       " not_before_ms=" + ms_from_now(l.not_before) + (in_ready ? " in_ready" : "") +
+                       (in_delayed ? " in_delayed" : "") + (parent_running ? " parent_running" : "") +
+                       " regular_eligible=" + (eligible(l, lane_id, WorkerKind::Regular) ? "yes" : "no") +
+                       " nested_eligible=" + (eligible(l, lane_id, WorkerKind::Nested) ? "yes" : "no") +
+                       " suspect_running=" + (suspect_running() ? "yes" : "no") + " head=(" + state(head) + ")";
+            }
+            ++pos;
+        }
+    }
+    return "not queued or running";
 }
 
 size_t Dispatcher::parked_queued() const

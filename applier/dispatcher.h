@@ -182,6 +182,11 @@ public:
     // Parked messages not handled yet.
     size_t parked_queued() const;
 
+    // Where the message whose WAL record starts at `start` is, for the log line of a slot that
+    // stays behind one message (database_worker.cc, "slot_held"): queued (its lane, its place,
+    // what keeps the lane from being taken), running, or nowhere here.
+    std::string where(Lsn start) const;
+
     // A background worker for a non-atomic message of principal, run from lane: false when the
     // principal or the database already holds its share, or when principals refused earlier
     // wait for the free ones. Refused principals queue, those holding fewer workers first, then

@@ -1271,3 +1271,20 @@ TEST_CASE("a freed background worker goes to the principal served longest ago", 
     d.release_nonatomic(20);
     CHECK(d.acquire_nonatomic(30, lane));
 }
+
+TEST_CASE("where() says where a message is, for the slot_held log line", "[dispatcher]")
+{
+    Dispatcher d({1, 2});
+    d.add(msg(1, 1));
+    d.add(msg(2, 1));
+    CHECK(d.where(2).rfind("queued ", 0) == 0);
+    CHECK(d.where(2).find("position=1 of 2") != std::string::npos);
+    auto b = d.take(WorkerKind::Regular, any, milliseconds(0));
+    REQUIRE(b);
+    CHECK(d.where(1).rfind("running ", 0) == 0);
+    CHECK(d.where(2).find("lane_leased") != std::string::npos);
+    CHECK(d.where(2).find("regular_eligible=no") != std::string::npos);
+    CHECK(d.where(7) == "not queued or running");
+    d.done(*b, 1);
+    CHECK(d.where(2).find("regular_eligible=yes") != std::string::npos);
+}
