@@ -121,7 +121,8 @@ class Sampler(threading.Thread):
         while not self.stop_ev.is_set():
             try:
                 out = self.cluster.psql(
-                    "SELECT a.message_id::text, extract(epoch FROM a.started_at)::text FROM atx.apply_activity() a "
+                    "SELECT a.message_id::text, extract(epoch FROM a.started_at) || ' ' || (a.exited_at IS NULL) "
+                    "FROM atx.apply_activity() a "
                     f"JOIN pg_roles r ON r.oid = a.role_oid WHERE a.message_id IS NOT NULL AND r.rolname IN ({self.roles}) "
                     f"AND a.started_at >= to_timestamp({self.t0}) "
                     "UNION ALL SELECT 'wal', extract(epoch FROM clock_timestamp()) || ' ' || pg_current_wal_lsn() || ' ' || "
@@ -135,8 +136,10 @@ class Sampler(threading.Thread):
                     elif k == "pid":
                         self.rss_kb = max(self.rss_kb, bench_env.proc_status_kb(v, "VmRSS") or 0)
                     elif v:
-                        self.starts.setdefault(k, set()).add(float(v))
-                        self.last_seen[k] = time.time()
+                        started, running = v.split()
+                        self.starts.setdefault(k, set()).add(float(started))
+                        if running == "true":  # not the exit record of a backend that died running it
+                            self.last_seen[k] = time.time()
             except (subprocess.CalledProcessError, ValueError):
                 self.errors += 1
             self.stop_ev.wait(0.2)
