@@ -7,9 +7,10 @@ hostile statement loops while bench_mal_ctl.go is true, so a pattern ends when t
 
 Measured per pattern, from the server's clocks: the victim's end-to-end latency per kind; for
 every hostile message seen running (atx.apply_activity(), polled), how long it took from the
-start of its last run to its final state (the dead letter's time, else the later of its
-atx.applied handled_at and the last poll that saw it running), and from its emit; how far the slot fell behind (the oldest WAL position it still held, in seconds); and the
-largest resident memory of an apply backend. The applier runs with a shorter message limit than
+start of its last run to its final state (the later of its final record's time, the dead letter's
+or atx.applied handled_at, and the last poll that saw it running), and from its emit; how far
+the slot fell behind (the oldest WAL position it still held, in seconds); and the largest
+resident memory of an apply backend. The applier runs with a shorter message limit than
 its default (--statement-timeout-ms, below) so that the window sees the limit enforced several
 times; the targets are relative to it.
 """
@@ -222,6 +223,16 @@ def _finals(cluster, ids):
     return finals
 
 
+def _wait_final(cluster, ids_now, deadline):
+    """Until every id ids_now() names has a final state, or the deadline: their final times."""
+    while True:
+        ids = ids_now()
+        finals = _finals(cluster, ids)
+        if len(finals) >= len(ids) or time.time() >= deadline:
+            return finals
+        time.sleep(0.5)
+
+
 def _record(cluster, mid):
     """What the server holds of a message: its atx.applied status and its dead letter's SQLSTATE."""
     return cluster.psql(f"SELECT coalesce((SELECT status FROM atx.applied WHERE message_id = '{mid}'), '-') || ' ' || "
@@ -268,11 +279,7 @@ def run(cluster, new_applier, quick, log):
             cluster.psql("UPDATE bench_mal_ctl SET go = false")
             # Every hostile message final (the loops end now), then the victim's last messages.
             deadline = time.time() + limit_ms / 1000 + 120
-            while time.time() < deadline:
-                ids = set(emitted) | set(sampler.starts)
-                if len(_finals(cluster, ids)) >= len(ids):
-                    break
-                time.sleep(0.5)
+            _wait_final(cluster, lambda: set(emitted) | set(sampler.starts), deadline)
             # The victim's stream has ended when its count stops growing.
             last, stable = -1, 0
             while stable < 4 and time.time() < deadline + 60:
@@ -285,10 +292,7 @@ def run(cluster, new_applier, quick, log):
             # Messages first seen running after the wait above (the attacker's queued children
             # run once the loops end): their final state is waited for too, to the same deadline.
             ids = set(emitted) | set(sampler.starts)
-            finals = _finals(cluster, ids)
-            while len(finals) < len(ids) and time.time() < deadline:
-                time.sleep(0.5)
-                finals = _finals(cluster, ids)
+            finals = _wait_final(cluster, lambda: ids, deadline)
             # The run that ended in the final state: the last one that began before it (a copy
             # that ran later only found the record).
             ended = {i: max(finals[i], sampler.last_seen.get(i, 0.0)) for i in finals}
