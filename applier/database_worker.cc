@@ -976,7 +976,7 @@ void DatabaseWorker::maybe_park(Clock::time_point now)
     std::vector<std::optional<std::string>> lsns;
     for (const auto& p : cands)
         lsns.push_back(format_lsn(p.start));
-    std::vector<Id> done;
+    std::vector<Lsn> done;
     size_t parked = 0, handled = 0;
     try {
         PgResult r =
@@ -994,7 +994,7 @@ void DatabaseWorker::maybe_park(Clock::time_point now)
             const std::string& s = status[p.start];
             if (s != "parked" && s != "handled")
                 continue;
-            done.push_back(p.id);
+            done.push_back(p.start);
             progress_.handled(p.start, commit);
             ++(s == "parked" ? parked : handled);
         }
@@ -1010,9 +1010,9 @@ void DatabaseWorker::maybe_park(Clock::time_point now)
         }
         return;
     }
-    std::vector<Id> tried;
+    std::vector<Lsn> tried;
     for (const auto& p : cands)
-        tried.push_back(p.id);
+        tried.push_back(p.start);
     dispatcher_.parked(done, tried);
     m_.parked_total += parked;
     if (parked + handled > 0)

@@ -335,13 +335,13 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
         principal_slow_until_[b.as.principal_oid] = now + opt_.park_after;
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
-        if (const auto r = running_.find(p.id); r != running_.end()) {  // parked while it ran
-            p.parked = p.parked || r->second.parked;
-            p.park_tried = p.park_tried || r->second.p.park_tried;
+        if (const Running* r = running_at(p)) {  // parked while it ran
+            p.parked = p.parked || r->parked;
+            p.park_tried = p.park_tried || r->p.park_tried;
             // Handed to atx.park and not answered yet: the answer comes to the lane (parked()),
             // which is not taken until then. Lost, the message stayed unparked while its copy
             // was in the server, and the slot waited for its run.
-            if (r->second.parking)
+            if (r->parking)
                 l.parking = true;
         }
         annotate(p);
@@ -351,7 +351,7 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
     requeue(b.lane, l);
     in_flight_ -= b.items.size();
     for (const auto& p : b.items)
-        running_.erase(p.id);
+        erase_running(p);
     auto& busy = b.nested ? nested_busy_ : principal_busy_;
     auto it = busy.find(b.as.principal_oid);
     if (it != busy.end() && it->second > 0 && --it->second == 0)
@@ -364,8 +364,8 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 void Dispatcher::forget_handled(const Batch& b, size_t n)
 {
     for (size_t i = 0; i < n && i < b.items.size(); ++i) {
-        const auto r = running_.find(b.items[i].id);
-        if ((b.items[i].parked || (r != running_.end() && r->second.parked)) && parked_ > 0)
+        const Running* r = running_at(b.items[i]);
+        if ((b.items[i].parked || (r != nullptr && r->parked)) && parked_ > 0)
             --parked_;
         suspects_.erase(b.items[i].id);
         if (auto l = live_.find(b.items[i].id); l != live_.end()) {
@@ -477,8 +477,32 @@ bool Dispatcher::held_by_parent(const Pending& p) const
 {
     if (p.depth == 0 || !p.waited)
         return false;
-    const auto parent = running_.find(p.lane);
-    return parent != running_.end() && !parent->second.parked;
+    const auto parents = running_.equal_range(p.lane);
+    for (auto it = parents.first; it != parents.second; ++it)
+        if (!it->second.parked)
+            return true;
+    return false;
+}
+
+// Caller holds the lock: the running entry of this copy of a message (nullptr: none). Two
+// copies of one id, in two lanes, may run at once (live_).
+const Dispatcher::Running* Dispatcher::running_at(const Pending& p) const
+{
+    const auto range = running_.equal_range(p.id);
+    for (auto it = range.first; it != range.second; ++it)
+        if (it->second.p.start == p.start)
+            return &it->second;
+    return nullptr;
+}
+
+void Dispatcher::erase_running(const Pending& p)
+{
+    const auto range = running_.equal_range(p.id);
+    for (auto it = range.first; it != range.second; ++it)
+        if (it->second.p.start == p.start) {
+            running_.erase(it);
+            return;
+        }
 }
 
 std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_t max)
@@ -547,18 +571,21 @@ std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_
     return out;
 }
 
-void Dispatcher::parked(const std::vector<Id>& ids, const std::vector<Id>& tried)
+void Dispatcher::parked(const std::vector<Lsn>& starts, const std::vector<Lsn>& tried)
 {
     std::lock_guard<std::mutex> lock(mu_);
-    const std::unordered_set<Id, IdHash> set(ids.begin(), ids.end()), tried_set(tried.begin(), tried.end());
+    // By position, not by id: another copy of the same id (in another lane) was not parked, and
+    // marked parked it would never count as handled for the slot (on_handled skips a parked
+    // one), which then waited for it for good (fuzz seed 2614, rounds 27-28 of runs 11-13).
+    const std::unordered_set<Lsn> set(starts.begin(), starts.end()), tried_set(tried.begin(), tried.end());
     for (auto& [id, l] : lanes_) {
         if (!l.parking)
             continue;
         l.parking = false;
         for (auto& p : l.q) {
-            if (tried_set.count(p.id))
+            if (tried_set.count(p.start))
                 p.park_tried = true;
-            if (set.count(p.id) && !p.parked) {
+            if (set.count(p.start) && !p.parked) {
                 p.parked = true;
                 ++parked_;
             }
@@ -568,9 +595,9 @@ void Dispatcher::parked(const std::vector<Id>& ids, const std::vector<Id>& tried
         if (!r.parking)
             continue;
         r.parking = false;
-        if (tried_set.count(id))
+        if (tried_set.count(r.p.start))
             r.p.park_tried = true;
-        if (set.count(id) && !r.parked) {
+        if (set.count(r.p.start) && !r.parked) {
             r.parked = true;
             ++parked_;
         }

@@ -174,8 +174,9 @@ public:
     // slot before its children, so parking them would move nothing; once the parent was parked,
     // its children are the oldest messages the slot waits for.
     std::vector<Pending> park_candidates(Clock::time_point before, size_t max);
-    // Of the candidates (tried), these were parked; the lanes being parked may be taken again.
-    void parked(const std::vector<Id>& ids, const std::vector<Id>& tried);
+    // Of the candidates (tried, by start LSN), these were parked; the lanes being parked may be
+    // taken again.
+    void parked(const std::vector<Lsn>& starts, const std::vector<Lsn>& tried);
     // atx.park failed: the lanes may be taken again, and for a minute slow lanes do not wait for
     // their messages to be parked.
     void park_failed();
@@ -302,7 +303,9 @@ private:
         bool parked = false;
         bool parking = false;  // handed out by park_candidates, no answer yet
     };
-    std::unordered_map<Id, Running, IdHash> running_;
+    std::unordered_multimap<Id, Running, IdHash> running_;  // by id: a lane is its parent's id
+    const Running* running_at(const Pending& p) const;
+    void erase_running(const Pending& p);
     // Ids of the messages queued or leased: one copy of each (add()). Before, the two copies of
     // a nested message re-emitted by its parent's retry were both marked parked when one was,
     // and the slot then waited for the one whose park had not counted, for good.
