@@ -15,7 +15,9 @@
                                   victim.aud are untouched, no attacker text in the victim's rows;
                                   idle apply backends hold <= 256 MB
   4 budgets                       every victim message applied within the limit + 10 s whatever
-                                  the attackers hold (latencies recorded, never asserted in ms)
+                                  the attackers hold (latencies recorded, never asserted in ms);
+                                  a non-atomic one whose run a server restart ended is in doubt
+                                  (40003), never run twice: counted, not a violation
   5 what a caller is told is true a victim atx_exec told "it will not be applied" never is; its
                                   errors are its own or fixed verdicts, never attacker text; no
                                   other role hears the victim's message ids; one event per log line
@@ -451,6 +453,7 @@ def _inv4(res, v, stats):
     rows = {(lane, n): (kind, t0, t1) for lane, n, kind, t0, t1, _ in res.db["rows"]}
     probes_present = {r[0] for r in res.db["probes"]}
     restart = V.Bounds.RESTART_S * len(res.kills)
+    in_doubt = 0
     for e in res.victim:
         if e.kind == "exec" and e.state == "error" and e.err and e.err[0] == "55P03":
             late.append((e, by_id.get(e.id), f"atx_exec gave up waiting ({e.err[1]})"))
@@ -469,6 +472,13 @@ def _inv4(res, v, stats):
         r = rows.get((e.lane, e.n))
         if r is None:
             m = by_id.get(e.id)
+            if (e.kind == "nonatomic" and m is not None and m.sqlstate == "40003" and
+                    any(m.emitted <= k[0] <= (m.final_at or k[0]) for k in res.kills)):
+                # A server restart (the crash-killer's SIGKILL, as an out-of-memory kill) ended
+                # its run: it may have committed part of its work, so it is in doubt, never run
+                # twice (docs/applier.md). That is the restart's doing, whoever caused it.
+                in_doubt += 1
+                continue
             why = "not applied"
             if m is not None and m.sqlstate:
                 why += f" (dead-lettered {m.sqlstate}: {(m.error or '')[:200]})"
@@ -483,6 +493,8 @@ def _inv4(res, v, stats):
         v.append(Violation(4, f"{len(late)} victim message(s) not applied within the limit + 10 s; first: lane "
                               f"{e.lane} #{e.n} ({e.kind}) {why}", [m] if m else []))
     stats["_latencies_ms"] = sorted(round(x * 1000, 1) for x in lat)
+    if in_doubt:
+        stats["victim_in_doubt_after_restart"] = in_doubt
     if lat:
         lat.sort()
         stats["victim_latency_s"] = {"n": len(lat), "p50": round(statistics.median(lat), 3),
