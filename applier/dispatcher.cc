@@ -335,13 +335,13 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
         principal_slow_until_[b.as.principal_oid] = now + opt_.park_after;
     for (size_t i = b.items.size(); i > from; --i) {
         Pending p = b.items[i - 1];
-        if (const Running* r = running_at(p)) {  // parked while it ran
-            p.parked = p.parked || r->parked;
-            p.park_tried = p.park_tried || r->p.park_tried;
+        if (const auto r = running_at(p); r != running_.end()) {  // parked while it ran
+            p.parked = p.parked || r->second.parked;
+            p.park_tried = p.park_tried || r->second.p.park_tried;
             // Handed to atx.park and not answered yet: the answer comes to the lane (parked()),
             // which is not taken until then. Lost, the message stayed unparked while its copy
             // was in the server, and the slot waited for its run.
-            if (r->parking)
+            if (r->second.parking)
                 l.parking = true;
         }
         annotate(p);
@@ -351,7 +351,8 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
     requeue(b.lane, l);
     in_flight_ -= b.items.size();
     for (const auto& p : b.items)
-        erase_running(p);
+        if (const auto r = running_at(p); r != running_.end())
+            running_.erase(r);
     auto& busy = b.nested ? nested_busy_ : principal_busy_;
     auto it = busy.find(b.as.principal_oid);
     if (it != busy.end() && it->second > 0 && --it->second == 0)
@@ -364,8 +365,8 @@ void Dispatcher::give_back(const Batch& b, size_t from, Clock::time_point when)
 void Dispatcher::forget_handled(const Batch& b, size_t n)
 {
     for (size_t i = 0; i < n && i < b.items.size(); ++i) {
-        const Running* r = running_at(b.items[i]);
-        if ((b.items[i].parked || (r != nullptr && r->parked)) && parked_ > 0)
+        const auto r = running_at(b.items[i]);
+        if ((b.items[i].parked || (r != running_.end() && r->second.parked)) && parked_ > 0)
             --parked_;
         suspects_.erase(b.items[i].id);
         if (auto l = live_.find(b.items[i].id); l != live_.end()) {
@@ -484,25 +485,15 @@ bool Dispatcher::held_by_parent(const Pending& p) const
     return false;
 }
 
-// Caller holds the lock: the running entry of this copy of a message (nullptr: none). Two
-// copies of one id, in two lanes, may run at once (live_).
-const Dispatcher::Running* Dispatcher::running_at(const Pending& p) const
+// Caller holds the lock: the running entry of this copy of a message (end(): none). Two copies of
+// one id, in two lanes, may run at once (live_).
+Dispatcher::RunningMap::iterator Dispatcher::running_at(const Pending& p)
 {
     const auto range = running_.equal_range(p.id);
     for (auto it = range.first; it != range.second; ++it)
         if (it->second.p.start == p.start)
-            return &it->second;
-    return nullptr;
-}
-
-void Dispatcher::erase_running(const Pending& p)
-{
-    const auto range = running_.equal_range(p.id);
-    for (auto it = range.first; it != range.second; ++it)
-        if (it->second.p.start == p.start) {
-            running_.erase(it);
-            return;
-        }
+            return it;
+    return running_.end();
 }
 
 std::vector<Pending> Dispatcher::park_candidates(Clock::time_point before, size_t max)

@@ -303,9 +303,9 @@ private:
         bool parked = false;
         bool parking = false;  // handed out by park_candidates, no answer yet
     };
-    std::unordered_multimap<Id, Running, IdHash> running_;  // by id: a lane is its parent's id
-    const Running* running_at(const Pending& p) const;
-    void erase_running(const Pending& p);
+    using RunningMap = std::unordered_multimap<Id, Running, IdHash>;
+    RunningMap running_;  // by id: a lane is its parent's id
+    RunningMap::iterator running_at(const Pending& p);
     // Ids of the messages queued or leased: one copy of each (add()). Before, the two copies of
     // a nested message re-emitted by its parent's retry were both marked parked when one was,
     // and the slot then waited for the one whose park had not counted, for good.
