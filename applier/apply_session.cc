@@ -21,7 +21,6 @@ constexpr const char* kApplySql =
     "SELECT lsn::text, message_id::text, status, sqlstate, error, failure, command, rows::text, backend_bytes::text "
     "FROM atx.apply_batch($1::pg_catalog.pg_lsn[], $2::pg_catalog.int4[], $3::pg_catalog.timestamptz[], "
     "$4::pg_catalog.int4, $5::pg_catalog.int4, $6::pg_catalog.bool, $7::pg_catalog.text, $8::pg_catalog.int4)";
-constexpr const char* kLsnSql = "SELECT pg_catalog.pg_current_wal_insert_lsn()::text";
 
 std::string iso_utc(int64_t unix_us)
 {
@@ -153,8 +152,7 @@ void ApplySession::close()
     serves_.reset();
 }
 
-std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, const RunAs& as, uint32_t timeout_ms,
-                                             Lsn* commit_lsn)
+std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, const RunAs& as, uint32_t timeout_ms)
 {
     std::vector<std::optional<std::string>> lsns, attempts, first_failed;
     for (const auto& p : items) {
@@ -175,19 +173,17 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     serves_ = as;
 
     PGconn* c = conn_.get();
-    PgResult rows, lsn_result;
+    PgResult rows;
     std::optional<PgError> failed;
     // A message that runs unrestricted (its statement needed it) has the backend's prepared
     // statements dropped after it (ext/run_as_caller.cc, reset_session_state), and one may
     // DEALLOCATE them itself: the apply call is prepared again once, not failed forever.
     for (int attempt = 0; attempt < 2; ++attempt) {
+        // The call and its Sync (which commits the implicit transaction) in one round trip. The
+        // commit's position is not asked for: the durability poll stands for it (Progress).
         if (PQenterPipelineMode(c) != 1)
             throw conn_.error_from(nullptr, "entering pipeline mode");
-        // The position is read after the apply's Sync, in a transaction of its own: past the end of
-        // the commit record (before that Sync the implicit transaction has not committed yet).
-        // Not prepared: nothing the message does can take it away.
-        if (PQsendQueryPrepared(c, kApplyStmt, 8, vals, nullptr, nullptr, 0) != 1 || PQpipelineSync(c) != 1 ||
-            PQsendQueryParams(c, kLsnSql, 0, nullptr, nullptr, nullptr, nullptr, 0) != 1 || PQpipelineSync(c) != 1)
+        if (PQsendQueryPrepared(c, kApplyStmt, 8, vals, nullptr, nullptr, 0) != 1 || PQpipelineSync(c) != 1)
             throw conn_.error_from(nullptr, "sending a batch");
         ATX_FAULT_POINT("mid_batch");
 
@@ -197,20 +193,16 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
         failed.reset();
         if (PQresultStatus(rows.get()) != PGRES_TUPLES_OK)
             failed = conn_.error_from(rows.get(), "atx.apply_batch");
-        // Drain the pipeline whatever happened: the apply's end and Sync, the position, its Sync.
-        lsn_result.reset();
-        for (int syncs = 0; syncs < 2;) {
+        // Drain the pipeline whatever happened: the apply's end and its Sync.
+        for (;;) {
             PgResult r = next_result(conn_, abandon_);
             if (!r) {
                 if (PQstatus(c) == CONNECTION_BAD)
                     throw conn_.error_from(nullptr, "reading the batch's results");
-                continue;  // end of one query's results
+                continue;  // end of the query's results
             }
-            const ExecStatusType s = PQresultStatus(r.get());
-            if (s == PGRES_PIPELINE_SYNC)
-                ++syncs;
-            else if (s == PGRES_TUPLES_OK && syncs == 1 && !lsn_result)
-                lsn_result = std::move(r);
+            if (PQresultStatus(r.get()) == PGRES_PIPELINE_SYNC)
+                break;
         }
         if (PQexitPipelineMode(c) != 1)
             throw conn_.error_from(nullptr, "leaving pipeline mode");
@@ -228,9 +220,6 @@ std::vector<ApplyResult> ApplySession::apply(const std::vector<Pending>& items, 
     }
     if (failed)
         throw *failed;
-    if (!lsn_result || PQntuples(lsn_result.get()) != 1)
-        throw PgError("no WAL position after the batch", "", false);
-    *commit_lsn = parse_lsn(field(lsn_result.get(), 0, 0).value_or("")).value_or(0);
     ATX_FAULT_POINT("after_apply_commit");
 
     std::vector<ApplyResult> out;

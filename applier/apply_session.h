@@ -81,12 +81,11 @@ public:
     // What the last commit of this session used.
     bool synchronous_commit() const { return sync_; }
 
-    // Applies the items in order, as `as` (the session then serves it). *commit_lsn: an LSN at or
-    // past the end of the commit. Throws PgError when the batch failed as a whole (nothing of it
+    // Applies the items in order, as `as` (the session then serves it), committed when it returns;
+    // where that commit ends is not read (Progress::kCommitUnknown). Throws PgError when the batch failed as a whole (nothing of it
     // committed) or the connection broke (then also connection_lost).
     // timeout_ms: each message's time limit (the server's timer and registry deadline).
-    std::vector<ApplyResult> apply(const std::vector<Pending>& items, const RunAs& as, uint32_t timeout_ms,
-                                   Lsn* commit_lsn);
+    std::vector<ApplyResult> apply(const std::vector<Pending>& items, const RunAs& as, uint32_t timeout_ms);
 
     // Dead-letters a message without running it, for the applier's verdict. *commit_lsn: at or
     // past the end of that commit. False: it was handled before.

@@ -9,6 +9,7 @@
 #include "fault.h"
 #include "logging.h"
 #include "message.h"
+#include "progress.h"
 
 namespace atx::applier {
 
@@ -226,14 +227,13 @@ void ApplyWorker::run_batch(const Batch& b)
 
     const auto t0 = std::chrono::steady_clock::now();
     try {
-        Lsn commit_lsn = 0;
-        std::vector<ApplyResult> results = session_.apply(batch.items, batch.as, timeout_ms, &commit_lsn);
+        std::vector<ApplyResult> results = session_.apply(batch.items, batch.as, timeout_ms);
         const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         ctx_.metrics.apply_seconds.observe(seconds);
         ++ctx_.metrics.batches;
-        spdlog::debug("{} event=batch_applied worker={} messages={} first_lsn={} commit_lsn={} ms={:.1f}", ctx_.log,
-                      number_, batch.items.size(), lsn(batch.items.front().start), lsn(commit_lsn), seconds * 1000);
-        handle_results(batch, results, commit_lsn);
+        spdlog::debug("{} event=batch_applied worker={} messages={} first_lsn={} ms={:.1f}", ctx_.log, number_,
+                      batch.items.size(), lsn(batch.items.front().start), seconds * 1000);
+        handle_results(batch, results);
         // Memory a statement made the backend keep is returned only by ending the backend.
         const int64_t bytes = results.empty() ? 0 : results.back().backend_bytes;
         if (ctx_.cfg.session_memory_limit_mb > 0 && bytes > int64_t(ctx_.cfg.session_memory_limit_mb) * 1048576) {
@@ -256,13 +256,15 @@ void ApplyWorker::run_batch(const Batch& b)
     }
 }
 
-void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>& results, Lsn commit_lsn)
+void ApplyWorker::handle_results(const Batch& b, const std::vector<ApplyResult>& results)
 {
     std::vector<Pending> handled;
     std::vector<DeliveryRecord> records;
     bool sync = false;
     const int64_t now_us = unix_now_us();
-    const Lsn durable_commit = session_.synchronous_commit() ? 0 : commit_lsn;
+    // A synchronous commit was durable when it returned; where an asynchronous one ends is found
+    // by the durability poll.
+    const Lsn durable_commit = session_.synchronous_commit() ? 0 : Progress::kCommitUnknown;
 
     for (size_t i = 0; i < results.size(); ++i) {
         const ApplyResult& r = results[i];

@@ -74,7 +74,7 @@ public:
 private:
     void run();
     void run_batch(const Batch& b);
-    void handle_results(const Batch& b, const std::vector<ApplyResult>& results, Lsn commit_lsn);
+    void handle_results(const Batch& b, const std::vector<ApplyResult>& results);
     void handle_loss(const Batch& b, const PgError& e);
     void connect(bool settle = true);
     // Runs a message that needs a top-level statement; false when it did not run (no worker

@@ -1054,25 +1054,35 @@ void DatabaseWorker::poll_durability()
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
         waiting = progress_.not_durable();
+        // What was handled by now committed before the query below reads the insert position.
+        if (waiting > 0 && control_.connected())
+            progress_.stamp_begin();
     }
     next_durability_ = Clock::now() + (waiting > 0 ? kDurabilityPoll : milliseconds(cfg_.status_interval_ms));
     if (waiting == 0 || !control_.connected())
         return;
-    Lsn durable;
+    Lsn durable, inserted;
     if (standby_flush_) {
         // Through the extension: this role cannot read pg_stat_replication's positions itself
         // (they need pg_read_all_stats), and NULLs would read as "no standby".
-        PgResult r = control_.exec("SELECT pg_catalog.pg_current_wal_flush_lsn()::text, atx.standby_flush_lsn()::text");
+        PgResult r = control_.exec(
+            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, pg_catalog.pg_current_wal_insert_lsn()::text, "
+            "atx.standby_flush_lsn()::text");
         durable = parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0);
-        if (auto standby = field(r.get(), 0, 1))
+        inserted = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);
+        if (auto standby = field(r.get(), 0, 2))
             durable = std::min(durable, parse_lsn(*standby).value_or(0));
     } else {
-        durable =
-            parse_lsn(control_.scalar("SELECT pg_catalog.pg_current_wal_flush_lsn()::text").value_or("")).value_or(0);
+        PgResult r = control_.exec(
+            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, pg_catalog.pg_current_wal_insert_lsn()::text");
+        durable = parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0);
+        inserted = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);
     }
     std::vector<Id> woken;
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
+        if (inserted > 0)
+            progress_.stamp_end(inserted);
         progress_.durable_upto(durable);
         woken = progress_.take_durable_waited();
     }

@@ -5,6 +5,25 @@
 
 namespace atx::applier {
 
+namespace {
+
+// Unknown commits taken by a stamp_begin() whose read has not come back yet.
+constexpr Lsn kStamping = Progress::kCommitUnknown - 1;
+
+template <class Multimap>
+void rekey(Multimap& m, Lsn from, Lsn to)
+{
+    auto range = m.equal_range(from);
+    std::vector<typename Multimap::mapped_type> moved;
+    for (auto it = range.first; it != range.second; ++it)
+        moved.push_back(it->second);
+    m.erase(range.first, range.second);
+    for (auto& v : moved)
+        m.emplace(to, v);
+}
+
+}  // namespace
+
 void Progress::reset(Lsn confirmed)
 {
     pending_.clear();
@@ -66,6 +85,20 @@ void Progress::durable_upto(Lsn lsn)
         if (it != pending_.end())
             finish(it);
     }
+}
+
+void Progress::stamp_begin()
+{
+    rekey(not_durable_, kCommitUnknown, kStamping);
+    rekey(untracked_, kCommitUnknown, kStamping);
+}
+
+void Progress::stamp_end(Lsn insert_lsn)
+{
+    // A read that failed left its entries at kStamping: this later position stands for them too.
+    rekey(not_durable_, kStamping, insert_lsn);
+    rekey(untracked_, kStamping, insert_lsn);
+    durable_upto(durable_);
 }
 
 void Progress::finish(std::map<Lsn, Entry>::iterator it)

@@ -44,6 +44,15 @@ public:
     // Commits up to lsn are durable (flushed; on the standbys when that is the rule).
     void durable_upto(Lsn lsn);
 
+    // A commit whose end was not read (an apply batch does not ask for it: a query per batch,
+    // a tenth of an apply backend's time at one message per batch). Any WAL insert position read
+    // after the commit returned is at or past its end and stands for it: stamp_begin() right
+    // before that read, stamp_end() with what it read. A message handled in between waits for
+    // the next round, so a position read before its commit never stands for it.
+    static constexpr Lsn kCommitUnknown = ~Lsn{0};
+    void stamp_begin();
+    void stamp_end(Lsn insert_lsn);
+
     Lsn confirm_position() const;
     // Ids of waited messages whose commit became durable since the last call.
     std::vector<Id> take_durable_waited();

@@ -183,3 +183,56 @@ TEST_CASE("a message parked while it ran: its run's handled() wakes its waiter o
     CHECK(p.take_durable_waited().empty());
     CHECK(p.confirm_position() == 20);
 }
+
+TEST_CASE("a commit whose end was not read waits for an insert position read after it", "[progress]")
+{
+    const Lsn unknown = Progress::kCommitUnknown;
+    Progress p;
+    p.reset(0);
+    p.received(10, 20);
+    p.received(20, 30);
+    p.received(30, 40);
+    Id waited{};
+    waited[0] = 3;
+    p.handled(10, unknown, true, waited);
+    p.durable_upto(1000000);  // any flush position: the commit's end is not known yet
+    CHECK(p.confirm_position() == 10);
+    CHECK(p.not_durable() == 1);
+
+    p.stamp_begin();         // the poll is about to read the insert position
+    p.handled(20, unknown);  // committed after that read was sent: it must not get its position
+    p.stamp_end(2000000);
+    CHECK(p.confirm_position() == 10);  // 2000000 is not durable yet
+    p.durable_upto(2000000);
+    CHECK(p.confirm_position() == 20);  // 10 passed; 20 waits for the next round
+    CHECK(p.take_durable_waited() == std::vector<Id>{waited});
+    p.durable_upto(5000000);
+    CHECK(p.confirm_position() == 20);
+
+    p.stamp_begin();
+    p.stamp_end(3000000);  // at or below what is durable already: finished at once
+    CHECK(p.confirm_position() == 30);
+    p.handled(30, unknown);
+    CHECK(p.confirm_position() == 30);
+    CHECK(p.not_durable() == 1);
+}
+
+TEST_CASE("a stamp whose read failed is covered by the next one", "[progress]")
+{
+    Progress p;
+    const Id parked_waiter{5};
+    p.reset(0);
+    p.received(10, 20);
+    p.handled(10, Progress::kCommitUnknown);
+    p.handled_untracked(Progress::kCommitUnknown, parked_waiter);  // parked while it ran, its caller waits
+    p.stamp_begin();                                               // its read failed: no stamp_end
+    p.stamp_begin();
+    p.stamp_end(700);
+    p.durable_upto(699);
+    CHECK(p.confirm_position() == 10);
+    CHECK(p.take_durable_waited().empty());
+    p.durable_upto(700);
+    CHECK(p.confirm_position() == 20);
+    CHECK(p.take_durable_waited() == std::vector<Id>{parked_waiter});
+    CHECK(p.not_durable() == 0);
+}
