@@ -53,17 +53,33 @@ const char* atx_bounded_text(const char* s, int max)
     return psprintf("%s... (%d bytes cut)", pnstrdup(s, pg_mbcliplen(s, len, max)), len - max);
 }
 
+// The one row of atx.apply_horizon, read without the executor: once per batch, and through SPI
+// it was 2.4% of the apply backend's time at one message per batch. The same snapshot as below.
 XLogRecPtr atx_applied_horizon(void)
 {
-    static SPIPlanPtr plan = NULL;
-    bool isnull;
-    Datum d;
+    Oid relid = get_relname_relid("apply_horizon", get_namespace_oid("atx", false));
+    AttrNumber lsn_att;
+    Relation rel;
+    SysScanDesc scan;
+    HeapTuple tuple;
+    XLogRecPtr horizon = InvalidXLogRecPtr;
 
-    atx_keep_plan(&plan, "SELECT lsn FROM atx.apply_horizon", 0, NULL);
-    if (SPI_execute_plan(plan, NULL, NULL, true, 1) != SPI_OK_SELECT || SPI_processed == 0)
-        return InvalidXLogRecPtr;
-    d = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
-    return isnull ? InvalidXLogRecPtr : DatumGetLSN(d);
+    lsn_att = OidIsValid(relid) ? get_attnum(relid, "lsn") : InvalidAttrNumber;
+    if (lsn_att == InvalidAttrNumber)
+        ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("atx.apply_horizon or its lsn column is missing"),
+                        errhint("Reinstall the extension: ALTER EXTENSION pg_atx UPDATE, or DROP and CREATE it.")));
+    rel = table_open(relid, AccessShareLock);
+    scan = systable_beginscan(rel, InvalidOid, false,
+                              ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(), 0, NULL);
+    if ((tuple = systable_getnext(scan)) != NULL) {
+        bool isnull;
+        Datum d = heap_getattr(tuple, lsn_att, RelationGetDescr(rel), &isnull);
+        if (!isnull)
+            horizon = DatumGetLSN(d);
+    }
+    systable_endscan(scan);
+    table_close(rel, AccessShareLock);
+    return horizon;
 }
 
 // By the primary key, one index probe, never through the planner: a plan prepared while
