@@ -22,6 +22,7 @@ using std::chrono::milliseconds;
 constexpr milliseconds kRead{50};
 constexpr milliseconds kSlotCheckEvery{30000};
 constexpr milliseconds kDurabilityPoll{20};
+constexpr milliseconds kFlushNudgeAfter{1000};
 constexpr milliseconds kReconnectMin{250};
 constexpr milliseconds kReconnectMax{2000};  // a promotion is followed within about a second
 constexpr milliseconds kNotReadyWait{5000};
@@ -1079,18 +1080,53 @@ void DatabaseWorker::poll_durability()
         inserted = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);
     }
     std::vector<Id> woken;
+    Lsn oldest;
     {
         std::lock_guard<std::mutex> lock(progress_mu_);
         if (inserted > 0)
             progress_.stamp_end(inserted);
         progress_.durable_upto(durable);
         woken = progress_.take_durable_waited();
+        oldest = progress_.oldest_stamped();
     }
+    nudge_flush(oldest);
     if (!woken.empty()) {
         std::vector<std::optional<std::string>> ids;
         for (const auto& id : woken)
             ids.push_back(uuid_to_string(id));
         control_.exec("SELECT atx.wake($1::pg_catalog.uuid[])", {pg_array_literal(ids)});
+    }
+}
+
+// The insert position that stands for a commit (Progress::stamp_end) may lie past WAL of a
+// transaction still open (a long statement of an apply batch, any session's): nothing asks the
+// WAL writer to flush that until the transaction ends, so on a quiet server it may stay
+// unflushed until the background writer logs its next snapshot of running transactions (15 s)
+// or a checkpoint, and with it the slot and, under standby-flush, atx_exec callers. A stamp
+// the flush has not reached after kFlushNudgeAfter gets a transaction of ours that takes an
+// xid and commits: its commit record lies past the stamp and is flushed by the WAL writer
+// within its delay (asynchronous commit) or at once.
+void DatabaseWorker::nudge_flush(Lsn oldest)
+{
+    const auto now = Clock::now();
+    if (oldest != stalled_at_) {
+        stalled_at_ = oldest;
+        stalled_since_ = now;
+        return;
+    }
+    if (oldest == 0 || now - stalled_since_ < kFlushNudgeAfter || now - last_nudge_ < kFlushNudgeAfter)
+        return;
+    last_nudge_ = now;
+    spdlog::debug("{} event=flush_nudged waiting_for={} reason=\"the WAL before it is not flushed yet\"", log_,
+                  lsn(oldest));
+    try {
+        control_.exec("SELECT pg_catalog.pg_current_xact_id()::text");
+    } catch (const PgError& e) {
+        if (e.connection_lost)
+            throw;
+        // The next poll tries again; the flush still comes with the next snapshot or checkpoint.
+        spdlog::warn("{} event=flush_nudge_failed sqlstate={} error={}", log_, e.sqlstate.empty() ? "-" : e.sqlstate,
+                     logq(e.what()));
     }
 }
 

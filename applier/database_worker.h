@@ -128,6 +128,10 @@ private:
     std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_,
         next_rule_check_, last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_,
         last_park_error_, next_unsent_scan_, last_unsent_error_;
+    // A stamped commit position the flush has not reached, and since when (nudge_flush()).
+    Lsn stalled_at_ = 0;
+    std::chrono::steady_clock::time_point stalled_since_, last_nudge_;
+    void nudge_flush(Lsn oldest);
     // The slot behind one message for longer than a message may run (slot_held()).
     Lsn held_lsn_ = 0;
     std::chrono::steady_clock::time_point held_since_, next_held_report_;

@@ -101,6 +101,16 @@ void Progress::stamp_end(Lsn insert_lsn)
     durable_upto(durable_);
 }
 
+Lsn Progress::oldest_stamped() const
+{
+    Lsn oldest = 0;
+    for (Lsn l :
+         {not_durable_.empty() ? 0 : not_durable_.begin()->first, untracked_.empty() ? 0 : untracked_.begin()->first})
+        if (l != 0 && l < kStamping && (oldest == 0 || l < oldest))
+            oldest = l;
+    return oldest;
+}
+
 void Progress::finish(std::map<Lsn, Entry>::iterator it)
 {
     if (it->second.waited)

@@ -64,6 +64,8 @@ public:
     Lsn received_end() const { return received_end_; }
     // Handled but waiting for durability.
     size_t not_durable() const { return not_durable_.size() + untracked_.size(); }
+    // The lowest commit position waited for that a stamp has set (0: none).
+    Lsn oldest_stamped() const;
 
 private:
     struct Entry {

@@ -215,6 +215,11 @@ TEST_CASE("a commit whose end was not read waits for an insert position read aft
     p.handled(30, unknown);
     CHECK(p.confirm_position() == 30);
     CHECK(p.not_durable() == 1);
+    CHECK(p.oldest_stamped() == 0);  // not stamped yet: nothing to nudge for
+    p.stamp_begin();
+    CHECK(p.oldest_stamped() == 0);
+    p.stamp_end(6000000);
+    CHECK(p.oldest_stamped() == 6000000);
 }
 
 TEST_CASE("a stamp whose read failed is covered by the next one", "[progress]")
