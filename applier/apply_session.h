@@ -82,8 +82,9 @@ public:
     bool synchronous_commit() const { return sync_; }
 
     // Applies the items in order, as `as` (the session then serves it), committed when it returns;
-    // where that commit ends is not read (Progress::kCommitUnknown). Throws PgError when the batch failed as a whole (nothing of it
-    // committed) or the connection broke (then also connection_lost).
+    // where that commit ends is not read (Progress::kCommitUnknown). Throws PgError when the batch
+    // failed as a whole (nothing of it committed) or the connection broke (then also
+    // connection_lost).
     // timeout_ms: each message's time limit (the server's timer and registry deadline).
     std::vector<ApplyResult> apply(const std::vector<Pending>& items, const RunAs& as, uint32_t timeout_ms);
 
