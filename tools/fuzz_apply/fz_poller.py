@@ -138,6 +138,11 @@ class Poller:
             cur.execute("SELECT message_id::text, sqlstate, left(error, 400) FROM atx.dead_letter "
                         "WHERE dead_at >= to_timestamp(%s)", (self.watch_time - 300,))
             dead = cur.fetchall()
+            # A parked message is handled for the slot (the horizon passes it) but runs later,
+            # from its record's copy: below the horizon it is not final until that run is.
+            cur.execute("SELECT message_id::text FROM atx.applied WHERE status = 'parked' AND lsn >= %s::pg_lsn",
+                        (self.watch_lsn,))
+            parked = {r[0] for r in cur.fetchall()}
             cur.execute("SELECT (SELECT lsn::text FROM atx.apply_horizon), "
                         "(SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                         "WHERE slot_name = atx.slot_name())")
@@ -167,7 +172,7 @@ class Poller:
                 self._resolve()
                 for mid in list(self.pending):
                     m = self.msgs[mid]
-                    if lsn_int(m.lsn) < h:
+                    if lsn_int(m.lsn) < h and mid not in parked:
                         m.status, m.final_at = "pruned", now
                         self.pending.discard(mid)
             if now - self._last_rss >= 1.0:
