@@ -1062,23 +1062,16 @@ void DatabaseWorker::poll_durability()
     next_durability_ = Clock::now() + (waiting > 0 ? kDurabilityPoll : milliseconds(cfg_.status_interval_ms));
     if (waiting == 0 || !control_.connected())
         return;
-    Lsn durable, inserted;
-    if (standby_flush_) {
-        // Through the extension: this role cannot read pg_stat_replication's positions itself
-        // (they need pg_read_all_stats), and NULLs would read as "no standby".
-        PgResult r = control_.exec(
-            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, pg_catalog.pg_current_wal_insert_lsn()::text, "
-            "atx.standby_flush_lsn()::text");
-        durable = parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0);
-        inserted = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);
+    // The standby's position through the extension: this role cannot read pg_stat_replication's
+    // positions itself (they need pg_read_all_stats), and NULLs would read as "no standby".
+    PgResult r = control_.exec(std::string("SELECT pg_catalog.pg_current_wal_flush_lsn()::text, "
+                                           "pg_catalog.pg_current_wal_insert_lsn()::text") +
+                               (standby_flush_ ? ", atx.standby_flush_lsn()::text" : ""));
+    Lsn durable = parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0);
+    const Lsn inserted = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);
+    if (standby_flush_)
         if (auto standby = field(r.get(), 0, 2))
             durable = std::min(durable, parse_lsn(*standby).value_or(0));
-    } else {
-        PgResult r = control_.exec(
-            "SELECT pg_catalog.pg_current_wal_flush_lsn()::text, pg_catalog.pg_current_wal_insert_lsn()::text");
-        durable = parse_lsn(field(r.get(), 0, 0).value_or("")).value_or(0);
-        inserted = parse_lsn(field(r.get(), 0, 1).value_or("")).value_or(0);
-    }
     std::vector<Id> woken;
     Lsn oldest;
     {

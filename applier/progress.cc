@@ -55,7 +55,6 @@ void Progress::handled(Lsn start, Lsn commit_lsn, bool waited, const Id& id)
         return;
     }
     it->second.handled = true;
-    it->second.commit = commit_lsn;
     it->second.waited = waited;
     it->second.id = id;
     if (commit_lsn <= durable_)

@@ -70,7 +70,6 @@ public:
 private:
     struct Entry {
         bool handled = false;
-        Lsn commit = 0;
         bool waited = false;
         Id id{};
     };

@@ -53,8 +53,10 @@ const char* atx_bounded_text(const char* s, int max)
     return psprintf("%s... (%d bytes cut)", pnstrdup(s, pg_mbcliplen(s, len, max)), len - max);
 }
 
+Snapshot atx_read_snapshot(void) { return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(); }
+
 // The one row of atx.apply_horizon, read without the executor: once per batch, and through SPI
-// it was 2.4% of the apply backend's time at one message per batch. The same snapshot as below.
+// it was 2.4% of the apply backend's time at one message per batch.
 XLogRecPtr atx_applied_horizon(void)
 {
     Oid relid = get_relname_relid("apply_horizon", get_namespace_oid("atx", false));
@@ -69,8 +71,7 @@ XLogRecPtr atx_applied_horizon(void)
         ereport(ERROR, (errcode(ERRCODE_UNDEFINED_TABLE), errmsg("atx.apply_horizon or its lsn column is missing"),
                         errhint("Reinstall the extension: ALTER EXTENSION pg_atx UPDATE, or DROP and CREATE it.")));
     rel = table_open(relid, AccessShareLock);
-    scan = systable_beginscan(rel, InvalidOid, false,
-                              ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(), 0, NULL);
+    scan = systable_beginscan(rel, InvalidOid, false, atx_read_snapshot(), 0, NULL);
     if ((tuple = systable_getnext(scan)) != NULL) {
         bool isnull;
         Datum d = heap_getattr(tuple, lsn_att, RelationGetDescr(rel), &isnull);
@@ -114,7 +115,7 @@ void atx_applied_lookup(const uint8 id[16], char** status, char** outcome, XLogR
     if (status_att == InvalidAttrNumber || outcome_att == InvalidAttrNumber || lsn_att == InvalidAttrNumber)
         ereport(ERROR,
                 (errcode(ERRCODE_UNDEFINED_COLUMN), errmsg("atx.applied lacks its status, outcome or lsn column")));
-    snapshot = ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot();
+    snapshot = atx_read_snapshot();
 
     rel = table_open(relid, AccessShareLock);
     desc = RelationGetDescr(rel);

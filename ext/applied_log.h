@@ -8,6 +8,9 @@
 
 // Everything that starts before it was handled and confirmed (atx.prune()); 0 before the first
 // prune.
+// The snapshot a read-only SPI query would use: the active one, else the transaction's. The
+// records are read with it, never through the planner.
+Snapshot atx_read_snapshot(void);
 XLogRecPtr atx_applied_horizon(void);
 
 // One handled message, as atx.applied records it.

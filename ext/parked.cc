@@ -31,8 +31,6 @@ static void parked_index(Oid* relid, Oid* indexid)
                         errhint("Reinstall the extension: ALTER EXTENSION pg_atx UPDATE, or DROP and CREATE it.")));
 }
 
-static Snapshot read_snapshot(void) { return ActiveSnapshotSet() ? GetActiveSnapshot() : GetTransactionSnapshot(); }
-
 bool atx_parked_any(void)
 {
     Oid relid, indexid;
@@ -42,7 +40,7 @@ bool atx_parked_any(void)
 
     parked_index(&relid, &indexid);
     rel = table_open(relid, AccessShareLock);
-    scan = systable_beginscan(rel, indexid, true, read_snapshot(), 0, NULL);
+    scan = systable_beginscan(rel, indexid, true, atx_read_snapshot(), 0, NULL);
     any = systable_getnext(scan) != NULL;
     systable_endscan(scan);
     table_close(rel, AccessShareLock);
@@ -67,7 +65,7 @@ bool atx_parked_payload(XLogRecPtr lsn, char** payload, size_t* len)
     rel = table_open(relid, AccessShareLock);
     // systable_beginscan takes the table's attribute number and maps it to the index's.
     ScanKeyInit(&key, lsn_att, BTEqualStrategyNumber, F_PG_LSN_EQ, LSNGetDatum(lsn));
-    scan = systable_beginscan(rel, indexid, true, read_snapshot(), 1, &key);
+    scan = systable_beginscan(rel, indexid, true, atx_read_snapshot(), 1, &key);
     if ((tuple = systable_getnext(scan)) != NULL) {
         bool isnull;
         Datum d = heap_getattr(tuple, payload_att, RelationGetDescr(rel), &isnull);
