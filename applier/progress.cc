@@ -27,7 +27,12 @@ void rekey(Multimap& m, Lsn from, Lsn to)
 void Progress::reset(Lsn confirmed)
 {
     pending_.clear();
+    live_ = 0;
     not_durable_.clear();
+    unknown_.clear();
+    stamping_.clear();
+    stamped_.clear();
+    waiting_ = 0;
     untracked_.clear();
     woken_.clear();
     confirmed_ = confirmed;
@@ -36,29 +41,56 @@ void Progress::reset(Lsn confirmed)
     // durable_ is kept: a commit that was durable stays durable.
 }
 
+Progress::Entry* Progress::find(Lsn start)
+{
+    auto it =
+        std::lower_bound(pending_.begin(), pending_.end(), start, [](const Entry& e, Lsn s) { return e.start < s; });
+    return it != pending_.end() && it->start == start ? &*it : nullptr;
+}
+
 void Progress::received(Lsn start, Lsn end)
 {
-    pending_.emplace(start, Entry{});
     received_end_ = std::max(received_end_, end);
+    if (pending_.empty() || pending_.back().start < start) {
+        pending_.push_back(Entry{start});
+        ++live_;
+        return;
+    }
+    // Out of stream order: a parked copy the unsent-message check found (database_worker.cc).
+    auto it =
+        std::lower_bound(pending_.begin(), pending_.end(), start, [](const Entry& e, Lsn s) { return e.start < s; });
+    if (it != pending_.end() && it->start == start) {
+        if (it->state != State::Done)
+            return;  // known already
+        *it = Entry{start};
+    } else {
+        pending_.insert(it, Entry{start});
+    }
+    ++live_;
 }
 
 void Progress::keepalive(Lsn wal_end) { keepalive_ = std::max(keepalive_, wal_end); }
 
 void Progress::handled(Lsn start, Lsn commit_lsn, bool waited, const Id& id)
 {
-    auto it = pending_.find(start);
-    if (it == pending_.end() || it->second.handled) {
+    Entry* e = find(start);
+    if (e == nullptr || e->state != State::Pending) {
         // Parked while it ran: the slot passed it when its copy was durable; its caller is still
         // told once this commit is.
         if (waited)
             handled_untracked(commit_lsn, id);
         return;
     }
-    it->second.handled = true;
-    it->second.waited = waited;
-    it->second.id = id;
-    if (commit_lsn <= durable_)
-        finish(it);
+    e->state = State::Handled;
+    e->waited = waited;
+    e->id = id;
+    if (commit_lsn <= durable_) {
+        finish(*e);
+        return;
+    }
+    ++waiting_;
+    if (commit_lsn == kCommitUnknown)
+        unknown_.push_back(start);
     else
         not_durable_.emplace(commit_lsn, start);
 }
@@ -79,23 +111,37 @@ void Progress::durable_upto(Lsn lsn)
         untracked_.erase(untracked_.begin());
     }
     while (!not_durable_.empty() && not_durable_.begin()->first <= durable_) {
-        auto it = pending_.find(not_durable_.begin()->second);
+        const Lsn start = not_durable_.begin()->second;
         not_durable_.erase(not_durable_.begin());
-        if (it != pending_.end())
-            finish(it);
+        --waiting_;
+        finish_start(start);
+    }
+    while (!stamped_.empty() && stamped_.front().at <= durable_) {
+        for (Lsn start : stamped_.front().starts) {
+            --waiting_;
+            finish_start(start);
+        }
+        stamped_.pop_front();
     }
 }
 
 void Progress::stamp_begin()
 {
-    rekey(not_durable_, kCommitUnknown, kStamping);
+    stamping_.insert(stamping_.end(), unknown_.begin(), unknown_.end());
+    unknown_.clear();
     rekey(untracked_, kCommitUnknown, kStamping);
 }
 
 void Progress::stamp_end(Lsn insert_lsn)
 {
-    // A read that failed left its entries at kStamping: this later position stands for them too.
-    rekey(not_durable_, kStamping, insert_lsn);
+    // A read that failed left its entries stamping: this later position stands for them too.
+    if (!stamping_.empty()) {
+        // Never before an earlier stamp: the flush reaches them in order (a smaller position,
+        // which a stream does not give, only waits longer).
+        const Lsn at = stamped_.empty() ? insert_lsn : std::max(insert_lsn, stamped_.back().at);
+        stamped_.push_back(Stamped{at, std::move(stamping_)});
+        stamping_.clear();
+    }
     rekey(untracked_, kStamping, insert_lsn);
     durable_upto(durable_);
 }
@@ -103,25 +149,34 @@ void Progress::stamp_end(Lsn insert_lsn)
 Lsn Progress::oldest_stamped() const
 {
     Lsn oldest = 0;
-    for (Lsn l :
-         {not_durable_.empty() ? 0 : not_durable_.begin()->first, untracked_.empty() ? 0 : untracked_.begin()->first})
+    for (Lsn l : {not_durable_.empty() ? 0 : not_durable_.begin()->first, stamped_.empty() ? 0 : stamped_.front().at,
+                  untracked_.empty() ? 0 : untracked_.begin()->first})
         if (l != 0 && l < kStamping && (oldest == 0 || l < oldest))
             oldest = l;
     return oldest;
 }
 
-void Progress::finish(std::map<Lsn, Entry>::iterator it)
+void Progress::finish_start(Lsn start)
 {
-    if (it->second.waited)
-        woken_.push_back(it->second.id);
-    pending_.erase(it);
+    if (Entry* e = find(start); e != nullptr && e->state == State::Handled)
+        finish(*e);
+}
+
+void Progress::finish(Entry& e)
+{
+    if (e.waited)
+        woken_.push_back(e.id);
+    e.state = State::Done;
+    --live_;
+    while (!pending_.empty() && pending_.front().state == State::Done)
+        pending_.pop_front();
 }
 
 Lsn Progress::confirm_position() const
 {
     Lsn safe;
     if (!pending_.empty())
-        safe = pending_.begin()->first;
+        safe = pending_.front().start;
     else
         safe = std::max(received_end_, keepalive_);
     // Never backwards: the slot ignores that anyway, but the metric must not lie.

@@ -241,3 +241,63 @@ TEST_CASE("a stamp whose read failed is covered by the next one", "[progress]")
     CHECK(p.take_durable_waited() == std::vector<Id>{parked_waiter});
     CHECK(p.not_durable() == 0);
 }
+
+TEST_CASE("a message received out of stream order (a parked copy found later) is held in its place", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    p.received(100, 110);
+    p.received(200, 210);
+    p.received(50, 50);  // below both: the unsent-message check's parked copy
+    CHECK(p.pending() == 3);
+    CHECK(p.confirm_position() == 50);
+    p.handled(100, 0);
+    CHECK(p.confirm_position() == 50);
+    p.received(150, 150);  // between two
+    p.handled(50, 0);
+    CHECK(p.confirm_position() == 150);
+    p.received(150, 150);  // again while pending: nothing new
+    CHECK(p.pending() == 2);
+    p.handled(150, 0);
+    CHECK(p.confirm_position() == 200);
+    p.received(150, 150);  // again after it was handled: pending again, below the rest
+    CHECK(p.confirm_position() == 150);
+    p.handled(150, 0);
+    p.handled(200, 0);
+    CHECK(p.confirm_position() == 210);
+    CHECK(p.pending() == 0);
+}
+
+TEST_CASE("stamps in order: each covers the unknown commits handled before it, none after", "[progress]")
+{
+    Progress p;
+    p.reset(0);
+    for (Lsn s = 10; s <= 100; s += 10)
+        p.received(s, s + 10);
+    // Five handled before the first stamp, three between its begin and end (the next one's),
+    // two after both.
+    for (Lsn s : {50, 10, 30, 20, 40})
+        p.handled(s, Progress::kCommitUnknown);
+    p.stamp_begin();
+    for (Lsn s : {60, 80, 70})
+        p.handled(s, Progress::kCommitUnknown);
+    p.stamp_end(1000);
+    p.stamp_begin();
+    p.stamp_end(2000);
+    for (Lsn s : {90, 100})
+        p.handled(s, Progress::kCommitUnknown);
+    CHECK(p.not_durable() == 10);
+    CHECK(p.oldest_stamped() == 1000);
+    p.durable_upto(1999);
+    CHECK(p.confirm_position() == 60);
+    CHECK(p.not_durable() == 5);
+    p.durable_upto(2000);
+    CHECK(p.confirm_position() == 90);
+    CHECK(p.oldest_stamped() == 0);  // the last two have no stamp yet
+    CHECK(p.not_durable() == 2);
+    p.stamp_begin();
+    p.stamp_end(1500);  // an earlier position than a stamp before: waits for that one too
+    p.durable_upto(2000);
+    CHECK(p.confirm_position() == 110);
+    CHECK(p.pending() == 0);
+}
