@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "message.h"
 
@@ -32,12 +33,18 @@ constexpr double kUseGrain = 0.25;
 
 }  // namespace
 
+// Two words and a multiply-xorshift mix, not a loop over 16 bytes (7% of the applier's CPU in a
+// drain). The ids are the extension's (random bits after a time, a digest, a backend's pid and
+// start): nobody chooses them, so no keyed hash is needed against collisions made on purpose.
 size_t IdHash::operator()(const Id& id) const noexcept
 {
-    size_t h = 1469598103934665603ULL;
-    for (uint8_t b : id)
-        h = (h ^ b) * 1099511628211ULL;
-    return h;
+    uint64_t a, b;
+    std::memcpy(&a, id.data(), 8);
+    std::memcpy(&b, id.data() + 8, 8);
+    uint64_t h = (a ^ (b * 0x9E3779B97F4A7C15ULL)) * 0xD6E8FEB86659FD93ULL;
+    h ^= h >> 32;
+    h *= 0xD6E8FEB86659FD93ULL;
+    return static_cast<size_t>(h ^ (h >> 32));
 }
 
 // The waited nested message at the head of q: what the nested pool exists for.
@@ -46,10 +53,11 @@ static bool nested_head(const std::deque<Pending>& q) { return !q.empty() && q.f
 // Caller holds the lock: what is known of p beyond the stream (suspicion, losses, verdict).
 void Dispatcher::annotate(Pending& p) const
 {
-    p.suspect = suspects_.count(p.id) > 0;
-    if (auto l = losses_.find(p.id); l != losses_.end())
+    // Usually all three are empty: no lookup then (each message of a drain passes here).
+    p.suspect = !suspects_.empty() && suspects_.count(p.id) > 0;
+    if (auto l = losses_.empty() ? losses_.end() : losses_.find(p.id); l != losses_.end())
         p.losses = l->second;
-    if (auto v = verdicts_.find(p.id); v != verdicts_.end())
+    if (auto v = verdicts_.empty() ? verdicts_.end() : verdicts_.find(p.id); v != verdicts_.end())
         p.verdict = v->second;
 }
 
@@ -58,10 +66,10 @@ bool Dispatcher::add(Pending p)
     std::lock_guard<std::mutex> lock(mu_);
     // An undecodable message has no id of its own (pending_of): never a copy.
     if (p.id != Id{}) {
-        auto& lanes = live_[p.id];
-        if (std::find(lanes.begin(), lanes.end(), p.lane) != lanes.end())
+        auto [from, to] = live_.equal_range(p.id);
+        if (std::any_of(from, to, [&](const auto& e) { return e.second == p.lane; }))
             return false;
-        lanes.push_back(p.lane);
+        live_.emplace(p.id, p.lane);
     }
     annotate(p);
     if (p.queued_at == Clock::time_point{})
@@ -368,14 +376,14 @@ void Dispatcher::forget_handled(const Batch& b, size_t n)
         const auto r = running_at(b.items[i]);
         if ((b.items[i].parked || (r != running_.end() && r->second.parked)) && parked_ > 0)
             --parked_;
-        suspects_.erase(b.items[i].id);
-        if (auto l = live_.find(b.items[i].id); l != live_.end()) {
-            l->second.erase(std::remove(l->second.begin(), l->second.end(), b.lane), l->second.end());
-            if (l->second.empty())
-                live_.erase(l);
-        }
-        losses_.erase(b.items[i].id);
-        verdicts_.erase(b.items[i].id);
+        if (!suspects_.empty())
+            suspects_.erase(b.items[i].id);
+        for (auto [it, to] = live_.equal_range(b.items[i].id); it != to;)
+            it = it->second == b.lane ? live_.erase(it) : std::next(it);
+        if (!losses_.empty())
+            losses_.erase(b.items[i].id);
+        if (!verdicts_.empty())
+            verdicts_.erase(b.items[i].id);
     }
 }
 
@@ -615,8 +623,8 @@ std::string Dispatcher::where(Lsn start) const
                         (p.waited ? " waited" : "") + (p.parked ? " parked" : "") + (p.suspect ? " suspect" : "") +
                         (p.top_level ? " top_level" : "") + (p.verdict ? " verdict" : "") +
                         " attempts=" + std::to_string(p.attempts) + " losses=" + std::to_string(p.losses);
-        if (auto l = live_.find(p.id); l != live_.end())
-            s += " live_in_lanes=" + std::to_string(l->second.size());
+        if (const size_t n = live_.count(p.id); n > 0)
+            s += " live_in_lanes=" + std::to_string(n);
         return s;
     };
     for (const auto& [id, r] : running_)

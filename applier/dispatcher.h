@@ -312,7 +312,7 @@ private:
     // By lane: a waited child loaded parked with its parent runs in the parent's lane, and the
     // copy the parent's new run writes, in the parent's id as lane, must still be queued (it is
     // the one that runs while the parent waits); that copy's own copies are not.
-    std::unordered_map<Id, std::vector<Id>, IdHash> live_;  // id -> the lanes it is queued or runs in
+    std::unordered_multimap<Id, Id, IdHash> live_;  // id -> each lane it is queued or runs in
     std::unordered_set<Id, IdHash> suspects_;
     std::unordered_map<Id, uint32_t, IdHash> losses_;
     std::unordered_map<Id, Verdict, IdHash> verdicts_;

@@ -321,6 +321,10 @@ struct StateStore::Impl {
         rocksdb::BlockBasedTableOptions table;
         table.filter_policy.reset(rocksdb::NewBloomFilterPolicy(10));
         cf_options.table_factory.reset(rocksdb::NewBlockBasedTableFactory(table));
+        // The same in the memtable, where a drain's lookups land first: without it each missed
+        // one walked the skip list (a seventh of the applier's CPU per message in a drain).
+        cf_options.memtable_prefix_bloom_size_ratio = 0.02;
+        cf_options.memtable_whole_key_filtering = true;
 
         std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
         for (const char* name : kColumnFamilyNames)
