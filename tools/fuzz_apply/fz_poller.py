@@ -135,8 +135,8 @@ class Poller:
             cur.execute("SELECT message_id::text, extract(epoch FROM started_at)::float8 FROM atx.apply_activity() "
                         "WHERE message_id IS NOT NULL AND started_at IS NOT NULL")
             running = cur.fetchall()
-            cur.execute("SELECT message_id::text, sqlstate, left(error, 400) FROM atx.dead_letter "
-                        "WHERE dead_at >= to_timestamp(%s)", (self.watch_time - 300,))
+            cur.execute("SELECT message_id::text, sqlstate, left(error, 400), extract(epoch FROM first_failed_at)::float8 "
+                        "FROM atx.dead_letter WHERE dead_at >= to_timestamp(%s)", (self.watch_time - 300,))
             dead = cur.fetchall()
             # A parked message is handled for the slot (the horizon passes it) but runs later,
             # from its record's copy: below the horizon it is not final until that run is.
@@ -162,7 +162,12 @@ class Poller:
                     if mid not in self.seen_final:
                         self.seen_final[mid] = (status, None, None, now)
                     self.run_start.setdefault(mid, handled)
-                for mid, sqlstate, error in dead:
+                for mid, sqlstate, error, first_failed in dead:
+                    # When its first run failed, as handled_at above: a message dead-lettered
+                    # after a run too short for the registry to show (one cancelled for its gone
+                    # waiter) may have waited for its principal's sessions, and its record may be
+                    # pruned before it is read. The first failure, so that retries stay in the bound.
+                    self.run_start.setdefault(mid, first_failed)
                     first = self.seen_final.get(mid, (None, None, None, now))[3]
                     self.seen_final[mid] = ("dead", sqlstate, error, first)
                     m = self.msgs.get(mid)
