@@ -41,10 +41,14 @@ void Progress::reset(Lsn confirmed)
     // durable_ is kept: a commit that was durable stays durable.
 }
 
+std::deque<Progress::Entry>::iterator Progress::lower(Lsn start)
+{
+    return std::lower_bound(pending_.begin(), pending_.end(), start, [](const Entry& e, Lsn s) { return e.start < s; });
+}
+
 Progress::Entry* Progress::find(Lsn start)
 {
-    auto it =
-        std::lower_bound(pending_.begin(), pending_.end(), start, [](const Entry& e, Lsn s) { return e.start < s; });
+    auto it = lower(start);
     return it != pending_.end() && it->start == start ? &*it : nullptr;
 }
 
@@ -57,8 +61,7 @@ void Progress::received(Lsn start, Lsn end)
         return;
     }
     // Out of stream order: a parked copy the unsent-message check found (database_worker.cc).
-    auto it =
-        std::lower_bound(pending_.begin(), pending_.end(), start, [](const Entry& e, Lsn s) { return e.start < s; });
+    auto it = lower(start);
     if (it != pending_.end() && it->start == start) {
         if (it->state != State::Done)
             return;  // known already

@@ -84,6 +84,7 @@ private:
         Lsn at = 0;
         std::vector<Lsn> starts;
     };
+    std::deque<Entry>::iterator lower(Lsn start);  // the first entry at or after start
     Entry* find(Lsn start);
     void finish(Entry& e);
     void finish_start(Lsn start);
