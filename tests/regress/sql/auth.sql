@@ -117,6 +117,31 @@ SET ROLE regress_atx_applier;
 SELECT regress_try(format('SELECT atx.verify_payload(%L)', p)) FROM msg;
 RESET ROLE;
 
+-- Messages that share a WAL page, applied out of order: each is found at its own record
+-- boundary, and a position inside one of them is refused, whatever the backend read before it.
+CREATE TABLE page_t (v int);
+GRANT INSERT ON page_t TO regress_atx_user;
+SET ROLE regress_atx_user;
+SELECT count(atx_log('INSERT INTO page_t VALUES ($1)', g)) AS emitted FROM generate_series(1, 5) g;
+RESET ROLE;
+CREATE TABLE five AS SELECT n, lsn FROM regress_take();
+GRANT SELECT ON five TO regress_atx_applier;
+SELECT count(*) AS messages, count(DISTINCT floor((lsn - '0/0') / 8192)) <= 2 AS one_or_two_pages FROM five;
+SET ROLE regress_atx_applier;
+SELECT a.status FROM five, LATERAL regress_apply(five.lsn) a WHERE n = 4;
+SELECT a.status, a.sqlstate, regexp_replace(a.error, '[0-9A-F]+/[0-9A-F]+', '<lsn>') AS error
+  FROM five, LATERAL regress_apply(five.lsn + 8) a WHERE n = 2;
+SELECT a.status, a.sqlstate, regexp_replace(a.error, '[0-9A-F]+/[0-9A-F]+', '<lsn>') AS error
+  FROM five, LATERAL regress_apply(five.lsn - 8) a WHERE n = 5;
+-- All five in one batch, last first: the fourth was handled above.
+SELECT string_agg(a.status, ', ' ORDER BY f.n DESC) AS statuses
+  FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n DESC) FROM five), '{1,1,1,1,1}', '{NULL,NULL,NULL,NULL,NULL}',
+                       1, 0, true, 'regress') a
+  JOIN five f ON f.lsn = a.lsn;
+RESET ROLE;
+SELECT string_agg(v::text, ',' ORDER BY v) AS applied FROM page_t;
+DROP TABLE page_t, five;
+
 -- A dropped role is an error (dead-lettered), not a fallback to the applier.
 CREATE ROLE regress_atx_gone;
 GRANT INSERT ON auth_t TO regress_atx_gone;
