@@ -178,7 +178,9 @@ class Poller:
                 for mid in list(self.pending):
                     m = self.msgs[mid]
                     if lsn_int(m.lsn) < h and mid not in parked:
-                        m.status, m.final_at = "pruned", now
+                        # Its run, if the registry showed it, bounds it as for the others: a
+                        # message that waited for its principal's share is not late for that.
+                        m.status, m.final_at, m.run_start = "pruned", now, self.run_start.get(mid)
                         self.pending.discard(mid)
             if now - self._last_rss >= 1.0:
                 self._last_rss = now
