@@ -330,7 +330,7 @@ struct StateStore::Impl {
         // interleave them: without a hint every out-of-place insert searched the skip list from
         // its top level (a sixth of the applier's CPU in a drain). One hint per memtable (an empty
         // prefix): the search starts from the last insert and climbs only as far as it must.
-        // RocksDB uses it for a single writer at a time, which record()'s write mutex makes so.
+        // RocksDB ignores it when it inserts a group of writes in parallel, which is still correct.
         cf_options.memtable_insert_with_hint_prefix_extractor.reset(rocksdb::NewFixedPrefixTransform(0));
 
         std::vector<rocksdb::ColumnFamilyDescriptor> descriptors;
