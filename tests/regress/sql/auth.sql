@@ -129,10 +129,12 @@ GRANT SELECT ON five TO regress_atx_applier;
 SELECT count(*) AS messages, count(DISTINCT floor((lsn - '0/0') / 8192)) <= 2 AS one_or_two_pages FROM five;
 SET ROLE regress_atx_applier;
 SELECT a.status FROM five, LATERAL regress_apply(five.lsn) a WHERE n = 4;
-SELECT a.status, a.sqlstate, regexp_replace(a.error, '[0-9A-F]+/[0-9A-F]+', '<lsn>') AS error
-  FROM five, LATERAL regress_apply(five.lsn + 8) a WHERE n = 2;
-SELECT a.status, a.sqlstate, regexp_replace(a.error, '[0-9A-F]+/[0-9A-F]+', '<lsn>') AS error
-  FROM five, LATERAL regress_apply(five.lsn - 8) a WHERE n = 5;
+-- Inside the second, and just before the fifth (in the fourth, or in a page header when the
+-- fifth opens a page: the error then does not add "not a record boundary").
+SELECT f.n, a.status, a.sqlstate,
+       regexp_replace(a.error, '[0-9A-F]+/[0-9A-F]+( \(not a record boundary\))?', '<lsn>') AS error
+  FROM five f, LATERAL regress_apply(f.lsn + CASE f.n WHEN 2 THEN 8 ELSE -8 END) a
+ WHERE f.n IN (2, 5) ORDER BY f.n;
 -- All five in one batch, last first: the fourth was handled above.
 SELECT string_agg(a.status, ', ' ORDER BY f.n DESC) AS statuses
   FROM atx.apply_batch((SELECT array_agg(lsn ORDER BY n DESC) FROM five), '{1,1,1,1,1}', '{NULL,NULL,NULL,NULL,NULL}',
