@@ -122,6 +122,8 @@ def print_all(r):
         import bench_targets
         for check, measured, target, ok in bench_targets.verdicts(r["targets"]):
             print(f"  {'ok  ' if ok else 'MISS'} {check}: {measured} (target {target})")
+        for what, value in bench_targets.references(r["targets"]):
+            print(f"  ref  {what}: {value}")
     print("\nRatios")
     for k, v in r["ratios"].items():
         unit = " ms" if k.endswith(", ms") else "x"

@@ -4,7 +4,11 @@ in the same run and printed with the target.
 - sustained end-to-end throughput: N clients call atx_log (one autocommit call each) for a
   while with the applier running on the same machine; the rate is counted until the last message
   is applied, against N clients of plain autocommit INSERTs (8 and 32 clients);
-- atx_exec at 1 client: median and p99 against a plain INSERT's;
+- atx_exec at 1 client: median and p99 against a plain INSERT's, with two references measured
+  next to it: atx_exec('SELECT 1') (the chain with no statement to run) and a plain INSERT under
+  synchronous_commit = remote_apply with a synchronous standby on this machine (PostgreSQL's own
+  round trip of the same shape: a flush, a walsender, a second process that flushes and applies,
+  the caller woken);
 - drain with 4 apply sessions: a backlog written while the applier is stopped, from 8 roles and
   from one, applied from the applier's start to the last row;
 - CPU per message per stage (walsender, applier, apply backends): their CPU time from
@@ -17,6 +21,7 @@ import statistics
 import time
 
 import bench_env
+import bench_pending
 import bench_pgbench
 import bench_triggers
 
@@ -145,10 +150,33 @@ def drain(cluster, new_applier, roles, per_role, log):
     return applier, r
 
 
-def exec_latency(cluster, seconds):
-    return bench_pgbench.run(cluster, "\\set i random(1, 1000000)\n"
-                                      "SELECT atx_exec('INSERT INTO bench_t(v) VALUES ($1)', :i);\n",
-                             1, seconds=seconds, log_latencies=True)
+def exec_latency(cluster, seconds, statement=None):
+    call = (f"SELECT atx_exec('{statement}');\n" if statement
+            else "SELECT atx_exec('INSERT INTO bench_t(v) VALUES ($1)', :i);\n")
+    return bench_pgbench.run(cluster, "\\set i random(1, 1000000)\n" + call, 1, seconds=seconds, log_latencies=True)
+
+
+def exec_references(cluster, seconds, log):
+    """The references printed next to the atx_exec target (medians in ms): atx_exec('SELECT 1'),
+    and a plain INSERT under remote_apply with a synchronous standby started for it. A standby that
+    cannot start is reported, not fatal."""
+    out = {"exec_select1_median_ms": exec_latency(cluster, seconds, "SELECT 1")["median_ms"]}
+    try:
+        standby = bench_pending.start_standby(cluster)
+    except Exception as e:  # the reference is missing, the targets are still measured
+        out["standby_error"] = f"{type(e).__name__}: {e}"
+        log(f"  no synchronous standby for the remote_apply reference: {e}")
+        return out
+    try:
+        r = bench_pgbench.run(cluster, "\\set i random(1, 1000000)\nINSERT INTO bench_t(v) VALUES (:i);\n", 1,
+                              seconds=seconds, log_latencies=True,
+                              env_extra={"PGOPTIONS": "-c synchronous_commit=remote_apply"})
+        out["insert_remote_apply_median_ms"] = r["median_ms"]
+    finally:
+        bench_pending.stop_standby(cluster, standby)
+    log(f"  references: atx_exec('SELECT 1') median {out['exec_select1_median_ms'] or 0:.3f} ms; plain INSERT with "
+        f"a synchronous standby at remote_apply {out.get('insert_remote_apply_median_ms') or 0:.3f} ms")
+    return out
 
 
 def row_trigger(cluster, rows, log):
@@ -187,6 +215,7 @@ def run(cluster, applier, new_applier, quick, log):
                      "p99_ratio": x1["p99_ms"] / p1["p99_ms"] if p1["p99_ms"] else None}
     log(f"  atx_exec 1 client: median {x1['median_ms']:.3f} ms, p99 {x1['p99_ms']:.3f} ms; plain INSERT median "
         f"{p1['median_ms']:.3f} ms, p99 {p1['p99_ms']:.3f} ms")
+    out["exec_1"]["references"] = exec_references(cluster, seconds, log)
     out["row_trigger"] = row_trigger(cluster, 500 if quick else 10000, log)
     applier.stop()
     per_role = 2000 if quick else 25000
@@ -233,4 +262,20 @@ def verdicts(t):
         v = cpu.get(stage)
         out.append((f"CPU per message, {stage}, us", v, f"<= {before / 2:g} (half of {before:g})",
                     v is not None and v <= before / 2))
+    return out
+
+
+def references(t):
+    """(what, ratio to the plain INSERT's median) measured next to the atx_exec target."""
+    e = t.get("exec_1", {})
+    ins, ref = e.get("insert_median_ms"), e.get("references", {})
+    out = []
+    for key, what in (("exec_select1_median_ms", "atx_exec('SELECT 1') / plain INSERT, median"),
+                      ("insert_remote_apply_median_ms",
+                       "plain INSERT with a local synchronous standby at remote_apply / plain INSERT, median")):
+        v = ref.get(key)
+        if v and ins:
+            out.append((what, round(v / ins, 2)))
+    if ref.get("standby_error"):
+        out.append(("remote_apply reference", "not measured: " + ref["standby_error"]))
     return out
