@@ -199,6 +199,27 @@ static uint64 write_records(SPIPlanPtr* plan, const char* sql, int want, int n, 
     return SPI_processed;
 }
 
+// The same for one record, as scalars: a batch of one message (every atx_exec at low load) then
+// plans no function scan over five unnest() calls and builds no arrays.
+static Oid record_types1[5] = {UUIDOID, PG_LSNOID, TEXTOID, TEXTOID, UUIDOID};
+
+static uint64 write_record1(SPIPlanPtr* plan, const char* sql, int want, const AtxRecord* r)
+{
+    Datum values[5];
+    char nulls[5] = {' ', ' ', ' ', ' ', ' '};
+    atx_keep_plan(plan, sql, 5, record_types1);
+    values[0] = atx_uuid_datum(r->id);
+    values[1] = LSNGetDatum(r->lsn);
+    values[2] = CStringGetTextDatum(r->status);
+    values[3] = r->outcome ? CStringGetTextDatum(r->outcome) : (Datum)0;
+    nulls[3] = r->outcome ? ' ' : 'n';
+    values[4] = r->has_parent ? atx_uuid_datum(r->parent) : (Datum)0;
+    nulls[4] = r->has_parent ? ' ' : 'n';
+    if (SPI_execute_plan(*plan, values, nulls, false, 0) != want)
+        elog(ERROR, "could not record handled messages in atx.applied");
+    return SPI_processed;
+}
+
 // Fewer rows touched than records written: another session handled one of them meanwhile.
 static void require_all(uint64 touched, int n, const char* what)
 {
@@ -207,21 +228,31 @@ static void require_all(uint64 touched, int n, const char* what)
                         errdetail("This batch is rolled back so that the message never runs twice.")));
 }
 
+#define ATX_RECORD_TAKEOVER                                                                 \
+    "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, " \
+    "outcome = excluded.outcome, handled_at = pg_catalog.now(), payload = NULL "            \
+    "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked'"
+
 // A message may have been parked while it ran (its record written by atx.park after this
 // transaction looked it up): that record is taken over. Any other record means another session
 // handled it meanwhile: the batch rolls back, so that the message never runs twice.
 void atx_applied_record(int n, const AtxRecord* recs)
 {
-    static SPIPlanPtr plan = NULL;
-    if (n > 0)
+    static SPIPlanPtr plan = NULL, plan1 = NULL;
+    const char* what = "a pg_atx message was recorded by another session meanwhile";
+    if (n == 1)
+        require_all(write_record1(&plan1,
+                                  "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) "
+                                  "VALUES ($1, $2, $3, $4::pg_catalog.jsonb, $5) " ATX_RECORD_TAKEOVER,
+                                  SPI_OK_INSERT, recs),
+                    1, what);
+    else if (n > 1)
         require_all(
             write_records(&plan,
                           "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS
-                          "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, "
-                          "outcome = excluded.outcome, handled_at = pg_catalog.now(), payload = NULL "
-                          "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked'",
+                              ATX_RECORD_TAKEOVER,
                           SPI_OK_INSERT, n, recs),
-            n, "a pg_atx message was recorded by another session meanwhile");
+            n, what);
 }
 
 void atx_applied_update(int n, const AtxRecord* recs)
