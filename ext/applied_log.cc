@@ -169,10 +169,28 @@ static void record_arrays(int n, const AtxRecord* recs, Datum* values)
 }
 
 static Oid record_types[5] = {UUIDARRAYOID, PG_LSNARRAYOID, TEXTARRAYOID, TEXTARRAYOID, UUIDARRAYOID};
+static Oid record_types1[5] = {UUIDOID, PG_LSNOID, TEXTOID, TEXTOID, UUIDOID};
 
-#define ATX_RECORD_ROWS                                                                                     \
-    "SELECT i, l, s, o::pg_catalog.jsonb, p FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), " \
-    "pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
+// The one record as scalars, in record_arrays' order.
+static void record_scalars(const AtxRecord* r, Datum* values, char* nulls)
+{
+    values[0] = atx_uuid_datum(r->id);
+    values[1] = LSNGetDatum(r->lsn);
+    values[2] = CStringGetTextDatum(r->status);
+    values[3] = r->outcome ? CStringGetTextDatum(r->outcome) : (Datum)0;
+    values[4] = r->has_parent ? atx_uuid_datum(r->parent) : (Datum)0;
+    memset(nulls, ' ', 5);
+    nulls[3] = r->outcome ? ' ' : 'n';
+    nulls[4] = r->has_parent ? ' ' : 'n';
+}
+
+// The rows u(i, l, s, o, p) that sql's %s stands for: five unnest() arrays, or for one record
+// (a batch of one message, every atx_exec at low load, and each operator call) a VALUES row, so
+// that no function scan is planned and no array built.
+#define ATX_RECORD_ARRAYS                                                                                     \
+    "ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), pg_catalog.unnest($4), " \
+    "pg_catalog.unnest($5)) AS u(i, l, s, o, p)"
+#define ATX_RECORD_ONE "(VALUES ($1, $2, $3, $4, $5)) AS u(i, l, s, o, p)"
 
 AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, const char* status, const char* outcome)
 {
@@ -188,34 +206,21 @@ AtxRecord atx_record(const uint8 id[16], XLogRecPtr lsn, const AtxMessageC* m, c
     return r;
 }
 
-// Runs the records statement sql (kept in *plan) over n records; returns the rows it touched.
-static uint64 write_records(SPIPlanPtr* plan, const char* sql, int want, int n, const AtxRecord* recs)
+// Runs the records statement sql over n records (plans[0] keeps its one-record form, plans[1]
+// its arrays form); returns the rows it touched.
+static uint64 write_records(SPIPlanPtr plans[2], const char* sql, int want, int n, const AtxRecord* recs)
 {
     Datum values[5];
-    atx_keep_plan(plan, sql, 5, record_types);
-    record_arrays(n, recs, values);
-    if (SPI_execute_plan(*plan, values, NULL, false, 0) != want)
-        elog(ERROR, "could not record handled messages in atx.applied");
-    return SPI_processed;
-}
-
-// The same for one record, as scalars: a batch of one message (every atx_exec at low load) then
-// plans no function scan over five unnest() calls and builds no arrays.
-static Oid record_types1[5] = {UUIDOID, PG_LSNOID, TEXTOID, TEXTOID, UUIDOID};
-
-static uint64 write_record1(SPIPlanPtr* plan, const char* sql, int want, const AtxRecord* r)
-{
-    Datum values[5];
-    char nulls[5] = {' ', ' ', ' ', ' ', ' '};
-    atx_keep_plan(plan, sql, 5, record_types1);
-    values[0] = atx_uuid_datum(r->id);
-    values[1] = LSNGetDatum(r->lsn);
-    values[2] = CStringGetTextDatum(r->status);
-    values[3] = r->outcome ? CStringGetTextDatum(r->outcome) : (Datum)0;
-    nulls[3] = r->outcome ? ' ' : 'n';
-    values[4] = r->has_parent ? atx_uuid_datum(r->parent) : (Datum)0;
-    nulls[4] = r->has_parent ? ' ' : 'n';
-    if (SPI_execute_plan(*plan, values, nulls, false, 0) != want)
+    char nulls[5];
+    SPIPlanPtr* plan = &plans[n == 1 ? 0 : 1];
+    if (*plan == NULL)
+        atx_keep_plan(plan, psprintf(sql, n == 1 ? ATX_RECORD_ONE : ATX_RECORD_ARRAYS), 5,
+                      n == 1 ? record_types1 : record_types);
+    if (n == 1)
+        record_scalars(recs, values, nulls);
+    else
+        record_arrays(n, recs, values);
+    if (SPI_execute_plan(*plan, values, n == 1 ? nulls : NULL, false, 0) != want)
         elog(ERROR, "could not record handled messages in atx.applied");
     return SPI_processed;
 }
@@ -228,39 +233,33 @@ static void require_all(uint64 touched, int n, const char* what)
                         errdetail("This batch is rolled back so that the message never runs twice.")));
 }
 
-#define ATX_RECORD_TAKEOVER                                                                 \
-    "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, " \
-    "outcome = excluded.outcome, handled_at = pg_catalog.now(), payload = NULL "            \
-    "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked'"
+#define ATX_RECORD_INSERT                                                                                           \
+    "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) SELECT i, l, s, o::pg_catalog.jsonb, p " \
+    "FROM %s "
 
 // A message may have been parked while it ran (its record written by atx.park after this
 // transaction looked it up): that record is taken over. Any other record means another session
 // handled it meanwhile: the batch rolls back, so that the message never runs twice.
 void atx_applied_record(int n, const AtxRecord* recs)
 {
-    static SPIPlanPtr plan = NULL, plan1 = NULL;
-    const char* what = "a pg_atx message was recorded by another session meanwhile";
-    if (n == 1)
-        require_all(write_record1(&plan1,
-                                  "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) "
-                                  "VALUES ($1, $2, $3, $4::pg_catalog.jsonb, $5) " ATX_RECORD_TAKEOVER,
-                                  SPI_OK_INSERT, recs),
-                    1, what);
-    else if (n > 1)
+    static SPIPlanPtr plans[2] = {NULL, NULL};
+    if (n > 0)
         require_all(
-            write_records(&plan,
-                          "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS
-                              ATX_RECORD_TAKEOVER,
+            write_records(plans,
+                          ATX_RECORD_INSERT
+                          "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, "
+                          "outcome = excluded.outcome, handled_at = pg_catalog.now(), payload = NULL "
+                          "WHERE atx.applied.status OPERATOR(pg_catalog.=) 'parked'",
                           SPI_OK_INSERT, n, recs),
-            n, what);
+            n, "a pg_atx message was recorded by another session meanwhile");
 }
 
 void atx_applied_update(int n, const AtxRecord* recs)
 {
-    static SPIPlanPtr plan = NULL;
+    static SPIPlanPtr plans[2] = {NULL, NULL};
     if (n > 0)
-        (void)write_records(&plan,
-                            "INSERT INTO atx.applied (message_id, lsn, status, outcome, parent_id) " ATX_RECORD_ROWS
+        (void)write_records(plans,
+                            ATX_RECORD_INSERT
                             "ON CONFLICT (message_id) DO UPDATE SET lsn = excluded.lsn, status = excluded.status, "
                             "outcome = excluded.outcome, handled_at = excluded.handled_at, payload = NULL",
                             SPI_OK_INSERT, n, recs);
@@ -268,17 +267,15 @@ void atx_applied_update(int n, const AtxRecord* recs)
 
 void atx_applied_reclaim(int n, const AtxRecord* recs)
 {
-    static SPIPlanPtr plan = NULL;
+    static SPIPlanPtr plans[2] = {NULL, NULL};
     if (n == 0)
         return;
     // Under READ COMMITTED an UPDATE that waited for another transaction re-checks its WHERE on
     // the row that transaction left: a record another session took over is no longer
     // 'cancelled' or 'parked', and is not counted.
-    require_all(write_records(&plan,
+    require_all(write_records(plans,
                               "UPDATE atx.applied a SET lsn = u.l, status = u.s, outcome = u.o::pg_catalog.jsonb, "
-                              "handled_at = pg_catalog.now(), payload = NULL "
-                              "FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2), pg_catalog.unnest($3), "
-                              "pg_catalog.unnest($4), pg_catalog.unnest($5)) AS u(i, l, s, o, p) "
+                              "handled_at = pg_catalog.now(), payload = NULL FROM %s "
                               "WHERE a.message_id OPERATOR(pg_catalog.=) u.i "
                               "AND a.status OPERATOR(pg_catalog.=) ANY ('{cancelled,parked}'::pg_catalog.text[])",
                               SPI_OK_UPDATE, n, recs),

@@ -87,10 +87,9 @@ class CpuWatch:
         return out
 
 
-def plain_rate(cluster, clients, seconds):
-    p = bench_pgbench.run(cluster, "\\set i random(1, 1000000)\nINSERT INTO bench_t(v) VALUES (:i);\n", clients,
-                          seconds=seconds, log_latencies=clients == 1)
-    return p
+def plain_rate(cluster, clients, seconds, env_extra=None):
+    return bench_pgbench.run(cluster, "\\set i random(1, 1000000)\nINSERT INTO bench_t(v) VALUES (:i);\n", clients,
+                             seconds=seconds, log_latencies=clients == 1, env_extra=env_extra)
 
 
 def e2e_throughput(cluster, clients, seconds, log):
@@ -168,9 +167,7 @@ def exec_references(cluster, seconds, log):
         log(f"  no synchronous standby for the remote_apply reference: {e}")
         return out
     try:
-        r = bench_pgbench.run(cluster, "\\set i random(1, 1000000)\nINSERT INTO bench_t(v) VALUES (:i);\n", 1,
-                              seconds=seconds, log_latencies=True,
-                              env_extra={"PGOPTIONS": "-c synchronous_commit=remote_apply"})
+        r = plain_rate(cluster, 1, seconds, env_extra={"PGOPTIONS": "-c synchronous_commit=remote_apply"})
         out["insert_remote_apply_median_ms"] = r["median_ms"]
     finally:
         bench_pending.stop_standby(cluster, standby)
