@@ -29,8 +29,9 @@ constexpr milliseconds kNotReadyWait{5000};
 constexpr milliseconds kStandbyPoll{1000};
 constexpr milliseconds kStopGrace{3000};
 constexpr milliseconds kNestedAfter{20};
-constexpr milliseconds kWatchEvery{250};
 constexpr milliseconds kParkEvery{1000};
+// The database thread's own statements (parking, pruning) give up a lock wait after this.
+constexpr const char* kBookkeepingLockTimeoutSql = "SELECT pg_catalog.set_config('lock_timeout', '500', false)";
 constexpr size_t kParkMax = 1000;  // messages per atx.park call
 // While the stream has sent nothing after a timeline change, the WAL written meanwhile is read
 // this often for messages its decoding skipped (find_unsent).
@@ -394,8 +395,15 @@ void DatabaseWorker::start_workers()
         }});
     ctx_->sync_commits = sync_commits_;
     for (uint32_t i = 0; i < cfg_.apply_sessions; ++i) {
-        workers_.push_back(std::make_unique<ApplyWorker>(*ctx_, WorkerKind::Regular, static_cast<int>(i)));
-        workers_.back()->start();
+        auto w = std::make_shared<ApplyWorker>(*ctx_, WorkerKind::Regular, static_cast<int>(i));
+        w->start();
+        std::lock_guard<std::mutex> lock(pools_mu_);
+        workers_.push_back(std::move(w));
+    }
+    if (cfg_.statement_timeout_ms > 0) {
+        watch_ = std::make_unique<DeadlineWatch>(cfg_.conninfo, dbname_, log_, cfg_.statement_timeout_ms,
+                                                 cfg_.terminate_grace_ms, [this] { return all_workers(); });
+        watch_->start();
     }
 }
 
@@ -451,74 +459,42 @@ void DatabaseWorker::stop_workers(bool cancel)
     for (auto* pool : {&workers_, &nested_})
         for (auto& w : *pool)
             w->join();
-    workers_.clear();
-    nested_.clear();
+    if (watch_) {
+        watch_->stop();  // deadlines held until every worker is back
+        watch_.reset();
+    }
+    {
+        std::lock_guard<std::mutex> lock(pools_mu_);
+        workers_.clear();
+        nested_.clear();
+    }
     ctx_.reset();
     dispatcher_.clear();
 }
 
-// A message's statement may catch the cancel its own time limit sends and run on. Past its
-// deadline (the server's apply registry) and a grace, the applier ends its backend: a FATAL no
-// statement can catch. Only batches that have run longer than the limit are looked at, so the
-// registry is read only when something may be overdue.
-void DatabaseWorker::watch_deadlines()
+std::vector<std::shared_ptr<ApplyWorker>> DatabaseWorker::all_workers()
 {
-    const auto now = Clock::now();
-    next_watch_ = now + kWatchEvery;
-    if (cfg_.statement_timeout_ms == 0 || !control_.connected())
-        return;
-    std::vector<ApplyWorker*> all;
-    bool suspicious = false;
-    for (auto* pool : {&workers_, &nested_})
-        for (auto& w : *pool) {
-            all.push_back(w.get());
-            const WorkerActivity a = w->activity();
-            if (a.since != Clock::time_point{} && now - a.since >= milliseconds(cfg_.statement_timeout_ms))
-                suspicious = true;
-        }
-    if (!suspicious)
-        return;
-    PgResult r = control_.exec(
-        "SELECT pid::text, lsn::text FROM atx.apply_activity() WHERE state OPERATOR(pg_catalog.=) 'running' "
-        "AND deadline IS NOT NULL AND now OPERATOR(pg_catalog.>=) (deadline OPERATOR(pg_catalog.+) "
-        "$1::pg_catalog.interval)",
-        {std::to_string(cfg_.terminate_grace_ms) + " milliseconds"});
-    for (int i = 0; i < PQntuples(r.get()); ++i) {
-        const int pid = std::stoi(field(r.get(), i, 0).value_or("0"));
-        const std::string at = field(r.get(), i, 1).value_or("");
-        ApplyWorker* owner = nullptr;
-        for (auto* w : all)
-            if (w->activity().backend_pid == pid)
-                owner = w;
-        if (owner == nullptr)
-            continue;  // not this applier's (another database's worker, an operator's session)
-        owner->ending_for_overdue(parse_lsn(at).value_or(0));
-        const bool ended = control_
-                               .scalar("SELECT atx.terminate_overdue($1::pg_catalog.int4, $2::pg_catalog.pg_lsn)"
-                                       "::pg_catalog.text",
-                                       {std::to_string(pid), at})
-                               .value_or("false") == "true";
-        if (!ended)
-            owner->ending_for_overdue(0);  // it moved on meanwhile
-        else
-            spdlog::warn("{} event=overdue_terminated pid={} lsn={} grace_ms={} action=\"its statement ignored the "
-                         "cancel at its time limit: its apply session is ended\"",
-                         log_, pid, at, cfg_.terminate_grace_ms);
-    }
+    std::lock_guard<std::mutex> lock(pools_mu_);
+    std::vector<std::shared_ptr<ApplyWorker>> all(workers_);
+    all.insert(all.end(), nested_.begin(), nested_.end());
+    return all;
 }
 
 // A nested atx_exec waits for a message that no regular session can take (they are all busy,
 // possibly with the very statements that wait): one more session from the nested pool.
 void DatabaseWorker::maybe_grow_nested()
 {
-    nested_.erase(std::remove_if(nested_.begin(), nested_.end(),
-                                 [](const std::unique_ptr<ApplyWorker>& w) {
-                                     if (!w->exited())
-                                         return false;
-                                     w->join();
-                                     return true;
-                                 }),
-                  nested_.end());
+    if (std::any_of(nested_.begin(), nested_.end(), [](const auto& w) { return w->exited(); })) {
+        std::vector<std::shared_ptr<ApplyWorker>> keep;
+        for (auto& w : nested_) {
+            if (w->exited())
+                w->join();  // dropped only once joined
+            else
+                keep.push_back(w);
+        }
+        std::lock_guard<std::mutex> lock(pools_mu_);
+        nested_.swap(keep);
+    }
     if (!dispatcher_.nested_waiting()) {
         nested_wanted_since_ = {};
         return;
@@ -531,8 +507,12 @@ void DatabaseWorker::maybe_grow_nested()
     for (const auto& w : nested_)
         if (!w->busy())
             return;  // an idle nested session will take it
-    nested_.push_back(std::make_unique<ApplyWorker>(*ctx_, WorkerKind::Nested, static_cast<int>(nested_.size())));
-    nested_.back()->start();
+    auto w = std::make_shared<ApplyWorker>(*ctx_, WorkerKind::Nested, static_cast<int>(nested_.size()));
+    w->start();
+    {
+        std::lock_guard<std::mutex> lock(pools_mu_);
+        nested_.push_back(std::move(w));
+    }
     nested_wanted_since_ = {};
     spdlog::info("{} event=nested_session_started count={}", log_, nested_.size());
 }
@@ -586,6 +566,11 @@ WorkerResult DatabaseWorker::session()
     spdlog::info("{} event=streaming slot={} from={} sessions={} role_budget={}", log_, slot_, lsn(slot_confirmed_),
                  cfg_.apply_sessions, cfg_.max_sessions_per_role);
 
+    // From here on, what this thread asks the server must not wait on a lock that an apply
+    // transaction may hold for as long as its statement runs (atx.park waits for the horizon, which
+    // atx.prune holds while it waits for a row of a running batch): the stream, the slot and the
+    // other roles' messages would wait with it. A wait that long fails, and is tried again later.
+    control_.exec(kBookkeepingLockTimeoutSql);
     const auto now0 = Clock::now();
     next_status_ = now0 + milliseconds(cfg_.status_interval_ms);
     next_durability_ = now0;
@@ -625,28 +610,27 @@ WorkerResult DatabaseWorker::session()
         if (cfg_.durability == "auto" && now >= next_rule_check_)
             follow_synchronous_standbys(true);
         if (now >= next_prune_ && !prune_.busy()) {
-            if (!prune_.connected())
+            if (!prune_.connected()) {
                 prune_.connect(cfg_.conninfo, {{"dbname", dbname_}, {"application_name", "atx-applier prune"}});
+                prune_.exec(kBookkeepingLockTimeoutSql);  // it holds the horizon while it waits
+            }
             prune_.send("SELECT atx.prune()");
             next_prune_ = now + milliseconds(cfg_.prune_interval_ms);
         }
-        prune_.poll();
-        if (now >= next_slot_check_)
-            check_slot(false);
-        if (now >= next_watch_) {
-            try {
-                watch_deadlines();
-            } catch (const PgError& e) {
-                if (e.connection_lost)
-                    throw;
-                // The stream goes on; the next round tries again (said once a minute).
-                if (now - last_watch_error_ > std::chrono::minutes(1)) {
-                    spdlog::error("{} event=watchdog_failed sqlstate={} error={}", log_,
-                                  e.sqlstate.empty() ? "-" : e.sqlstate, logq(e.what()));
-                    last_watch_error_ = now;
-                }
+        try {
+            prune_.poll();
+        } catch (const PgError& e) {
+            if (e.connection_lost)
+                throw;
+            // A row of a running batch, a lock wait cut short: the next round prunes it.
+            if (now - last_prune_error_ > std::chrono::minutes(1)) {
+                spdlog::warn("{} event=prune_failed sqlstate={} error={} action=\"trying again in {} ms\"", log_,
+                             e.sqlstate.empty() ? "-" : e.sqlstate, logq(e.what()), cfg_.prune_interval_ms);
+                last_prune_error_ = now;
             }
         }
+        if (now >= next_slot_check_)
+            check_slot(false);
         if (now >= next_park_) {
             maybe_park(now);
             slot_held(now);

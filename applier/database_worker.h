@@ -8,7 +8,9 @@
 //   3. apply workers (--apply-sessions, plus nested sessions on demand) take lanes from the
 //      dispatcher; this thread reads frames, hands messages to the dispatcher, tracks progress,
 //      confirms (progress.h), prunes atx.applied and wakes atx_exec callers whose outcome became
-//      durable when the server cannot wake them at commit.
+//      durable when the server cannot wake them at commit;
+//   4. the watchdog (deadline_watch.h), a thread and connection of its own, ends an apply backend
+//      whose message overstays its time limit, whatever this thread is waiting for.
 // Any error of the stream or the control connection ends the session; the workers are stopped
 // and a new session starts after a short, capped backoff. A failing database never stalls
 // another.
@@ -28,6 +30,7 @@
 
 #include "apply_worker.h"
 #include "config.h"
+#include "deadline_watch.h"
 #include "dispatcher.h"
 #include "metrics.h"
 #include "pg_conn.h"
@@ -67,7 +70,7 @@ private:
     void start_workers();
     void stop_workers(bool cancel);
     void end_backends(const std::vector<ApplyWorker*>& ws);
-    void watch_deadlines();
+    std::vector<std::shared_ptr<ApplyWorker>> all_workers();
     void maybe_grow_nested();
     void handle_frame(const std::string& data);
     void handle_message(Lsn start, Lsn end, std::string_view payload);
@@ -105,8 +108,11 @@ private:
     PgConn prune_;  // atx.prune() runs here, asynchronously: a long DELETE must not stall the stream
     ReplicationStream stream_;
     std::unique_ptr<WorkerContext> ctx_;
-    std::vector<std::unique_ptr<ApplyWorker>> workers_;
-    std::vector<std::unique_ptr<ApplyWorker>> nested_;
+    // Changed by this thread only, under pools_mu_: the watchdog reads them from its own thread.
+    std::vector<std::shared_ptr<ApplyWorker>> workers_;
+    std::vector<std::shared_ptr<ApplyWorker>> nested_;
+    std::mutex pools_mu_;
+    std::unique_ptr<DeadlineWatch> watch_;
     std::mutex progress_mu_;
     Progress progress_;
     std::mutex fatal_mu_;
@@ -126,8 +132,8 @@ private:
     bool unsent_check_ = false;  // after a timeline change, until the stream sends a message (find_unsent)
     Lsn unsent_from_ = 0;        // the WAL before it was read for messages the stream skipped
     std::chrono::steady_clock::time_point next_status_, next_durability_, next_slot_check_, next_prune_,
-        next_rule_check_, last_data_, nested_wanted_since_, next_watch_, last_watch_error_, next_park_,
-        last_park_error_, next_unsent_scan_, last_unsent_error_;
+        next_rule_check_, last_data_, nested_wanted_since_, next_park_, last_park_error_, next_unsent_scan_,
+        last_unsent_error_, last_prune_error_;
     // A stamped commit position the flush has not reached, and since when (nudge_flush()).
     Lsn stalled_at_ = 0;
     std::chrono::steady_clock::time_point stalled_since_, last_nudge_;

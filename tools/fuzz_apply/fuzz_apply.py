@@ -13,6 +13,7 @@ violation, 2 the environment could not be set up.
 Run with Debian's Python and python3-psycopg2: /usr/bin/python3 tools/fuzz_apply/fuzz_apply.py.
 """
 import argparse
+import datetime
 import json
 import os
 import random
@@ -221,6 +222,11 @@ class Run:
                 out("#   " + ln.decode(errors="replace")[:300])
             if len(lines) > most:
                 out(f"#   ... {len(lines) - most} more applier log line(s)")
+            runs = res.runs_seen.get(m.id, [])
+            kills = [k[0] for k in res.kills]
+            out(f"#   runs the registry showed: {', '.join(rel(t) for t in runs) or '-'}; "
+                f"crash-killer kills: {', '.join(rel(t) for t in kills) or '-'}")
+            self.print_window(res, m.emitted, m.final_at or res.t_end, most)
         # Invariant 2: what the applier said about the message at the slot's position.
         at = re.search(r"confirmed_flush_lsn then ([0-9A-F]+/[0-9A-F]+)", v.text)
         if at:
@@ -229,6 +235,33 @@ class Run:
             out(f"# applier log lines about {at.group(1)}: {len(lines)}")
             for ln in lines[:most]:
                 out("#   " + ln.decode(errors="replace")[:300])
+
+    ROUTINE = (b"event=message_overdue", b"event=dead_lettered", b"event=overdue_terminated")
+
+    @staticmethod
+    def print_window(res, t0, t1, most):
+        """The applier's warnings and errors while a late message was open, but for the per-message
+        ones (each names its own message): what else held it up (a restart, a watchdog error)."""
+        picked, routine = [], 0
+        for ln in res.applier_log.splitlines():
+            if b"level=warning" not in ln and b"level=error" not in ln and b"level=critical" not in ln:
+                continue
+            try:
+                t = datetime.datetime.strptime(ln[:26].decode(), "%Y-%m-%dT%H:%M:%S.%f")
+            except ValueError:
+                continue
+            t = t.replace(tzinfo=datetime.timezone.utc).timestamp()
+            if not t0 - 1 <= t <= t1 + 1:
+                continue
+            if any(r in ln for r in Run.ROUTINE):
+                routine += 1
+            else:
+                picked.append(f"{t - t0:+.1f} s " + ln.decode(errors="replace")[28:260])
+        out(f"#   the applier's other warnings meanwhile ({routine} per-message overdue/dead-letter lines left out):")
+        for ln in picked[:most]:
+            out("#     " + ln)
+        if len(picked) > most:
+            out(f"#     ... {len(picked) - most} more")
 
     def shrink(self, failing):
         k, plan, viol = failing

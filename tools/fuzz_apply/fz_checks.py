@@ -47,6 +47,7 @@ class RoundResult:
         self.t_emit_end = self.t_pause = self.t_end = None
         self.messages, self.victim, self.notifications, self.attacker_runs = [], [], [], []
         self.slot, self.rss, self.rogue_hits, self.kills, self.retries = [], [], [], [], []
+        self.runs_seen = {}         # id -> the run starts the poller saw in the registry
         self.rescues = []           # (Msg, result) the operator's dead-lettering of overdue messages
         # (Msg, deadline) of messages not of this round (an earlier round's chain, a nested
         # message whose parent is older) still open when it began: they hold the slot as much as

@@ -45,6 +45,7 @@ class Poller:
         self.run_start = {}         # id -> when its (last) run began: atx.apply_activity() when seen
                                     # running, else its record's handled_at (its batch began; its run
                                     # was short)
+        self.runs_seen = {}         # id -> every distinct started_at the registry showed (diagnostics)
         self.watch_lsn = start_lsn  # atx.applied records from here on are watched
         self.watch_time = time.time()
         self.slot = []              # (t, confirmed, horizon) as ints
@@ -155,6 +156,9 @@ class Poller:
                 # database: the crash's attribution): that wait is the applier's, so the new run
                 # counts. Any other later run (a retry) does not: retries are in the bound.
                 for mid, started in running:
+                    seen = self.runs_seen.setdefault(mid, [])
+                    if started not in seen:
+                        seen.append(started)
                     first = self.run_start.get(mid)
                     if first is None or (started > first and any(first <= k[0] <= started for k in self.kills)):
                         self.run_start[mid] = started

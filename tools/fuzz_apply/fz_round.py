@@ -135,6 +135,7 @@ class Env:
         self.poller.poison = self.poller.rogue = self.victim.rogue = False
         res.t_end = time.time()
         res.kills = self.poller.kills[kills0:]
+        res.runs_seen = self.poller.runs_seen
         self._collect(res, sessions)
         self.victim.paused = False
         return res
