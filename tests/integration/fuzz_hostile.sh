@@ -12,6 +12,13 @@ if ! "$PY" -c 'import psycopg2' 2>/dev/null; then
     not_ok "fuzz_hostile: $PY cannot import psycopg2 (apt-get install python3-psycopg2)"
     done_testing
 fi
+# The checker's bounds on their own first: a wrong bound fails good rounds or hides bad ones.
+if out=$(cd "$ATX_ROOT/tools/fuzz_apply" && "$PY" -m unittest -q test_fz_checks 2>&1); then
+    ok "the checker's bounds (tools/fuzz_apply/test_fz_checks.py)"
+else
+    printf '%s\n' "$out" | sed 's/^/# /'
+    not_ok "the checker's bounds (tools/fuzz_apply/test_fz_checks.py)"
+fi
 SEED=${ATX_SEED:-21}
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/pg_atx.fuzz_hostile.XXXXXX")
 if [ -n "${ATX_FUZZ_MINUTES:-}" ]; then

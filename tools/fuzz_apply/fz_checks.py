@@ -24,6 +24,7 @@
   6 exactly once                  each victim message's row once, per-lane order kept; each tagged
                                   insert (nested emits, after prunes and operator retries) once
 """
+import bisect
 import json
 import statistics
 
@@ -69,16 +70,22 @@ class Violation:
                 "units": sorted(self.units)}
 
 
-def deadlines(msgs, b, kills):
+def deadlines(msgs, b, kills, runs=None):
     """message id -> the time by which it must be final: its bound from when it could start (its
     emit, its lane's predecessor's final state, or, when it waited for its principal's budget, the
     start of its run as the server's registry showed it), plus a restart allowance per crash
     meanwhile. Waiting for its own role's earlier work is not its statement's doing; that the
-    others are not kept waiting is invariant 4, that the slot moves on is invariant 2."""
+    others are not kept waiting is invariant 4, that the slot moves on is invariant 2.
+    A message whose run a crash cut short (runs: id -> the run starts the registry showed) is a
+    suspect: it runs again alone, once the suspects ahead of it, each with its nested family, are
+    done (docs/security.md, invariant 1). Until that run is seen (the poller then counts from it),
+    its bound is the crash's restart plus one message's bound per suspect of the crashes so far."""
     lanes = {}
     for m in msgs:
         lanes.setdefault(m.lane, []).append(m)
     kill_times = [k[0] for k in kills]
+    cut = {m.id: _cut_by(m, kill_times, runs) for m in msgs} if runs and kill_times else {}
+    cut_times = sorted(t for t in cut.values() if t is not None)
     out = {}
     for ms in lanes.values():
         ms.sort(key=lambda m: lsn_int(m.lsn))
@@ -92,9 +99,24 @@ def deadlines(msgs, b, kills):
             else:
                 d = start + b.message()
                 d += V.Bounds.RESTART_S * sum(1 for k in kill_times if start <= k <= d)
+            k = cut.get(m.id)
+            if k is not None and (m.run_start is None or m.run_start <= k):
+                suspects = bisect.bisect_right(cut_times, k)
+                d = max(d, k + V.Bounds.RESTART_S + suspects * b.message())
             out[m.id] = d
             prev = min(m.final_at, d) if m.final_at else d
     return out
+
+
+def _cut_by(m, kill_times, runs):
+    """The last crash that cut a run of m short (a run the registry showed began before it, and m
+    was not final by then), or None."""
+    seen = runs.get(m.id)
+    if not seen:
+        return None
+    first = min(seen)
+    hit = [k for k in kill_times if first <= k and (m.final_at is None or k < m.final_at)]
+    return max(hit) if hit else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -200,7 +222,7 @@ def baseline(cluster, emits):
 def overdue(res, now):
     """A message of the round already past its bound and not final: invariants 1 and 2 are
     certain to fail (a shrinking trial may stop there)."""
-    dl = deadlines(res.messages, res.bounds, res.kills)
+    dl = deadlines(res.messages, res.bounds, res.kills, res.runs_seen)
     return any(m.final_at is None and now > dl[m.id] + POLL_SLACK for m in res.messages)
 
 
@@ -218,7 +240,7 @@ def leaks_now(env, res, ref, session_seen):
 
 def check_round(res, env_baseline, ref, session_seen):
     b = res.bounds
-    dl = deadlines(res.messages, b, res.kills)
+    dl = deadlines(res.messages, b, res.kills, res.runs_seen)
     v = []
     stats = {}
     _inv1(res, dl, v, stats)

@@ -188,7 +188,7 @@ class Env:
             now = time.time()
             mine = [m for m in res.messages if victim_too or m.origin[0] == "attacker"]
             crashes = len(self.poller.kills)
-            deadlines = fz_checks.deadlines(res.messages, b, self.poller.kills)
+            deadlines = fz_checks.deadlines(res.messages, b, self.poller.kills, self.poller.runs_seen)
             open_ = [m for m in mine if m.final_at is None]
             if early_stop is not None and early_stop(self, res):
                 res.stopped_early = True
@@ -261,7 +261,7 @@ class Env:
         """The operator dead-letters (by LSN) the oldest messages that are still open past their
         bounds: that must always be possible (issue 21, invariant 2)."""
         now = time.time()
-        dl = fz_checks.deadlines(res.messages, self.bounds, self.poller.kills)
+        dl = fz_checks.deadlines(res.messages, self.bounds, self.poller.kills, self.poller.runs_seen)
         overdue = sorted((m for m in res.messages if m.final_at is None and now > dl[m.id]),
                          key=lambda m: lsn_int(m.lsn))[:most]
         if not overdue:
@@ -288,7 +288,7 @@ class Env:
         with self.poller.lock:
             everything, kills = list(self.poller.order), list(self.poller.kills)
         mine = {m.id for m in res.messages}
-        dl = fz_checks.deadlines(everything, self.bounds, kills)
+        dl = fz_checks.deadlines(everything, self.bounds, kills, self.poller.runs_seen)
         res.earlier = [(m, dl[m.id]) for m in everything
                        if m.id not in mine and (m.final_at is None or m.final_at >= res.t0)]
         with self.poller.lock:
