@@ -394,16 +394,16 @@ void DatabaseWorker::start_workers()
             has_fatal_ = true;
         }});
     ctx_->sync_commits = sync_commits_;
+    if (cfg_.statement_timeout_ms > 0) {  // before any message runs
+        watch_ = std::make_unique<DeadlineWatch>(cfg_.conninfo, dbname_, log_, cfg_.statement_timeout_ms,
+                                                 cfg_.terminate_grace_ms, [this] { return all_workers(); });
+        watch_->start();
+    }
     for (uint32_t i = 0; i < cfg_.apply_sessions; ++i) {
         auto w = std::make_shared<ApplyWorker>(*ctx_, WorkerKind::Regular, static_cast<int>(i));
         w->start();
         std::lock_guard<std::mutex> lock(pools_mu_);
         workers_.push_back(std::move(w));
-    }
-    if (cfg_.statement_timeout_ms > 0) {
-        watch_ = std::make_unique<DeadlineWatch>(cfg_.conninfo, dbname_, log_, cfg_.statement_timeout_ms,
-                                                 cfg_.terminate_grace_ms, [this] { return all_workers(); });
-        watch_->start();
     }
 }
 

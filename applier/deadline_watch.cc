@@ -19,10 +19,19 @@ DeadlineWatch::DeadlineWatch(std::string conninfo, std::string dbname, std::stri
 {
 }
 
+// Connected before any message runs, as the control connection is: a connection opened only
+// when a message overstays could find max_connections taken (by the overstaying role, even).
 void DeadlineWatch::start()
 {
+    connect();
     stop_ = false;
     thread_ = std::thread([this] { run(); });
+}
+
+void DeadlineWatch::connect()
+{
+    conn_.connect(conninfo_,
+                  {{"dbname", dbname_}, {"application_name", "atx-applier watchdog"}, {"connect_timeout", "2"}});
 }
 
 void DeadlineWatch::stop()
@@ -73,8 +82,7 @@ void DeadlineWatch::round()
     if (!suspicious)
         return;
     if (!conn_.connected())
-        conn_.connect(conninfo_,
-                      {{"dbname", dbname_}, {"application_name", "atx-applier watchdog"}, {"connect_timeout", "2"}});
+        connect();  // lost since: again, as soon as it is needed
     PgResult r =
         conn_.exec("SELECT pid::text, lsn::text FROM atx.apply_activity() WHERE state OPERATOR(pg_catalog.=) 'running' "
                    "AND deadline IS NOT NULL AND now OPERATOR(pg_catalog.>=) (deadline OPERATOR(pg_catalog.+) "

@@ -37,10 +37,12 @@ public:
     DeadlineWatch(const DeadlineWatch&) = delete;
     DeadlineWatch& operator=(const DeadlineWatch&) = delete;
 
+    // Connects (throws PgError if it cannot), then watches from a thread of its own.
     void start();
     void stop();
 
 private:
+    void connect();
     void run();
     void round();
 
